@@ -1,0 +1,2 @@
+//! IPAM benchmark (placeholder until the engine lands).
+fn main() {}

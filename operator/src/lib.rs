@@ -1,0 +1,1 @@
+//! Berth's operator: IP address management, and (to come) the controllers that use it.
