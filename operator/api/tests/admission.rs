@@ -285,3 +285,46 @@ fn printer_columns_show_what_users_expect() {
     assert_eq!(cols(BgpPeer::crd()), ["Peer", "ASN", "Sessions", "Age"]);
     assert_eq!(Eip::crd().spec.scope, "Cluster");
 }
+
+/// The shipped examples are what users copy: they must parse into the types and pass the rules.
+#[test]
+fn examples_are_accepted() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value: Value = serde::Deserialize::deserialize(doc).unwrap();
+            let name = format!("{} {}", path.display(), value["metadata"]["name"]);
+            match value["kind"].as_str() {
+                Some("Eip") => {
+                    serde_json::from_value::<Eip>(value.clone())
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
+                    assert_accepted::<Eip>(value);
+                }
+                Some("BgpConf") => {
+                    serde_json::from_value::<BgpConf>(value.clone())
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
+                    assert_accepted::<BgpConf>(value);
+                }
+                Some("BgpPeer") => {
+                    serde_json::from_value::<BgpPeer>(value.clone())
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
+                    assert_accepted::<BgpPeer>(value);
+                }
+                // Other kinds (Services, Secrets) may sit beside ours; they are not ours to check.
+                Some(_) => continue,
+                None => panic!("{name} has no kind"),
+            }
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 5,
+        "expected the Eip, BgpConf and BgpPeer examples, checked {seen}"
+    );
+}
