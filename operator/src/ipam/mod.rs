@@ -523,14 +523,16 @@ impl Ipam {
         if let Some(key) = holder.key() {
             self.by_key.entry(key.to_owned()).or_default().insert(ip);
         }
+        // Most Services hold one IP and most IPs one holder: start at capacity one, not Vec's
+        // default of four, which would quadruple the memory per allocation.
         self.by_service
             .entry(holder.service.clone())
-            .or_default()
+            .or_insert_with(|| Vec::with_capacity(1))
             .push(ip);
         self.ips
             .entry(ip)
             .or_insert_with(|| Entry {
-                holders: Vec::new(),
+                holders: Vec::with_capacity(1),
                 pool,
             })
             .holders
