@@ -1,0 +1,6 @@
+//! Berth's BGP-4 speaker.
+//!
+//! Pure logic lives in its own modules and is tested without sockets: [`fsm`] is the RFC 4271
+//! session state machine (events in, actions out). The I/O tasks around it come later.
+
+pub mod fsm;
