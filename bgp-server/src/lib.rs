@@ -4,3 +4,4 @@
 //! session state machine (events in, actions out). The I/O tasks around it come later.
 
 pub mod fsm;
+pub mod rib;
