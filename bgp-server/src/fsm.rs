@@ -31,7 +31,7 @@ pub enum State {
 }
 
 /// The FSM's timers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Timer {
     /// Time between connection attempts.
     ConnectRetry,

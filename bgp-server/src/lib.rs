@@ -3,5 +3,8 @@
 //! Pure logic lives in its own modules and is tested without sockets: [`fsm`] is the RFC 4271
 //! session state machine (events in, actions out). The I/O tasks around it come later.
 
+pub mod config;
 pub mod fsm;
 pub mod rib;
+pub mod session;
+pub mod speaker;

@@ -1,18 +1,91 @@
 //! `berth-bgp-server`: Berth's BGP-4 speaker.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use tokio::sync::watch;
+
+use berth_bgp_server::config::SpeakerConfig;
 
 /// Berth's BGP speaker: announces each Service IP to the configured routers with one path per
-/// eligible node (ADD-PATH), exactly as the operator's desired state says.
+/// eligible node (ADD-PATH), exactly as its desired state says.
 ///
-/// Not implemented in this build: running it only says so.
+/// Today it runs standalone from a configuration file (global ASN and router ID, peers,
+/// static routes; the format is in the README and in `bgp-server/src/config.rs`). The gRPC
+/// control API that lets the operator drive it comes later.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
-struct Args {}
+struct Args {
+    /// Configuration file (YAML): asn, routerId, listenPort, gracefulRestart, peers, routes.
+    #[arg(long, short = 'c', env = "BERTH_BGP_CONFIG")]
+    config: PathBuf,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "BERTH_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log filter in tracing's syntax (e.g. `info`, `berth_bgp_server=debug`); RUST_LOG also works.
+    #[arg(long, default_value = "info", env = "BERTH_LOG")]
+    log: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!(
-        "berth-bgp-server: the BGP speaker is not implemented in this build (see README, \"Status\")"
-    )
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
+        .context("--log is not a valid filter")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading the configuration file {}", args.config.display()))?;
+    let cfg =
+        SpeakerConfig::parse(&text).with_context(|| format!("in {}", args.config.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let (_desired_tx, desired) = watch::channel(Arc::new(cfg.desired()));
+        let (stop_tx, stop) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: closing sessions with a Cease");
+            let _ = stop_tx.send(true);
+        });
+        berth_bgp_server::speaker::run(cfg, desired, stop)
+            .await
+            .context("running the speaker")
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -20,7 +20,7 @@ use ipnet::IpNet;
 pub struct PathId(pub u32);
 
 /// Attributes of one path that Berth controls.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PathAttrs {
     /// Relative weight for weighted ECMP (link-bandwidth community); `None`: unweighted.
     pub weight: Option<u32>,

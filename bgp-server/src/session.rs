@@ -1,0 +1,619 @@
+//! One peer's session: the I/O around the [`Fsm`], the codec and the per-family RIB-out.
+//!
+//! One task per peer owns the TCP connection, the timers and what was sent to that peer; the
+//! desired state arrives on a watch channel, inbound connections on an mpsc channel.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_bgp_wire::{
+    AddPathMode, AsPath, AsSegment, Attribute, Capability, DecodeContext, DecodeError,
+    EncodeContext, ExtCommunity, Family, GracefulRestartFamily, Message, NextHop, Nlri, Open,
+    Origin, pack_updates,
+};
+use ipnet::IpNet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::config::{GracefulRestartConfig, PeerConfig};
+use crate::fsm::{self, Action, Config as FsmConfig, Event, Fsm, PeerOpen, State, Timer};
+use crate::rib::{AdjRibOut, Change, Desired, PathAttrs};
+
+/// What a session needs to know about the speaker.
+#[derive(Debug, Clone)]
+pub struct Local {
+    /// Our ASN.
+    pub asn: u32,
+    /// Our identifier.
+    pub router_id: std::net::Ipv4Addr,
+    /// Graceful restart settings.
+    pub graceful_restart: GracefulRestartConfig,
+    /// We are restarting (state was restored): set the R bit in our OPEN.
+    pub restarting: bool,
+}
+
+/// A snapshot of the session for status and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// FSM state.
+    pub state: State,
+    /// ADD-PATH send negotiated per family (IPv4, IPv6).
+    pub add_path: [bool; 2],
+    /// Paths announced.
+    pub paths: usize,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
+type Connecting = Pin<Box<dyn std::future::Future<Output = std::io::Result<TcpStream>> + Send>>;
+
+struct Io {
+    read: Option<OwnedReadHalf>,
+    write: Option<OwnedWriteHalf>,
+    connecting: Option<Connecting>,
+    buf: Vec<u8>,
+}
+
+const FAMILIES: [Family; 2] = [Family::Ipv4Unicast, Family::Ipv6Unicast];
+
+/// Runs the session until `shutdown` turns true; then says goodbye with a Cease.
+pub async fn run(
+    local: Local,
+    peer: PeerConfig,
+    mut desired: watch::Receiver<Arc<Desired>>,
+    mut inbound: mpsc::Receiver<TcpStream>,
+    mut shutdown: watch::Receiver<bool>,
+    status: watch::Sender<Status>,
+) {
+    let mut fsm = Fsm::new(FsmConfig {
+        hold_time: peer.hold_time,
+        keepalive: peer.keepalive_time,
+        connect_retry: peer.connect_retry,
+        passive: peer.passive,
+        ..FsmConfig::new(local.asn, local.router_id, peer.asn)
+    });
+    let mut s = Session {
+        local,
+        peer,
+        io: Io {
+            read: None,
+            write: None,
+            connecting: None,
+            buf: Vec::with_capacity(8192),
+        },
+        deadlines: BTreeMap::new(),
+        enc: EncodeContext::default(),
+        dec: DecodeContext::default(),
+        ribs: [AdjRibOut::new(false, None), AdjRibOut::new(false, None)],
+        established: false,
+        last_error: None,
+        peer_open: None,
+    };
+    s.apply(&mut fsm, Event::ManualStart, &snapshot(&desired))
+        .await;
+    let mut read_buf = vec![0u8; 65536];
+    loop {
+        s.publish(&fsm, &status);
+        let next_deadline = s.deadlines.values().min().copied();
+        tokio::select! {
+            _ = shutdown.changed() => {
+                s.apply(&mut fsm, Event::ManualStop, &snapshot(&desired)).await;
+                s.publish(&fsm, &status);
+                return;
+            }
+            res = async { match s.io.connecting.as_mut() { Some(c) => c.await, None => std::future::pending().await } } => {
+                s.io.connecting = None;
+                let ev = match res {
+                    Ok(stream) => {
+                        s.attach(stream);
+                        Event::TcpCrAcked
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "connect failed");
+                        s.last_error = Some(format!("connect to {}:{}: {e}", s.peer.address, s.peer.port));
+                        Event::TcpConnectionFails
+                    }
+                };
+                s.apply(&mut fsm, ev, &snapshot(&desired)).await;
+            }
+            n = async { match s.io.read.as_mut() { Some(r) => r.read(&mut read_buf).await, None => std::future::pending().await } } => {
+                match n {
+                    Ok(0) | Err(_) => {
+                        s.last_error.get_or_insert_with(|| "connection closed by peer".to_owned());
+                        s.apply(&mut fsm, Event::TcpConnectionFails, &snapshot(&desired)).await;
+                    }
+                    Ok(n) => {
+                        s.io.buf.extend_from_slice(read_buf.get(..n).unwrap_or_default());
+                        s.drain_messages(&mut fsm, &snapshot(&desired)).await;
+                    }
+                }
+            }
+            _ = async { match next_deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                let now = Instant::now();
+                let due: Vec<Timer> = s.deadlines.iter().filter(|(_, d)| **d <= now).map(|(t, _)| *t).collect();
+                for t in due {
+                    s.deadlines.remove(&t);
+                    let ev = match t {
+                        Timer::ConnectRetry => Event::ConnectRetryTimerExpires,
+                        Timer::Hold => Event::HoldTimerExpires,
+                        Timer::Keepalive => Event::KeepaliveTimerExpires,
+                        Timer::IdleHold => Event::IdleHoldTimerExpires,
+                    };
+                    s.apply(&mut fsm, ev, &snapshot(&desired)).await;
+                }
+            }
+            Some(stream) = inbound.recv() => {
+                if s.io.read.is_some() || !matches!(fsm.state(), State::Connect | State::Active) {
+                    // A second connection while one is up: keep ours (collision handling of
+                    // simultaneous OPENs is not implemented yet).
+                    debug!("dropping an extra inbound connection");
+                    drop(stream);
+                } else {
+                    s.io.connecting = None;
+                    s.attach(stream);
+                    s.apply(&mut fsm, Event::TcpConnectionConfirmed, &snapshot(&desired)).await;
+                }
+            }
+            Ok(()) = desired.changed() => {
+                let d = desired.borrow_and_update().clone();
+                if s.established {
+                    s.send_changes(&mut fsm, &d).await;
+                }
+            }
+        }
+    }
+}
+
+struct Session {
+    local: Local,
+    peer: PeerConfig,
+    io: Io,
+    deadlines: BTreeMap<Timer, Instant>,
+    enc: EncodeContext,
+    dec: DecodeContext,
+    ribs: [AdjRibOut; 2],
+    established: bool,
+    last_error: Option<String>,
+    peer_open: Option<Open>,
+}
+
+impl Session {
+    fn publish(&self, fsm: &Fsm, status: &watch::Sender<Status>) {
+        let st = Status {
+            state: fsm.state(),
+            add_path: [self.ribs[0].add_path(), self.ribs[1].add_path()],
+            paths: self.ribs.iter().map(AdjRibOut::paths).sum(),
+            last_error: self.last_error.clone(),
+        };
+        status.send_if_modified(|old| {
+            let changed = *old != st;
+            if changed {
+                *old = st;
+            }
+            changed
+        });
+    }
+
+    fn attach(&mut self, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        if let Some(ttl) = self.ttl() {
+            let _ = stream.set_ttl(ttl);
+        }
+        let (r, w) = stream.into_split();
+        self.io.read = Some(r);
+        self.io.write = Some(w);
+        self.io.buf.clear();
+    }
+
+    fn ttl(&self) -> Option<u32> {
+        let ebgp = self.local.asn != self.peer.asn;
+        match (ebgp, self.peer.ebgp_multihop) {
+            (true, Some(t)) => Some(u32::from(t)),
+            (true, None) => Some(1),
+            (false, _) => None,
+        }
+    }
+
+    /// Feeds one event and carries out the actions, feeding back events they cause.
+    async fn apply(&mut self, fsm: &mut Fsm, event: Event, desired: &Desired) {
+        let mut queue = vec![event];
+        while let Some(ev) = queue.pop() {
+            debug!(state = ?fsm.state(), event = ?ev, "fsm");
+            for action in fsm.handle(ev) {
+                if let Some(ev) = self.act(action, desired).await {
+                    queue.push(ev);
+                }
+            }
+        }
+    }
+
+    async fn act(&mut self, action: Action, desired: &Desired) -> Option<Event> {
+        match action {
+            Action::Connect => {
+                let addr = SocketAddr::new(self.peer.address, self.peer.port);
+                let source = self.peer.source_address;
+                self.io.connecting = Some(Box::pin(connect(addr, source)));
+                None
+            }
+            Action::Disconnect => {
+                self.io.connecting = None;
+                self.io.read = None;
+                if let Some(mut w) = self.io.write.take() {
+                    let _ = w.shutdown().await;
+                }
+                self.io.buf.clear();
+                None
+            }
+            Action::SendOpen => self.send(&Message::Open(self.our_open())).await,
+            Action::SendKeepalive => self.send(&Message::Keepalive).await,
+            Action::SendNotification(n) => {
+                warn!(code = n.code, subcode = n.subcode, "sending NOTIFICATION");
+                self.last_error = Some(format!("sent NOTIFICATION {}/{}", n.code, n.subcode));
+                let msg = Message::Notification(berth_bgp_wire::Notification::new(
+                    n.code, n.subcode, n.data,
+                ));
+                self.send(&msg).await
+            }
+            Action::StartTimer(t, secs) => {
+                self.deadlines
+                    .insert(t, Instant::now() + Duration::from_secs(u64::from(secs)));
+                None
+            }
+            Action::StopTimer(t) => {
+                self.deadlines.remove(&t);
+                None
+            }
+            Action::Established {
+                hold_time,
+                keepalive,
+            } => {
+                self.negotiate();
+                info!(
+                    hold_time,
+                    keepalive,
+                    add_path_v4 = self.enc.add_path[0],
+                    add_path_v6 = self.enc.add_path[1],
+                    "session established"
+                );
+                self.established = true;
+                self.last_error = None;
+                self.send_changes_initial(desired).await
+            }
+            Action::Down(reason) => {
+                info!(?reason, "session down");
+                self.established = false;
+                self.ribs = [AdjRibOut::new(false, None), AdjRibOut::new(false, None)];
+                None
+            }
+        }
+    }
+
+    fn our_open(&self) -> Open {
+        let mut caps = vec![
+            Capability::Multiprotocol { afi: 1, safi: 1 },
+            Capability::Multiprotocol { afi: 2, safi: 1 },
+            Capability::RouteRefresh,
+            Capability::FourOctetAs(self.local.asn),
+        ];
+        if self.peer.add_path {
+            caps.push(Capability::AddPath(vec![
+                (1, 1, AddPathMode::Send),
+                (2, 1, AddPathMode::Send),
+            ]));
+        }
+        let gr = self.local.graceful_restart;
+        if gr.enabled {
+            // The nodes keep forwarding while the speaker restarts: forwarding is preserved.
+            let families = [(1, 1), (2, 1)]
+                .map(|(afi, safi)| GracefulRestartFamily {
+                    afi,
+                    safi,
+                    forwarding_preserved: self.local.restarting,
+                })
+                .to_vec();
+            caps.push(Capability::GracefulRestart {
+                restarting: self.local.restarting,
+                restart_time: gr.restart_time,
+                families,
+            });
+        }
+        Open {
+            asn: self.local.asn,
+            hold_time: self.peer.hold_time,
+            router_id: self.local.router_id,
+            capabilities: caps,
+        }
+    }
+
+    fn negotiate(&mut self) {
+        let ours = self.our_open();
+        let Some(theirs) = &self.peer_open else {
+            return;
+        };
+        let four = ours.four_octet_as() && theirs.four_octet_as();
+        let mut add_path = [false; 2];
+        for (i, fam) in FAMILIES.iter().enumerate() {
+            let (afi, safi) = fam.afi_safi();
+            let we_send = ours
+                .add_path()
+                .any(|(a, s, m)| (*a, *s) == (afi, safi) && m.sends());
+            let they_receive = theirs
+                .add_path()
+                .any(|(a, s, m)| (*a, *s) == (afi, safi) && m.receives());
+            add_path[i] = we_send && they_receive;
+        }
+        self.enc = EncodeContext {
+            four_octet_as: four,
+            add_path,
+            extended_message: false,
+        };
+        // We never advertise ADD-PATH receive, so their NLRI carry no path IDs.
+        self.dec = DecodeContext {
+            four_octet_as: four,
+            add_path: [false; 2],
+            extended_message: false,
+        };
+        self.ribs = [
+            AdjRibOut::new(add_path[0], self.peer.send_max),
+            AdjRibOut::new(add_path[1], self.peer.send_max),
+        ];
+    }
+
+    fn families_negotiated(&self) -> Vec<Family> {
+        let Some(theirs) = &self.peer_open else {
+            return vec![Family::Ipv4Unicast];
+        };
+        let mp: Vec<Family> = theirs
+            .capabilities
+            .iter()
+            .filter_map(|c| match c {
+                Capability::Multiprotocol { afi, safi } => Family::from_afi_safi(*afi, *safi),
+                _ => None,
+            })
+            .collect();
+        // RFC 4760: a peer without the MP capability speaks IPv4 unicast only.
+        if mp.is_empty() {
+            vec![Family::Ipv4Unicast]
+        } else {
+            mp
+        }
+    }
+
+    async fn send_changes_initial(&mut self, desired: &Desired) -> Option<Event> {
+        if let Some(ev) = self.send_changes_inner(desired).await {
+            return Some(ev);
+        }
+        for fam in self.families_negotiated() {
+            let eor = Message::Update(berth_bgp_wire::Update::end_of_rib(fam));
+            if let Some(ev) = self.send(&eor).await {
+                return Some(ev);
+            }
+        }
+        None
+    }
+
+    async fn send_changes(&mut self, fsm: &mut Fsm, desired: &Desired) {
+        if let Some(ev) = self.send_changes_inner(desired).await {
+            self.apply(fsm, ev, desired).await;
+        }
+    }
+
+    async fn send_changes_inner(&mut self, desired: &Desired) -> Option<Event> {
+        let negotiated = self.families_negotiated();
+        for (i, fam) in FAMILIES.iter().enumerate() {
+            let mine: Desired = if negotiated.contains(fam) {
+                desired
+                    .iter()
+                    .filter(|(p, _)| {
+                        matches!(
+                            (fam, p),
+                            (Family::Ipv4Unicast, IpNet::V4(_))
+                                | (Family::Ipv6Unicast, IpNet::V6(_))
+                        )
+                    })
+                    .map(|(p, paths)| (*p, paths.clone()))
+                    .collect()
+            } else {
+                Desired::new()
+            };
+            let changes = self.ribs[i].sync(&mine);
+            if changes.is_empty() {
+                continue;
+            }
+            for msg in self.encode_changes(*fam, &changes) {
+                if let Some(ev) = self.send_raw(&msg).await {
+                    return Some(ev);
+                }
+            }
+        }
+        None
+    }
+
+    /// Groups changes by attribute set and next hop, and packs them.
+    fn encode_changes(&self, fam: Family, changes: &[Change]) -> Vec<Vec<u8>> {
+        let ap = self.enc.add_path(fam);
+        let path_id = |id: crate::rib::PathId| ap.then_some(id.0);
+        let mut withdrawn = Vec::new();
+        // Paths with the same next hop and attributes share UPDATEs.
+        let mut groups: BTreeMap<(IpAddr, &PathAttrs), Vec<Nlri>> = BTreeMap::new();
+        for c in changes {
+            match c {
+                Change::Withdraw {
+                    prefix,
+                    path_id: id,
+                } => withdrawn.push(Nlri {
+                    path_id: path_id(*id),
+                    prefix: *prefix,
+                }),
+                Change::Announce {
+                    prefix,
+                    path_id: id,
+                    next_hop,
+                    attrs,
+                } => groups.entry((*next_hop, attrs)).or_default().push(Nlri {
+                    path_id: path_id(*id),
+                    prefix: *prefix,
+                }),
+            }
+        }
+        let groups: Vec<_> = groups
+            .into_iter()
+            .map(|((next_hop, attrs), nlri)| {
+                let nh = match next_hop {
+                    IpAddr::V4(a) => NextHop::V4(a),
+                    IpAddr::V6(a) => NextHop::V6 {
+                        global: a,
+                        link_local: None,
+                    },
+                };
+                (self.attributes(attrs), nh, nlri)
+            })
+            .collect();
+        pack_updates(&self.enc, fam, &withdrawn, &groups)
+    }
+
+    /// The attributes of one path for this peer: iBGP/eBGP rules applied here.
+    fn attributes(&self, attrs: &PathAttrs) -> Vec<Attribute> {
+        let ebgp = self.local.asn != self.peer.asn;
+        let path = if ebgp {
+            vec![AsSegment::Sequence(vec![self.local.asn])]
+        } else {
+            vec![]
+        };
+        let mut out = vec![
+            Attribute::Origin(Origin::Igp),
+            Attribute::AsPath(AsPath(path)),
+        ];
+        if !ebgp {
+            out.push(Attribute::LocalPref(attrs.local_pref.unwrap_or(100)));
+        }
+        if !attrs.communities.is_empty() {
+            out.push(Attribute::Communities(attrs.communities.clone()));
+        }
+        if let Some(w) = attrs.weight {
+            let asn = u16::try_from(self.local.asn).unwrap_or(berth_bgp_wire::AS_TRANS);
+            #[allow(clippy::cast_precision_loss)]
+            let bw = (w as f32).to_bits();
+            out.push(Attribute::ExtendedCommunities(vec![
+                ExtCommunity::LinkBandwidth { asn, bandwidth: bw },
+            ]));
+        }
+        if !attrs.large_communities.is_empty() {
+            out.push(Attribute::LargeCommunities(
+                attrs
+                    .large_communities
+                    .iter()
+                    .map(|(a, b, c)| [*a, *b, *c])
+                    .collect(),
+            ));
+        }
+        out
+    }
+
+    async fn drain_messages(&mut self, fsm: &mut Fsm, desired: &Desired) {
+        loop {
+            let decoded = Message::decode(&self.io.buf, &self.dec);
+            let ev = match decoded {
+                Ok(None) => return,
+                Ok(Some((msg, n))) => {
+                    self.io.buf.drain(..n);
+                    match msg {
+                        Message::Open(o) => {
+                            let ev = Event::BgpOpen(PeerOpen {
+                                asn: o.asn,
+                                hold_time: o.hold_time,
+                                router_id: o.router_id,
+                            });
+                            self.peer_open = Some(o);
+                            ev
+                        }
+                        Message::Keepalive => Event::KeepAliveMsg,
+                        Message::Update(_) => Event::UpdateMsg,
+                        Message::Notification(n) => {
+                            warn!(code = n.code, subcode = n.subcode, "received NOTIFICATION");
+                            self.last_error =
+                                Some(format!("received NOTIFICATION {}/{}", n.code, n.subcode));
+                            Event::NotifMsg(fsm::Notification {
+                                code: n.code,
+                                subcode: n.subcode,
+                                data: n.data,
+                            })
+                        }
+                        Message::RouteRefresh(_) => {
+                            // Resend everything: forget what was sent, then sync.
+                            if self.established {
+                                let aps = [self.enc.add_path[0], self.enc.add_path[1]];
+                                self.ribs = [
+                                    AdjRibOut::new(aps[0], self.peer.send_max),
+                                    AdjRibOut::new(aps[1], self.peer.send_max),
+                                ];
+                                self.send_changes(fsm, desired).await;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.io.buf.clear();
+                    let n = e.notification();
+                    let n = fsm::Notification {
+                        code: n.code,
+                        subcode: n.subcode,
+                        data: n.data,
+                    };
+                    match e {
+                        DecodeError::Open { .. } => Event::BgpOpenMsgErr(n),
+                        DecodeError::Update { .. } => Event::UpdateMsgErr(n),
+                        _ => Event::BgpHeaderErr(n),
+                    }
+                }
+            };
+            self.apply(fsm, ev, desired).await;
+            if self.io.read.is_none() {
+                return;
+            }
+        }
+    }
+
+    async fn send(&mut self, msg: &Message) -> Option<Event> {
+        let bytes = msg.to_bytes(&self.enc);
+        self.send_raw(&bytes).await
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) -> Option<Event> {
+        let w = self.io.write.as_mut()?;
+        match w.write_all(bytes).await {
+            Ok(()) => None,
+            Err(e) => {
+                self.last_error = Some(format!("write to {}: {e}", self.peer.address));
+                Some(Event::TcpConnectionFails)
+            }
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if let Some(src) = source {
+        socket.bind(SocketAddr::new(src, 0))?;
+    }
+    tokio::time::timeout(Duration::from_secs(10), socket.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// The current desired state, without holding the channel's lock across an await.
+fn snapshot(rx: &watch::Receiver<Arc<Desired>>) -> Arc<Desired> {
+    rx.borrow().clone()
+}
