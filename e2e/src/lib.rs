@@ -1,3 +1,38 @@
-//! Berth's lab and end-to-end suites: namespaces, real routers, real traffic.
+//! Berth's lab and end-to-end helpers: network namespaces, real routers, real processes.
 //!
-//! Empty in this build; the lab binary only explains that.
+//! Everything created here is removed when its guard drops, also when a test fails.
+
+pub mod frr;
+pub mod netns;
+
+/// Why a test that needs the real network cannot run here, or `None` when it can. In CI
+/// (`CI` set) a missing prerequisite is a failure, never a skip.
+// Test support: failing the calling test is the point.
+#[allow(clippy::panic)]
+pub fn lab_unavailable(binaries: &[&str]) -> Option<String> {
+    let why = if !is_root() {
+        Some("needs root (network namespaces)".to_owned())
+    } else {
+        binaries
+            .iter()
+            .find(|b| !std::path::Path::new(b).exists())
+            .map(|b| format!("needs {b} (apt-get install -y frr bird2 gobgpd)"))
+    };
+    if let Some(w) = &why
+        && std::env::var_os("CI").is_some()
+    {
+        panic!("this test {w}, and CI must run it");
+    }
+    why
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,136 @@
+//! The speaker against a real FRR in network namespaces (needs root and Debian's frr).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use berth_e2e::frr::{BGPD, Frr, ZEBRA, wait_for};
+use berth_e2e::lab_unavailable;
+use berth_e2e::netns::Lab;
+
+const SPEAKER: &str = env!("CARGO_BIN_EXE_berth-bgp-server");
+
+const FRR_CONF: &str = "frr defaults traditional
+hostname r
+router bgp 64513
+ bgp router-id 10.0.0.1
+ no bgp ebgp-requires-policy
+ no bgp network import-check
+ neighbor 10.0.0.11 remote-as 64512
+ neighbor 10.0.0.11 timers 3 9
+ neighbor fd00::11 remote-as 64512
+ neighbor fd00::11 timers 3 9
+ address-family ipv4 unicast
+  neighbor 10.0.0.11 activate
+ exit-address-family
+ address-family ipv6 unicast
+  neighbor fd00::11 activate
+ exit-address-family
+";
+
+const SPEAKER_CONF: &str = "asn: 64512
+routerId: 10.0.0.11
+peers:
+  - address: 10.0.0.1
+    asn: 64513
+    holdTime: 9
+  - address: fd00::1
+    asn: 64513
+    holdTime: 9
+routes:
+  - prefix: 198.51.100.10/32
+    nextHops: [10.0.0.11, 10.0.0.12, 10.0.0.13]
+  - prefix: 2001:db8::10/128
+    nextHops: [fd00::11, fd00::12]
+";
+
+fn nexthops(route: &str) -> usize {
+    route
+        .lines()
+        .filter(|l| l.trim_start().starts_with("nexthop via"))
+        .count()
+}
+
+#[test]
+fn frr_installs_one_nexthop_per_node_and_withdraws_on_stop() {
+    if let Some(why) = lab_unavailable(&[ZEBRA, BGPD]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempdir();
+    let mut lab = Lab::new("bs");
+    let router = lab.namespace("r").unwrap();
+    let node = lab.namespace("n").unwrap();
+    lab.link(
+        &router,
+        "veth-r",
+        &["10.0.0.1/24", "fd00::1/64"],
+        &node,
+        "veth-n",
+        &["10.0.0.11/24", "fd00::11/64"],
+    )
+    .unwrap();
+    let frr = Frr::start(&mut lab, &router, &dir, FRR_CONF).unwrap();
+    std::fs::write(dir.join("speaker.yaml"), SPEAKER_CONF).unwrap();
+    let conf = dir.join("speaker.yaml").display().to_string();
+    let speaker = lab
+        .spawn(
+            &node,
+            SPEAKER,
+            &["--config", &conf, "--log", "debug"],
+            &dir.join("speaker.log"),
+        )
+        .unwrap();
+
+    let v4 = wait_for(Duration::from_secs(30), || {
+        frr.kernel_route(&lab, "198.51.100.10")
+            .ok()
+            .filter(|r| nexthops(r) == 3)
+    });
+    let log = || std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default();
+    assert!(
+        v4.is_some(),
+        "FRR never held 198.51.100.10 with 3 nexthops; speaker log:\n{}",
+        log()
+    );
+    let v4 = v4.unwrap();
+    for nh in ["10.0.0.11", "10.0.0.12", "10.0.0.13"] {
+        assert!(v4.contains(&format!("via {nh} ")), "{nh} missing from {v4}");
+    }
+    let v6 = wait_for(Duration::from_secs(30), || {
+        frr.kernel_route(&lab, "2001:db8::10")
+            .ok()
+            .filter(|r| nexthops(r) == 2)
+    });
+    assert!(
+        v6.is_some(),
+        "FRR never held 2001:db8::10 with 2 nexthops: {:?}\n{}",
+        frr.kernel_route(&lab, "2001:db8::10"),
+        log()
+    );
+    let summary = frr
+        .vtysh(&lab, "show bgp ipv4 unicast 198.51.100.10/32")
+        .unwrap();
+    assert!(
+        summary.contains("AddPath ID: RX 3"),
+        "FRR did not receive three ADD-PATH paths:\n{summary}"
+    );
+
+    lab.terminate(speaker);
+    let gone = wait_for(Duration::from_secs(15), || {
+        frr.kernel_route(&lab, "198.51.100.10")
+            .ok()
+            .filter(|r| r.is_empty())
+    });
+    assert!(
+        gone.is_some(),
+        "route still installed after the speaker stopped with a Cease"
+    );
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("berth-bgp-frr-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
