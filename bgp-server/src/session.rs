@@ -310,12 +310,14 @@ impl Session {
         }
         let gr = self.local.graceful_restart;
         if gr.enabled {
-            // The nodes keep forwarding while the speaker restarts: forwarding is preserved.
+            // The nodes, not the speaker, forward the traffic, and they keep doing so while the
+            // speaker restarts: forwarding state is always preserved (F bit), so the peer keeps
+            // the stale paths until our End-of-RIB instead of flushing them on our new OPEN.
             let families = [(1, 1), (2, 1)]
                 .map(|(afi, safi)| GracefulRestartFamily {
                     afi,
                     safi,
-                    forwarding_preserved: self.local.restarting,
+                    forwarding_preserved: true,
                 })
                 .to_vec();
             caps.push(Capability::GracefulRestart {

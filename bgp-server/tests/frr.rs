@@ -57,8 +57,8 @@ fn frr_installs_one_nexthop_per_node_and_withdraws_on_stop() {
         eprintln!("skipped: {why}");
         return;
     }
-    let dir = tempdir();
-    let mut lab = Lab::new("bs");
+    let dir = tempdir("ecmp");
+    let mut lab = Lab::new("bs1-");
     let router = lab.namespace("r").unwrap();
     let node = lab.namespace("n").unwrap();
     lab.link(
@@ -128,9 +128,88 @@ fn frr_installs_one_nexthop_per_node_and_withdraws_on_stop() {
     );
 }
 
-fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("berth-bgp-frr-{}", std::process::id()));
+fn tempdir(test: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("berth-bgp-frr-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// RFC 4724: a speaker killed with SIGKILL and started again never makes the route leave the
+/// router's kernel: FRR keeps the stale paths until our End-of-RIB.
+#[test]
+fn graceful_restart_keeps_the_route_through_a_crash() {
+    if let Some(why) = lab_unavailable(&[ZEBRA, BGPD]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempdir("gr");
+    let mut lab = Lab::new("bs2-");
+    let router = lab.namespace("r").unwrap();
+    let node = lab.namespace("n").unwrap();
+    lab.link(
+        &router,
+        "veth-r",
+        &["10.0.0.1/24", "fd00::1/64"],
+        &node,
+        "veth-n",
+        &["10.0.0.11/24", "fd00::11/64"],
+    )
+    .unwrap();
+    let frr = Frr::start(&mut lab, &router, &dir, FRR_CONF).unwrap();
+    std::fs::write(dir.join("speaker.yaml"), SPEAKER_CONF).unwrap();
+    let conf = dir.join("speaker.yaml").display().to_string();
+    let first = lab
+        .spawn(
+            &node,
+            SPEAKER,
+            &["--config", &conf],
+            &dir.join("speaker-1.log"),
+        )
+        .unwrap();
+    let up = wait_for(Duration::from_secs(30), || {
+        frr.kernel_route(&lab, "198.51.100.10")
+            .ok()
+            .filter(|r| nexthops(r) == 3)
+    });
+    assert!(up.is_some(), "route never installed");
+
+    lab.kill(first);
+    let restarted_at = std::time::Instant::now();
+    let mut restarted = false;
+    // Watch the kernel route for 8 s: 2 s with the speaker dead, then through its restart.
+    while restarted_at.elapsed() < Duration::from_secs(8) {
+        let route = frr.kernel_route(&lab, "198.51.100.10").unwrap();
+        assert_eq!(
+            nexthops(&route),
+            3,
+            "route flapped {:?} after the crash: {route:?}",
+            restarted_at.elapsed()
+        );
+        if !restarted && restarted_at.elapsed() > Duration::from_secs(2) {
+            lab.spawn(
+                &node,
+                SPEAKER,
+                &["--config", &conf],
+                &dir.join("speaker-2.log"),
+            )
+            .unwrap();
+            restarted = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let summary = frr
+        .vtysh(&lab, "show bgp ipv4 unicast 198.51.100.10/32")
+        .unwrap();
+    assert!(
+        !summary.contains("stale"),
+        "paths still stale after End-of-RIB:\n{summary}"
+    );
+    let state = frr.vtysh(&lab, "show bgp ipv4 unicast summary").unwrap();
+    assert!(
+        state.lines().any(|l| l.starts_with("10.0.0.11")
+            && l.trim_end().ends_with("N/A")
+            && !l.contains("Active")),
+        "session not re-established:\n{state}"
+    );
 }

@@ -110,7 +110,16 @@ impl Lab {
 
     /// Sends SIGTERM to a child started with [`Lab::spawn`] and waits for it.
     pub fn terminate(&mut self, pid: u32) {
-        let _ = run("kill", &["-TERM", &pid.to_string()]);
+        self.signal(pid, "-TERM");
+    }
+
+    /// Sends SIGKILL to a child started with [`Lab::spawn`] (a crash) and waits for it.
+    pub fn kill(&mut self, pid: u32) {
+        self.signal(pid, "-KILL");
+    }
+
+    fn signal(&mut self, pid: u32, sig: &str) {
+        let _ = run("kill", &[sig, &pid.to_string()]);
         if let Some(c) = self.children.iter_mut().find(|c| c.id() == pid) {
             let _ = c.wait();
         }
