@@ -2,7 +2,9 @@
 //!
 //! Everything created here is removed when its guard drops, also when a test fails.
 
+pub mod bird;
 pub mod frr;
+pub mod gobgp;
 pub mod netns;
 
 /// Why a test that needs the real network cannot run here, or `None` when it can. In CI
