@@ -14,7 +14,8 @@ use berth_bgp_server::config::SpeakerConfig;
 ///
 /// Today it runs standalone from a configuration file (global ASN and router ID, peers,
 /// static routes; the format is in the README and in `bgp-server/src/config.rs`). The gRPC
-/// control API that lets the operator drive it comes later.
+/// control API that lets the operator drive it comes later. SIGHUP reloads the routes from the
+/// file (only the difference is sent); SIGTERM closes every session with a Cease.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
@@ -59,7 +60,12 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let (_desired_tx, desired) = watch::channel(Arc::new(cfg.desired()));
+        let (desired_tx, desired) = watch::channel(Arc::new(cfg.desired()));
+        tokio::spawn(reload_on_sighup(
+            args.config.clone(),
+            cfg.clone(),
+            desired_tx,
+        ));
         let (stop_tx, stop) = watch::channel(false);
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -70,6 +76,42 @@ fn main() -> anyhow::Result<()> {
             .await
             .context("running the speaker")
     })
+}
+
+/// SIGHUP re-reads the file and applies its routes: only the difference reaches the peers.
+/// Peer and global settings need a restart; a file that no longer parses is reported and
+/// changes nothing.
+async fn reload_on_sighup(
+    path: PathBuf,
+    running: SpeakerConfig,
+    desired: watch::Sender<Arc<berth_bgp_server::rib::Desired>>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| SpeakerConfig::parse(&t).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(cfg) => {
+                if cfg.peers != running.peers
+                    || cfg.asn != running.asn
+                    || cfg.router_id != running.router_id
+                {
+                    tracing::warn!(
+                        "SIGHUP: only routes are reloaded; restart to change peers, asn or routerId"
+                    );
+                }
+                tracing::info!(routes = cfg.routes.len(), "SIGHUP: routes reloaded");
+                let _ = desired.send(Arc::new(cfg.desired()));
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "SIGHUP: configuration not reloaded")
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -116,6 +116,32 @@ fn frr_installs_one_nexthop_per_node_and_withdraws_on_stop() {
         "FRR did not receive three ADD-PATH paths:\n{summary}"
     );
 
+    // Removing one next hop removes exactly that nexthop (SIGHUP reloads the routes).
+    std::fs::write(
+        dir.join("speaker.yaml"),
+        SPEAKER_CONF.replace(", 10.0.0.12, 10.0.0.13]", ", 10.0.0.13]"),
+    )
+    .unwrap();
+    berth_e2e::netns::run("kill", &["-HUP", &speaker.to_string()]).unwrap();
+    let two = wait_for(Duration::from_secs(15), || {
+        frr.kernel_route(&lab, "198.51.100.10")
+            .ok()
+            .filter(|r| nexthops(r) == 2)
+    });
+    let two = two.unwrap_or_else(|| {
+        panic!(
+            "nexthop not removed: {:?}\n{}",
+            frr.kernel_route(&lab, "198.51.100.10"),
+            log()
+        )
+    });
+    assert!(
+        two.contains("via 10.0.0.11 ")
+            && two.contains("via 10.0.0.13 ")
+            && !two.contains("10.0.0.12"),
+        "{two}"
+    );
+
     lab.terminate(speaker);
     let gone = wait_for(Duration::from_secs(15), || {
         frr.kernel_route(&lab, "198.51.100.10")
