@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod fsm;
+pub mod metrics;
 pub mod rib;
 pub mod session;
 pub mod speaker;

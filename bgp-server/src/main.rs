@@ -25,6 +25,9 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "BERTH_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9473", env = "BERTH_METRICS_ADDR")]
+    metrics_addr: std::net::SocketAddr,
     /// Log filter in tracing's syntax (e.g. `info`, `berth_bgp_server=debug`); RUST_LOG also works.
     #[arg(long, default_value = "info", env = "BERTH_LOG")]
     log: String,
@@ -72,7 +75,18 @@ fn main() -> anyhow::Result<()> {
             tracing::info!("shutting down: closing sessions with a Cease");
             let _ = stop_tx.send(true);
         });
-        berth_bgp_server::speaker::run(cfg, desired, stop)
+        let metrics = Arc::new(berth_bgp_server::metrics::Metrics::new());
+        let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+            .await
+            .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+        let (_ready_tx, ready) = watch::channel(true);
+        tokio::spawn(berth_bgp_server::metrics::serve(
+            listener,
+            metrics.clone(),
+            ready,
+            stop.clone(),
+        ));
+        berth_bgp_server::speaker::run(cfg, desired, stop, metrics)
             .await
             .context("running the speaker")
     })

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{GracefulRestartConfig, PeerConfig};
 use crate::fsm::{self, Action, Config as FsmConfig, Event, Fsm, PeerOpen, State, Timer};
+use crate::metrics::{Metrics, PeerLabels};
 use crate::rib::{AdjRibOut, Change, Desired, PathAttrs};
 
 /// What a session needs to know about the speaker.
@@ -71,6 +72,7 @@ pub async fn run(
     mut inbound: mpsc::Receiver<TcpStream>,
     mut shutdown: watch::Receiver<bool>,
     status: watch::Sender<Status>,
+    metrics: Arc<Metrics>,
 ) {
     let mut fsm = Fsm::new(FsmConfig {
         hold_time: peer.hold_time,
@@ -80,6 +82,8 @@ pub async fn run(
         ..FsmConfig::new(local.asn, local.router_id, peer.asn)
     });
     let mut s = Session {
+        label: peer.address.to_string(),
+        metrics,
         local,
         peer,
         io: Io {
@@ -172,6 +176,8 @@ pub async fn run(
 }
 
 struct Session {
+    label: String,
+    metrics: Arc<Metrics>,
     local: Local,
     peer: PeerConfig,
     io: Io,
@@ -192,6 +198,19 @@ impl Session {
             paths: self.ribs.iter().map(AdjRibOut::paths).sum(),
             last_error: self.last_error.clone(),
         };
+        self.metrics.set_state(&self.label, st.state);
+        let peer = PeerLabels {
+            peer: self.label.clone(),
+        };
+        let prefixes: usize = self.ribs.iter().map(AdjRibOut::prefixes).sum();
+        self.metrics
+            .prefixes_announced
+            .get_or_create(&peer)
+            .set(i64::try_from(prefixes).unwrap_or(i64::MAX));
+        self.metrics
+            .paths_announced
+            .get_or_create(&peer)
+            .set(i64::try_from(st.paths).unwrap_or(i64::MAX));
         status.send_if_modified(|old| {
             let changed = *old != st;
             if changed {
@@ -430,6 +449,7 @@ impl Session {
                 continue;
             }
             for msg in self.encode_changes(*fam, &changes) {
+                self.metrics.message(&self.label, "update", true);
                 if let Some(ev) = self.send_raw(&msg).await {
                     return Some(ev);
                 }
@@ -526,6 +546,7 @@ impl Session {
                 Ok(None) => return,
                 Ok(Some((msg, n))) => {
                     self.io.buf.drain(..n);
+                    self.metrics.message(&self.label, kind(&msg), false);
                     match msg {
                         Message::Open(o) => {
                             let ev = Event::BgpOpen(PeerOpen {
@@ -540,6 +561,8 @@ impl Session {
                         Message::Update(_) => Event::UpdateMsg,
                         Message::Notification(n) => {
                             warn!(code = n.code, subcode = n.subcode, "received NOTIFICATION");
+                            self.metrics
+                                .notification(&self.label, false, n.code, n.subcode);
                             self.last_error =
                                 Some(format!("received NOTIFICATION {}/{}", n.code, n.subcode));
                             Event::NotifMsg(fsm::Notification {
@@ -585,6 +608,11 @@ impl Session {
     }
 
     async fn send(&mut self, msg: &Message) -> Option<Event> {
+        self.metrics.message(&self.label, kind(msg), true);
+        if let Message::Notification(n) = msg {
+            self.metrics
+                .notification(&self.label, true, n.code, n.subcode);
+        }
         let bytes = msg.to_bytes(&self.enc);
         self.send_raw(&bytes).await
     }
@@ -618,4 +646,14 @@ async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<Tc
 /// The current desired state, without holding the channel's lock across an await.
 fn snapshot(rx: &watch::Receiver<Arc<Desired>>) -> Arc<Desired> {
     rx.borrow().clone()
+}
+
+fn kind(msg: &Message) -> &'static str {
+    match msg {
+        Message::Open(_) => "open",
+        Message::Update(_) => "update",
+        Message::Notification(_) => "notification",
+        Message::Keepalive => "keepalive",
+        Message::RouteRefresh(_) => "route_refresh",
+    }
 }

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, info, warn};
 
 use crate::config::SpeakerConfig;
+use crate::metrics::Metrics;
 use crate::rib::Desired;
 use crate::session::{self, Local, Status};
 
@@ -19,6 +20,7 @@ pub async fn run(
     cfg: SpeakerConfig,
     desired: watch::Receiver<Arc<Desired>>,
     shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
     let local = Local {
         asn: cfg.asn,
@@ -46,6 +48,7 @@ pub async fn run(
                 rx,
                 shutdown.clone(),
                 status_tx,
+                metrics.clone(),
             )
             .instrument(span),
         );

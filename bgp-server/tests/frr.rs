@@ -116,6 +116,23 @@ fn frr_installs_one_nexthop_per_node_and_withdraws_on_stop() {
         "FRR did not receive three ADD-PATH paths:\n{summary}"
     );
 
+    // The speaker's own view, from its metrics endpoint inside the node namespace.
+    let metrics = lab
+        .exec(&node, "python3", &["-c", "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9473/metrics').read().decode())"])
+        .unwrap();
+    assert!(
+        metrics.contains(r#"berth_bgp_session_state{peer="10.0.0.1",state="Established"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"berth_bgp_paths_announced{peer="10.0.0.1"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"berth_bgp_prefixes_announced{peer="10.0.0.1"} 1"#),
+        "{metrics}"
+    );
+
     // Removing one next hop removes exactly that nexthop (SIGHUP reloads the routes).
     std::fs::write(
         dir.join("speaker.yaml"),

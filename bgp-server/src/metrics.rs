@@ -1,0 +1,296 @@
+//! Prometheus metrics (`berth_bgp_*`) and the `/metrics`, `/healthz`, `/readyz` endpoints.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::fsm::State;
+
+/// Labels naming a peer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// Neighbour address.
+    pub peer: String,
+}
+
+/// Labels of a session-state series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// Neighbour address.
+    pub peer: String,
+    /// RFC 4271 state name.
+    pub state: String,
+}
+
+/// Labels of a message counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    /// Neighbour address.
+    pub peer: String,
+    /// open, update, notification, keepalive, route_refresh.
+    pub kind: String,
+}
+
+/// Labels of a NOTIFICATION counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    /// Neighbour address.
+    pub peer: String,
+    /// sent or received.
+    pub direction: String,
+    /// Error code.
+    pub code: String,
+    /// Error subcode.
+    pub subcode: String,
+}
+
+/// Every metric of the speaker.
+pub struct Metrics {
+    registry: Registry,
+    /// 1 for the session's current state, 0 for the others.
+    pub session_state: Family<StateLabels, Gauge>,
+    /// Messages sent.
+    pub messages_sent: Family<MessageLabels, Counter>,
+    /// Messages received.
+    pub messages_received: Family<MessageLabels, Counter>,
+    /// Prefixes announced to the peer.
+    pub prefixes_announced: Family<PeerLabels, Gauge>,
+    /// Paths announced to the peer (more than prefixes with ADD-PATH).
+    pub paths_announced: Family<PeerLabels, Gauge>,
+    /// NOTIFICATIONs sent and received.
+    pub notifications: Family<NotificationLabels, Counter>,
+}
+
+const STATES: [State; 6] = [
+    State::Idle,
+    State::Connect,
+    State::Active,
+    State::OpenSent,
+    State::OpenConfirm,
+    State::Established,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("berth_bgp");
+        let m = Metrics {
+            registry: Registry::default(),
+            session_state: Family::default(),
+            messages_sent: Family::default(),
+            messages_received: Family::default(),
+            prefixes_announced: Family::default(),
+            paths_announced: Family::default(),
+            notifications: Family::default(),
+        };
+        registry.register(
+            "session_state",
+            "1 for the BGP session's current RFC 4271 state",
+            m.session_state.clone(),
+        );
+        registry.register(
+            "messages_sent",
+            "BGP messages sent, by type",
+            m.messages_sent.clone(),
+        );
+        registry.register(
+            "messages_received",
+            "BGP messages received, by type",
+            m.messages_received.clone(),
+        );
+        registry.register(
+            "prefixes_announced",
+            "Prefixes announced to the peer",
+            m.prefixes_announced.clone(),
+        );
+        registry.register(
+            "paths_announced",
+            "Paths announced to the peer (one per next hop with ADD-PATH)",
+            m.paths_announced.clone(),
+        );
+        registry.register(
+            "notifications",
+            "NOTIFICATION messages, by direction, code and subcode",
+            m.notifications.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Records the session's state: 1 on the current one, 0 on the others.
+    pub fn set_state(&self, peer: &str, state: State) {
+        for s in STATES {
+            let labels = StateLabels {
+                peer: peer.to_owned(),
+                state: format!("{s:?}"),
+            };
+            self.session_state
+                .get_or_create(&labels)
+                .set(i64::from(s == state));
+        }
+    }
+
+    /// Counts a message by kind.
+    pub fn message(&self, peer: &str, kind: &str, sent: bool) {
+        let labels = MessageLabels {
+            peer: peer.to_owned(),
+            kind: kind.to_owned(),
+        };
+        let family = if sent {
+            &self.messages_sent
+        } else {
+            &self.messages_received
+        };
+        family.get_or_create(&labels).inc();
+    }
+
+    /// Counts a NOTIFICATION.
+    pub fn notification(&self, peer: &str, sent: bool, code: u8, subcode: u8) {
+        let labels = NotificationLabels {
+            peer: peer.to_owned(),
+            direction: if sent { "sent" } else { "received" }.to_owned(),
+            code: code.to_string(),
+            subcode: subcode.to_string(),
+        };
+        self.notifications.get_or_create(&labels).inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `/metrics`, `/healthz` (the process runs) and `/readyz` (its desired state is
+/// loaded and sessions are started) until `shutdown` turns true. A deliberately small HTTP/1.0
+/// responder: these three GETs are all it is for.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((mut stream, _)) = accepted else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        let ready = *ready.borrow();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = match tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                stream.read(&mut buf),
+            )
+            .await
+            {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(buf.get(..n).unwrap_or_default());
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            let (status, content_type, body) = match path {
+                "/metrics" => (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    metrics.render(),
+                ),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
+                "/readyz" if ready => ("200 OK", "text/plain", "ready\n".to_owned()),
+                "/readyz" => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready: sessions not started\n".to_owned(),
+                ),
+                _ => (
+                    "404 Not Found",
+                    "text/plain",
+                    "try /metrics, /healthz or /readyz\n".to_owned(),
+                ),
+            };
+            let head = format!(
+                "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_documented_names() {
+        let m = Metrics::new();
+        m.set_state("10.0.0.1", State::Established);
+        m.message("10.0.0.1", "update", true);
+        m.notification("10.0.0.1", false, 6, 2);
+        m.paths_announced
+            .get_or_create(&PeerLabels {
+                peer: "10.0.0.1".into(),
+            })
+            .set(3);
+        let text = m.render();
+        assert!(
+            text.contains(r#"berth_bgp_session_state{peer="10.0.0.1",state="Established"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"berth_bgp_session_state{peer="10.0.0.1",state="Idle"} 0"#));
+        assert!(text.contains(r#"berth_bgp_messages_sent_total{peer="10.0.0.1",kind="update"} 1"#));
+        assert!(text.contains(r#"berth_bgp_notifications_total{peer="10.0.0.1",direction="received",code="6",subcode="2"} 1"#));
+        assert!(text.contains(r#"berth_bgp_paths_announced{peer="10.0.0.1"} 3"#));
+    }
+
+    #[tokio::test]
+    async fn endpoints_answer_over_http() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ready_tx, ready) = watch::channel(false);
+        let (_stop_tx, stop) = watch::channel(false);
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_state("10.0.0.1", State::Active);
+        tokio::spawn(serve(listener, metrics, ready, stop));
+        let get = |path: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        assert!(get("/healthz").await.starts_with("HTTP/1.0 200"));
+        assert!(get("/readyz").await.starts_with("HTTP/1.0 503"));
+        ready_tx.send(true).unwrap();
+        assert!(get("/readyz").await.starts_with("HTTP/1.0 200"));
+        let body = get("/metrics").await;
+        assert!(
+            body.contains(r#"berth_bgp_session_state{peer="10.0.0.1",state="Active"} 1"#),
+            "{body}"
+        );
+        assert!(get("/nope").await.starts_with("HTTP/1.0 404"));
+    }
+}
