@@ -8,12 +8,18 @@ use berth_bgp_server::fsm::{Action, Config, Event, Fsm, Notification, PeerOpen, 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&passive, rest)) = data.split_first() else { return };
+    let Some((&passive, rest)) = data.split_first() else {
+        return;
+    };
     let mut cfg = Config::new(64512, Ipv4Addr::new(10, 0, 0, 11), 64513);
     cfg.passive = passive & 1 != 0;
     let mut fsm = Fsm::new(cfg);
     for chunk in rest.chunks(3) {
-        let (a, b, c) = (chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0));
+        let (a, b, c) = (
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        );
         let event = match a % 19 {
             0 => Event::ManualStart,
             1 => Event::ManualStop,
@@ -41,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
         };
         let before = fsm.state();
         let actions = fsm.handle(event);
-        let downs = actions.iter().filter(|x| matches!(x, Action::Down(_))).count();
+        let downs = actions
+            .iter()
+            .filter(|x| matches!(x, Action::Down(_)))
+            .count();
         let left = before == State::Established && fsm.state() != State::Established;
         assert_eq!(downs, usize::from(left));
     }
