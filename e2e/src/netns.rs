@@ -80,6 +80,33 @@ impl Lab {
         Ok(())
     }
 
+    /// Creates a bridge in `ns` with addresses (CIDR notation), up.
+    pub fn bridge(&self, ns: &str, name: &str, addrs: &[&str]) -> Result<(), String> {
+        run("ip", &["-n", ns, "link", "add", name, "type", "bridge"])?;
+        for addr in addrs {
+            run("ip", &["-n", ns, "addr", "add", addr, "dev", name, "nodad"])
+                .or_else(|_| run("ip", &["-n", ns, "addr", "add", addr, "dev", name]))?;
+        }
+        run("ip", &["-n", ns, "link", "set", name, "up"])?;
+        Ok(())
+    }
+
+    /// Plugs `other` into the bridge `bridge` of `ns` with a veth pair; `other`'s end is
+    /// `ifname` with `addrs`.
+    pub fn plug(
+        &self,
+        ns: &str,
+        bridge: &str,
+        port: &str,
+        other: &str,
+        ifname: &str,
+        addrs: &[&str],
+    ) -> Result<(), String> {
+        self.link(ns, port, &[], other, ifname, addrs)?;
+        run("ip", &["-n", ns, "link", "set", port, "master", bridge])?;
+        Ok(())
+    }
+
     /// Starts a process inside a namespace; it is killed on drop.
     pub fn spawn(
         &mut self,
