@@ -119,7 +119,6 @@ fn topology(name: &str) -> Topology {
     let frr = Frr::start(&mut lab, &router, &dir, FRR_CONF).unwrap();
     Topology {
         lab,
-        router,
         nodes,
         client,
         frr,
