@@ -121,6 +121,9 @@ pub struct PeerConfig {
     /// TTL for eBGP multihop.
     #[serde(default)]
     pub ebgp_multihop: Option<u8>,
+    /// TCP MD5 password (RFC 2385), at most 80 bytes. Keep the file readable by root only.
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 fn connect_retry() -> u32 {
@@ -225,6 +228,12 @@ impl SpeakerConfig {
             }
             if p.port == 0 {
                 return Err(invalid(f("port"), "must be 1-65535"));
+            }
+            if p.password
+                .as_ref()
+                .is_some_and(|pw| pw.is_empty() || pw.len() > berth_tcp_md5::MAX_KEY_LEN)
+            {
+                return Err(invalid(f("password"), "must be 1-80 bytes"));
             }
             if p.send_max == Some(0) {
                 return Err(invalid(f("sendMax"), "must be at least 1"));

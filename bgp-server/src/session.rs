@@ -258,7 +258,8 @@ impl Session {
             Action::Connect => {
                 let addr = SocketAddr::new(self.peer.address, self.peer.port);
                 let source = self.peer.source_address;
-                self.io.connecting = Some(Box::pin(connect(addr, source)));
+                let key = self.peer.password.clone();
+                self.io.connecting = Some(Box::pin(connect(addr, source, key)));
                 None
             }
             Action::Disconnect => {
@@ -629,7 +630,11 @@ impl Session {
     }
 }
 
-async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+async fn connect(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    md5: Option<String>,
+) -> std::io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -637,6 +642,10 @@ async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<Tc
     };
     if let Some(src) = source {
         socket.bind(SocketAddr::new(src, 0))?;
+    }
+    if let Some(key) = md5 {
+        use std::os::fd::AsFd;
+        berth_tcp_md5::set_md5_key(socket.as_fd(), addr.ip(), key.as_bytes())?;
     }
     tokio::time::timeout(Duration::from_secs(10), socket.connect(addr))
         .await

@@ -65,6 +65,19 @@ pub async fn run(
         ))
         .await)?;
         info!(port = cfg.listen_port, "listening for BGP connections");
+        for peer in &cfg.peers {
+            if let Some(key) = &peer.password {
+                use std::os::fd::AsFd;
+                // An IPv4 peer reaches a dual-stack listener as ::ffff:a.b.c.d.
+                let addr = match peer.address {
+                    IpAddr::V4(v4) if listener.local_addr().is_ok_and(|a| a.is_ipv6()) => {
+                        IpAddr::V6(v4.to_ipv6_mapped())
+                    }
+                    other => other,
+                };
+                berth_tcp_md5::set_md5_key(listener.as_fd(), addr, key.as_bytes())?;
+            }
+        }
         let mut stop = shutdown.clone();
         tasks.spawn(async move {
             loop {

@@ -256,3 +256,92 @@ fn graceful_restart_keeps_the_route_through_a_crash() {
         "session not re-established:\n{state}"
     );
 }
+
+/// RFC 2385: with the right password the session comes up; with a wrong one it never does.
+#[test]
+fn md5_password_right_and_wrong() {
+    if let Some(why) = lab_unavailable(&[ZEBRA, BGPD]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempdir("md5");
+    let mut lab = Lab::new("bs3-");
+    let router = lab.namespace("r").unwrap();
+    let node = lab.namespace("n").unwrap();
+    lab.link(
+        &router,
+        "veth-r",
+        &["10.0.0.1/24"],
+        &node,
+        "veth-n",
+        &["10.0.0.11/24"],
+    )
+    .unwrap();
+    let conf = FRR_CONF.replace(
+        " neighbor 10.0.0.11 timers 3 9\n",
+        " neighbor 10.0.0.11 timers 3 9\n neighbor 10.0.0.11 password s3cret\n",
+    );
+    let frr = Frr::start(&mut lab, &router, &dir, &conf).unwrap();
+    let speaker_conf = |pw: &str| {
+        format!(
+            "asn: 64512
+routerId: 10.0.0.11
+peers:
+  - address: 10.0.0.1
+    asn: 64513
+    holdTime: 9
+    connectRetry: 1
+    password: {pw}
+routes:
+  - prefix: 198.51.100.10/32
+    nextHops: [10.0.0.11]
+"
+        )
+    };
+    let established = |frr: &Frr, lab: &Lab| {
+        frr.vtysh(lab, "show bgp neighbors 10.0.0.11 json")
+            .ok()
+            .filter(|s| {
+                let compact: String = s.split_whitespace().collect();
+                compact.contains(r#""bgpState":"Established""#)
+            })
+    };
+
+    std::fs::write(dir.join("wrong.yaml"), speaker_conf("wrong")).unwrap();
+    let wrong = lab
+        .spawn(
+            &node,
+            SPEAKER,
+            &["--config", &dir.join("wrong.yaml").display().to_string()],
+            &dir.join("wrong.log"),
+        )
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(6), || established(&frr, &lab)).is_none(),
+        "session came up with a wrong password"
+    );
+    assert!(frr.kernel_route(&lab, "198.51.100.10").unwrap().is_empty());
+    lab.terminate(wrong);
+
+    std::fs::write(dir.join("right.yaml"), speaker_conf("s3cret")).unwrap();
+    lab.spawn(
+        &node,
+        SPEAKER,
+        &["--config", &dir.join("right.yaml").display().to_string()],
+        &dir.join("right.log"),
+    )
+    .unwrap();
+    let up = wait_for(Duration::from_secs(30), || {
+        frr.kernel_route(&lab, "198.51.100.10")
+            .ok()
+            .filter(|r| !r.is_empty())
+    });
+    assert!(
+        up.is_some(),
+        "no session with the right password: {:?}\n{}",
+        frr.vtysh(&lab, "show bgp ipv4 unicast summary"),
+        std::fs::read_to_string(dir.join("right.log")).unwrap_or_default()
+    );
+    // The same probe that saw no session above sees this one.
+    assert!(established(&frr, &lab).is_some());
+}
