@@ -38,3 +38,20 @@ fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+/// The path of one of the workspace's binaries (`berth-bgp-server`, ...), built by the same
+/// `cargo test`/`cargo nextest run --workspace` that runs the calling test.
+// Test support: a missing binary fails the calling test with the command that builds it.
+#[allow(clippy::panic)]
+pub fn binary(name: &str) -> String {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let profile_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(std::path::Path::to_path_buf));
+    match profile_dir.map(|d| d.join(name)) {
+        Some(path) if path.exists() => path.display().to_string(),
+        other => panic!(
+            "{name} is not built ({other:?}): run `cargo build --workspace` or test with --workspace"
+        ),
+    }
+}

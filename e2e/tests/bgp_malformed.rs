@@ -2,7 +2,7 @@
 //! handled as RFC 7606 says: treat-as-withdraw keeps the session, a reset case gets its
 //! NOTIFICATION. Runs on loopback; no root needed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use berth_bgp_wire::{Capability, DecodeContext, EncodeContext, Message, Notification, Open};
 
-const SPEAKER: &str = env!("CARGO_BIN_EXE_berth-bgp-server");
+static SPEAKER: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| berth_e2e::binary("berth-bgp-server"));
 
 struct Speaker(Child);
 
@@ -40,7 +41,7 @@ routes:
     std::fs::write(dir.join("speaker.yaml"), conf).unwrap();
     let log = std::fs::File::create(dir.join("speaker.log")).unwrap();
     Speaker(
-        Command::new(SPEAKER)
+        Command::new(&*SPEAKER)
             .args(["--config", &dir.join("speaker.yaml").display().to_string()])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
             .stdin(Stdio::null())

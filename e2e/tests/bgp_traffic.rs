@@ -2,7 +2,7 @@
 //! three nodes; with one path per node (ADD-PATH) they land on more than one node. Needs root
 //! and frr.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,7 +11,8 @@ use berth_e2e::frr::{BGPD, Frr, ZEBRA, wait_for};
 use berth_e2e::lab_unavailable;
 use berth_e2e::netns::Lab;
 
-const SPEAKER: &str = env!("CARGO_BIN_EXE_berth-bgp-server");
+static SPEAKER: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| berth_e2e::binary("berth-bgp-server"));
 const VIP: &str = "198.51.100.10";
 
 const FRR_CONF: &str = "frr defaults traditional
@@ -175,7 +176,7 @@ fn connections_spread_over_the_nodes_with_add_path() {
     let node1 = t.nodes[0].clone();
     let log = t.dir.join("speaker.log");
     t.lab
-        .spawn(&node1, SPEAKER, &["--config", &conf], &log)
+        .spawn(&node1, &SPEAKER, &["--config", &conf], &log)
         .unwrap();
     let route = wait_for(Duration::from_secs(30), || {
         t.frr
@@ -217,7 +218,7 @@ fn self_mode_gives_ecmp_over_two_peers() {
         t.lab
             .spawn(
                 &node,
-                SPEAKER,
+                &SPEAKER,
                 &["--config", &file.display().to_string()],
                 &log,
             )

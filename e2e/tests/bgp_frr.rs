@@ -1,6 +1,6 @@
 //! The speaker against a real FRR in network namespaces (needs root and Debian's frr).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
@@ -8,7 +8,8 @@ use berth_e2e::frr::{BGPD, Frr, ZEBRA, wait_for};
 use berth_e2e::lab_unavailable;
 use berth_e2e::netns::Lab;
 
-const SPEAKER: &str = env!("CARGO_BIN_EXE_berth-bgp-server");
+static SPEAKER: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| berth_e2e::binary("berth-bgp-server"));
 
 const FRR_CONF: &str = "frr defaults traditional
 hostname r
@@ -76,7 +77,7 @@ fn frr_installs_one_nexthop_per_node_and_withdraws_on_stop() {
     let speaker = lab
         .spawn(
             &node,
-            SPEAKER,
+            &SPEAKER,
             &["--config", &conf, "--log", "debug"],
             &dir.join("speaker.log"),
         )
@@ -205,7 +206,7 @@ fn graceful_restart_keeps_the_route_through_a_crash() {
     let first = lab
         .spawn(
             &node,
-            SPEAKER,
+            &SPEAKER,
             &["--config", &conf],
             &dir.join("speaker-1.log"),
         )
@@ -232,7 +233,7 @@ fn graceful_restart_keeps_the_route_through_a_crash() {
         if !restarted && restarted_at.elapsed() > Duration::from_secs(2) {
             lab.spawn(
                 &node,
-                SPEAKER,
+                &SPEAKER,
                 &["--config", &conf],
                 &dir.join("speaker-2.log"),
             )
@@ -311,7 +312,7 @@ routes:
     let wrong = lab
         .spawn(
             &node,
-            SPEAKER,
+            &SPEAKER,
             &["--config", &dir.join("wrong.yaml").display().to_string()],
             &dir.join("wrong.log"),
         )
@@ -326,7 +327,7 @@ routes:
     std::fs::write(dir.join("right.yaml"), speaker_conf("s3cret")).unwrap();
     lab.spawn(
         &node,
-        SPEAKER,
+        &SPEAKER,
         &["--config", &dir.join("right.yaml").display().to_string()],
         &dir.join("right.log"),
     )

@@ -1,0 +1,225 @@
+//! The speaker against BIRD 2 and GoBGP in network namespaces (needs root, bird2, gobgpd).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use berth_e2e::bird::{BIRD, Bird};
+use berth_e2e::frr::wait_for;
+use berth_e2e::gobgp::{GOBGPD, GoBgp};
+use berth_e2e::lab_unavailable;
+use berth_e2e::netns::Lab;
+
+static SPEAKER: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| berth_e2e::binary("berth-bgp-server"));
+
+/// One transport family: the router's address, the node's, and the route announced over it.
+struct Family {
+    router: &'static str,
+    node: &'static str,
+    prefix: &'static str,
+    next_hops: [&'static str; 3],
+}
+
+const V4: Family = Family {
+    router: "10.0.0.1",
+    node: "10.0.0.11",
+    prefix: "198.51.100.10/32",
+    next_hops: ["10.0.0.11", "10.0.0.12", "10.0.0.13"],
+};
+
+const V6: Family = Family {
+    router: "fd00::1",
+    node: "fd00::11",
+    prefix: "2001:db8::10/128",
+    next_hops: ["fd00::11", "fd00::12", "fd00::13"],
+};
+
+impl Family {
+    fn speaker_conf(&self) -> String {
+        format!(
+            "asn: 64512
+routerId: 10.0.0.11
+peers:
+  - address: {}
+    asn: 64513
+    holdTime: 9
+routes:
+  - prefix: {}
+    nextHops: [{}]
+",
+            self.router,
+            self.prefix,
+            self.next_hops.join(", ")
+        )
+    }
+
+    fn host(&self) -> &'static str {
+        self.prefix.split('/').next().unwrap_or_default()
+    }
+
+    fn ip_flag(&self) -> &'static str {
+        if self.router.contains(':') {
+            "-6"
+        } else {
+            "-4"
+        }
+    }
+}
+
+fn setup(name: &str) -> (Lab, String, String, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("berth-bgp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lab = Lab::new(&format!("{name}-"));
+    let router = lab.namespace("r").unwrap();
+    let node = lab.namespace("n").unwrap();
+    lab.link(
+        &router,
+        "veth-r",
+        &["10.0.0.1/24", "fd00::1/64"],
+        &node,
+        "veth-n",
+        &["10.0.0.11/24", "fd00::11/64"],
+    )
+    .unwrap();
+    (lab, router, node, dir)
+}
+
+fn start_speaker(lab: &mut Lab, node: &str, dir: &std::path::Path, family: &Family) {
+    std::fs::write(dir.join("speaker.yaml"), family.speaker_conf()).unwrap();
+    let conf = dir.join("speaker.yaml").display().to_string();
+    lab.spawn(
+        node,
+        &SPEAKER,
+        &["--config", &conf, "--log", "debug"],
+        &dir.join("speaker.log"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn bird_merges_the_paths_into_one_multipath_kernel_route_v4() {
+    bird_merges(&V4, "bb4");
+}
+
+#[test]
+fn bird_merges_the_paths_into_one_multipath_kernel_route_over_ipv6() {
+    bird_merges(&V6, "bb6");
+}
+
+fn bird_merges(family: &Family, name: &str) {
+    if let Some(why) = lab_unavailable(&[BIRD]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let (mut lab, router, node, dir) = setup(name);
+    let channel = if family.router.contains(':') {
+        "ipv6"
+    } else {
+        "ipv4"
+    };
+    let conf = format!(
+        "router id 10.0.0.1;
+protocol device {{}}
+protocol kernel {{ {channel} {{ export all; }}; merge paths on limit 8; }}
+protocol bgp berth {{
+  local {} as 64513;
+  neighbor {} as 64512;
+  hold time 9;
+  {channel} {{ import all; export none; add paths rx; }};
+}}
+",
+        family.router, family.node
+    );
+    let bird = Bird::start(&mut lab, &router, &dir, &conf).unwrap();
+    start_speaker(&mut lab, &node, &dir, family);
+    let route = wait_for(Duration::from_secs(30), || {
+        lab.exec(
+            &router,
+            "ip",
+            &[family.ip_flag(), "route", "show", family.host()],
+        )
+        .ok()
+        .filter(|r| {
+            r.lines()
+                .filter(|l| l.trim_start().starts_with("nexthop via"))
+                .count()
+                == 3
+        })
+    });
+    let log = std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default();
+    let route = route.unwrap_or_else(|| {
+        panic!(
+            "BIRD never installed three nexthops: {:?}\n{:?}\n{log}",
+            lab.exec(&router, "ip", &[family.ip_flag(), "route"]),
+            bird.birdc(&lab, "show route all")
+        )
+    });
+    for nh in family.next_hops {
+        assert!(
+            route.contains(&format!("via {nh} ")),
+            "{nh} missing: {route}"
+        );
+    }
+}
+
+#[test]
+fn gobgp_receives_one_path_per_next_hop_v4() {
+    gobgp_receives(&V4, "bg4");
+}
+
+#[test]
+fn gobgp_receives_one_path_per_next_hop_over_ipv6() {
+    gobgp_receives(&V6, "bg6");
+}
+
+fn gobgp_receives(family: &Family, name: &str) {
+    if let Some(why) = lab_unavailable(&[GOBGPD]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let (mut lab, router, node, dir) = setup(name);
+    let afi = if family.router.contains(':') {
+        "ipv6"
+    } else {
+        "ipv4"
+    };
+    let toml = format!(
+        r#"[global.config]
+  as = 64513
+  router-id = "10.0.0.1"
+
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "{}"
+    peer-as = 64512
+  [neighbors.timers.config]
+    hold-time = 9
+    keepalive-interval = 3
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "{afi}-unicast"
+    [neighbors.afi-safis.add-paths.config]
+      receive = true
+"#,
+        family.node
+    );
+    let gobgp = GoBgp::start(&mut lab, &router, &dir, &toml).unwrap();
+    start_speaker(&mut lab, &node, &dir, family);
+    let rib = wait_for(Duration::from_secs(30), || {
+        gobgp
+            .gobgp(&lab, &["global", "rib", "-a", afi])
+            .ok()
+            .filter(|r| {
+                r.lines().filter(|l| l.contains(family.prefix)).count() == 3
+                    && family.next_hops.iter().all(|nh| r.contains(nh))
+            })
+    });
+    let log = std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default();
+    assert!(
+        rib.is_some(),
+        "GoBGP never held three paths: {:?}\n{log}",
+        gobgp.gobgp(&lab, &["global", "rib", "-a", afi])
+    );
+}
