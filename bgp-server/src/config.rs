@@ -16,6 +16,8 @@
 //!   - prefix: 198.51.100.10/32
 //!     nextHops: [10.0.0.11, 10.0.0.12, 10.0.0.13]
 //!     communities: ["64512:100"]
+//!   - prefix: 198.51.100.20/32  # weighted ECMP: link bandwidth of `weight` Mbit/s per path
+//!     nextHops: [{address: 10.0.0.11, weight: 3}, {address: 10.0.0.12, weight: 1}]
 //! ```
 
 use std::collections::BTreeSet;
@@ -137,13 +139,45 @@ pub struct RouteConfig {
     /// The prefix.
     pub prefix: IpNet,
     /// Its next hops (one path each with ADD-PATH).
-    pub next_hops: Vec<IpAddr>,
+    pub next_hops: Vec<NextHopConfig>,
     /// Communities, `asn:value`.
     #[serde(default)]
     pub communities: Vec<String>,
     /// LOCAL_PREF for iBGP peers.
     #[serde(default)]
     pub local_pref: Option<u32>,
+}
+
+/// One next hop: an address, or an address with a weight for weighted ECMP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum NextHopConfig {
+    /// Unweighted.
+    Plain(IpAddr),
+    /// Weighted: sent as a link-bandwidth extended community of `weight` Mbit/s.
+    Weighted {
+        /// The next hop.
+        address: IpAddr,
+        /// Relative weight, 1 or more.
+        weight: u32,
+    },
+}
+
+impl NextHopConfig {
+    /// The next hop's address.
+    pub fn address(&self) -> IpAddr {
+        match *self {
+            NextHopConfig::Plain(a) | NextHopConfig::Weighted { address: a, .. } => a,
+        }
+    }
+
+    /// The weight, if one was given.
+    pub fn weight(&self) -> Option<u32> {
+        match *self {
+            NextHopConfig::Plain(_) => None,
+            NextHopConfig::Weighted { weight, .. } => Some(weight),
+        }
+    }
 }
 
 /// A configuration that cannot be used, naming the field and the fix.
@@ -250,11 +284,22 @@ impl SpeakerConfig {
             if r.next_hops.is_empty() {
                 return Err(invalid(f("nextHops"), "needs at least one next hop"));
             }
+            let mut addrs = BTreeSet::new();
             for nh in &r.next_hops {
-                if nh.is_ipv4() != r.prefix.addr().is_ipv4() {
+                let a = nh.address();
+                if a.is_ipv4() != r.prefix.addr().is_ipv4() {
                     return Err(invalid(
                         f("nextHops"),
-                        format!("{nh} is not of the prefix's family"),
+                        format!("{a} is not of the prefix's family"),
+                    ));
+                }
+                if !addrs.insert(a) {
+                    return Err(invalid(f("nextHops"), format!("{a} is listed twice")));
+                }
+                if nh.weight() == Some(0) {
+                    return Err(invalid(
+                        f("nextHops"),
+                        format!("{a}: weight must be at least 1 (leave the next hop out instead)"),
                     ));
                 }
             }
@@ -285,7 +330,11 @@ impl SpeakerConfig {
             };
             let paths = d.entry(r.prefix).or_default();
             for nh in &r.next_hops {
-                paths.insert(*nh, attrs.clone());
+                let attrs = PathAttrs {
+                    weight: nh.weight(),
+                    ..attrs.clone()
+                };
+                paths.insert(nh.address(), attrs);
             }
         }
         d
@@ -331,6 +380,19 @@ routes:
     }
 
     #[test]
+    fn next_hops_may_carry_weights() {
+        let cfg = SpeakerConfig::parse(&GOOD.replace(
+            "[10.0.0.11, 10.0.0.12]",
+            "[{address: 10.0.0.11, weight: 3}, 10.0.0.12]",
+        ))
+        .unwrap();
+        let d = cfg.desired();
+        let paths = &d[&"198.51.100.10/32".parse::<IpNet>().unwrap()];
+        let w: Vec<_> = paths.values().map(|a| a.weight).collect();
+        assert_eq!(w, [Some(3), None]);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let err = |from: &str, to: &str| {
             SpeakerConfig::parse(&GOOD.replace(from, to))
@@ -348,6 +410,14 @@ routes:
         assert!(
             err("10.0.0.12]", "fd00::1]")
                 .starts_with("routes[0].nextHops: fd00::1 is not of the prefix's family")
+        );
+        assert!(
+            err("10.0.0.12]", "{address: 10.0.0.12, weight: 0}]")
+                .starts_with("routes[0].nextHops: 10.0.0.12: weight must be at least 1")
+        );
+        assert_eq!(
+            err("10.0.0.12]", "10.0.0.11]"),
+            "routes[0].nextHops: 10.0.0.11 is listed twice"
         );
         assert!(err("'64512:100'", "'70000:1'").starts_with("routes[0].communities"));
         assert!(err("asn: 64512", "asn: 0").starts_with("asn:"));

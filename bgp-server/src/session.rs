@@ -522,8 +522,10 @@ impl Session {
         }
         if let Some(w) = attrs.weight {
             let asn = u16::try_from(self.local.asn).unwrap_or(berth_bgp_wire::AS_TRANS);
+            // Weight w is sent as w Mbit/s (in bytes per second): receivers such as FRR round
+            // the bandwidth down to whole Mbit/s, so a raw small number would read as zero.
             #[allow(clippy::cast_precision_loss)]
-            let bw = (w as f32).to_bits();
+            let bw = (w as f32 * 125_000.0).to_bits();
             out.push(Attribute::ExtendedCommunities(vec![
                 ExtCommunity::LinkBandwidth { asn, bandwidth: bw },
             ]));

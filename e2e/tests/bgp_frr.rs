@@ -346,3 +346,75 @@ routes:
     // The same probe that saw no session above sees this one.
     assert!(established(&frr, &lab).is_some());
 }
+
+/// Weighted ECMP: next hops carrying link bandwidth 3:2:1 become kernel nexthop weights in the
+/// same proportion at FRR (which maps bandwidths onto weights of up to 100).
+#[test]
+fn weighted_next_hops_become_kernel_weights() {
+    if let Some(why) = lab_unavailable(&[ZEBRA, BGPD]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempdir("wecmp");
+    let mut lab = Lab::new("bs4-");
+    let router = lab.namespace("r").unwrap();
+    let node = lab.namespace("n").unwrap();
+    lab.link(
+        &router,
+        "veth-r",
+        &["10.0.0.1/24"],
+        &node,
+        "veth-n",
+        &["10.0.0.11/24"],
+    )
+    .unwrap();
+    let frr = Frr::start(&mut lab, &router, &dir, FRR_CONF).unwrap();
+    let conf = "asn: 64512
+routerId: 10.0.0.11
+peers:
+  - address: 10.0.0.1
+    asn: 64513
+    holdTime: 9
+routes:
+  - prefix: 198.51.100.20/32
+    nextHops:
+      - {address: 10.0.0.11, weight: 3}
+      - {address: 10.0.0.12, weight: 2}
+      - {address: 10.0.0.13, weight: 1}
+";
+    std::fs::write(dir.join("speaker.yaml"), conf).unwrap();
+    let c = dir.join("speaker.yaml").display().to_string();
+    lab.spawn(&node, &SPEAKER, &["--config", &c], &dir.join("speaker.log"))
+        .unwrap();
+    let route = wait_for(Duration::from_secs(30), || {
+        frr.kernel_route(&lab, "198.51.100.20")
+            .ok()
+            .filter(|r| nexthops(r) == 3)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no three-nexthop route: {:?}",
+            frr.kernel_route(&lab, "198.51.100.20")
+        )
+    });
+    let weight = |nh: &str| -> u32 {
+        route
+            .lines()
+            .find(|l| l.contains(&format!("via {nh} ")))
+            .and_then(|l| l.split("weight ").nth(1))
+            .and_then(|w| w.split_whitespace().next())
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no weight for {nh} in:\n{route}"))
+    };
+    eprintln!("{route}");
+    let (a, b, c) = (
+        weight("10.0.0.11"),
+        weight("10.0.0.12"),
+        weight("10.0.0.13"),
+    );
+    // FRR scales to 1..100 and rounds: allow one unit of rounding per weight.
+    assert!(
+        a.abs_diff(3 * c) <= 3 && b.abs_diff(2 * c) <= 2 && a > b && b > c,
+        "weights not 3:2:1: {a}:{b}:{c}\n{route}"
+    );
+}
