@@ -55,15 +55,19 @@ fn main() -> anyhow::Result<()> {
     }
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading the configuration file {}", args.config.display()))?;
-    let cfg =
+    let mut cfg =
         SpeakerConfig::parse(&text).with_context(|| format!("in {}", args.config.display()))?;
+    drop(text);
+    let initial = Arc::new(cfg.desired());
+    // From here on the routes live only in the desired state, not twice.
+    cfg.routes = Vec::new();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let (desired_tx, desired) = watch::channel(Arc::new(cfg.desired()));
+        let (desired_tx, desired) = watch::channel(initial);
         tokio::spawn(reload_on_sighup(
             args.config.clone(),
             cfg.clone(),

@@ -1,23 +1,45 @@
 //! RIB-out: what each peer should hold, and the smallest change that gets it there.
 //!
 //! The desired state is a set of prefixes, each with a set of next hops and the attributes of
-//! each path. One [`AdjRibOut`] per peer remembers what was sent to that peer and turns a new
-//! desired state (whole, or one prefix) into the [`Change`]s to send: nothing when nothing
-//! changed. Pure logic: the session task owns one per peer and hands changes to the encoder.
+//! each path. It is published as an immutable snapshot (`Arc<Desired>`) shared by every
+//! session; one [`AdjRibOut`] per peer and family remembers which snapshot that peer holds and
+//! turns a new one into the [`Change`]s to send, in bounded batches, and nothing when nothing
+//! changed. Pure logic: the session task owns one per family and hands changes to the encoder.
 //!
-//! With ADD-PATH, every next hop is its own path with a path ID that stays the same for as long
-//! as that next hop stays, capped at the peer's send-max (next hops already sent are kept
-//! first, so a cap never causes churn). Without ADD-PATH, one deterministic path per prefix is
-//! sent (the highest weight, then the lowest next hop) and the peer is marked ECMP-degraded.
+//! Memory is the point of this shape: a peer's RIB-out is the snapshot it was last brought to
+//! (shared, not copied), plus the few prefixes where a send-max cap chose a subset. Path
+//! attributes are shared (`Arc`) between the paths that carry the same set.
+//!
+//! With ADD-PATH, every next hop is its own path whose ID is derived from the next hop alone
+//! (the IPv4 address, or the low 32 bits of the IPv6 one), so it stays the same for as long as
+//! that next hop stays, across restarts and on every replica. Two IPv6 next hops of one prefix
+//! with the same low 32 bits take the next free ID in address order. Paths are capped at the
+//! peer's send-max, keeping next hops already sent first, so a cap never causes churn. Without
+//! ADD-PATH, one deterministic path per prefix is sent (the highest weight, then the lowest
+//! next hop) and the peer is marked ECMP-degraded.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::ops::Bound;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
 /// An ADD-PATH path identifier (RFC 7911). 0 is used on sessions without ADD-PATH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PathId(pub u32);
+
+impl PathId {
+    /// The ID a next hop asks for: its IPv4 address, or the low 32 bits of its IPv6 address;
+    /// never 0.
+    fn preferred(nh: IpAddr) -> PathId {
+        let raw = match nh {
+            IpAddr::V4(a) => u32::from(a),
+            IpAddr::V6(a) => (u128::from(a) & 0xffff_ffff) as u32,
+        };
+        PathId(raw.max(1))
+    }
+}
 
 /// Attributes of one path that Berth controls.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -32,8 +54,87 @@ pub struct PathAttrs {
     pub local_pref: Option<u32>,
 }
 
-/// Next hops of one prefix, with each path's attributes.
-pub type Paths = BTreeMap<IpAddr, PathAttrs>;
+/// Next hops of one prefix, each with its (shared) attributes: a small sorted list, because
+/// most prefixes have a handful of next hops and a tree per prefix would cost ten times more.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Paths(Vec<(IpAddr, Arc<PathAttrs>)>);
+
+impl Paths {
+    /// No paths.
+    pub fn new() -> Paths {
+        Paths(Vec::new())
+    }
+
+    /// Adds or replaces the path through `next_hop`.
+    pub fn insert(&mut self, next_hop: IpAddr, attrs: impl Into<Arc<PathAttrs>>) {
+        let attrs = attrs.into();
+        match self.0.binary_search_by_key(&next_hop, |(nh, _)| *nh) {
+            Ok(i) => {
+                if let Some(slot) = self.0.get_mut(i) {
+                    slot.1 = attrs;
+                }
+            }
+            Err(i) => self.0.insert(i, (next_hop, attrs)),
+        }
+    }
+
+    /// Removes the path through `next_hop`.
+    pub fn remove(&mut self, next_hop: &IpAddr) -> Option<Arc<PathAttrs>> {
+        let i = self.0.binary_search_by_key(next_hop, |(nh, _)| *nh).ok()?;
+        Some(self.0.remove(i).1)
+    }
+
+    /// The attributes of the path through `next_hop`.
+    pub fn get(&self, next_hop: &IpAddr) -> Option<&Arc<PathAttrs>> {
+        let i = self.0.binary_search_by_key(next_hop, |(nh, _)| *nh).ok()?;
+        self.0.get(i).map(|(_, a)| a)
+    }
+
+    /// Whether there is a path through `next_hop`.
+    pub fn contains_key(&self, next_hop: &IpAddr) -> bool {
+        self.get(next_hop).is_some()
+    }
+
+    /// Paths in next-hop order.
+    pub fn iter(&self) -> impl Iterator<Item = (IpAddr, &Arc<PathAttrs>)> {
+        self.0.iter().map(|(nh, a)| (*nh, a))
+    }
+
+    /// Next hops in order.
+    pub fn keys(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.0.iter().map(|(nh, _)| *nh)
+    }
+
+    /// Attributes in next-hop order.
+    pub fn values(&self) -> impl Iterator<Item = &Arc<PathAttrs>> {
+        self.0.iter().map(|(_, a)| a)
+    }
+
+    /// Number of paths.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Frees spare capacity (after building a large state).
+    pub fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+}
+
+impl<A: Into<Arc<PathAttrs>>> FromIterator<(IpAddr, A)> for Paths {
+    fn from_iter<I: IntoIterator<Item = (IpAddr, A)>>(iter: I) -> Self {
+        let mut p = Paths::new();
+        for (nh, a) in iter {
+            p.insert(nh, a);
+        }
+        p
+    }
+}
 
 /// The whole desired state: every prefix to announce.
 pub type Desired = BTreeMap<IpNet, Paths>;
@@ -50,7 +151,7 @@ pub enum Change {
         /// The next hop.
         next_hop: IpAddr,
         /// The attributes.
-        attrs: PathAttrs,
+        attrs: Arc<PathAttrs>,
     },
     /// Withdraw a path.
     Withdraw {
@@ -61,31 +162,71 @@ pub enum Change {
     },
 }
 
-/// What was sent to one peer, and how to send the next state.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Which prefixes a RIB-out carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// IPv4 prefixes only.
+    Ipv4,
+    /// IPv6 prefixes only.
+    Ipv6,
+    /// Every prefix (tests, single-family tools).
+    All,
+}
+
+impl Scope {
+    fn covers(self, prefix: &IpNet) -> bool {
+        matches!(
+            (self, prefix),
+            (Scope::All, _) | (Scope::Ipv4, IpNet::V4(_)) | (Scope::Ipv6, IpNet::V6(_))
+        )
+    }
+}
+
+/// A sync in progress: the snapshot being moved to and the last prefix already moved.
+#[derive(Debug, Clone)]
+struct Progress {
+    goal: Arc<Desired>,
+    done_up_to: Option<IpNet>,
+}
+
+/// What one peer holds for one family, and how to bring it to the next snapshot.
+#[derive(Debug, Clone)]
 pub struct AdjRibOut {
+    scope: Scope,
     add_path: bool,
     send_max: Option<usize>,
-    sent: BTreeMap<IpNet, BTreeMap<PathId, (IpAddr, PathAttrs)>>,
-    /// Prefixes that had more next hops than this peer could be sent.
-    degraded: BTreeSet<IpNet>,
+    /// The snapshot the peer holds (for prefixes after `progress.done_up_to`, if any).
+    last: Arc<Desired>,
+    progress: Option<Progress>,
+    /// Next hops sent for prefixes where the send-max cap chose a subset.
+    capped: BTreeMap<IpNet, Vec<IpAddr>>,
+    prefixes: usize,
+    paths: usize,
+    /// Prefixes that have more next hops than reach this peer.
+    degraded: usize,
 }
 
 impl AdjRibOut {
-    /// An empty RIB-out for a peer, given whether ADD-PATH send was negotiated and the cap on
-    /// paths per prefix.
-    pub fn new(add_path: bool, send_max: Option<usize>) -> Self {
+    /// An empty RIB-out for a peer, given the prefixes it carries, whether ADD-PATH send was
+    /// negotiated and the cap on paths per prefix.
+    pub fn new(scope: Scope, add_path: bool, send_max: Option<usize>) -> Self {
         AdjRibOut {
+            scope,
             add_path,
             send_max: send_max.map(|m| m.max(1)),
-            ..Default::default()
+            last: Arc::new(Desired::new()),
+            progress: None,
+            capped: BTreeMap::new(),
+            prefixes: 0,
+            paths: 0,
+            degraded: 0,
         }
     }
 
     /// Whether some prefix has more next hops than reach this peer: without ADD-PATH, "ECMP
     /// degraded: peer did not negotiate ADD-PATH"; with it, the send-max cap is biting.
     pub fn ecmp_degraded(&self) -> bool {
-        !self.degraded.is_empty()
+        self.degraded > 0
     }
 
     /// Whether ADD-PATH is in use towards this peer.
@@ -95,126 +236,213 @@ impl AdjRibOut {
 
     /// Number of prefixes announced.
     pub fn prefixes(&self) -> usize {
-        self.sent.len()
+        self.prefixes
     }
 
     /// Number of paths announced.
     pub fn paths(&self) -> usize {
-        self.sent.values().map(BTreeMap::len).sum()
+        self.paths
+    }
+
+    /// The paths the peer holds for `prefix` in this RIB's view.
+    fn held(&self, prefix: &IpNet) -> Option<&Paths> {
+        let snapshot = match &self.progress {
+            Some(p) if p.done_up_to.is_some_and(|d| *prefix <= d) => &p.goal,
+            _ => &self.last,
+        };
+        snapshot.get(prefix).filter(|_| self.scope.covers(prefix))
     }
 
     /// What was sent for a prefix: path ID → next hop.
     pub fn sent(&self, prefix: &IpNet) -> BTreeMap<PathId, IpAddr> {
-        self.sent
-            .get(prefix)
-            .map(|m| m.iter().map(|(id, (nh, _))| (*id, *nh)).collect())
-            .unwrap_or_default()
+        match self.held(prefix) {
+            Some(paths) => self
+                .with_ids(&self.chosen_held(prefix, paths))
+                .into_iter()
+                .collect(),
+            None => BTreeMap::new(),
+        }
     }
 
-    /// Brings the peer to `desired`: withdraws what is gone, announces what is new or changed.
-    pub fn sync(&mut self, desired: &Desired) -> Vec<Change> {
+    /// Brings the peer towards `target`: returns the next batch of changes (about `budget`;
+    /// one prefix's changes are never split), or nothing once the peer holds `target`. Call
+    /// again until it returns nothing; a sync already under way is finished first.
+    pub fn sync(&mut self, target: &Arc<Desired>, budget: usize) -> Vec<Change> {
         let mut out = Vec::new();
-        let gone: Vec<IpNet> = self
-            .sent
-            .keys()
-            .filter(|p| !desired.contains_key(p))
-            .copied()
-            .collect();
-        for prefix in gone {
-            self.set_prefix(prefix, None, &mut out);
+        loop {
+            let progress = match self.progress.take() {
+                Some(p) => p,
+                None if Arc::ptr_eq(&self.last, target) => return out,
+                None => Progress {
+                    goal: target.clone(),
+                    done_up_to: None,
+                },
+            };
+            let finished = self.walk(progress, budget, &mut out);
+            if !finished || !out.is_empty() {
+                return out;
+            }
         }
-        for (prefix, paths) in desired {
-            self.set_prefix(*prefix, Some(paths), &mut out);
-        }
-        out
     }
 
-    /// Brings one prefix to `paths` (`None` or empty: withdraw it); the incremental path.
-    pub fn update(&mut self, prefix: IpNet, paths: Option<&Paths>) -> Vec<Change> {
-        let mut out = Vec::new();
-        self.set_prefix(prefix, paths, &mut out);
-        out
+    /// Moves prefixes after the cursor from `last` to the goal until the budget is spent.
+    /// Returns whether the goal is reached.
+    fn walk(&mut self, mut progress: Progress, budget: usize, out: &mut Vec<Change>) -> bool {
+        let from = progress
+            .done_up_to
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        let old = self.last.clone();
+        let goal = progress.goal.clone();
+        let mut olds = old.range((from, Bound::Unbounded)).peekable();
+        let mut news = goal.range((from, Bound::Unbounded)).peekable();
+        loop {
+            if out.len() >= budget {
+                self.progress = Some(progress);
+                return false;
+            }
+            let (prefix, before, after) = match (olds.peek(), news.peek()) {
+                (None, None) => break,
+                (Some((po, _)), Some((pn, _))) if po == pn => {
+                    let (p, a) = olds
+                        .next()
+                        .map_or((None, None), |(p, a)| (Some(*p), Some(a)));
+                    let b = news.next().map(|(_, b)| b);
+                    match p {
+                        Some(p) => (p, a, b),
+                        None => break,
+                    }
+                }
+                (Some((po, _)), Some((pn, _))) if po > pn => match news.next() {
+                    Some((p, b)) => (*p, None, Some(b)),
+                    None => break,
+                },
+                (Some(_), _) => match olds.next() {
+                    Some((p, a)) => (*p, Some(a), None),
+                    None => break,
+                },
+                (None, Some(_)) => match news.next() {
+                    Some((p, b)) => (*p, None, Some(b)),
+                    None => break,
+                },
+            };
+            progress.done_up_to = Some(prefix);
+            if !self.scope.covers(&prefix) || before == after && !self.capped.contains_key(&prefix)
+            {
+                continue;
+            }
+            self.move_prefix(prefix, before, after, out);
+        }
+        self.last = progress.goal;
+        true
     }
 
-    fn set_prefix(&mut self, prefix: IpNet, paths: Option<&Paths>, out: &mut Vec<Change>) {
-        let paths = paths.filter(|p| !p.is_empty());
-        let current = self.sent.remove(&prefix).unwrap_or_default();
-        let Some(paths) = paths else {
-            self.degraded.remove(&prefix);
-            out.extend(
-                current
-                    .into_keys()
-                    .map(|path_id| Change::Withdraw { prefix, path_id }),
-            );
-            return;
-        };
-        let chosen = self.choose(paths, &current);
-        if chosen.len() < paths.len() {
-            self.degraded.insert(prefix);
-        } else {
-            self.degraded.remove(&prefix);
+    /// The next hops sent for a prefix the peer holds with `paths`.
+    fn chosen_held(&self, prefix: &IpNet, paths: &Paths) -> Vec<IpAddr> {
+        match self.capped.get(prefix) {
+            Some(c) => c.clone(),
+            None => self.choose(paths, &[]),
         }
-        let mut next: BTreeMap<PathId, (IpAddr, PathAttrs)> = BTreeMap::new();
-        if self.add_path {
-            // Keep the ID of every next hop that stays; give new ones the lowest free IDs.
-            let mut free_ids = (1u32..).map(PathId);
-            let mut used: BTreeSet<PathId> = BTreeSet::new();
-            for (id, (nh, _)) in &current {
-                if chosen.contains(nh) {
-                    used.insert(*id);
-                    next.insert(*id, (*nh, paths.get(nh).cloned().unwrap_or_default()));
+    }
+
+    fn move_prefix(
+        &mut self,
+        prefix: IpNet,
+        before: Option<&Paths>,
+        after: Option<&Paths>,
+        out: &mut Vec<Change>,
+    ) {
+        let before = before.filter(|p| !p.is_empty());
+        let after = after.filter(|p| !p.is_empty());
+        let old_chosen = before
+            .map(|b| self.chosen_held(&prefix, b))
+            .unwrap_or_default();
+        let old_ids = self.with_ids(&old_chosen);
+        if let Some(b) = before {
+            self.prefixes -= 1;
+            self.paths -= old_ids.len();
+            if old_chosen.len() < b.len() {
+                self.degraded -= 1;
+            }
+        }
+        self.capped.remove(&prefix);
+        let new_chosen = after
+            .map(|a| self.choose(a, &old_chosen))
+            .unwrap_or_default();
+        let new_ids = self.with_ids(&new_chosen);
+        if let Some(a) = after {
+            self.prefixes += 1;
+            self.paths += new_ids.len();
+            if new_chosen.len() < a.len() {
+                self.degraded += 1;
+                if self.add_path {
+                    self.capped.insert(prefix, new_chosen.clone());
                 }
             }
-            let kept: BTreeSet<IpAddr> = next.values().map(|(nh, _)| *nh).collect();
-            for nh in chosen.iter().filter(|nh| !kept.contains(nh)) {
-                let Some(id) = free_ids.find(|id| !used.contains(id)) else {
-                    break;
-                };
-                used.insert(id);
-                next.insert(id, (*nh, paths.get(nh).cloned().unwrap_or_default()));
-            }
-        } else if let Some(nh) = chosen.first() {
-            next.insert(PathId(0), (*nh, paths.get(nh).cloned().unwrap_or_default()));
         }
-        for (id, _) in current.iter().filter(|(id, _)| !next.contains_key(id)) {
+        let new_by_id: BTreeMap<PathId, IpAddr> = new_ids.iter().copied().collect();
+        for (id, _) in old_ids.iter().filter(|(id, _)| !new_by_id.contains_key(id)) {
             out.push(Change::Withdraw {
                 prefix,
                 path_id: *id,
             });
         }
-        for (id, (nh, attrs)) in &next {
-            if current.get(id) != Some(&(*nh, attrs.clone())) {
+        let old_by_id: BTreeMap<PathId, IpAddr> = old_ids.into_iter().collect();
+        for (id, nh) in new_ids {
+            let Some(attrs) = after.and_then(|a| a.get(&nh)) else {
+                continue;
+            };
+            let same =
+                old_by_id.get(&id) == Some(&nh) && before.and_then(|b| b.get(&nh)) == Some(attrs);
+            if !same {
                 out.push(Change::Announce {
                     prefix,
-                    path_id: *id,
-                    next_hop: *nh,
+                    path_id: id,
+                    next_hop: nh,
                     attrs: attrs.clone(),
                 });
             }
         }
-        self.sent.insert(prefix, next);
     }
 
-    /// The next hops that reach this peer, in a deterministic order.
-    fn choose(
-        &self,
-        paths: &Paths,
-        current: &BTreeMap<PathId, (IpAddr, PathAttrs)>,
-    ) -> Vec<IpAddr> {
-        let sent: BTreeSet<IpAddr> = current.values().map(|(nh, _)| *nh).collect();
-        let mut all: Vec<IpAddr> = paths.keys().copied().collect();
+    /// Path IDs for the chosen next hops (in address order): each its preferred ID, or the
+    /// next free one when an earlier next hop of the prefix took it.
+    fn with_ids(&self, chosen: &[IpAddr]) -> Vec<(PathId, IpAddr)> {
+        if !self.add_path {
+            return chosen
+                .first()
+                .map(|nh| (PathId(0), *nh))
+                .into_iter()
+                .collect();
+        }
+        let mut used = BTreeSet::new();
+        chosen
+            .iter()
+            .map(|nh| {
+                let mut id = PathId::preferred(*nh);
+                while !used.insert(id) {
+                    id = PathId(id.0.checked_add(1).unwrap_or(1));
+                }
+                (id, *nh)
+            })
+            .collect()
+    }
+
+    /// The next hops that reach this peer, in address order; `sent` are kept first under a cap.
+    fn choose(&self, paths: &Paths, sent: &[IpAddr]) -> Vec<IpAddr> {
         if !self.add_path {
             // Highest weight, then lowest address: the same answer on every replica.
-            all.sort_by_key(|nh| {
-                (
-                    std::cmp::Reverse(paths.get(nh).and_then(|a| a.weight).unwrap_or(0)),
-                    *nh,
-                )
-            });
-            all.truncate(1);
-            return all;
+            return paths
+                .iter()
+                .min_by_key(|(nh, a)| (std::cmp::Reverse(a.weight.unwrap_or(0)), *nh))
+                .map(|(nh, _)| nh)
+                .into_iter()
+                .collect();
         }
         let cap = self.send_max.unwrap_or(usize::MAX);
+        let mut all: Vec<IpAddr> = paths.keys().collect();
+        if all.len() <= cap {
+            return all;
+        }
         // Already-sent next hops first, so a cap never swaps one announced path for another.
         all.sort_by_key(|nh| (!sent.contains(nh), *nh));
         all.truncate(cap);

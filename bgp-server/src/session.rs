@@ -14,7 +14,6 @@ use berth_bgp_wire::{
     EncodeContext, ExtCommunity, Family, GracefulRestartFamily, Message, NextHop, Nlri, Open,
     Origin, pack_updates,
 };
-use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -25,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::config::{GracefulRestartConfig, PeerConfig};
 use crate::fsm::{self, Action, Config as FsmConfig, Event, Fsm, PeerOpen, State, Timer};
 use crate::metrics::{Metrics, PeerLabels};
-use crate::rib::{AdjRibOut, Change, Desired, PathAttrs};
+use crate::rib::{AdjRibOut, Change, Desired, PathAttrs, Scope};
 
 /// What a session needs to know about the speaker.
 #[derive(Debug, Clone)]
@@ -64,6 +63,17 @@ struct Io {
 
 const FAMILIES: [Family; 2] = [Family::Ipv4Unicast, Family::Ipv6Unicast];
 
+/// Changes computed and encoded at a time when bringing a peer to a new state.
+const SYNC_BATCH: usize = 16_384;
+
+/// Fresh RIB-outs, IPv4 then IPv6, given ADD-PATH per family.
+fn ribs(add_path: [bool; 2], send_max: Option<usize>) -> [AdjRibOut; 2] {
+    [
+        AdjRibOut::new(Scope::Ipv4, add_path[0], send_max),
+        AdjRibOut::new(Scope::Ipv6, add_path[1], send_max),
+    ]
+}
+
 /// Runs the session until `shutdown` turns true; then says goodbye with a Cease.
 pub async fn run(
     local: Local,
@@ -95,7 +105,8 @@ pub async fn run(
         deadlines: BTreeMap::new(),
         enc: EncodeContext::default(),
         dec: DecodeContext::default(),
-        ribs: [AdjRibOut::new(false, None), AdjRibOut::new(false, None)],
+        ribs: ribs([false; 2], None),
+        nothing: Arc::new(Desired::new()),
         established: false,
         last_error: None,
         peer_open: None,
@@ -185,6 +196,8 @@ struct Session {
     enc: EncodeContext,
     dec: DecodeContext,
     ribs: [AdjRibOut; 2],
+    /// The empty state, for a family the peer did not negotiate.
+    nothing: Arc<Desired>,
     established: bool,
     last_error: Option<String>,
     peer_open: Option<Open>,
@@ -241,7 +254,7 @@ impl Session {
     }
 
     /// Feeds one event and carries out the actions, feeding back events they cause.
-    async fn apply(&mut self, fsm: &mut Fsm, event: Event, desired: &Desired) {
+    async fn apply(&mut self, fsm: &mut Fsm, event: Event, desired: &Arc<Desired>) {
         let mut queue = vec![event];
         while let Some(ev) = queue.pop() {
             debug!(state = ?fsm.state(), event = ?ev, "fsm");
@@ -253,7 +266,7 @@ impl Session {
         }
     }
 
-    async fn act(&mut self, action: Action, desired: &Desired) -> Option<Event> {
+    async fn act(&mut self, action: Action, desired: &Arc<Desired>) -> Option<Event> {
         match action {
             Action::Connect => {
                 let addr = SocketAddr::new(self.peer.address, self.peer.port);
@@ -309,7 +322,7 @@ impl Session {
             Action::Down(reason) => {
                 info!(?reason, "session down");
                 self.established = false;
-                self.ribs = [AdjRibOut::new(false, None), AdjRibOut::new(false, None)];
+                self.ribs = ribs([false; 2], None);
                 None
             }
         }
@@ -382,10 +395,7 @@ impl Session {
             add_path: [false; 2],
             extended_message: false,
         };
-        self.ribs = [
-            AdjRibOut::new(add_path[0], self.peer.send_max),
-            AdjRibOut::new(add_path[1], self.peer.send_max),
-        ];
+        self.ribs = ribs(add_path, self.peer.send_max);
     }
 
     fn families_negotiated(&self) -> Vec<Family> {
@@ -408,7 +418,7 @@ impl Session {
         }
     }
 
-    async fn send_changes_initial(&mut self, desired: &Desired) -> Option<Event> {
+    async fn send_changes_initial(&mut self, desired: &Arc<Desired>) -> Option<Event> {
         if let Some(ev) = self.send_changes_inner(desired).await {
             return Some(ev);
         }
@@ -421,38 +431,31 @@ impl Session {
         None
     }
 
-    async fn send_changes(&mut self, fsm: &mut Fsm, desired: &Desired) {
+    async fn send_changes(&mut self, fsm: &mut Fsm, desired: &Arc<Desired>) {
         if let Some(ev) = self.send_changes_inner(desired).await {
             self.apply(fsm, ev, desired).await;
         }
     }
 
-    async fn send_changes_inner(&mut self, desired: &Desired) -> Option<Event> {
+    async fn send_changes_inner(&mut self, desired: &Arc<Desired>) -> Option<Event> {
         let negotiated = self.families_negotiated();
         for (i, fam) in FAMILIES.iter().enumerate() {
-            let mine: Desired = if negotiated.contains(fam) {
-                desired
-                    .iter()
-                    .filter(|(p, _)| {
-                        matches!(
-                            (fam, p),
-                            (Family::Ipv4Unicast, IpNet::V4(_))
-                                | (Family::Ipv6Unicast, IpNet::V6(_))
-                        )
-                    })
-                    .map(|(p, paths)| (*p, paths.clone()))
-                    .collect()
+            let target = if negotiated.contains(fam) {
+                desired.clone()
             } else {
-                Desired::new()
+                self.nothing.clone()
             };
-            let changes = self.ribs[i].sync(&mine);
-            if changes.is_empty() {
-                continue;
-            }
-            for msg in self.encode_changes(*fam, &changes) {
-                self.metrics.message(&self.label, "update", true);
-                if let Some(ev) = self.send_raw(&msg).await {
-                    return Some(ev);
+            // Bounded batches: a 100,000-prefix table never exists as one list of changes.
+            loop {
+                let changes = self.ribs[i].sync(&target, SYNC_BATCH);
+                if changes.is_empty() {
+                    break;
+                }
+                for msg in self.encode_changes(*fam, &changes) {
+                    self.metrics.message(&self.label, "update", true);
+                    if let Some(ev) = self.send_raw(&msg).await {
+                        return Some(ev);
+                    }
                 }
             }
         }
@@ -465,7 +468,7 @@ impl Session {
         let path_id = |id: crate::rib::PathId| ap.then_some(id.0);
         let mut withdrawn = Vec::new();
         // Paths with the same next hop and attributes share UPDATEs.
-        let mut groups: BTreeMap<(IpAddr, &PathAttrs), Vec<Nlri>> = BTreeMap::new();
+        let mut groups: BTreeMap<(IpAddr, &Arc<PathAttrs>), Vec<Nlri>> = BTreeMap::new();
         for c in changes {
             match c {
                 Change::Withdraw {
@@ -542,7 +545,7 @@ impl Session {
         out
     }
 
-    async fn drain_messages(&mut self, fsm: &mut Fsm, desired: &Desired) {
+    async fn drain_messages(&mut self, fsm: &mut Fsm, desired: &Arc<Desired>) {
         loop {
             let decoded = Message::decode(&self.io.buf, &self.dec);
             let ev = match decoded {
@@ -578,10 +581,7 @@ impl Session {
                             // Resend everything: forget what was sent, then sync.
                             if self.established {
                                 let aps = [self.enc.add_path[0], self.enc.add_path[1]];
-                                self.ribs = [
-                                    AdjRibOut::new(aps[0], self.peer.send_max),
-                                    AdjRibOut::new(aps[1], self.peer.send_max),
-                                ];
+                                self.ribs = ribs(aps, self.peer.send_max);
                                 self.send_changes(fsm, desired).await;
                             }
                             continue;

@@ -10,6 +10,7 @@ pub const GOBGPD: &str = "/usr/bin/gobgpd";
 /// A running gobgpd.
 pub struct GoBgp {
     ns: String,
+    pid: u32,
 }
 
 impl GoBgp {
@@ -18,7 +19,7 @@ impl GoBgp {
         let conf = dir.join("gobgpd.toml");
         std::fs::write(&conf, toml).map_err(|e| e.to_string())?;
         let c = conf.display().to_string();
-        lab.spawn(
+        let pid = lab.spawn(
             ns,
             GOBGPD,
             &[
@@ -33,7 +34,15 @@ impl GoBgp {
             ],
             &dir.join("gobgpd.log"),
         )?;
-        Ok(GoBgp { ns: ns.to_owned() })
+        Ok(GoBgp {
+            ns: ns.to_owned(),
+            pid,
+        })
+    }
+
+    /// gobgpd's process ID.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// Runs a `gobgp` client command against it.

@@ -1,4 +1,4 @@
-//! RIB-out diffing: minimal changes, stable path IDs, caps, and the no-ADD-PATH fallback.
+//! RIB-out diffing: minimal changes, stable path IDs, caps, batches and the no-ADD-PATH fallback.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,10 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+fn id(nh: &str) -> PathId {
+    PathId::preferred(ip(nh))
+}
+
 fn paths(nhs: &[&str]) -> Paths {
     nhs.iter().map(|n| (ip(n), PathAttrs::default())).collect()
 }
@@ -25,161 +29,279 @@ fn desired(entries: &[(&str, &[&str])]) -> Desired {
         .collect()
 }
 
+/// Every batch until the peer holds `d`; small batches, so batching is exercised too.
+fn sync(rib: &mut AdjRibOut, d: &Desired) -> Vec<Change> {
+    let target = Arc::new(d.clone());
+    let mut all = Vec::new();
+    loop {
+        let batch = rib.sync(&target, 2);
+        if batch.is_empty() {
+            return all;
+        }
+        all.extend(batch);
+    }
+}
+
+/// A RIB-out and the state it was last brought to, for one-prefix edits.
+struct Peer {
+    rib: AdjRibOut,
+    state: Desired,
+}
+
+impl Peer {
+    fn new(add_path: bool, cap: Option<usize>) -> Peer {
+        Peer {
+            rib: AdjRibOut::new(Scope::All, add_path, cap),
+            state: Desired::new(),
+        }
+    }
+
+    fn set(&mut self, prefix: &str, p: Paths) -> Vec<Change> {
+        self.state.insert(net(prefix), p);
+        let s = self.state.clone();
+        sync(&mut self.rib, &s)
+    }
+}
+
 #[test]
-fn add_path_announces_one_path_per_next_hop() {
-    let mut rib = AdjRibOut::new(true, None);
-    let changes = rib.sync(&desired(&[(
-        "198.51.100.10/32",
-        &["10.0.0.11", "10.0.0.12", "10.0.0.13"],
-    )]));
-    let ids: Vec<(u32, IpAddr)> = changes
+fn add_path_announces_one_path_per_next_hop_with_ids_from_the_next_hop() {
+    let mut rib = AdjRibOut::new(Scope::All, true, None);
+    let changes = sync(
+        &mut rib,
+        &desired(&[("198.51.100.10/32", &["10.0.0.11", "10.0.0.12", "10.0.0.13"])]),
+    );
+    let ids: Vec<(PathId, IpAddr)> = changes
         .iter()
         .map(|c| match c {
             Change::Announce {
                 path_id, next_hop, ..
-            } => (path_id.0, *next_hop),
+            } => (*path_id, *next_hop),
             Change::Withdraw { .. } => panic!("nothing to withdraw"),
         })
         .collect();
     assert_eq!(
         ids,
         [
-            (1, ip("10.0.0.11")),
-            (2, ip("10.0.0.12")),
-            (3, ip("10.0.0.13"))
+            (PathId(0x0a00_000b), ip("10.0.0.11")),
+            (PathId(0x0a00_000c), ip("10.0.0.12")),
+            (PathId(0x0a00_000d), ip("10.0.0.13"))
         ]
     );
     assert!(!rib.ecmp_degraded());
+    assert_eq!((rib.prefixes(), rib.paths()), (1, 3));
+}
+
+#[test]
+fn ipv6_next_hops_sharing_low_bits_get_distinct_ids() {
+    let mut rib = AdjRibOut::new(Scope::All, true, None);
+    let p = net("2001:db8::10/128");
+    sync(
+        &mut rib,
+        &desired(&[("2001:db8::10/128", &["fd00::11", "fd01::11"])]),
+    );
+    let sent = rib.sent(&p);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent.get(&PathId(0x11)), Some(&ip("fd00::11")));
+    assert_eq!(sent.get(&PathId(0x12)), Some(&ip("fd01::11")));
 }
 
 #[test]
 fn resending_the_same_state_sends_nothing() {
-    let mut rib = AdjRibOut::new(true, None);
+    let mut rib = AdjRibOut::new(Scope::All, true, None);
     let d = desired(&[
         ("198.51.100.10/32", &["10.0.0.11", "10.0.0.12"]),
         ("2001:db8::10/128", &["fd00::11"]),
     ]);
-    assert_eq!(rib.sync(&d).len(), 3);
-    assert!(rib.sync(&d).is_empty());
+    assert_eq!(sync(&mut rib, &d).len(), 3);
+    // A new snapshot with equal content: nothing either.
+    assert!(sync(&mut rib, &d).is_empty());
+}
+
+#[test]
+fn scope_keeps_each_family_to_its_own_rib() {
+    let d = desired(&[
+        ("198.51.100.10/32", &["10.0.0.11", "10.0.0.12"]),
+        ("2001:db8::10/128", &["fd00::11"]),
+    ]);
+    let mut v4 = AdjRibOut::new(Scope::Ipv4, true, None);
+    let mut v6 = AdjRibOut::new(Scope::Ipv6, true, None);
+    assert_eq!(sync(&mut v4, &d).len(), 2);
+    assert_eq!(sync(&mut v6, &d).len(), 1);
+    assert_eq!((v4.prefixes(), v6.prefixes()), (1, 1));
+}
+
+#[test]
+fn batches_respect_the_budget_and_resume_where_they_stopped() {
+    let mut rib = AdjRibOut::new(Scope::All, true, None);
+    let d: Desired = (0..10u8)
+        .map(|i| {
+            (
+                net(&format!("198.51.100.{i}/32")),
+                paths(&["10.0.0.11", "10.0.0.12"]),
+            )
+        })
+        .collect();
+    let target = Arc::new(d);
+    let first = rib.sync(&target, 5);
+    // Budget 5 with two paths per prefix: three prefixes (a prefix is never split).
+    assert_eq!(first.len(), 6);
+    assert_eq!(rib.prefixes(), 3);
+    let mut total = first.len();
+    loop {
+        let b = rib.sync(&target, 5);
+        if b.is_empty() {
+            break;
+        }
+        total += b.len();
+    }
+    assert_eq!(total, 20);
+    assert_eq!(rib.paths(), 20);
 }
 
 #[test]
 fn a_next_hop_leaving_withdraws_only_its_path_and_others_keep_their_ids() {
-    let mut rib = AdjRibOut::new(true, None);
+    let mut peer = Peer::new(true, None);
     let p = net("198.51.100.10/32");
-    rib.sync(&desired(&[(
+    peer.set(
         "198.51.100.10/32",
-        &["10.0.0.11", "10.0.0.12", "10.0.0.13"],
-    )]));
-    let changes = rib.update(p, Some(&paths(&["10.0.0.11", "10.0.0.13"])));
+        paths(&["10.0.0.11", "10.0.0.12", "10.0.0.13"]),
+    );
+    let changes = peer.set("198.51.100.10/32", paths(&["10.0.0.11", "10.0.0.13"]));
     assert_eq!(
         changes,
         [Change::Withdraw {
             prefix: p,
-            path_id: PathId(2)
+            path_id: id("10.0.0.12")
         }]
     );
     assert_eq!(
-        rib.sent(&p),
-        BTreeMap::from([(PathId(1), ip("10.0.0.11")), (PathId(3), ip("10.0.0.13"))])
+        peer.rib.sent(&p),
+        BTreeMap::from([
+            (id("10.0.0.11"), ip("10.0.0.11")),
+            (id("10.0.0.13"), ip("10.0.0.13"))
+        ])
     );
-    // A new next hop takes the lowest free ID.
-    let changes = rib.update(p, Some(&paths(&["10.0.0.11", "10.0.0.13", "10.0.0.14"])));
+    let changes = peer.set(
+        "198.51.100.10/32",
+        paths(&["10.0.0.11", "10.0.0.13", "10.0.0.14"]),
+    );
     assert_eq!(
         changes,
         [Change::Announce {
             prefix: p,
-            path_id: PathId(2),
+            path_id: id("10.0.0.14"),
             next_hop: ip("10.0.0.14"),
-            attrs: PathAttrs::default()
+            attrs: Arc::new(PathAttrs::default())
         }]
     );
 }
 
 #[test]
 fn attribute_change_replaces_the_path_in_place() {
-    let mut rib = AdjRibOut::new(true, None);
-    let p = net("198.51.100.10/32");
-    rib.sync(&desired(&[("198.51.100.10/32", &["10.0.0.11"])]));
-    let mut weighted = paths(&["10.0.0.11"]);
-    weighted.values_mut().for_each(|a| a.weight = Some(3));
-    let changes = rib.update(p, Some(&weighted));
+    let mut peer = Peer::new(true, None);
+    peer.set("198.51.100.10/32", paths(&["10.0.0.11"]));
+    let mut weighted = Paths::new();
+    weighted.insert(
+        ip("10.0.0.11"),
+        PathAttrs {
+            weight: Some(3),
+            ..PathAttrs::default()
+        },
+    );
+    let changes = peer.set("198.51.100.10/32", weighted);
     assert!(
-        matches!(&changes[..], [Change::Announce { path_id: PathId(1), attrs, .. }] if attrs.weight == Some(3))
+        matches!(&changes[..], [Change::Announce { path_id, attrs, .. }] if attrs.weight == Some(3) && *path_id == id("10.0.0.11"))
     );
 }
 
 #[test]
 fn removing_a_prefix_withdraws_all_its_paths() {
-    let mut rib = AdjRibOut::new(true, None);
-    rib.sync(&desired(&[(
-        "198.51.100.10/32",
-        &["10.0.0.11", "10.0.0.12"],
-    )]));
-    let changes = rib.sync(&Desired::new());
+    let mut rib = AdjRibOut::new(Scope::All, true, None);
+    sync(
+        &mut rib,
+        &desired(&[("198.51.100.10/32", &["10.0.0.11", "10.0.0.12"])]),
+    );
+    let changes = sync(&mut rib, &Desired::new());
     assert_eq!(changes.len(), 2);
     assert!(changes.iter().all(|c| matches!(c, Change::Withdraw { .. })));
-    assert_eq!(rib.prefixes(), 0);
+    assert_eq!((rib.prefixes(), rib.paths()), (0, 0));
 }
 
 #[test]
 fn send_max_caps_paths_without_churn() {
-    let mut rib = AdjRibOut::new(true, Some(2));
+    let mut peer = Peer::new(true, Some(2));
     let p = net("198.51.100.10/32");
-    rib.sync(&desired(&[(
-        "198.51.100.10/32",
-        &["10.0.0.13", "10.0.0.12"],
-    )]));
-    assert!(!rib.ecmp_degraded());
+    peer.set("198.51.100.10/32", paths(&["10.0.0.13", "10.0.0.12"]));
+    assert!(!peer.rib.ecmp_degraded());
     // A lower next hop arriving does not displace one already announced.
-    let changes = rib.update(p, Some(&paths(&["10.0.0.11", "10.0.0.12", "10.0.0.13"])));
+    let changes = peer.set(
+        "198.51.100.10/32",
+        paths(&["10.0.0.11", "10.0.0.12", "10.0.0.13"]),
+    );
     assert!(changes.is_empty(), "{changes:?}");
-    assert!(rib.ecmp_degraded());
-    // When one leaves, the waiting one takes its place and its path ID: one implicit replace.
-    let changes = rib.update(p, Some(&paths(&["10.0.0.11", "10.0.0.13"])));
-    assert!(
-        matches!(&changes[..], [Change::Announce { path_id: PathId(1), next_hop, .. }] if *next_hop == ip("10.0.0.11")),
-        "{changes:?}"
+    assert!(peer.rib.ecmp_degraded());
+    // When one leaves, the waiting one takes its place.
+    let changes = peer.set("198.51.100.10/32", paths(&["10.0.0.11", "10.0.0.13"]));
+    assert_eq!(
+        changes,
+        [
+            Change::Withdraw {
+                prefix: p,
+                path_id: id("10.0.0.12")
+            },
+            Change::Announce {
+                prefix: p,
+                path_id: id("10.0.0.11"),
+                next_hop: ip("10.0.0.11"),
+                attrs: Arc::new(PathAttrs::default())
+            }
+        ]
     );
     assert_eq!(
-        rib.sent(&p).values().copied().collect::<Vec<_>>(),
+        peer.rib.sent(&p).values().copied().collect::<Vec<_>>(),
         [ip("10.0.0.11"), ip("10.0.0.13")]
     );
-    assert!(!rib.ecmp_degraded());
+    assert!(!peer.rib.ecmp_degraded());
 }
 
 #[test]
 fn without_add_path_one_deterministic_path_and_degraded_state() {
-    let mut rib = AdjRibOut::new(false, None);
+    let mut peer = Peer::new(false, None);
     let p = net("198.51.100.10/32");
-    let changes = rib.sync(&desired(&[(
+    let changes = peer.set(
         "198.51.100.10/32",
-        &["10.0.0.13", "10.0.0.11", "10.0.0.12"],
-    )]));
+        paths(&["10.0.0.13", "10.0.0.11", "10.0.0.12"]),
+    );
     assert_eq!(
         changes,
         [Change::Announce {
             prefix: p,
             path_id: PathId(0),
             next_hop: ip("10.0.0.11"),
-            attrs: PathAttrs::default()
+            attrs: Arc::new(PathAttrs::default())
         }]
     );
-    assert!(rib.ecmp_degraded());
+    assert!(peer.rib.ecmp_degraded());
     // The chosen next hop leaving moves the single path (implicit replace, no withdraw).
-    let changes = rib.update(p, Some(&paths(&["10.0.0.12", "10.0.0.13"])));
+    let changes = peer.set("198.51.100.10/32", paths(&["10.0.0.12", "10.0.0.13"]));
     assert!(
         matches!(&changes[..], [Change::Announce { next_hop, path_id: PathId(0), .. }] if *next_hop == ip("10.0.0.12"))
     );
     // With weights, the heaviest wins.
-    let mut w = paths(&["10.0.0.12", "10.0.0.13"]);
-    w.get_mut(&ip("10.0.0.13")).unwrap().weight = Some(5);
-    let changes = rib.update(p, Some(&w));
+    let mut w = paths(&["10.0.0.12"]);
+    w.insert(
+        ip("10.0.0.13"),
+        PathAttrs {
+            weight: Some(5),
+            ..PathAttrs::default()
+        },
+    );
+    let changes = peer.set("198.51.100.10/32", w);
     assert!(
         matches!(&changes[..], [Change::Announce { next_hop, .. }] if *next_hop == ip("10.0.0.13"))
     );
-    rib.update(p, Some(&paths(&["10.0.0.12"])));
-    assert!(!rib.ecmp_degraded());
+    peer.set("198.51.100.10/32", paths(&["10.0.0.12"]));
+    assert!(!peer.rib.ecmp_degraded());
 }
 
 /// The peer's view, built only from the changes sent.
@@ -205,13 +327,31 @@ fn apply(peer: &mut BTreeMap<(IpNet, PathId), IpAddr>, changes: &[Change]) {
 }
 
 fn arb_desired() -> impl Strategy<Value = Desired> {
-    let prefix = (0u8..4).prop_map(|i| net(&format!("198.51.100.{i}/32")));
-    let nhs = proptest::collection::btree_set(11u8..17, 0..6).prop_map(|s| {
-        s.into_iter()
-            .map(|o| (ip(&format!("10.0.0.{o}")), PathAttrs::default()))
-            .collect::<Paths>()
-    });
-    proptest::collection::btree_map(prefix, nhs, 0..4)
+    let prefix = prop_oneof![
+        (0u8..4).prop_map(|i| net(&format!("198.51.100.{i}/32"))),
+        (0u8..2).prop_map(|i| net(&format!("2001:db8::{i}/128"))),
+    ];
+    let nhs = (
+        proptest::collection::btree_set(11u8..17, 0..6),
+        proptest::collection::btree_set(0u8..3, 0..3),
+    );
+    proptest::collection::btree_map(prefix, nhs, 0..5).prop_map(|m| {
+        m.into_iter()
+            .map(|(p, (v4, v6))| {
+                let paths: Paths = if p.addr().is_ipv4() {
+                    v4.into_iter()
+                        .map(|o| (ip(&format!("10.0.0.{o}")), PathAttrs::default()))
+                        .collect()
+                } else {
+                    // The same low 32 bits on purpose: colliding preferred IDs.
+                    v6.into_iter()
+                        .map(|o| (ip(&format!("fd0{o}::11")), PathAttrs::default()))
+                        .collect()
+                };
+                (p, paths)
+            })
+            .collect()
+    })
 }
 
 proptest! {
@@ -219,25 +359,28 @@ proptest! {
     /// nothing, and a next hop that stays keeps its path ID.
     #[test]
     fn changes_converge_and_ids_are_stable(states in proptest::collection::vec(arb_desired(), 1..12), add_path in any::<bool>(), cap in proptest::option::of(1usize..4)) {
-        let mut rib = AdjRibOut::new(add_path, cap);
+        let mut rib = AdjRibOut::new(Scope::All, add_path, cap);
         let mut peer = BTreeMap::new();
         for d in states {
             let before: BTreeMap<(IpNet, IpAddr), PathId> = peer.iter().map(|((p, id), nh)| ((*p, *nh), *id)).collect();
-            let changes = rib.sync(&d);
+            let changes = sync(&mut rib, &d);
             apply(&mut peer, &changes);
-            prop_assert!(rib.sync(&d).is_empty());
+            prop_assert!(sync(&mut rib, &d).is_empty());
             for (prefix, paths) in &d {
                 let sent: Vec<(PathId, IpAddr)> = peer.iter().filter(|((p, _), _)| p == prefix).map(|((_, id), nh)| (*id, *nh)).collect();
                 let expected = if paths.is_empty() { 0 } else if add_path { paths.len().min(cap.unwrap_or(usize::MAX)) } else { 1 };
                 prop_assert_eq!(sent.len(), expected);
+                prop_assert_eq!(&rib.sent(prefix), &sent.iter().copied().collect::<BTreeMap<_, _>>());
                 for (id, nh) in sent {
                     prop_assert!(paths.contains_key(&nh));
-                    if add_path && let Some(old) = before.get(&(*prefix, nh)) {
+                    // IPv4 IDs never move; IPv6 IDs here collide on purpose and may shift.
+                    if add_path && nh.is_ipv4() && let Some(old) = before.get(&(*prefix, nh)) {
                         prop_assert_eq!(*old, id, "path ID of {} changed", nh);
                     }
                 }
             }
             prop_assert!(peer.keys().all(|(p, _)| d.get(p).is_some_and(|paths| !paths.is_empty())));
+            prop_assert_eq!(rib.paths(), peer.len());
         }
     }
 }
