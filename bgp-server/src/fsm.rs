@@ -43,52 +43,18 @@ pub enum Timer {
     IdleHold,
 }
 
-/// A NOTIFICATION to send or that was received.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Notification {
-    /// Error code (RFC 4271 §4.5).
-    pub code: u8,
-    /// Error subcode.
-    pub subcode: u8,
-    /// Data.
-    pub data: Vec<u8>,
-}
+/// A NOTIFICATION to send or that was received: the codec's own type.
+pub use berth_bgp_wire::Notification;
 
-impl Notification {
-    /// A NOTIFICATION with no data.
-    pub fn new(code: u8, subcode: u8) -> Self {
-        Notification {
-            code,
-            subcode,
-            data: Vec::new(),
-        }
-    }
-
-    /// Hold Timer Expired (4).
-    pub fn hold_timer_expired() -> Self {
-        Notification::new(4, 0)
-    }
-
-    /// Finite State Machine Error (5) with the RFC 6608 subcode for `state`.
-    pub fn fsm_error(state: State) -> Self {
-        let subcode = match state {
-            State::OpenSent => 1,
-            State::OpenConfirm => 2,
-            State::Established => 3,
-            _ => 0,
-        };
-        Notification::new(5, subcode)
-    }
-
-    /// Cease (6), Administrative Shutdown (2).
-    pub fn admin_shutdown() -> Self {
-        Notification::new(6, 2)
-    }
-
-    /// Cease (6), Connection Collision Resolution (7).
-    pub fn collision() -> Self {
-        Notification::new(6, 7)
-    }
+/// Finite State Machine Error (5) with the RFC 6608 subcode for `state`.
+pub fn fsm_error(state: State) -> Notification {
+    let subcode = match state {
+        State::OpenSent => 1,
+        State::OpenConfirm => 2,
+        State::Established => 3,
+        _ => 0,
+    };
+    Notification::bare(5, subcode)
 }
 
 /// What the FSM needs from a received OPEN (the codec has already checked its syntax).
@@ -407,14 +373,14 @@ impl Fsm {
                 self.fail(&mut out, Some(n.clone()), DownReason::NotificationSent(n));
             }
             (_, E::NotifMsgVerErr) => {
-                let n = Notification::new(2, 1);
+                let n = Notification::bare(2, 1);
                 self.fail(&mut out, None, DownReason::NotificationReceived(n));
             }
             (_, E::NotifMsg(n)) => self.fail(&mut out, None, DownReason::NotificationReceived(n)),
             (_, E::TcpConnectionFails) => self.fail(&mut out, None, DownReason::ConnectionFailed),
             // Anything else is out of order for this state (RFC 6608 names which).
             (state, _) => {
-                let n = Notification::fsm_error(state);
+                let n = fsm_error(state);
                 self.fail(&mut out, Some(n.clone()), DownReason::NotificationSent(n));
             }
         }
@@ -436,7 +402,7 @@ impl Fsm {
     fn check_open(&self, open: &PeerOpen) -> Result<(u16, u16), Notification> {
         if open.asn != self.cfg.peer_asn {
             // Bad Peer AS; the data is the AS we expected, as FRR and BIRD send it.
-            let mut n = Notification::new(2, 2);
+            let mut n = Notification::bare(2, 2);
             if let Ok(asn) = u16::try_from(self.cfg.peer_asn) {
                 n.data = asn.to_be_bytes().to_vec();
             }
@@ -446,10 +412,10 @@ impl Fsm {
             || (open.router_id == self.cfg.router_id && self.cfg.local_asn == self.cfg.peer_asn)
         {
             // RFC 6286: identifiers must differ within an AS.
-            return Err(Notification::new(2, 3));
+            return Err(Notification::bare(2, 3));
         }
         if open.hold_time == 1 || open.hold_time == 2 {
-            return Err(Notification::new(2, 6));
+            return Err(Notification::bare(2, 6));
         }
         let hold = self.cfg.hold_time.min(open.hold_time);
         let keepalive = match (hold, self.cfg.keepalive) {
@@ -544,6 +510,44 @@ pub enum Keep {
     Outbound,
     /// Keep the connection the peer opened.
     Inbound,
+}
+
+/// What to do with a connection the peer opened while this session may already have one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    /// No connection is up: use this one (an outbound attempt under way is abandoned).
+    Adopt,
+    /// Ours is in OpenSent: keep both until the peer's OPEN on ours names its identifier.
+    Wait,
+    /// Close the new connection with a Cease (collision): ours wins, we are Idle, or the
+    /// session is Established (RFC 4271 §6.8).
+    Refuse,
+    /// Dump ours with a Cease (collision) and continue on the new one.
+    Replace,
+}
+
+/// Connection collision detection (RFC 4271 §6.8), given the session's state, both BGP
+/// identifiers (the peer's once its OPEN arrived) and whether the current connection is ours.
+pub fn on_inbound(
+    state: State,
+    local_id: Ipv4Addr,
+    remote_id: Option<Ipv4Addr>,
+    current_is_outbound: bool,
+) -> Inbound {
+    match state {
+        State::Idle | State::Established => Inbound::Refuse,
+        State::Connect | State::Active => Inbound::Adopt,
+        State::OpenSent => Inbound::Wait,
+        State::OpenConfirm => match remote_id {
+            None => Inbound::Wait,
+            // Two connections the peer opened: it gave up on the first; ours is not at stake.
+            Some(_) if !current_is_outbound => Inbound::Replace,
+            Some(remote) => match resolve_collision(local_id, remote) {
+                Keep::Outbound => Inbound::Refuse,
+                Keep::Inbound => Inbound::Replace,
+            },
+        },
+    }
 }
 
 /// Resolves a connection collision by comparing identifiers as unsigned integers.

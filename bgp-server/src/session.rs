@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::{GracefulRestartConfig, PeerConfig};
-use crate::fsm::{self, Action, Config as FsmConfig, Event, Fsm, PeerOpen, State, Timer};
+use crate::fsm::{self, Action, Config as FsmConfig, Event, Fsm, Inbound, PeerOpen, State, Timer};
 use crate::metrics::{Metrics, PeerLabels};
 use crate::rib::{AdjRibOut, Change, Desired, PathAttrs, Scope};
 
@@ -59,6 +59,10 @@ struct Io {
     write: Option<OwnedWriteHalf>,
     connecting: Option<Connecting>,
     buf: Vec<u8>,
+    /// Whether the current connection is the one we opened.
+    outbound: bool,
+    /// A connection the peer opened, waiting for collision detection.
+    pending: Option<TcpStream>,
 }
 
 const FAMILIES: [Family; 2] = [Family::Ipv4Unicast, Family::Ipv6Unicast];
@@ -101,6 +105,8 @@ pub async fn run(
             write: None,
             connecting: None,
             buf: Vec::with_capacity(8192),
+            outbound: false,
+            pending: None,
         },
         deadlines: BTreeMap::new(),
         enc: EncodeContext::default(),
@@ -115,6 +121,7 @@ pub async fn run(
         .await;
     let mut read_buf = vec![0u8; 65536];
     loop {
+        s.settle_inbound(&mut fsm, &snapshot(&desired)).await;
         s.publish(&fsm, &status);
         let next_deadline = s.deadlines.values().min().copied();
         tokio::select! {
@@ -127,7 +134,7 @@ pub async fn run(
                 s.io.connecting = None;
                 let ev = match res {
                     Ok(stream) => {
-                        s.attach(stream);
+                        s.attach(stream, true);
                         Event::TcpCrAcked
                     }
                     Err(e) => {
@@ -165,15 +172,9 @@ pub async fn run(
                 }
             }
             Some(stream) = inbound.recv() => {
-                if s.io.read.is_some() || !matches!(fsm.state(), State::Connect | State::Active) {
-                    // A second connection while one is up: keep ours (collision handling of
-                    // simultaneous OPENs is not implemented yet).
-                    debug!("dropping an extra inbound connection");
-                    drop(stream);
-                } else {
-                    s.io.connecting = None;
-                    s.attach(stream);
-                    s.apply(&mut fsm, Event::TcpConnectionConfirmed, &snapshot(&desired)).await;
+                // Judged at the top of the loop, now and after every later event.
+                if s.io.pending.replace(stream).is_some() {
+                    debug!("a newer inbound connection replaces one still waiting");
                 }
             }
             Ok(()) = desired.changed() => {
@@ -233,7 +234,38 @@ impl Session {
         });
     }
 
-    fn attach(&mut self, stream: TcpStream) {
+    /// Connection collision detection (RFC 4271 §6.8) for a connection the peer opened.
+    async fn settle_inbound(&mut self, fsm: &mut Fsm, desired: &Arc<Desired>) {
+        let Some(stream) = self.io.pending.take() else {
+            return;
+        };
+        let remote = self.peer_open.as_ref().map(|o| o.router_id);
+        match fsm::on_inbound(fsm.state(), self.local.router_id, remote, self.io.outbound) {
+            Inbound::Wait => self.io.pending = Some(stream),
+            Inbound::Refuse => {
+                debug!(state = ?fsm.state(), "refusing an inbound connection (collision)");
+                refuse(&stream);
+            }
+            Inbound::Adopt => {
+                self.io.connecting = None;
+                self.attach(stream, false);
+                self.apply(fsm, Event::TcpConnectionConfirmed, desired)
+                    .await;
+            }
+            Inbound::Replace => {
+                info!("connection collision: continuing on the connection the peer opened");
+                self.apply(fsm, Event::OpenCollisionDump, desired).await;
+                self.apply(fsm, Event::AutomaticStart, desired).await;
+                self.io.connecting = None;
+                self.attach(stream, false);
+                self.apply(fsm, Event::TcpConnectionConfirmed, desired)
+                    .await;
+            }
+        }
+    }
+
+    fn attach(&mut self, stream: TcpStream, outbound: bool) {
+        self.io.outbound = outbound;
         let _ = stream.set_nodelay(true);
         if let Some(ttl) = self.ttl() {
             let _ = stream.set_ttl(ttl);
@@ -289,10 +321,7 @@ impl Session {
             Action::SendNotification(n) => {
                 warn!(code = n.code, subcode = n.subcode, "sending NOTIFICATION");
                 self.last_error = Some(format!("sent NOTIFICATION {}/{}", n.code, n.subcode));
-                let msg = Message::Notification(berth_bgp_wire::Notification::new(
-                    n.code, n.subcode, n.data,
-                ));
-                self.send(&msg).await
+                self.send(&Message::Notification(n)).await
             }
             Action::StartTimer(t, secs) => {
                 self.deadlines
@@ -571,11 +600,7 @@ impl Session {
                                 .notification(&self.label, false, n.code, n.subcode);
                             self.last_error =
                                 Some(format!("received NOTIFICATION {}/{}", n.code, n.subcode));
-                            Event::NotifMsg(fsm::Notification {
-                                code: n.code,
-                                subcode: n.subcode,
-                                data: n.data,
-                            })
+                            Event::NotifMsg(n)
                         }
                         Message::RouteRefresh(_) => {
                             // Resend everything: forget what was sent, then sync.
@@ -591,11 +616,6 @@ impl Session {
                 Err(e) => {
                     self.io.buf.clear();
                     let n = e.notification();
-                    let n = fsm::Notification {
-                        code: n.code,
-                        subcode: n.subcode,
-                        data: n.data,
-                    };
                     match e {
                         DecodeError::Open { .. } => Event::BgpOpenMsgErr(n),
                         DecodeError::Update { .. } => Event::UpdateMsgErr(n),
@@ -655,6 +675,13 @@ async fn connect(
 }
 
 /// The current desired state, without holding the channel's lock across an await.
+/// Closes a connection we will not use with a Cease (Connection Collision Resolution).
+fn refuse(stream: &TcpStream) {
+    let n = Message::Notification(fsm::Notification::collision());
+    // Best effort on a fresh socket: a NOTIFICATION fits its send buffer.
+    let _ = stream.try_write(&n.to_bytes(&EncodeContext::default()));
+}
+
 fn snapshot(rx: &watch::Receiver<Arc<Desired>>) -> Arc<Desired> {
     rx.borrow().clone()
 }

@@ -4,24 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Write};
+mod common;
+
+use std::io::Write;
 use std::net::{Ipv4Addr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_bgp_wire::{Capability, DecodeContext, EncodeContext, Message, Notification, Open};
-
-static SPEAKER: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| berth_e2e::binary("berth-bgp-server"));
-
-struct Speaker(Child);
-
-impl Drop for Speaker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use berth_bgp_wire::{EncodeContext, Message, Notification};
+use common::{Speaker, enc, open, read_until};
 
 fn start(dir: &std::path::Path, port: u16, metrics: u16) -> Speaker {
     let conf = format!(
@@ -38,18 +28,7 @@ routes:
     nextHops: [10.0.0.11]
 "
     );
-    std::fs::write(dir.join("speaker.yaml"), conf).unwrap();
-    let log = std::fs::File::create(dir.join("speaker.log")).unwrap();
-    Speaker(
-        Command::new(&*SPEAKER)
-            .args(["--config", &dir.join("speaker.yaml").display().to_string()])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+    common::start_speaker(dir, &conf, metrics)
 }
 
 /// Connects as the peer and completes OPEN/KEEPALIVE; returns the stream. After an error
@@ -66,50 +45,15 @@ fn establish(port: u16) -> TcpStream {
             continue;
         };
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let open = Open {
-            asn: 64513,
-            hold_time: 30,
-            router_id: Ipv4Addr::new(127, 0, 0, 1),
-            capabilities: vec![
-                Capability::Multiprotocol { afi: 1, safi: 1 },
-                Capability::FourOctetAs(64513),
-            ],
-        };
-        let enc = EncodeContext {
-            four_octet_as: true,
-            ..Default::default()
-        };
-        if s.write_all(&Message::Open(open).to_bytes(&enc)).is_err() {
+        if s.write_all(&open(Ipv4Addr::new(127, 0, 0, 1))).is_err() {
             continue;
         }
         if read_until(&mut s, |m| matches!(m, Message::Open(_))).is_none() {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         }
-        s.write_all(&Message::Keepalive.to_bytes(&enc)).unwrap();
+        s.write_all(&Message::Keepalive.to_bytes(&enc())).unwrap();
         return s;
-    }
-}
-
-/// Reads messages until `pred` matches one or the stream ends; returns the match.
-fn read_until(s: &mut TcpStream, mut pred: impl FnMut(&Message) -> bool) -> Option<Message> {
-    let ctx = DecodeContext {
-        four_octet_as: true,
-        ..Default::default()
-    };
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while let Ok(Some((m, n))) = Message::decode(&buf, &ctx) {
-            buf.drain(..n);
-            if pred(&m) {
-                return Some(m);
-            }
-        }
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
     }
 }
 
@@ -126,9 +70,7 @@ fn update(attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
 
 #[test]
 fn malformed_updates_are_handled_as_rfc_7606_says() {
-    let dir = std::env::temp_dir().join(format!("berth-malformed-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tempdir("malformed");
     let port = 20000 + (std::process::id() % 20000) as u16;
     let _speaker = start(&dir, port, port + 1);
     let log = || std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default();

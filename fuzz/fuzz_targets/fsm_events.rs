@@ -36,14 +36,14 @@ fuzz_target!(|data: &[u8]| {
                 hold_time: u16::from(c),
                 router_id: Ipv4Addr::new(10, 0, 0, b),
             }),
-            11 => Event::BgpHeaderErr(Notification::new(1, b)),
-            12 => Event::BgpOpenMsgErr(Notification::new(2, b)),
+            11 => Event::BgpHeaderErr(Notification::bare(1, b)),
+            12 => Event::BgpOpenMsgErr(Notification::bare(2, b)),
             13 => Event::OpenCollisionDump,
             14 => Event::NotifMsgVerErr,
-            15 => Event::NotifMsg(Notification::new(b, c)),
+            15 => Event::NotifMsg(Notification::bare(b, c)),
             16 => Event::KeepAliveMsg,
             17 => Event::UpdateMsg,
-            _ => Event::UpdateMsgErr(Notification::new(3, b)),
+            _ => Event::UpdateMsgErr(Notification::bare(3, b)),
         };
         let before = fsm.state();
         let actions = fsm.handle(event);

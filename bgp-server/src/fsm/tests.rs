@@ -157,7 +157,7 @@ fn open_with_hold_time_one_or_our_identifier_on_ibgp_is_refused() {
     fsm.handle(Event::ManualStart);
     fsm.handle(Event::TcpCrAcked);
     let a = fsm.handle(Event::BgpOpen(open(2)));
-    assert_eq!(a[0], Action::SendNotification(Notification::new(2, 6)));
+    assert_eq!(a[0], Action::SendNotification(Notification::bare(2, 6)));
 
     let ibgp = Config::new(64512, LOCAL_ID, 64512);
     let mut fsm = Fsm::new(ibgp);
@@ -168,7 +168,7 @@ fn open_with_hold_time_one_or_our_identifier_on_ibgp_is_refused() {
         hold_time: 90,
         router_id: LOCAL_ID,
     }));
-    assert_eq!(a[0], Action::SendNotification(Notification::new(2, 3)));
+    assert_eq!(a[0], Action::SendNotification(Notification::bare(2, 3)));
 }
 
 #[test]
@@ -224,7 +224,7 @@ fn errors_back_off_exponentially_and_established_resets_it() {
     let mut holds = Vec::new();
     for _ in 0..5 {
         fsm.handle(Event::TcpCrAcked);
-        let a = fsm.handle(Event::NotifMsg(Notification::new(6, 4)));
+        let a = fsm.handle(Event::NotifMsg(Notification::bare(6, 4)));
         holds.extend(a.iter().filter_map(|x| match x {
             Action::StartTimer(Timer::IdleHold, s) => Some(*s),
             _ => None,
@@ -274,12 +274,12 @@ fn out_of_order_messages_get_the_rfc_6608_subcode() {
     fsm.handle(Event::TcpCrAcked);
     assert_eq!(
         fsm.handle(Event::UpdateMsg)[0],
-        Action::SendNotification(Notification::new(5, 1))
+        Action::SendNotification(Notification::bare(5, 1))
     );
     let mut fsm = established(cfg());
     assert_eq!(
         fsm.handle(Event::BgpOpen(open(90)))[0],
-        Action::SendNotification(Notification::new(5, 3))
+        Action::SendNotification(Notification::bare(5, 3))
     );
 }
 
@@ -294,6 +294,33 @@ fn idle_refuses_connections_and_late_timers_are_ignored() {
     let mut fsm = established(cfg());
     fsm.handle(Event::ManualStop);
     assert!(fsm.handle(Event::KeepaliveTimerExpires).is_empty());
+}
+
+#[test]
+fn an_inbound_connection_is_judged_by_state_and_identifiers() {
+    let me = Ipv4Addr::new(10, 0, 0, 11);
+    let higher = Some(Ipv4Addr::new(10, 255, 0, 1));
+    let lower = Some(Ipv4Addr::new(1, 1, 1, 1));
+    assert_eq!(on_inbound(State::Idle, me, None, false), Inbound::Refuse);
+    assert_eq!(on_inbound(State::Connect, me, None, false), Inbound::Adopt);
+    assert_eq!(on_inbound(State::Active, me, None, false), Inbound::Adopt);
+    assert_eq!(on_inbound(State::OpenSent, me, None, true), Inbound::Wait);
+    assert_eq!(
+        on_inbound(State::OpenConfirm, me, higher, true),
+        Inbound::Replace
+    );
+    assert_eq!(
+        on_inbound(State::OpenConfirm, me, lower, true),
+        Inbound::Refuse
+    );
+    assert_eq!(
+        on_inbound(State::OpenConfirm, me, lower, false),
+        Inbound::Replace
+    );
+    assert_eq!(
+        on_inbound(State::Established, me, higher, true),
+        Inbound::Refuse
+    );
 }
 
 #[test]
@@ -333,12 +360,12 @@ fn event() -> impl Strategy<Value = Event> {
                 router_id: PEER_ID
             })
         ),
-        Just(Event::BgpHeaderErr(Notification::new(1, 2))),
+        Just(Event::BgpHeaderErr(Notification::bare(1, 2))),
         Just(Event::OpenCollisionDump),
-        Just(Event::NotifMsg(Notification::new(6, 2))),
+        Just(Event::NotifMsg(Notification::bare(6, 2))),
         Just(Event::KeepAliveMsg),
         Just(Event::UpdateMsg),
-        Just(Event::UpdateMsgErr(Notification::new(3, 1))),
+        Just(Event::UpdateMsgErr(Notification::bare(3, 1))),
     ]
 }
 

@@ -23,6 +23,26 @@ impl Notification {
         }
     }
 
+    /// A NOTIFICATION with no data.
+    pub fn bare(code: u8, subcode: u8) -> Self {
+        Notification::new(code, subcode, Vec::new())
+    }
+
+    /// Hold Timer Expired (4).
+    pub fn hold_timer_expired() -> Self {
+        Notification::bare(4, 0)
+    }
+
+    /// Cease (6), Administrative Shutdown (2), without a message.
+    pub fn admin_shutdown() -> Self {
+        Notification::bare(6, 2)
+    }
+
+    /// Cease (6), Connection Collision Resolution (7).
+    pub fn collision() -> Self {
+        Notification::bare(6, 7)
+    }
+
     /// Cease / Administrative Shutdown with a shutdown communication (RFC 9003), truncated to
     /// 255 bytes on a character boundary.
     pub fn shutdown(message: &str) -> Self {
