@@ -145,6 +145,9 @@ pub struct RouteConfig {
     /// Communities, `asn:value`.
     #[serde(default)]
     pub communities: Vec<String>,
+    /// Large communities (RFC 8092), `[global, local1, local2]`.
+    #[serde(default)]
+    pub large_communities: Vec<[u32; 3]>,
     /// LOCAL_PREF for iBGP peers.
     #[serde(default)]
     pub local_pref: Option<u32>,
@@ -222,7 +225,8 @@ impl SpeakerConfig {
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every rule the file format states; errors name the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.asn == 0 || self.asn == 23456 {
             return Err(invalid(
                 "asn",
@@ -284,8 +288,18 @@ impl SpeakerConfig {
                 return Err(invalid(f("sendMax"), "must be at least 1"));
             }
         }
+        let mut prefixes = BTreeSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let f = |name: &str| format!("routes[{i}].{name}");
+            if !prefixes.insert(r.prefix) {
+                return Err(invalid(
+                    f("prefix"),
+                    format!(
+                        "{} is listed twice: give all its next hops in one entry",
+                        r.prefix
+                    ),
+                ));
+            }
             if r.prefix.trunc() != r.prefix {
                 return Err(invalid(
                     f("prefix"),
@@ -345,6 +359,11 @@ impl SpeakerConfig {
                     .filter_map(|c| parse_community(c))
                     .collect(),
                 local_pref: r.local_pref,
+                large_communities: r
+                    .large_communities
+                    .iter()
+                    .map(|[a, b, c]| (*a, *b, *c))
+                    .collect(),
                 ..PathAttrs::default()
             };
             let paths = d.entry(r.prefix).or_default();

@@ -4,6 +4,7 @@
 //! session state machine (events in, actions out). The I/O tasks around it come later.
 
 pub mod config;
+pub mod control;
 pub mod fsm;
 pub mod metrics;
 pub mod rib;

@@ -1,0 +1,194 @@
+//! The last accepted desired state on disk, so that a restarted speaker announces it at once,
+//! before any client connects. Written atomically (temporary file, fsync, rename, fsync of the
+//! directory); a file that is missing is no state, and one that is corrupt or unreadable is an
+//! error the caller reports and ignores, never a reason not to start.
+//!
+//! Format: `BERTHDS1`, the body's length (u64, big-endian), its FNV-1a 64 checksum, then the
+//! `berth.bgp.v1.DesiredState` protobuf. Protobuf alone decodes many random byte strings, so
+//! the checksum is what tells a torn or damaged file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use berth_proto::v1;
+use prost::Message;
+
+const MAGIC: &[u8; 8] = b"BERTHDS1";
+const FILE: &str = "desired-state.pb";
+
+/// Why a state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading or writing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not a whole state written by this speaker.
+    #[error("{path}: {why}; it is ignored and will be replaced by the next accepted state")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// The state directory (`--state-dir`).
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl Store {
+    /// A store in `dir` (created on first save).
+    pub fn new(dir: impl Into<PathBuf>) -> Store {
+        Store { dir: dir.into() }
+    }
+
+    /// The state file.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(FILE)
+    }
+
+    /// Replaces the saved state, atomically.
+    pub fn save(&self, state: &v1::DesiredState) -> Result<(), StoreError> {
+        let path = self.path();
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let body = state.encode_to_vec();
+        let mut bytes = Vec::with_capacity(body.len() + 24);
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&(body.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(&fnv1a(&body).to_be_bytes());
+        bytes.extend_from_slice(&body);
+        let tmp = self.dir.join(format!(".{FILE}.tmp"));
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        // The rename itself must survive a crash.
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(())
+    }
+
+    /// The saved state: `None` when there is none.
+    pub fn load(&self) -> Result<Option<v1::DesiredState>, StoreError> {
+        let path = self.path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        decode(&bytes)
+            .map(Some)
+            .map_err(|why| StoreError::Corrupt { path, why })
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<v1::DesiredState, String> {
+    let rest = bytes
+        .strip_prefix(MAGIC)
+        .ok_or("not a Berth state file (bad magic)")?;
+    let (len, rest) = rest.split_at_checked(8).ok_or("truncated header")?;
+    let (sum, body) = rest.split_at_checked(8).ok_or("truncated header")?;
+    let len = u64::from_be_bytes(len.try_into().map_err(|_| "truncated header")?);
+    if body.len() as u64 != len {
+        return Err(format!(
+            "truncated: {} of {len} bytes (a write was interrupted)",
+            body.len()
+        ));
+    }
+    let sum = u64::from_be_bytes(sum.try_into().map_err(|_| "truncated header")?);
+    if fnv1a(body) != sum {
+        return Err("checksum mismatch (the file was damaged)".to_owned());
+    }
+    v1::DesiredState::decode(body).map_err(|e| format!("not a desired state: {e}"))
+}
+
+/// Whether `dir` exists or can be created: checked at start so a bad `--state-dir` is a clear
+/// error at once rather than at the first Apply.
+pub fn usable(dir: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("berth-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn state(generation: u64) -> v1::DesiredState {
+        v1::DesiredState {
+            generation,
+            global: Some(v1::Global {
+                asn: 64512,
+                router_id: "10.0.0.11".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn saves_and_loads_and_replaces() {
+        let s = Store::new(dir("rt"));
+        assert!(s.load().unwrap().is_none());
+        s.save(&state(3)).unwrap();
+        assert_eq!(s.load().unwrap(), Some(state(3)));
+        s.save(&state(4)).unwrap();
+        assert_eq!(s.load().unwrap(), Some(state(4)));
+        let _ = std::fs::remove_dir_all(&s.dir);
+    }
+
+    #[test]
+    fn damaged_files_are_errors_not_states() {
+        let s = Store::new(dir("bad"));
+        s.save(&state(3)).unwrap();
+        let good = std::fs::read(s.path()).unwrap();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"garbage".to_vec(), "bad magic"),
+            (good[..good.len() - 1].to_vec(), "truncated"),
+            (
+                {
+                    let mut b = good.clone();
+                    let last = b.len() - 1;
+                    b[last] ^= 0xff;
+                    b
+                },
+                "checksum mismatch",
+            ),
+            (Vec::new(), "bad magic"),
+        ];
+        for (bytes, want) in cases {
+            std::fs::write(s.path(), &bytes).unwrap();
+            let e = s.load().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+            assert!(e.contains("ignored"), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&s.dir);
+    }
+}
