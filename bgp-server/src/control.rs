@@ -2,4 +2,5 @@
 //! speaker's model, the applied state with its generation, and its persistence.
 
 pub mod convert;
+pub mod service;
 pub mod store;

@@ -8,20 +8,35 @@ use clap::{Parser, ValueEnum};
 use tokio::sync::watch;
 
 use berth_bgp_server::config::SpeakerConfig;
+use berth_bgp_server::control::service::{self, Applied, Control};
+use berth_bgp_server::control::store::{self, Store};
+use berth_bgp_server::speaker::StatusBoard;
+use berth_proto::v1::speaker_server::SpeakerServer;
 
 /// Berth's BGP speaker: announces each Service IP to the configured routers with one path per
 /// eligible node (ADD-PATH), exactly as its desired state says.
 ///
-/// Today it runs standalone from a configuration file (global ASN and router ID, peers,
-/// static routes; the format is in the README and in `bgp-server/src/config.rs`). The gRPC
-/// control API that lets the operator drive it comes later. SIGHUP reloads the routes from the
-/// file (only the difference is sent); SIGTERM closes every session with a Cease.
+/// Two ways to run it. Driven by the operator: `--grpc-socket` and/or `--grpc-listen` serve
+/// the `berth.bgp.v1.Speaker` API, and `--state-dir` keeps the last accepted state so that a
+/// restart announces it at once, before any client connects. Standalone: `--config FILE`
+/// (global ASN and router ID, peers, static routes; the format is in the README); SIGHUP
+/// reloads the routes from the file. Either way SIGTERM closes every session with a Cease.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
-    /// Configuration file (YAML): asn, routerId, listenPort, gracefulRestart, peers, routes.
-    #[arg(long, short = 'c', env = "BERTH_BGP_CONFIG")]
-    config: PathBuf,
+    /// Standalone mode: configuration file (YAML or JSON): asn, routerId, listenPort,
+    /// gracefulRestart, peers, routes.
+    #[arg(long, short = 'c', env = "BERTH_BGP_CONFIG", conflicts_with_all = ["grpc_socket", "grpc_listen", "state_dir"])]
+    config: Option<PathBuf>,
+    /// Serve the control API, plaintext, on this Unix socket (local clients: berthctl).
+    #[arg(long, env = "BERTH_GRPC_SOCKET")]
+    grpc_socket: Option<PathBuf>,
+    /// Serve the control API on this TCP address; plaintext is only allowed on loopback.
+    #[arg(long, env = "BERTH_GRPC_LISTEN")]
+    grpc_listen: Option<std::net::SocketAddr>,
+    /// Directory for the last accepted desired state (restored at start).
+    #[arg(long, env = "BERTH_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "BERTH_LOG_FORMAT")]
     log_format: LogFormat,
@@ -53,47 +68,149 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading the configuration file {}", args.config.display()))?;
-    let mut cfg =
-        SpeakerConfig::parse(&text).with_context(|| format!("in {}", args.config.display()))?;
-    drop(text);
-    let initial = Arc::new(cfg.desired());
-    // From here on the routes live only in the desired state, not twice.
-    cfg.routes = Vec::new();
+    let applied = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the configuration file {}", path.display()))?;
+            let mut cfg =
+                SpeakerConfig::parse(&text).with_context(|| format!("in {}", path.display()))?;
+            drop(text);
+            let desired = Arc::new(cfg.desired());
+            // From here on the routes live only in the desired state, not twice.
+            cfg.routes = Vec::new();
+            Applied {
+                generation: 0,
+                settings: Arc::new(cfg),
+                desired,
+            }
+        }
+        None => {
+            if args.grpc_socket.is_none() && args.grpc_listen.is_none() {
+                anyhow::bail!(
+                    "nothing to do: give --config FILE (standalone) or --grpc-socket PATH / \
+                     --grpc-listen ADDR (driven by the operator)"
+                );
+            }
+            if let Some(addr) = args.grpc_listen
+                && !addr.ip().is_loopback()
+            {
+                anyhow::bail!(
+                    "--grpc-listen {addr}: plaintext gRPC is only allowed on loopback; serve \
+                     node addresses with mutual TLS (not in this build) or use --grpc-socket"
+                );
+            }
+            let restored = match &args.state_dir {
+                Some(dir) => {
+                    store::usable(dir).context("--state-dir")?;
+                    service::restore(&Store::new(dir))
+                }
+                None => None,
+            };
+            restored.unwrap_or_else(|| Applied {
+                generation: 0,
+                settings: Arc::new(SpeakerConfig {
+                    asn: 0,
+                    router_id: std::net::Ipv4Addr::UNSPECIFIED,
+                    listen_port: 0,
+                    graceful_restart: Default::default(),
+                    peers: Vec::new(),
+                    routes: Vec::new(),
+                }),
+                desired: Arc::new(Default::default()),
+            })
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let (desired_tx, desired) = watch::channel(initial);
+    runtime.block_on(serve(args, applied))
+}
+
+async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
+    let (desired_tx, desired) = watch::channel(applied.desired.clone());
+    let (settings_tx, settings) = watch::channel(applied.settings.clone());
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: closing sessions with a Cease");
+        let _ = stop_tx.send(true);
+    });
+    let metrics = Arc::new(berth_bgp_server::metrics::Metrics::new());
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+    let (_ready_tx, ready) = watch::channel(true);
+    tokio::spawn(berth_bgp_server::metrics::serve(
+        listener,
+        metrics.clone(),
+        ready,
+        stop.clone(),
+    ));
+    let board = StatusBoard::default();
+    if let Some(path) = &args.config {
         tokio::spawn(reload_on_sighup(
-            args.config.clone(),
-            cfg.clone(),
+            path.clone(),
+            (*applied.settings).clone(),
             desired_tx,
         ));
-        let (stop_tx, stop) = watch::channel(false);
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down: closing sessions with a Cease");
-            let _ = stop_tx.send(true);
-        });
-        let metrics = Arc::new(berth_bgp_server::metrics::Metrics::new());
-        let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-            .await
-            .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
-        let (_ready_tx, ready) = watch::channel(true);
-        tokio::spawn(berth_bgp_server::metrics::serve(
-            listener,
+    } else {
+        let control = Control::new(
+            applied,
+            settings_tx,
+            desired_tx,
+            args.state_dir.as_ref().map(Store::new),
+            board.clone(),
             metrics.clone(),
-            ready,
-            stop.clone(),
-        ));
-        berth_bgp_server::speaker::run(cfg, desired, stop, metrics)
-            .await
-            .context("running the speaker")
-    })
+        );
+        let svc = SpeakerServer::new(control)
+            .max_decoding_message_size(berth_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(berth_proto::MAX_MESSAGE_BYTES);
+        if let Some(path) = &args.grpc_socket {
+            // A socket file left by an earlier run would make bind fail.
+            let _ = std::fs::remove_file(path);
+            let uds = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("binding --grpc-socket {}", path.display()))?;
+            tracing::info!(socket = %path.display(), "serving the control API");
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
+            let svc = svc.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let r = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(incoming, stopped(stop))
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "control API on the Unix socket failed");
+                }
+            });
+        }
+        if let Some(addr) = args.grpc_listen {
+            let tcp = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --grpc-listen {addr}"))?;
+            tracing::info!(%addr, "serving the control API (loopback, plaintext)");
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let r = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(incoming, stopped(stop))
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "control API on {addr} failed");
+                }
+            });
+        }
+    }
+    berth_bgp_server::speaker::run(settings, desired, stop, metrics, board)
+        .await
+        .context("running the speaker")
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// SIGHUP re-reads the file and applies its routes: only the difference reaches the peers.

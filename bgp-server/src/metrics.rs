@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -51,6 +52,38 @@ pub struct NotificationLabels {
     pub subcode: String,
 }
 
+/// Labels of a control API call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// apply or update_routes.
+    pub call: String,
+    /// ok or error.
+    pub result: String,
+}
+
+/// Labels of a refused control API call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    /// apply or update_routes.
+    pub call: String,
+    /// invalid_argument, stale_generation or persist_failed.
+    pub reason: String,
+}
+
+/// Labels naming a control API call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallName {
+    /// apply or update_routes.
+    pub call: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to about 3 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.000_05, 2.0, 16,
+    ))
+}
+
 /// Every metric of the speaker.
 pub struct Metrics {
     registry: Registry,
@@ -66,6 +99,12 @@ pub struct Metrics {
     pub paths_announced: Family<PeerLabels, Gauge>,
     /// NOTIFICATIONs sent and received.
     pub notifications: Family<NotificationLabels, Counter>,
+    /// Control API calls that change state, by result.
+    pub api_calls: Family<CallLabels, Counter>,
+    /// How long those calls took.
+    pub api_duration: Family<CallName, Histogram, fn() -> Histogram>,
+    /// Refused calls, by reason.
+    pub api_rejected: Family<RejectLabels, Counter>,
 }
 
 const STATES: [State; 6] = [
@@ -95,6 +134,9 @@ impl Metrics {
             prefixes_announced: Family::default(),
             paths_announced: Family::default(),
             notifications: Family::default(),
+            api_calls: Family::default(),
+            api_duration: Family::new_with_constructor(latency_histogram),
+            api_rejected: Family::default(),
         };
         registry.register(
             "session_state",
@@ -125,6 +167,21 @@ impl Metrics {
             "notifications",
             "NOTIFICATION messages, by direction, code and subcode",
             m.notifications.clone(),
+        );
+        registry.register(
+            "api_calls",
+            "Control API calls that change state (apply, update_routes), by result",
+            m.api_calls.clone(),
+        );
+        registry.register(
+            "api_duration_seconds",
+            "Time to validate, persist and publish a control API call",
+            m.api_duration.clone(),
+        );
+        registry.register(
+            "api_rejected",
+            "Control API calls refused, by reason",
+            m.api_rejected.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -165,6 +222,29 @@ impl Metrics {
             subcode: subcode.to_string(),
         };
         self.notifications.get_or_create(&labels).inc();
+    }
+
+    /// Records a state-changing API call.
+    pub fn applied(&self, call: &str, ok: bool, seconds: f64) {
+        let labels = CallLabels {
+            call: call.to_owned(),
+            result: if ok { "ok" } else { "error" }.to_owned(),
+        };
+        self.api_calls.get_or_create(&labels).inc();
+        self.api_duration
+            .get_or_create(&CallName {
+                call: call.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Records a refused API call.
+    pub fn rejected(&self, call: &str, reason: &str) {
+        let labels = RejectLabels {
+            call: call.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.api_rejected.get_or_create(&labels).inc();
     }
 
     /// The OpenMetrics text exposition.

@@ -48,8 +48,30 @@ pub struct Status {
     pub add_path: [bool; 2],
     /// Paths announced.
     pub paths: usize,
+    /// Prefixes announced.
+    pub prefixes: usize,
+    /// Some prefix reaches this peer with fewer paths than next hops (no ADD-PATH, or the
+    /// send-max cap).
+    pub degraded: bool,
+    /// When the session was established; `None` when it is not.
+    pub established_at: Option<Instant>,
     /// Last error.
     pub last_error: Option<String>,
+}
+
+impl Status {
+    /// A session that has not started.
+    pub fn idle() -> Status {
+        Status {
+            state: State::Idle,
+            add_path: [false; 2],
+            paths: 0,
+            prefixes: 0,
+            degraded: false,
+            established_at: None,
+            last_error: None,
+        }
+    }
 }
 
 type Connecting = Pin<Box<dyn std::future::Future<Output = std::io::Result<TcpStream>> + Send>>;
@@ -114,6 +136,7 @@ pub async fn run(
         ribs: ribs([false; 2], None),
         nothing: Arc::new(Desired::new()),
         established: false,
+        established_at: None,
         last_error: None,
         peer_open: None,
     };
@@ -200,6 +223,7 @@ struct Session {
     /// The empty state, for a family the peer did not negotiate.
     nothing: Arc<Desired>,
     established: bool,
+    established_at: Option<Instant>,
     last_error: Option<String>,
     peer_open: Option<Open>,
 }
@@ -210,13 +234,16 @@ impl Session {
             state: fsm.state(),
             add_path: [self.ribs[0].add_path(), self.ribs[1].add_path()],
             paths: self.ribs.iter().map(AdjRibOut::paths).sum(),
+            prefixes: self.ribs.iter().map(AdjRibOut::prefixes).sum(),
+            degraded: self.ribs.iter().any(AdjRibOut::ecmp_degraded),
+            established_at: self.established_at,
             last_error: self.last_error.clone(),
         };
         self.metrics.set_state(&self.label, st.state);
         let peer = PeerLabels {
             peer: self.label.clone(),
         };
-        let prefixes: usize = self.ribs.iter().map(AdjRibOut::prefixes).sum();
+        let prefixes = st.prefixes;
         self.metrics
             .prefixes_announced
             .get_or_create(&peer)
@@ -345,12 +372,14 @@ impl Session {
                     "session established"
                 );
                 self.established = true;
+                self.established_at = Some(Instant::now());
                 self.last_error = None;
                 self.send_changes_initial(desired).await
             }
             Action::Down(reason) => {
                 info!(?reason, "session down");
                 self.established = false;
+                self.established_at = None;
                 self.ribs = ribs([false; 2], None);
                 None
             }

@@ -18,3 +18,23 @@ pub mod v1 {
 
 /// Largest message a server or client accepts: a 100,000-route desired state is about 6 MB.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A client of the speaker's control API over its Unix socket (`--grpc-socket`).
+pub async fn connect_unix(
+    path: impl AsRef<std::path::Path>,
+) -> Result<v1::speaker_client::SpeakerClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let path = path.as_ref().to_path_buf();
+    // The URI is required by the API and unused: the connector below decides where to go.
+    let channel = tonic::transport::Endpoint::from_static("http://berth.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await?;
+    Ok(v1::speaker_client::SpeakerClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}

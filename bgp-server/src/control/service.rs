@@ -1,0 +1,403 @@
+//! The `berth.bgp.v1.Speaker` gRPC service: validates, checks the generation, persists, then
+//! publishes the new settings and routes to the speaker. It never talks to peers itself: the
+//! sessions diff the published state against what each peer holds, so resending the same state
+//! sends nothing.
+
+use std::sync::{Arc, PoisonError};
+use std::time::Instant;
+
+use berth_proto::v1;
+use ipnet::IpNet;
+use tokio::sync::{Mutex, watch};
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, InvalidArgument};
+use super::store::Store;
+use crate::config::SpeakerConfig;
+use crate::metrics::Metrics;
+use crate::rib::{Desired, Paths};
+use crate::speaker::StatusBoard;
+
+/// What the speaker runs now.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The generation of the last accepted state; 0 before any.
+    pub generation: u64,
+    /// Global settings and peers (its `routes` are always empty: routes live in `desired`).
+    pub settings: Arc<SpeakerConfig>,
+    /// The routes.
+    pub desired: Arc<Desired>,
+}
+
+/// The service, sharing the speaker's channels.
+#[derive(Clone)]
+pub struct Control {
+    applied: Arc<Mutex<Applied>>,
+    settings: watch::Sender<Arc<SpeakerConfig>>,
+    desired: watch::Sender<Arc<Desired>>,
+    store: Option<Store>,
+    board: StatusBoard,
+    metrics: Arc<Metrics>,
+}
+
+impl Control {
+    /// A service that starts from `applied` and publishes on the given channels.
+    pub fn new(
+        applied: Applied,
+        settings: watch::Sender<Arc<SpeakerConfig>>,
+        desired: watch::Sender<Arc<Desired>>,
+        store: Option<Store>,
+        board: StatusBoard,
+        metrics: Arc<Metrics>,
+    ) -> Control {
+        Control {
+            applied: Arc::new(Mutex::new(applied)),
+            settings,
+            desired,
+            store,
+            board,
+            metrics,
+        }
+    }
+
+    fn reject(&self, call: &str, reason: &str, status: Status) -> Status {
+        self.metrics.rejected(call, reason);
+        status
+    }
+
+    fn stale(&self, call: &str, got: u64, have: u64) -> Status {
+        self.reject(
+            call,
+            "stale_generation",
+            Status::failed_precondition(format!(
+                "generation: {got} is older than the applied {have}; this writer is stale \
+                 (another operator replica leads now?): read GetState and resend from there"
+            )),
+        )
+    }
+
+    fn invalid(&self, call: &str, e: &InvalidArgument) -> Status {
+        self.reject(
+            call,
+            "invalid_argument",
+            Status::invalid_argument(e.to_string()),
+        )
+    }
+
+    fn persist(&self, call: &str, state: &v1::DesiredState) -> Result<(), Status> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let save = || store.save(state);
+        // fsync blocks: keep it off the async workers when the runtime allows.
+        let saved = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(save),
+            _ => save(),
+        };
+        saved.map_err(|e| {
+            self.reject(
+                call,
+                "persist_failed",
+                Status::internal(format!("{e}: the state was not applied; fix --state-dir")),
+            )
+        })
+    }
+
+    async fn do_apply(&self, req: v1::ApplyRequest) -> Result<v1::ApplyResponse, Status> {
+        let state = req.state.ok_or_else(|| {
+            self.invalid(
+                "apply",
+                &InvalidArgument {
+                    field: "state".into(),
+                    why: "is required".into(),
+                },
+            )
+        })?;
+        let mut cfg = convert::desired_state(&state).map_err(|e| self.invalid("apply", &e))?;
+        let new_desired = cfg.desired();
+        cfg.routes = Vec::new();
+        let mut applied = self.applied.lock().await;
+        if state.generation < applied.generation {
+            return Err(self.stale("apply", state.generation, applied.generation));
+        }
+        let routes_changed = changed_prefixes(&applied.desired, &new_desired);
+        let peers_changed = *applied.settings != cfg;
+        self.persist("apply", &state)?;
+        applied.generation = state.generation;
+        if peers_changed {
+            applied.settings = Arc::new(cfg);
+            self.settings.send_replace(applied.settings.clone());
+        }
+        if routes_changed > 0 {
+            applied.desired = Arc::new(new_desired);
+            self.desired.send_replace(applied.desired.clone());
+        }
+        Ok(v1::ApplyResponse {
+            generation: applied.generation,
+            routes_changed: u32::try_from(routes_changed).unwrap_or(u32::MAX),
+            peers_changed,
+        })
+    }
+
+    async fn do_update(
+        &self,
+        req: v1::UpdateRoutesRequest,
+    ) -> Result<v1::UpdateRoutesResponse, Status> {
+        const CALL: &str = "update_routes";
+        if req.generation == 0 {
+            return Err(self.invalid(
+                CALL,
+                &InvalidArgument {
+                    field: "generation".into(),
+                    why: "must be at least 1".into(),
+                },
+            ));
+        }
+        let upserts = req
+            .upsert
+            .iter()
+            .enumerate()
+            .map(|(i, r)| convert::route(i, r, "upsert"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.invalid(CALL, &e))?;
+        let mut removes = Vec::with_capacity(req.remove.len());
+        for (i, p) in req.remove.iter().enumerate() {
+            let field = format!("remove[{i}]");
+            let prefix: IpNet = p.parse().map_err(|_| {
+                self.invalid(
+                    CALL,
+                    &InvalidArgument {
+                        field: field.clone(),
+                        why: format!("{p:?} is not a prefix"),
+                    },
+                )
+            })?;
+            if upserts.iter().any(|u| u.prefix == prefix) {
+                return Err(self.invalid(
+                    CALL,
+                    &InvalidArgument {
+                        field,
+                        why: format!("{prefix} is also in upsert: do one or the other"),
+                    },
+                ));
+            }
+            removes.push(prefix);
+        }
+        let mut applied = self.applied.lock().await;
+        if req.generation < applied.generation {
+            return Err(self.stale(CALL, req.generation, applied.generation));
+        }
+        // The routes are checked by the same rules as in a whole state.
+        let check = SpeakerConfig {
+            routes: upserts,
+            peers: Vec::new(),
+            ..(*applied.settings).clone()
+        };
+        check.validate().map_err(|e| {
+            let mut e = convert::api_error(&e);
+            if let Some(rest) = e.field.strip_prefix("routes") {
+                e.field = format!("upsert{rest}");
+            }
+            self.invalid(CALL, &e)
+        })?;
+        let mut next = (*applied.desired).clone();
+        for (prefix, paths) in check.desired() {
+            next.insert(prefix, paths);
+        }
+        for p in &removes {
+            next.remove(p);
+        }
+        let state = to_api(req.generation, &applied.settings, &next);
+        self.persist(CALL, &state)?;
+        applied.generation = req.generation;
+        applied.desired = Arc::new(next);
+        self.desired.send_replace(applied.desired.clone());
+        Ok(v1::UpdateRoutesResponse {
+            generation: applied.generation,
+        })
+    }
+
+    async fn do_get(&self, req: v1::GetStateRequest) -> v1::GetStateResponse {
+        let applied = self.applied.lock().await.clone();
+        let api = to_api(applied.generation, &applied.settings, &applied.desired);
+        let board = self.board.lock().unwrap_or_else(PoisonError::into_inner);
+        let peers = board
+            .iter()
+            .map(|(addr, (peer, status))| {
+                let s = status.borrow();
+                v1::PeerState {
+                    address: addr.to_string(),
+                    asn: peer.asn,
+                    state: format!("{:?}", s.state),
+                    uptime_seconds: s.established_at.map_or(0, |t| t.elapsed().as_secs()),
+                    add_path_ipv4: s.add_path[0],
+                    add_path_ipv6: s.add_path[1],
+                    paths_announced: s.paths as u64,
+                    prefixes_announced: s.prefixes as u64,
+                    degraded: if !s.degraded {
+                        String::new()
+                    } else if s.add_path.iter().any(|a| *a) {
+                        "ECMP degraded: the peer's send-max cap is below the next hops".into()
+                    } else {
+                        "ECMP degraded: peer did not negotiate ADD-PATH".into()
+                    },
+                    last_error: s.last_error.clone().unwrap_or_default(),
+                }
+            })
+            .collect();
+        v1::GetStateResponse {
+            generation: applied.generation,
+            global: api.global,
+            peers,
+            route_count: applied.desired.len() as u64,
+            routes: if req.include_routes {
+                api.routes
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// Prefixes whose paths differ between two states (added, removed or changed).
+pub fn changed_prefixes(old: &Desired, new: &Desired) -> usize {
+    let mut n = 0;
+    let mut a = old.iter().peekable();
+    let mut b = new.iter().peekable();
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return n,
+            (Some((pa, xa)), Some((pb, xb))) if pa == pb => {
+                if xa != xb {
+                    n += 1;
+                }
+                a.next();
+                b.next();
+            }
+            (Some((pa, _)), Some((pb, _))) if pa < pb => {
+                n += 1;
+                a.next();
+            }
+            (Some(_), None) => {
+                n += 1;
+                a.next();
+            }
+            _ => {
+                n += 1;
+                b.next();
+            }
+        }
+    }
+}
+
+/// The applied state as the API's desired state (what is persisted and what GetState shows).
+pub fn to_api(generation: u64, settings: &SpeakerConfig, desired: &Desired) -> v1::DesiredState {
+    let mut api = convert::to_api(generation, settings);
+    api.routes = desired
+        .iter()
+        .map(|(p, paths)| route_to_api(p, paths))
+        .collect();
+    api
+}
+
+fn route_to_api(prefix: &IpNet, paths: &Paths) -> v1::Route {
+    // Communities, large communities and LOCAL_PREF are per route in the API and equal on
+    // every path by construction; the weight is per next hop.
+    let first = paths.values().next();
+    let community = |c: &u32| format!("{}:{}", c >> 16, c & 0xffff);
+    v1::Route {
+        prefix: prefix.to_string(),
+        next_hops: paths
+            .iter()
+            .map(|(nh, a)| v1::NextHop {
+                address: nh.to_string(),
+                weight: a.weight.unwrap_or(0),
+            })
+            .collect(),
+        communities: first
+            .map(|a| a.communities.iter().map(community).collect())
+            .unwrap_or_default(),
+        large_communities: first
+            .map(|a| {
+                a.large_communities
+                    .iter()
+                    .map(|(g, l1, l2)| v1::LargeCommunity {
+                        global_admin: *g,
+                        local_data_1: *l1,
+                        local_data_2: *l2,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        local_pref: first.and_then(|a| a.local_pref),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::speaker_server::Speaker for Control {
+    async fn apply(
+        &self,
+        request: Request<v1::ApplyRequest>,
+    ) -> Result<Response<v1::ApplyResponse>, Status> {
+        let started = Instant::now();
+        let out = self.do_apply(request.into_inner()).await;
+        self.metrics
+            .applied("apply", out.is_ok(), started.elapsed().as_secs_f64());
+        out.map(Response::new)
+    }
+
+    async fn update_routes(
+        &self,
+        request: Request<v1::UpdateRoutesRequest>,
+    ) -> Result<Response<v1::UpdateRoutesResponse>, Status> {
+        let started = Instant::now();
+        let out = self.do_update(request.into_inner()).await;
+        self.metrics.applied(
+            "update_routes",
+            out.is_ok(),
+            started.elapsed().as_secs_f64(),
+        );
+        out.map(Response::new)
+    }
+
+    async fn get_state(
+        &self,
+        request: Request<v1::GetStateRequest>,
+    ) -> Result<Response<v1::GetStateResponse>, Status> {
+        Ok(Response::new(self.do_get(request.into_inner()).await))
+    }
+}
+
+/// Applied state from a persisted file, when there is a usable one: reported and ignored
+/// otherwise.
+pub fn restore(store: &Store) -> Option<Applied> {
+    let state = match store.load() {
+        Ok(Some(s)) => s,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, "persisted state not used");
+            return None;
+        }
+    };
+    match convert::desired_state(&state) {
+        Ok(mut cfg) => {
+            let desired = Arc::new(cfg.desired());
+            cfg.routes = Vec::new();
+            tracing::info!(
+                generation = state.generation,
+                routes = desired.len(),
+                file = %store.path().display(),
+                "announcing the persisted state"
+            );
+            Some(Applied {
+                generation: state.generation,
+                settings: Arc::new(cfg),
+                desired,
+            })
+        }
+        Err(e) => {
+            tracing::error!(file = %store.path().display(), error = %e, "persisted state is invalid; ignored");
+            None
+        }
+    }
+}
