@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use berth_bgp_server::config::SpeakerConfig;
 use berth_bgp_server::control::service::{self, Applied, Control};
 use berth_bgp_server::control::store::{self, Store};
+use berth_bgp_server::control::tls;
 use berth_bgp_server::speaker::StatusBoard;
 use berth_proto::v1::speaker_server::SpeakerServer;
 
@@ -31,9 +32,19 @@ struct Args {
     /// Serve the control API, plaintext, on this Unix socket (local clients: berthctl).
     #[arg(long, env = "BERTH_GRPC_SOCKET")]
     grpc_socket: Option<PathBuf>,
-    /// Serve the control API on this TCP address; plaintext is only allowed on loopback.
+    /// Serve the control API on this TCP address: with mutual TLS (--tls-cert, --tls-key,
+    /// --tls-ca), or plaintext on loopback only.
     #[arg(long, env = "BERTH_GRPC_LISTEN")]
     grpc_listen: Option<std::net::SocketAddr>,
+    /// The control API's server certificate chain (PEM); re-read when it changes.
+    #[arg(long, env = "BERTH_TLS_CERT", requires_all = ["tls_key", "tls_ca", "grpc_listen"])]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA that signs the clients' certificates (PEM): clients without one are refused.
+    #[arg(long, env = "BERTH_TLS_CA", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
     /// Directory for the last accepted desired state (restored at start).
     #[arg(long, env = "BERTH_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -93,10 +104,11 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(addr) = args.grpc_listen
                 && !addr.ip().is_loopback()
+                && args.tls_cert.is_none()
             {
                 anyhow::bail!(
-                    "--grpc-listen {addr}: plaintext gRPC is only allowed on loopback; serve \
-                     node addresses with mutual TLS (not in this build) or use --grpc-socket"
+                    "--grpc-listen {addr}: plaintext gRPC is only allowed on loopback; give \
+                     --tls-cert, --tls-key and --tls-ca for mutual TLS, or use --grpc-socket"
                 );
             }
             let restored = match &args.state_dir {
@@ -190,18 +202,40 @@ async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
             let tcp = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding --grpc-listen {addr}"))?;
-            tracing::info!(%addr, "serving the control API (loopback, plaintext)");
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let r = tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .serve_with_incoming_shutdown(incoming, stopped(stop))
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "control API on {addr} failed");
+            let server = tonic::transport::Server::builder().add_service(svc);
+            let stop2 = stop.clone();
+            match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+                (Some(cert), Some(key), Some(ca)) => {
+                    let files = tls::TlsFiles {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                        ca: ca.clone(),
+                    };
+                    let first = tls::load(&files).context("the control API's TLS material")?;
+                    tracing::info!(%addr, "serving the control API (mutual TLS)");
+                    let incoming = tls::incoming(tcp, files, first, stop.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = server
+                            .serve_with_incoming_shutdown(incoming, stopped(stop2))
+                            .await
+                        {
+                            tracing::error!(error = %e, "control API on {addr} failed");
+                        }
+                    });
                 }
-            });
+                _ => {
+                    tracing::info!(%addr, "serving the control API (loopback, plaintext)");
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
+                    tokio::spawn(async move {
+                        if let Err(e) = server
+                            .serve_with_incoming_shutdown(incoming, stopped(stop2))
+                            .await
+                        {
+                            tracing::error!(error = %e, "control API on {addr} failed");
+                        }
+                    });
+                }
+            }
         }
     }
     berth_bgp_server::speaker::run(settings, desired, stop, metrics, board)

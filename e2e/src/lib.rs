@@ -6,6 +6,7 @@ pub mod bird;
 pub mod frr;
 pub mod gobgp;
 pub mod netns;
+pub mod pki;
 
 /// Why a test that needs the real network cannot run here, or `None` when it can. In CI
 /// (`CI` set) a missing prerequisite is a failure, never a skip.

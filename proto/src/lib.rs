@@ -38,3 +38,47 @@ pub async fn connect_unix(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
+
+/// PEM material for a mutual-TLS client.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// The CA that signed the server's certificate.
+    pub ca: Vec<u8>,
+    /// This client's certificate chain.
+    pub cert: Vec<u8>,
+    /// Its private key.
+    pub key: Vec<u8>,
+    /// The name the server's certificate must carry.
+    pub server_name: String,
+}
+
+/// A client of the speaker's control API over TCP with mutual TLS (`https://host:port`).
+pub async fn connect_tls(
+    uri: String,
+    tls: &ClientTls,
+) -> Result<v1::speaker_client::SpeakerClient<tonic::transport::Channel>, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&tls.ca))
+        .identity(Identity::from_pem(&tls.cert, &tls.key))
+        .domain_name(tls.server_name.clone());
+    let channel = Endpoint::from_shared(uri)?
+        .tls_config(config)?
+        .connect()
+        .await?;
+    Ok(v1::speaker_client::SpeakerClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// A client over TCP without TLS (loopback only; the server refuses plaintext elsewhere).
+pub async fn connect_plain(
+    uri: String,
+) -> Result<v1::speaker_client::SpeakerClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(uri)?
+        .connect()
+        .await?;
+    Ok(v1::speaker_client::SpeakerClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
