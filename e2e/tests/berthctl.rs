@@ -1,0 +1,157 @@
+//! `berthctl` against a running speaker over its Unix socket (no root: the peer is never
+//! reached): apply a file, list routes and peers as table, JSON and YAML, add and delete a
+//! route, and an error that names the address when nothing listens.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+static SPEAKER: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| berth_e2e::binary("berth-bgp-server"));
+static CTL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| berth_e2e::binary("berthctl"));
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ctl(sock: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(&*CTL)
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn berthctl_applies_lists_and_edits() {
+    let dir = std::env::temp_dir().join(format!("berth-ctl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("api.sock");
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::fs::File::create(dir.join("speaker.log")).unwrap();
+    let _speaker = Killed(
+        Command::new(&*SPEAKER)
+            .arg("--grpc-socket")
+            .arg(&sock)
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ctl(&sock, &["state"]).0 {
+        assert!(Instant::now() < deadline, "speaker never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    std::fs::write(
+        dir.join("desired.yaml"),
+        "asn: 64512
+routerId: 10.0.0.11
+peers:
+  - address: 127.0.0.2
+    asn: 64513
+    connectRetry: 1
+routes:
+  - prefix: 198.51.100.10/32
+    nextHops: [10.0.0.11, {address: 10.0.0.12, weight: 2}]
+    communities: ['64512:100']
+",
+    )
+    .unwrap();
+    let (ok, out, err) = ctl(
+        &sock,
+        &[
+            "apply",
+            "-f",
+            &dir.join("desired.yaml").display().to_string(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "applied generation 1: 1 route(s) changed, peers changed"
+    );
+
+    let (ok, out, _) = ctl(&sock, &["routes"]);
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("PREFIX"), "{out}");
+    assert!(
+        lines[1].starts_with("198.51.100.10/32")
+            && lines[1].contains("10.0.0.11,10.0.0.12=2")
+            && lines[1].contains("64512:100"),
+        "{out}"
+    );
+
+    let (ok, out, _) = ctl(&sock, &["peers", "-o", "json"]);
+    assert!(ok);
+    let peers: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(peers[0]["address"], "127.0.0.2");
+    assert_eq!(peers[0]["asn"], 64513);
+    assert_ne!(peers[0]["state"], "Established");
+
+    let (ok, out, err) = ctl(
+        &sock,
+        &[
+            "route",
+            "add",
+            "198.51.100.20/32",
+            "--next-hop",
+            "10.0.0.13",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "applied generation 2");
+    let (ok, out, _) = ctl(&sock, &["routes", "-o", "yaml"]);
+    assert!(ok);
+    assert!(out.contains("prefix: 198.51.100.20/32"), "{out}");
+    let (ok, _, err) = ctl(&sock, &["route", "del", "198.51.100.10/32"]);
+    assert!(ok, "{err}");
+    let (_, out, _) = ctl(&sock, &["state", "-o", "json"]);
+    let state: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(state["generation"], 3);
+    assert_eq!(state["routes"], 1);
+
+    // The server's refusal reaches the user, naming the field.
+    let (ok, _, err) = ctl(
+        &sock,
+        &[
+            "route",
+            "add",
+            "198.51.100.30/24",
+            "--next-hop",
+            "10.0.0.13",
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("upsert[0].prefix: has host bits set"), "{err}");
+    assert!(err.contains(&format!("unix:{}", sock.display())), "{err}");
+
+    // Nothing listening: the error names where it looked.
+    let (ok, _, err) = ctl(&dir.join("nowhere.sock"), &["state"]);
+    assert!(!ok);
+    assert!(err.contains("cannot reach the speaker at unix:"), "{err}");
+    assert!(err.contains("nowhere.sock"), "{err}");
+}
