@@ -11,6 +11,7 @@ use berth_bgp_server::config::SpeakerConfig;
 use berth_bgp_server::control::service::{self, Applied, Control};
 use berth_bgp_server::control::store::{self, Store};
 use berth_bgp_server::control::tls;
+use berth_bgp_server::rib::Snapshot;
 use berth_bgp_server::speaker::StatusBoard;
 use berth_proto::v1::speaker_server::SpeakerServer;
 
@@ -93,6 +94,7 @@ fn main() -> anyhow::Result<()> {
                 generation: 0,
                 settings: Arc::new(cfg),
                 desired,
+                journaled: 0,
             }
         }
         None => {
@@ -129,6 +131,7 @@ fn main() -> anyhow::Result<()> {
                     routes: Vec::new(),
                 }),
                 desired: Arc::new(Default::default()),
+                journaled: 0,
             })
         }
     };
@@ -141,7 +144,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
-    let (desired_tx, desired) = watch::channel(applied.desired.clone());
+    let (desired_tx, desired) = watch::channel(Snapshot {
+        routes: applied.desired.clone(),
+        ..Snapshot::default()
+    });
     let (settings_tx, settings) = watch::channel(applied.settings.clone());
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
@@ -250,11 +256,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 /// SIGHUP re-reads the file and applies its routes: only the difference reaches the peers.
 /// Peer and global settings need a restart; a file that no longer parses is reported and
 /// changes nothing.
-async fn reload_on_sighup(
-    path: PathBuf,
-    running: SpeakerConfig,
-    desired: watch::Sender<Arc<berth_bgp_server::rib::Desired>>,
-) {
+async fn reload_on_sighup(path: PathBuf, running: SpeakerConfig, desired: watch::Sender<Snapshot>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -274,7 +276,7 @@ async fn reload_on_sighup(
                     );
                 }
                 tracing::info!(routes = cfg.routes.len(), "SIGHUP: routes reloaded");
-                let _ = desired.send(Arc::new(cfg.desired()));
+                desired.send_modify(|s| *s = s.next(Arc::new(cfg.desired())));
             }
             Err(e) => {
                 tracing::error!(file = %path.display(), error = %e, "SIGHUP: configuration not reloaded")

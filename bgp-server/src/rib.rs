@@ -136,8 +136,53 @@ impl<A: Into<Arc<PathAttrs>>> FromIterator<(IpAddr, A)> for Paths {
     }
 }
 
-/// The whole desired state: every prefix to announce.
-pub type Desired = BTreeMap<IpNet, Paths>;
+/// The whole desired state: every prefix to announce. A persistent map: cloning it is O(1)
+/// and a one-prefix edit of the clone O(log n), with the rest shared.
+pub type Desired = imbl::OrdMap<IpNet, Paths>;
+
+/// A published desired state: what every session brings its peer to.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every prefix to announce.
+    pub routes: Arc<Desired>,
+    /// Increases with every publication.
+    pub version: u64,
+    /// Set when these routes differ from those of version `delta.from` only in
+    /// `delta.prefixes`: a session at that version syncs just those, not the whole table.
+    pub delta: Option<Delta>,
+}
+
+/// The prefixes that changed since an earlier version.
+#[derive(Debug, Clone)]
+pub struct Delta {
+    /// The version the change was made on.
+    pub from: u64,
+    /// The prefixes added, changed or removed.
+    pub prefixes: Arc<[IpNet]>,
+}
+
+impl Snapshot {
+    /// The next snapshot: `routes` with everything possibly changed.
+    pub fn next(&self, routes: Arc<Desired>) -> Snapshot {
+        Snapshot {
+            routes,
+            version: self.version + 1,
+            delta: None,
+        }
+    }
+
+    /// The next snapshot, which differs from this one only in `prefixes`.
+    pub fn next_delta(&self, routes: Arc<Desired>, prefixes: Vec<IpNet>) -> Snapshot {
+        Snapshot {
+            routes,
+            version: self.version + 1,
+            delta: Some(Delta {
+                from: self.version,
+                prefixes: prefixes.into(),
+            }),
+        }
+    }
+}
 
 /// One thing to tell a peer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -283,6 +328,29 @@ impl AdjRibOut {
                 return out;
             }
         }
+    }
+
+    /// Brings the peer from the snapshot it holds to `target`, which differs from it only in
+    /// `prefixes`: O(changed prefixes), not O(table). `None` when a batched sync is under way
+    /// (finish that with [`AdjRibOut::sync`] instead).
+    pub fn sync_delta(&mut self, target: &Arc<Desired>, prefixes: &[IpNet]) -> Option<Vec<Change>> {
+        if self.progress.is_some() {
+            return None;
+        }
+        let old = self.last.clone();
+        let mut out = Vec::new();
+        for prefix in prefixes {
+            if !self.scope.covers(prefix) {
+                continue;
+            }
+            let (before, after) = (old.get(prefix), target.get(prefix));
+            if before == after && !self.capped.contains_key(prefix) {
+                continue;
+            }
+            self.move_prefix(*prefix, before, after, &mut out);
+        }
+        self.last = target.clone();
+        Some(out)
     }
 
     /// Moves prefixes after the cursor from `last` to the goal until the budget is spent.

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::config::{GracefulRestartConfig, PeerConfig};
 use crate::fsm::{self, Action, Config as FsmConfig, Event, Fsm, Inbound, PeerOpen, State, Timer};
 use crate::metrics::{Metrics, PeerLabels};
-use crate::rib::{AdjRibOut, Change, Desired, PathAttrs, Scope};
+use crate::rib::{AdjRibOut, Change, Desired, PathAttrs, Scope, Snapshot};
 
 /// What a session needs to know about the speaker.
 #[derive(Debug, Clone)]
@@ -104,7 +104,7 @@ fn ribs(add_path: [bool; 2], send_max: Option<usize>) -> [AdjRibOut; 2] {
 pub async fn run(
     local: Local,
     peer: PeerConfig,
-    mut desired: watch::Receiver<Arc<Desired>>,
+    mut desired: watch::Receiver<Snapshot>,
     mut inbound: mpsc::Receiver<TcpStream>,
     mut shutdown: watch::Receiver<bool>,
     status: watch::Sender<Status>,
@@ -134,6 +134,7 @@ pub async fn run(
         enc: EncodeContext::default(),
         dec: DecodeContext::default(),
         ribs: ribs([false; 2], None),
+        synced: [None; 2],
         nothing: Arc::new(Desired::new()),
         established: false,
         established_at: None,
@@ -220,6 +221,8 @@ struct Session {
     enc: EncodeContext,
     dec: DecodeContext,
     ribs: [AdjRibOut; 2],
+    /// The snapshot version each RIB-out was last brought to.
+    synced: [Option<u64>; 2],
     /// The empty state, for a family the peer did not negotiate.
     nothing: Arc<Desired>,
     established: bool,
@@ -262,7 +265,7 @@ impl Session {
     }
 
     /// Connection collision detection (RFC 4271 §6.8) for a connection the peer opened.
-    async fn settle_inbound(&mut self, fsm: &mut Fsm, desired: &Arc<Desired>) {
+    async fn settle_inbound(&mut self, fsm: &mut Fsm, desired: &Snapshot) {
         let Some(stream) = self.io.pending.take() else {
             return;
         };
@@ -313,7 +316,7 @@ impl Session {
     }
 
     /// Feeds one event and carries out the actions, feeding back events they cause.
-    async fn apply(&mut self, fsm: &mut Fsm, event: Event, desired: &Arc<Desired>) {
+    async fn apply(&mut self, fsm: &mut Fsm, event: Event, desired: &Snapshot) {
         let mut queue = vec![event];
         while let Some(ev) = queue.pop() {
             debug!(state = ?fsm.state(), event = ?ev, "fsm");
@@ -325,7 +328,7 @@ impl Session {
         }
     }
 
-    async fn act(&mut self, action: Action, desired: &Arc<Desired>) -> Option<Event> {
+    async fn act(&mut self, action: Action, desired: &Snapshot) -> Option<Event> {
         match action {
             Action::Connect => {
                 let addr = SocketAddr::new(self.peer.address, self.peer.port);
@@ -381,6 +384,7 @@ impl Session {
                 self.established = false;
                 self.established_at = None;
                 self.ribs = ribs([false; 2], None);
+                self.synced = [None; 2];
                 None
             }
         }
@@ -454,6 +458,7 @@ impl Session {
             extended_message: false,
         };
         self.ribs = ribs(add_path, self.peer.send_max);
+        self.synced = [None; 2];
     }
 
     fn families_negotiated(&self) -> Vec<Family> {
@@ -476,7 +481,7 @@ impl Session {
         }
     }
 
-    async fn send_changes_initial(&mut self, desired: &Arc<Desired>) -> Option<Event> {
+    async fn send_changes_initial(&mut self, desired: &Snapshot) -> Option<Event> {
         if let Some(ev) = self.send_changes_inner(desired).await {
             return Some(ev);
         }
@@ -489,32 +494,52 @@ impl Session {
         None
     }
 
-    async fn send_changes(&mut self, fsm: &mut Fsm, desired: &Arc<Desired>) {
+    async fn send_changes(&mut self, fsm: &mut Fsm, desired: &Snapshot) {
         if let Some(ev) = self.send_changes_inner(desired).await {
             self.apply(fsm, ev, desired).await;
         }
     }
 
-    async fn send_changes_inner(&mut self, desired: &Arc<Desired>) -> Option<Event> {
+    async fn send_changes_inner(&mut self, desired: &Snapshot) -> Option<Event> {
         let negotiated = self.families_negotiated();
         for (i, fam) in FAMILIES.iter().enumerate() {
             let target = if negotiated.contains(fam) {
-                desired.clone()
+                desired.routes.clone()
             } else {
                 self.nothing.clone()
             };
-            // Bounded batches: a 100,000-prefix table never exists as one list of changes.
-            loop {
-                let changes = self.ribs[i].sync(&target, SYNC_BATCH);
-                if changes.is_empty() {
-                    break;
+            // A small change on top of the version this peer holds: only its prefixes.
+            let delta = desired
+                .delta
+                .as_ref()
+                .filter(|d| self.synced[i] == Some(d.from))
+                .and_then(|d| self.ribs[i].sync_delta(&target, &d.prefixes));
+            if let Some(changes) = delta {
+                if let Some(ev) = self.send_encoded(*fam, &changes).await {
+                    return Some(ev);
                 }
-                for msg in self.encode_changes(*fam, &changes) {
-                    self.metrics.message(&self.label, "update", true);
-                    if let Some(ev) = self.send_raw(&msg).await {
+            } else {
+                // Bounded batches: a 100,000-prefix table never exists as one list of changes.
+                loop {
+                    let changes = self.ribs[i].sync(&target, SYNC_BATCH);
+                    if changes.is_empty() {
+                        break;
+                    }
+                    if let Some(ev) = self.send_encoded(*fam, &changes).await {
                         return Some(ev);
                     }
                 }
+            }
+            self.synced[i] = Some(desired.version);
+        }
+        None
+    }
+
+    async fn send_encoded(&mut self, fam: Family, changes: &[Change]) -> Option<Event> {
+        for msg in self.encode_changes(fam, changes) {
+            self.metrics.message(&self.label, "update", true);
+            if let Some(ev) = self.send_raw(&msg).await {
+                return Some(ev);
             }
         }
         None
@@ -603,7 +628,7 @@ impl Session {
         out
     }
 
-    async fn drain_messages(&mut self, fsm: &mut Fsm, desired: &Arc<Desired>) {
+    async fn drain_messages(&mut self, fsm: &mut Fsm, desired: &Snapshot) {
         loop {
             let decoded = Message::decode(&self.io.buf, &self.dec);
             let ev = match decoded {
@@ -636,6 +661,7 @@ impl Session {
                             if self.established {
                                 let aps = [self.enc.add_path[0], self.enc.add_path[1]];
                                 self.ribs = ribs(aps, self.peer.send_max);
+                                self.synced = [None; 2];
                                 self.send_changes(fsm, desired).await;
                             }
                             continue;
@@ -703,7 +729,6 @@ async fn connect(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
-/// The current desired state, without holding the channel's lock across an await.
 /// Closes a connection we will not use with a Cease (Connection Collision Resolution).
 fn refuse(stream: &TcpStream) {
     let n = Message::Notification(fsm::Notification::collision());
@@ -711,7 +736,8 @@ fn refuse(stream: &TcpStream) {
     let _ = stream.try_write(&n.to_bytes(&EncodeContext::default()));
 }
 
-fn snapshot(rx: &watch::Receiver<Arc<Desired>>) -> Arc<Desired> {
+/// The current desired state, without holding the channel's lock across an await.
+fn snapshot(rx: &watch::Receiver<Snapshot>) -> Snapshot {
     rx.borrow().clone()
 }
 

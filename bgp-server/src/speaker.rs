@@ -18,7 +18,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::config::{PeerConfig, SpeakerConfig};
 use crate::metrics::Metrics;
-use crate::rib::Desired;
+use crate::rib::Snapshot;
 use crate::session::{self, Local, Status};
 
 /// Each peer's live status, by address, for the control API.
@@ -45,7 +45,7 @@ struct Listening {
 /// then closes each with a Cease.
 pub async fn run(
     mut settings: watch::Receiver<Arc<SpeakerConfig>>,
-    desired: watch::Receiver<Arc<Desired>>,
+    desired: watch::Receiver<Snapshot>,
     mut shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     board: StatusBoard,
@@ -137,7 +137,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn start(
     local: &Local,
     peer: &PeerConfig,
-    desired: &watch::Receiver<Arc<Desired>>,
+    desired: &watch::Receiver<Snapshot>,
     routing: &Routing,
     board: &StatusBoard,
     metrics: &Arc<Metrics>,

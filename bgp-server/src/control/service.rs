@@ -15,7 +15,7 @@ use super::convert::{self, InvalidArgument};
 use super::store::Store;
 use crate::config::SpeakerConfig;
 use crate::metrics::Metrics;
-use crate::rib::{Desired, Paths};
+use crate::rib::{Desired, Paths, Snapshot};
 use crate::speaker::StatusBoard;
 
 /// What the speaker runs now.
@@ -27,6 +27,73 @@ pub struct Applied {
     pub settings: Arc<SpeakerConfig>,
     /// The routes.
     pub desired: Arc<Desired>,
+    /// Changes journaled since the last full save.
+    pub journaled: usize,
+}
+
+/// Journaled changes after which the next one writes the whole state instead (and empties the
+/// journal): bounds both the journal's size and the replay at start.
+const COMPACT_AFTER: usize = 1000;
+
+/// Runs a blocking file operation (fsync) off the async workers when the runtime allows.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// An UpdateRoutes request applied to the routes: the new routes and the prefixes touched.
+/// Checked by the same rules as a whole state; field names are the request's.
+pub fn update(
+    settings: &SpeakerConfig,
+    desired: &Desired,
+    req: &v1::UpdateRoutesRequest,
+) -> Result<(Desired, Vec<IpNet>), InvalidArgument> {
+    let upserts = req
+        .upsert
+        .iter()
+        .enumerate()
+        .map(|(i, r)| convert::route(i, r, "upsert"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut removes = Vec::with_capacity(req.remove.len());
+    for (i, p) in req.remove.iter().enumerate() {
+        let field = format!("remove[{i}]");
+        let prefix: IpNet = p.parse().map_err(|_| InvalidArgument {
+            field: field.clone(),
+            why: format!("{p:?} is not a prefix"),
+        })?;
+        if upserts.iter().any(|u| u.prefix == prefix) {
+            return Err(InvalidArgument {
+                field,
+                why: format!("{prefix} is also in upsert: do one or the other"),
+            });
+        }
+        removes.push(prefix);
+    }
+    let check = SpeakerConfig {
+        routes: upserts,
+        peers: Vec::new(),
+        ..settings.clone()
+    };
+    check.validate().map_err(|e| {
+        let mut e = convert::api_error(&e);
+        if let Some(rest) = e.field.strip_prefix("routes") {
+            e.field = format!("upsert{rest}");
+        }
+        e
+    })?;
+    // O(log n) per prefix: the map is persistent, the clone shares everything.
+    let mut next = desired.clone();
+    let mut touched = removes.clone();
+    for (prefix, paths) in check.desired() {
+        touched.push(prefix);
+        next.insert(prefix, paths);
+    }
+    for p in &removes {
+        next.remove(p);
+    }
+    Ok((next, touched))
 }
 
 /// The service, sharing the speaker's channels.
@@ -34,7 +101,7 @@ pub struct Applied {
 pub struct Control {
     applied: Arc<Mutex<Applied>>,
     settings: watch::Sender<Arc<SpeakerConfig>>,
-    desired: watch::Sender<Arc<Desired>>,
+    desired: watch::Sender<Snapshot>,
     store: Option<Store>,
     board: StatusBoard,
     metrics: Arc<Metrics>,
@@ -45,7 +112,7 @@ impl Control {
     pub fn new(
         applied: Applied,
         settings: watch::Sender<Arc<SpeakerConfig>>,
-        desired: watch::Sender<Arc<Desired>>,
+        desired: watch::Sender<Snapshot>,
         store: Option<Store>,
         board: StatusBoard,
         metrics: Arc<Metrics>,
@@ -88,13 +155,7 @@ impl Control {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let save = || store.save(state);
-        // fsync blocks: keep it off the async workers when the runtime allows.
-        let saved = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(save),
-            _ => save(),
-        };
-        saved.map_err(|e| {
+        blocking(|| store.save(state)).map_err(|e| {
             self.reject(
                 call,
                 "persist_failed",
@@ -123,6 +184,7 @@ impl Control {
         let routes_changed = changed_prefixes(&applied.desired, &new_desired);
         let peers_changed = *applied.settings != cfg;
         self.persist("apply", &state)?;
+        applied.journaled = 0;
         applied.generation = state.generation;
         if peers_changed {
             applied.settings = Arc::new(cfg);
@@ -130,7 +192,8 @@ impl Control {
         }
         if routes_changed > 0 {
             applied.desired = Arc::new(new_desired);
-            self.desired.send_replace(applied.desired.clone());
+            let routes = applied.desired.clone();
+            self.desired.send_modify(|s| *s = s.next(routes));
         }
         Ok(v1::ApplyResponse {
             generation: applied.generation,
@@ -153,65 +216,38 @@ impl Control {
                 },
             ));
         }
-        let upserts = req
-            .upsert
-            .iter()
-            .enumerate()
-            .map(|(i, r)| convert::route(i, r, "upsert"))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.invalid(CALL, &e))?;
-        let mut removes = Vec::with_capacity(req.remove.len());
-        for (i, p) in req.remove.iter().enumerate() {
-            let field = format!("remove[{i}]");
-            let prefix: IpNet = p.parse().map_err(|_| {
-                self.invalid(
-                    CALL,
-                    &InvalidArgument {
-                        field: field.clone(),
-                        why: format!("{p:?} is not a prefix"),
-                    },
-                )
-            })?;
-            if upserts.iter().any(|u| u.prefix == prefix) {
-                return Err(self.invalid(
-                    CALL,
-                    &InvalidArgument {
-                        field,
-                        why: format!("{prefix} is also in upsert: do one or the other"),
-                    },
-                ));
-            }
-            removes.push(prefix);
-        }
         let mut applied = self.applied.lock().await;
         if req.generation < applied.generation {
             return Err(self.stale(CALL, req.generation, applied.generation));
         }
-        // The routes are checked by the same rules as in a whole state.
-        let check = SpeakerConfig {
-            routes: upserts,
-            peers: Vec::new(),
-            ..(*applied.settings).clone()
-        };
-        check.validate().map_err(|e| {
-            let mut e = convert::api_error(&e);
-            if let Some(rest) = e.field.strip_prefix("routes") {
-                e.field = format!("upsert{rest}");
-            }
-            self.invalid(CALL, &e)
-        })?;
-        let mut next = (*applied.desired).clone();
-        for (prefix, paths) in check.desired() {
-            next.insert(prefix, paths);
-        }
-        for p in &removes {
-            next.remove(p);
-        }
-        let state = to_api(req.generation, &applied.settings, &next);
-        self.persist(CALL, &state)?;
+        let (next, touched) = update(&applied.settings, &applied.desired, &req)
+            .map_err(|e| self.invalid(CALL, &e))?;
+        // Peers first (the latency that matters), then the journal, then the answer: a call
+        // that was not acknowledged may have reached peers, and the writer retries it.
         applied.generation = req.generation;
         applied.desired = Arc::new(next);
-        self.desired.send_replace(applied.desired.clone());
+        let routes = applied.desired.clone();
+        self.desired
+            .send_modify(|s| *s = s.next_delta(routes, touched));
+        if let Some(store) = &self.store {
+            applied.journaled += 1;
+            let result = if applied.journaled >= COMPACT_AFTER {
+                applied.journaled = 0;
+                let full = to_api(applied.generation, &applied.settings, &applied.desired);
+                blocking(|| store.save(&full))
+            } else {
+                blocking(|| store.append(&req))
+            };
+            result.map_err(|e| {
+                self.reject(
+                    CALL,
+                    "persist_failed",
+                    Status::internal(format!(
+                        "{e}: announced but not persisted; fix --state-dir and resend"
+                    )),
+                )
+            })?;
+        }
         Ok(v1::UpdateRoutesResponse {
             generation: applied.generation,
         })
@@ -381,18 +417,39 @@ pub fn restore(store: &Store) -> Option<Applied> {
     };
     match convert::desired_state(&state) {
         Ok(mut cfg) => {
-            let desired = Arc::new(cfg.desired());
+            let mut desired = cfg.desired();
             cfg.routes = Vec::new();
+            let mut generation = state.generation;
+            let (changes, torn) = store.changes();
+            if let Some(e) = torn {
+                tracing::warn!(error = %e, "journal ends early; the changes before it are used");
+            }
+            let journaled = changes.len();
+            let floor = generation;
+            for c in changes.iter().filter(|c| c.generation >= floor) {
+                match update(&cfg, &desired, c) {
+                    Ok((next, _)) => {
+                        desired = next;
+                        generation = c.generation;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "journaled change refused; stopping the replay");
+                        break;
+                    }
+                }
+            }
             tracing::info!(
-                generation = state.generation,
+                generation,
                 routes = desired.len(),
+                journaled,
                 file = %store.path().display(),
                 "announcing the persisted state"
             );
             Some(Applied {
-                generation: state.generation,
+                generation,
                 settings: Arc::new(cfg),
-                desired,
+                desired: Arc::new(desired),
+                journaled,
             })
         }
         Err(e) => {

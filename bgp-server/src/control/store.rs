@@ -6,6 +6,11 @@
 //! Format: `BERTHDS1`, the body's length (u64, big-endian), its FNV-1a 64 checksum, then the
 //! `berth.bgp.v1.DesiredState` protobuf. Protobuf alone decodes many random byte strings, so
 //! the checksum is what tells a torn or damaged file.
+//!
+//! Single-route changes (UpdateRoutes) are appended to a journal beside it instead of
+//! rewriting 100,000 routes each time: records of length (u32), checksum (u64) and an
+//! `UpdateRoutesRequest`, each fsynced. A full save empties the journal; loading replays the
+//! records after the state, and stops at the first torn one (an interrupted last append).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +20,7 @@ use prost::Message;
 
 const MAGIC: &[u8; 8] = b"BERTHDS1";
 const FILE: &str = "desired-state.pb";
+const JOURNAL: &str = "desired-state.journal";
 
 /// Why a state file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +66,74 @@ impl Store {
         self.dir.join(FILE)
     }
 
-    /// Replaces the saved state, atomically.
+    /// The journal of changes made after the state file.
+    pub fn journal_path(&self) -> PathBuf {
+        self.dir.join(JOURNAL)
+    }
+
+    /// Appends one accepted change to the journal and makes it durable.
+    pub fn append(&self, change: &v1::UpdateRoutesRequest) -> Result<(), StoreError> {
+        let path = self.journal_path();
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let body = change.encode_to_vec();
+        let len = u32::try_from(body.len()).map_err(|_| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "change larger than 4 GiB",
+            ))
+        })?;
+        let mut rec = Vec::with_capacity(body.len() + 12);
+        rec.extend_from_slice(&len.to_be_bytes());
+        rec.extend_from_slice(&fnv1a(&body).to_be_bytes());
+        rec.extend_from_slice(&body);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        f.write_all(&rec).map_err(io)?;
+        f.sync_data().map_err(io)
+    }
+
+    /// The journal's changes in order; a torn or damaged tail ends the list (it was never
+    /// acknowledged) and is reported in the second value.
+    pub fn changes(&self) -> (Vec<v1::UpdateRoutesRequest>, Option<StoreError>) {
+        let path = self.journal_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), None),
+            Err(source) => return (Vec::new(), Some(StoreError::Io { path, source })),
+        };
+        let mut out = Vec::new();
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            let record = (|| {
+                let (len, r) = rest.split_at_checked(4)?;
+                let (sum, r) = r.split_at_checked(8)?;
+                let len = u32::from_be_bytes(len.try_into().ok()?) as usize;
+                let (body, r) = r.split_at_checked(len)?;
+                (fnv1a(body) == u64::from_be_bytes(sum.try_into().ok()?)).then_some((body, r))
+            })();
+            let Some((body, r)) = record else {
+                let why = format!("torn or damaged record after {} good ones", out.len());
+                return (out, Some(StoreError::Corrupt { path, why }));
+            };
+            match v1::UpdateRoutesRequest::decode(body) {
+                Ok(c) => out.push(c),
+                Err(e) => {
+                    let why = format!("record {}: {e}", out.len());
+                    return (out, Some(StoreError::Corrupt { path, why }));
+                }
+            }
+            rest = r;
+        }
+        (out, None)
+    }
+
+    /// Replaces the saved state, atomically, and empties the journal.
     pub fn save(&self, state: &v1::DesiredState) -> Result<(), StoreError> {
         let path = self.path();
         let io = |source| StoreError::Io {
@@ -85,7 +158,11 @@ impl Store {
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io)?;
-        Ok(())
+        // Everything journaled is in the state now.
+        match std::fs::remove_file(self.journal_path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+            _ => Ok(()),
+        }
     }
 
     /// The saved state: `None` when there is none.
@@ -161,6 +238,37 @@ mod tests {
         assert_eq!(s.load().unwrap(), Some(state(3)));
         s.save(&state(4)).unwrap();
         assert_eq!(s.load().unwrap(), Some(state(4)));
+        let _ = std::fs::remove_dir_all(&s.dir);
+    }
+
+    #[test]
+    fn the_journal_replays_in_order_and_stops_at_a_torn_tail() {
+        let s = Store::new(dir("journal"));
+        s.save(&state(1)).unwrap();
+        let change = |g| v1::UpdateRoutesRequest {
+            generation: g,
+            upsert: vec![],
+            remove: vec![format!("198.51.100.{g}/32")],
+        };
+        s.append(&change(2)).unwrap();
+        s.append(&change(3)).unwrap();
+        let (got, err) = s.changes();
+        assert!(err.is_none());
+        assert_eq!(got, vec![change(2), change(3)]);
+        // An interrupted third append: the first two survive, the tail is reported.
+        let mut bytes = std::fs::read(s.journal_path()).unwrap();
+        bytes.extend_from_slice(&[0, 0, 0, 9, 1, 2]);
+        std::fs::write(s.journal_path(), bytes).unwrap();
+        let (got, err) = s.changes();
+        assert_eq!(got.len(), 2);
+        assert!(
+            err.unwrap()
+                .to_string()
+                .contains("torn or damaged record after 2")
+        );
+        // A full save empties the journal.
+        s.save(&state(4)).unwrap();
+        assert!(s.changes().0.is_empty());
         let _ = std::fs::remove_dir_all(&s.dir);
     }
 
