@@ -203,6 +203,7 @@ pub async fn run(
             }
             Ok(()) = desired.changed() => {
                 let d = desired.borrow_and_update().clone();
+                debug!(version = d.version, delta = ?d.delta.as_ref().map(|x| x.prefixes.len()), "desired state changed");
                 if s.established {
                     s.send_changes(&mut fsm, &d).await;
                 }
@@ -515,10 +516,12 @@ impl Session {
                 .filter(|d| self.synced[i] == Some(d.from))
                 .and_then(|d| self.ribs[i].sync_delta(&target, &d.prefixes));
             if let Some(changes) = delta {
+                debug!(family = i, changes = changes.len(), "delta sync");
                 if let Some(ev) = self.send_encoded(*fam, &changes).await {
                     return Some(ev);
                 }
             } else {
+                debug!(family = i, synced = ?self.synced[i], "full sync");
                 // Bounded batches: a 100,000-prefix table never exists as one list of changes.
                 loop {
                     let changes = self.ribs[i].sync(&target, SYNC_BATCH);

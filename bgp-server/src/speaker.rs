@@ -96,6 +96,16 @@ pub async fn run(
                 lock(&routing).remove(&a);
                 lock(&board).remove(&a);
             }
+            // Listen before connecting out: a peer answering our connection with its own must
+            // find the port open.
+            if want.listen_port > 0 && listener.is_none() {
+                listener = Some(listen(want.listen_port, routing.clone()).await?);
+            }
+            if let Some(l) = &listener {
+                for peer in want.peers.iter().filter(|p| p.password.is_some()) {
+                    md5_on_listener(l, peer)?;
+                }
+            }
             for peer in &want.peers {
                 if sessions.contains_key(&peer.address) {
                     continue;
@@ -104,14 +114,6 @@ pub async fn run(
                     peer.address,
                     start(&local, peer, &desired, &routing, &board, &metrics),
                 );
-            }
-            if want.listen_port > 0 && listener.is_none() {
-                listener = Some(listen(want.listen_port, routing.clone()).await?);
-            }
-            if let Some(l) = &listener {
-                for peer in want.peers.iter().filter(|p| p.password.is_some()) {
-                    md5_on_listener(l, peer)?;
-                }
             }
             applied = Some(want);
         }

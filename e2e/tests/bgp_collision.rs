@@ -55,7 +55,13 @@ routes:
     theirs.write_all(&open(peer_id)).unwrap();
     // Its KEEPALIVE: the speaker is in OpenConfirm and knows our identifier.
     assert!(read_until(&mut theirs, |m| matches!(m, Message::Keepalive)).is_some());
-    let mut ours = TcpStream::connect(("127.0.0.1", listen)).unwrap();
+    let mut ours = (0..50)
+        .find_map(|_| {
+            TcpStream::connect(("127.0.0.1", listen))
+                .map_err(|_| std::thread::sleep(Duration::from_millis(50)))
+                .ok()
+        })
+        .expect("the speaker's listen port never opened");
     ours.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     ours.write_all(&open(peer_id)).unwrap();

@@ -384,3 +384,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn deltas_move_only_their_prefixes_one_after_another() {
+    let mut rib = AdjRibOut::new(Scope::Ipv4, true, None);
+    let mut d: Desired = (0..10u8)
+        .map(|i| {
+            (
+                net(&format!("198.51.100.{i}/32")),
+                paths(&["10.0.0.11", "10.0.0.14"]),
+            )
+        })
+        .collect();
+    let v1 = Arc::new(d.clone());
+    while !rib.sync(&v1, 4).is_empty() {}
+    for (n, i) in [0u8, 9, 3].into_iter().enumerate() {
+        let p = net(&format!("198.51.100.{i}/32"));
+        d.insert(p, paths(&["10.0.0.11", "10.0.0.15"]));
+        let v = Arc::new(d.clone());
+        let changes = rib.sync_delta(&v, &[p]).unwrap();
+        assert_eq!(changes.len(), 2, "change {n} (prefix {i}): {changes:?}");
+    }
+}
