@@ -185,6 +185,10 @@ async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
         let svc = SpeakerServer::new(control)
             .max_decoding_message_size(berth_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(berth_proto::MAX_MESSAGE_BYTES);
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<SpeakerServer<Control>>()
+            .await;
         if let Some(path) = &args.grpc_socket {
             // A socket file left by an earlier run would make bind fail.
             let _ = std::fs::remove_file(path);
@@ -193,9 +197,11 @@ async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
             tracing::info!(socket = %path.display(), "serving the control API");
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
             let svc = svc.clone();
+            let health = health.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
                 let r = tonic::transport::Server::builder()
+                    .add_service(health)
                     .add_service(svc)
                     .serve_with_incoming_shutdown(incoming, stopped(stop))
                     .await;
@@ -208,7 +214,9 @@ async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
             let tcp = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding --grpc-listen {addr}"))?;
-            let server = tonic::transport::Server::builder().add_service(svc);
+            let server = tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(svc);
             let stop2 = stop.clone();
             match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
                 (Some(cert), Some(key), Some(ca)) => {

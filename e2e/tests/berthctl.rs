@@ -80,6 +80,31 @@ routes:
 ",
     )
     .unwrap();
+    // A watcher started before the change sees it, and the new peer's session.
+    let mut watcher = Killed(
+        Command::new(&*CTL)
+            .arg("--socket")
+            .arg(&sock)
+            .args(["watch", "-o", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = watcher.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
     let (ok, out, err) = ctl(
         &sock,
         &[
@@ -93,6 +118,23 @@ routes:
         out.trim(),
         "applied generation 1: 1 route(s) changed, peers changed"
     );
+
+    let mut seen_applied = false;
+    let mut seen_session = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(seen_applied && seen_session) && Instant::now() < deadline {
+        let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+        seen_applied |= e["kind"] == "applied" && e["generation"] == 1 && e["call"] == "apply";
+        seen_session |= e["kind"] == "session" && e["peer"] == "127.0.0.2";
+    }
+    assert!(
+        seen_applied && seen_session,
+        "watch saw applied={seen_applied} session={seen_session}"
+    );
+    drop(watcher);
 
     let (ok, out, _) = ctl(&sock, &["routes"]);
     assert!(ok);
@@ -148,6 +190,27 @@ routes:
     assert!(!ok);
     assert!(err.contains("upsert[0].prefix: has host bits set"), "{err}");
     assert!(err.contains(&format!("unix:{}", sock.display())), "{err}");
+
+    // Standard gRPC health says the Speaker service is serving.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        let ch = berth_proto::unix_channel(&sock).await.unwrap();
+        tonic_health::pb::health_client::HealthClient::new(ch)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "berth.bgp.v1.Speaker".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    });
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     // Nothing listening: the error names where it looked.
     let (ok, _, err) = ctl(&dir.join("nowhere.sock"), &["state"]);

@@ -19,13 +19,13 @@ pub mod v1 {
 /// Largest message a server or client accepts: a 100,000-route desired state is about 6 MB.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// A client of the speaker's control API over its Unix socket (`--grpc-socket`).
-pub async fn connect_unix(
+/// A channel to the speaker's Unix socket (`--grpc-socket`), for any of its services.
+pub async fn unix_channel(
     path: impl AsRef<std::path::Path>,
-) -> Result<v1::speaker_client::SpeakerClient<tonic::transport::Channel>, tonic::transport::Error> {
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let path = path.as_ref().to_path_buf();
     // The URI is required by the API and unused: the connector below decides where to go.
-    let channel = tonic::transport::Endpoint::from_static("http://berth.invalid")
+    tonic::transport::Endpoint::from_static("http://berth.invalid")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
             async move {
@@ -33,10 +33,18 @@ pub async fn connect_unix(
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
             }
         }))
-        .await?;
-    Ok(v1::speaker_client::SpeakerClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .await
+}
+
+/// A client of the speaker's control API over its Unix socket (`--grpc-socket`).
+pub async fn connect_unix(
+    path: impl AsRef<std::path::Path>,
+) -> Result<v1::speaker_client::SpeakerClient<tonic::transport::Channel>, tonic::transport::Error> {
+    Ok(
+        v1::speaker_client::SpeakerClient::new(unix_channel(path).await?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
 }
 
 /// PEM material for a mutual-TLS client.

@@ -75,6 +75,8 @@ enum Cmd {
         #[arg(short = 'f', long)]
         file: PathBuf,
     },
+    /// Print session changes and accepted states as they happen (Ctrl-C to stop).
+    Watch,
     /// Add, replace or withdraw one route.
     Route {
         #[command(subcommand)]
@@ -204,6 +206,51 @@ fn print<T: Serialize>(
         }
     }
     Ok(())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventView {
+    unix_millis: u64,
+    kind: &'static str,
+    peer: Option<String>,
+    state: Option<String>,
+    previous_state: Option<String>,
+    last_error: Option<String>,
+    generation: Option<u64>,
+    call: Option<String>,
+    routes_changed: Option<u32>,
+}
+
+fn event_view(e: &v1::WatchEvent) -> EventView {
+    let mut v = EventView {
+        unix_millis: e.unix_millis,
+        kind: "unknown",
+        peer: None,
+        state: None,
+        previous_state: None,
+        last_error: None,
+        generation: None,
+        call: None,
+        routes_changed: None,
+    };
+    match &e.event {
+        Some(v1::watch_event::Event::Session(s)) => {
+            v.kind = "session";
+            v.peer = Some(s.peer.clone());
+            v.state = Some(s.state.clone());
+            v.previous_state = Some(s.previous_state.clone());
+            v.last_error = Some(s.last_error.clone());
+        }
+        Some(v1::watch_event::Event::Applied(a)) => {
+            v.kind = "applied";
+            v.generation = Some(a.generation);
+            v.call = Some(a.call.clone());
+            v.routes_changed = Some(a.routes_changed);
+        }
+        None => {}
+    }
+    v
 }
 
 fn uptime(s: u64) -> String {
@@ -415,6 +462,47 @@ async fn main() -> anyhow::Result<()> {
                     ""
                 }
             );
+        }
+        Cmd::Watch => {
+            let mut stream = c
+                .watch(v1::WatchRequest {})
+                .await
+                .map_err(|e| call_err(&args, "Watch", e))?
+                .into_inner();
+            while let Some(event) = stream
+                .message()
+                .await
+                .map_err(|e| call_err(&args, "Watch", e))?
+            {
+                let line = match (&event.event, args.output) {
+                    (_, Output::Json) => serde_json::to_string(&event_view(&event))?,
+                    (_, Output::Yaml) => {
+                        format!("---\n{}", serde_yaml_ng::to_string(&event_view(&event))?)
+                    }
+                    (Some(v1::watch_event::Event::Session(s)), Output::Table) => format!(
+                        "{}  peer {}: {} -> {}{}",
+                        event.unix_millis,
+                        s.peer,
+                        if s.previous_state.is_empty() {
+                            "?"
+                        } else {
+                            &s.previous_state
+                        },
+                        s.state,
+                        if s.last_error.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", s.last_error)
+                        }
+                    ),
+                    (Some(v1::watch_event::Event::Applied(a)), Output::Table) => format!(
+                        "{}  {} accepted: generation {}, {} route(s)",
+                        event.unix_millis, a.call, a.generation, a.routes_changed
+                    ),
+                    (None, Output::Table) => continue,
+                };
+                println!("{line}");
+            }
         }
         Cmd::Route { action } => {
             let generation = get(&args, &mut c, false).await?.generation + 1;

@@ -105,6 +105,8 @@ pub struct Control {
     store: Option<Store>,
     board: StatusBoard,
     metrics: Arc<Metrics>,
+    /// Accepted changes, for Watch streams.
+    events: tokio::sync::broadcast::Sender<v1::StateApplied>,
 }
 
 impl Control {
@@ -124,7 +126,35 @@ impl Control {
             store,
             board,
             metrics,
+            events: tokio::sync::broadcast::channel(256).0,
         }
+    }
+
+    fn announce(&self, call: &str, generation: u64, routes_changed: usize) {
+        // No subscriber is not an error.
+        let _ = self.events.send(v1::StateApplied {
+            generation,
+            call: call.to_owned(),
+            routes_changed: u32::try_from(routes_changed).unwrap_or(u32::MAX),
+        });
+    }
+
+    /// Each peer's (state, last error) now.
+    fn sessions(&self) -> std::collections::BTreeMap<String, (String, String)> {
+        let board = self.board.lock().unwrap_or_else(PoisonError::into_inner);
+        board
+            .iter()
+            .map(|(addr, (_, st))| {
+                let s = st.borrow();
+                (
+                    addr.to_string(),
+                    (
+                        format!("{:?}", s.state),
+                        s.last_error.clone().unwrap_or_default(),
+                    ),
+                )
+            })
+            .collect()
     }
 
     fn reject(&self, call: &str, reason: &str, status: Status) -> Status {
@@ -195,6 +225,7 @@ impl Control {
             let routes = applied.desired.clone();
             self.desired.send_modify(|s| *s = s.next(routes));
         }
+        self.announce("apply", applied.generation, routes_changed);
         Ok(v1::ApplyResponse {
             generation: applied.generation,
             routes_changed: u32::try_from(routes_changed).unwrap_or(u32::MAX),
@@ -248,6 +279,11 @@ impl Control {
                 )
             })?;
         }
+        self.announce(
+            "update_routes",
+            applied.generation,
+            req.upsert.len() + req.remove.len(),
+        );
         Ok(v1::UpdateRoutesResponse {
             generation: applied.generation,
         })
@@ -369,8 +405,68 @@ fn route_to_api(prefix: &IpNet, paths: &Paths) -> v1::Route {
     }
 }
 
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 #[tonic::async_trait]
 impl v1::speaker_server::Speaker for Control {
+    type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<v1::WatchEvent, Status>>;
+
+    async fn watch(
+        &self,
+        _request: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut applied = self.events.subscribe();
+        let this = self.clone();
+        tokio::spawn(async move {
+            use v1::watch_event::Event;
+            let mut known: std::collections::BTreeMap<String, (String, String)> =
+                Default::default();
+            // Sessions are sampled: a state held for less than this may not be reported.
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            loop {
+                let mut out = Vec::new();
+                tokio::select! {
+                    _ = tick.tick() => {
+                        for (peer, (state, err)) in this.sessions() {
+                            let previous = known.get(&peer).map(|(s, _)| s.clone());
+                            if previous.as_deref() != Some(state.as_str()) {
+                                out.push(Event::Session(v1::SessionChanged {
+                                    peer: peer.clone(),
+                                    state: state.clone(),
+                                    previous_state: previous.unwrap_or_default(),
+                                    last_error: err.clone(),
+                                }));
+                                known.insert(peer, (state, err));
+                            }
+                        }
+                    }
+                    got = applied.recv() => match got {
+                        Ok(a) => out.push(Event::Applied(a)),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+                for event in out {
+                    let e = v1::WatchEvent {
+                        unix_millis: now_millis(),
+                        event: Some(event),
+                    };
+                    if tx.send(Ok(e)).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn apply(
         &self,
         request: Request<v1::ApplyRequest>,
