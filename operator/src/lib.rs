@@ -1,3 +1,5 @@
-//! Berth's operator: IP address management, and (to come) the controllers that use it.
+//! Berth's operator: IP address management, next-hop rules, and (to come) the controllers
+//! that use them.
 
 pub mod ipam;
+pub mod nexthops;
