@@ -3,3 +3,4 @@
 
 pub mod ipam;
 pub mod nexthops;
+pub mod service;

@@ -25,7 +25,7 @@ pub use crate::ipam::TrafficPolicy;
 use crate::ipam::{Labels, Selector};
 
 /// The label that keeps a node out of every load balancer.
-pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+pub use berth_api::names::LABEL_EXCLUDE_FROM_LB as EXCLUDE_LABEL;
 
 /// What the next-hop rules need to know about a node.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,218 @@
+//! What a Service asks of Berth, read from the Kubernetes object: whether it is Berth's at all,
+//! and if so which families, pool, requested IPs, sharing key, ports and traffic policy. Pure;
+//! errors name the field or annotation and say what to write instead, so the controller can
+//! put them in an Event as they are.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use berth_api::names;
+use k8s_openapi::api::core::v1::Service;
+
+use crate::ipam::{Family, Holder, Port, Protocol, Request, ServiceKey, TrafficPolicy};
+
+/// Whether Berth handles a Service, and what it asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intent {
+    /// Not Berth's: not `type: LoadBalancer`, another class, or unclassed without
+    /// `--take-unclassed`. Anything Berth holds for it must be released.
+    NotOurs,
+    /// Berth's: one request per family, in the Service's `ipFamilies` order.
+    Ours(Vec<Request>),
+}
+
+/// Input on a Service that Berth cannot act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {why}")]
+pub struct IntentError {
+    /// The field or annotation.
+    pub field: String,
+    /// What is wrong and what to write instead.
+    pub why: String,
+}
+
+fn err(field: impl Into<String>, why: impl Into<String>) -> IntentError {
+    IntentError {
+        field: field.into(),
+        why: why.into(),
+    }
+}
+
+/// Reads a Service. `take_unclassed`: handle LoadBalancer Services without a class.
+pub fn intent(svc: &Service, take_unclassed: bool) -> Result<Intent, IntentError> {
+    let Some(spec) = &svc.spec else {
+        return Ok(Intent::NotOurs);
+    };
+    if spec.type_.as_deref() != Some("LoadBalancer") {
+        return Ok(Intent::NotOurs);
+    }
+    match spec.load_balancer_class.as_deref() {
+        Some(names::LOAD_BALANCER_CLASS) => {}
+        None if take_unclassed => {}
+        _ => return Ok(Intent::NotOurs),
+    }
+    let meta = &svc.metadata;
+    let key = ServiceKey::new(
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    );
+    let annotations = meta.annotations.clone().unwrap_or_default();
+    let annotation = |name: &str| {
+        annotations
+            .get(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+
+    let families = families(
+        spec.ip_families.as_deref().unwrap_or_default(),
+        spec.ip_family_policy.as_deref(),
+    )?;
+
+    // Requested IPs: the annotation, else the deprecated field; at most one per family.
+    let (source, raw) = match annotation(names::ANNOTATION_REQUESTED_IP) {
+        Some(v) => (format!("annotation {}", names::ANNOTATION_REQUESTED_IP), v),
+        None => (
+            "spec.loadBalancerIP".to_owned(),
+            spec.load_balancer_ip.clone().unwrap_or_default(),
+        ),
+    };
+    let mut requested: Vec<IpAddr> = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let ip: IpAddr = part.parse().map_err(|_| {
+            err(
+                &source,
+                format!("{part:?} is not an IP address (write e.g. 10.0.0.5 or 10.0.0.5,fd00::5)"),
+            )
+        })?;
+        if requested.iter().any(|r| r.is_ipv4() == ip.is_ipv4()) {
+            return Err(err(
+                &source,
+                format!("two {} addresses: give at most one per family", fam(ip)),
+            ));
+        }
+        if !families.iter().any(|f| (*f == Family::V4) == ip.is_ipv4()) {
+            return Err(err(
+                &source,
+                format!(
+                    "{ip} is {} but the Service's ipFamilies do not include it",
+                    fam(ip)
+                ),
+            ));
+        }
+        requested.push(ip);
+    }
+
+    let ports = spec
+        .ports
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => Protocol::Tcp,
+                "UDP" => Protocol::Udp,
+                "SCTP" => Protocol::Sctp,
+                other => {
+                    return Err(err(
+                        format!("spec.ports[{i}].protocol"),
+                        format!("{other:?} is not TCP, UDP or SCTP"),
+                    ));
+                }
+            };
+            let port = u16::try_from(p.port).map_err(|_| {
+                err(
+                    format!("spec.ports[{i}].port"),
+                    format!("{} is not 1-65535", p.port),
+                )
+            })?;
+            Ok(Port { port, protocol })
+        })
+        .collect::<Result<BTreeSet<Port>, IntentError>>()?;
+
+    let policy = match spec.external_traffic_policy.as_deref() {
+        Some("Local") => TrafficPolicy::Local,
+        _ => TrafficPolicy::Cluster,
+    };
+    // Local-policy Services share an IP only with the same backends: the selector, canonical.
+    let backend = spec
+        .selector
+        .as_ref()
+        .map(|s| {
+            s.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let created = meta
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| t.0.as_second());
+    let holder = Holder {
+        service: key,
+        sharing_key: annotation(names::ANNOTATION_SHARING_KEY),
+        ports,
+        policy,
+        backend,
+        created,
+    };
+    let pool = annotation(names::ANNOTATION_POOL);
+    let labels = meta.labels.clone().unwrap_or_default();
+    Ok(Intent::Ours(
+        families
+            .into_iter()
+            .map(|family| Request {
+                holder: holder.clone(),
+                family,
+                pool: pool.clone(),
+                requested: requested
+                    .iter()
+                    .copied()
+                    .find(|ip| ip.is_ipv4() == (family == Family::V4)),
+                namespace_labels: Default::default(),
+                service_labels: labels.clone(),
+            })
+            .collect(),
+    ))
+}
+
+fn fam(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// The families to allocate: `ipFamilies` as Kubernetes filled it in (a single-stack
+/// Service lists one; `PreferDualStack`/`RequireDualStack` list both on a dual-stack cluster).
+fn families(ip_families: &[String], policy: Option<&str>) -> Result<Vec<Family>, IntentError> {
+    let mut out = Vec::new();
+    for (i, f) in ip_families.iter().enumerate() {
+        let family = match f.as_str() {
+            "IPv4" => Family::V4,
+            "IPv6" => Family::V6,
+            other => {
+                return Err(err(
+                    format!("spec.ipFamilies[{i}]"),
+                    format!("{other:?} is not IPv4 or IPv6"),
+                ));
+            }
+        };
+        if !out.contains(&family) {
+            out.push(family);
+        }
+    }
+    if out.is_empty() {
+        // Older API servers leave it empty on single-stack IPv4 clusters.
+        out.push(Family::V4);
+    }
+    if policy == Some("RequireDualStack") && out.len() < 2 {
+        return Err(err(
+            "spec.ipFamilyPolicy",
+            "RequireDualStack needs both IPv4 and IPv6 in spec.ipFamilies",
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
