@@ -4,3 +4,4 @@
 pub mod ipam;
 pub mod nexthops;
 pub mod service;
+pub mod speakers;

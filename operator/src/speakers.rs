@@ -1,0 +1,153 @@
+//! The desired state the operator pushes to one bgp-server replica (`berth.bgp.v1`): global
+//! settings from BgpConf, the BgpPeers whose node selector matches the replica's node (with
+//! passwords already read from their Secrets), and every BGP-mode Service IP with its next
+//! hops. Pure: the controller gathers the inputs and sends the result with `Apply`.
+//!
+//! In `self` ECMP mode a replica announces only the IPs its own node is a next hop for, with
+//! itself as the only next hop: the router then sees ECMP across peers instead of ADD-PATH.
+//!
+//! Not carried yet: a BgpPeer's `communities`, `largeCommunities` and `localPref`. The
+//! speaker's API sets attributes per route, not per peer; honouring them needs a per-peer
+//! export setting in `berth.bgp.v1.Peer`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use berth_api::{BgpConfSpec, BgpPeerSpec, EcmpMode};
+use berth_proto::v1;
+
+use crate::ipam::{Labels, Selector};
+use crate::nexthops::NextHop;
+
+/// The replica: its node's name, labels and InternalIPs.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// The node the replica runs on.
+    pub node: String,
+    /// The node's labels.
+    pub labels: Labels,
+    /// The node's InternalIPs.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// A BgpPeer with its selector converted and its password resolved.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The BgpPeer's name (for errors).
+    pub name: String,
+    /// Its spec.
+    pub spec: BgpPeerSpec,
+    /// Its node selector; `None` selects every node.
+    pub node_selector: Option<Selector>,
+    /// The password from its Secret, if it has one.
+    pub password: Option<String>,
+}
+
+/// Why a replica cannot be given a state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {why}")]
+pub struct SpeakerError {
+    /// The object or field.
+    pub what: String,
+    /// What is wrong and what to do.
+    pub why: String,
+}
+
+/// The desired state of one replica.
+pub fn desired_state(
+    generation: u64,
+    conf: &BgpConfSpec,
+    replica: &Replica,
+    peers: &[Peer],
+    routes: &BTreeMap<IpAddr, Vec<NextHop>>,
+) -> Result<v1::DesiredState, SpeakerError> {
+    let router_id = match &conf.router_id {
+        Some(id) => id.clone(),
+        // Like MetalLB: the node's own IPv4 address identifies its speaker.
+        None => replica
+            .addresses
+            .iter()
+            .find(|a| a.is_ipv4())
+            .map(ToString::to_string)
+            .ok_or_else(|| SpeakerError {
+                what: format!("BgpConf default (node {})", replica.node),
+                why:
+                    "spec.routerId is unset and the node has no IPv4 InternalIP: set spec.routerId"
+                        .into(),
+            })?,
+    };
+    let self_mode = conf.ecmp_mode == EcmpMode::SelfNextHop;
+    let mine: Vec<IpAddr> = replica.addresses.clone();
+    let peers = peers
+        .iter()
+        .filter(|p| {
+            p.node_selector
+                .as_ref()
+                .is_none_or(|s| s.matches(&replica.labels))
+        })
+        .map(|p| v1::Peer {
+            address: p.spec.address.clone(),
+            asn: p.spec.peer_asn,
+            port: u32::try_from(p.spec.port).unwrap_or(179),
+            hold_time_seconds: u32::try_from(p.spec.hold_time).ok(),
+            keepalive_seconds: p.spec.keepalive_time.and_then(|k| u32::try_from(k).ok()),
+            connect_retry_seconds: 0,
+            passive: p.spec.passive,
+            disable_add_path: self_mode,
+            send_max: p
+                .spec
+                .add_path_send_max
+                .and_then(|m| u32::try_from(m).ok())
+                .unwrap_or(0),
+            source_address: String::new(),
+            ebgp_multihop: p
+                .spec
+                .ebgp_multihop
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(0),
+            password: p.password.clone().unwrap_or_default(),
+        })
+        .collect();
+    let routes = routes
+        .iter()
+        .filter_map(|(ip, hops)| {
+            let hops: Vec<&NextHop> = if self_mode {
+                hops.iter().filter(|h| mine.contains(&h.address)).collect()
+            } else {
+                hops.iter().collect()
+            };
+            if hops.is_empty() {
+                return None;
+            }
+            let len = if ip.is_ipv4() { 32 } else { 128 };
+            Some(v1::Route {
+                prefix: format!("{ip}/{len}"),
+                next_hops: hops
+                    .iter()
+                    .map(|h| v1::NextHop {
+                        address: h.address.to_string(),
+                        weight: h.weight.unwrap_or(0),
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+        })
+        .collect();
+    Ok(v1::DesiredState {
+        generation,
+        global: Some(v1::Global {
+            asn: conf.asn,
+            router_id,
+            listen_port: u32::try_from(conf.listen_port).unwrap_or(0),
+            graceful_restart: Some(v1::GracefulRestart {
+                enabled: conf.graceful_restart.enabled,
+                restart_time_seconds: u32::from(conf.graceful_restart.restart_time),
+            }),
+        }),
+        peers,
+        routes,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,144 @@
+//! What one replica is told: peers by node selector, routes by ECMP mode.
+
+use super::*;
+
+fn conf(yaml: &str) -> BgpConfSpec {
+    serde_yaml_ng::from_str(yaml).unwrap()
+}
+
+fn peer(name: &str, yaml: &str, selector: Option<Selector>, password: Option<&str>) -> Peer {
+    Peer {
+        name: name.into(),
+        spec: serde_yaml_ng::from_str(yaml).unwrap(),
+        node_selector: selector,
+        password: password.map(Into::into),
+    }
+}
+
+fn replica(node: &str, rack: &str, ip: &str) -> Replica {
+    Replica {
+        node: node.into(),
+        labels: [("rack".to_owned(), rack.to_owned())].into(),
+        addresses: vec![ip.parse().unwrap()],
+    }
+}
+
+fn hop(ip: &str, node: &str) -> NextHop {
+    NextHop {
+        address: ip.parse().unwrap(),
+        weight: None,
+        node: node.into(),
+    }
+}
+
+fn routes() -> BTreeMap<IpAddr, Vec<NextHop>> {
+    BTreeMap::from([
+        (
+            "198.51.100.10".parse().unwrap(),
+            vec![hop("10.0.0.11", "n1"), hop("10.0.0.12", "n2")],
+        ),
+        ("2001:db8::10".parse().unwrap(), vec![hop("fd00::12", "n2")]),
+        ("198.51.100.20".parse().unwrap(), vec![]),
+    ])
+}
+
+fn peers() -> Vec<Peer> {
+    let rack_a = Selector {
+        match_labels: [("rack".to_owned(), "a".to_owned())].into(),
+        requirements: vec![],
+    };
+    vec![
+        peer(
+            "tor-a",
+            "address: 10.0.0.1\npeerAsn: 64513",
+            Some(rack_a),
+            Some("s3cret"),
+        ),
+        peer(
+            "core",
+            "address: 10.9.0.1\npeerAsn: 64514\nebgpMultihop: 3",
+            None,
+            None,
+        ),
+    ]
+}
+
+#[test]
+fn peers_follow_the_node_selector_and_carry_their_passwords() {
+    let c = conf("asn: 64512");
+    let a = desired_state(7, &c, &replica("n1", "a", "10.0.0.11"), &peers(), &routes()).unwrap();
+    let b = desired_state(7, &c, &replica("n2", "b", "10.0.0.12"), &peers(), &routes()).unwrap();
+    let names = |s: &v1::DesiredState| {
+        s.peers
+            .iter()
+            .map(|p| p.address.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&a), ["10.0.0.1", "10.9.0.1"]);
+    assert_eq!(names(&b), ["10.9.0.1"]);
+    assert_eq!(a.peers[0].password, "s3cret");
+    assert_eq!(a.peers[1].ebgp_multihop, 3);
+    assert_eq!(a.generation, 7);
+    let g = a.global.unwrap();
+    assert_eq!((g.asn, g.router_id.as_str()), (64512, "10.0.0.11"));
+}
+
+#[test]
+fn add_path_mode_sends_every_next_hop_and_skips_ips_without_any() {
+    let s = desired_state(
+        1,
+        &conf("asn: 64512"),
+        &replica("n1", "a", "10.0.0.11"),
+        &peers(),
+        &routes(),
+    )
+    .unwrap();
+    let r: Vec<(String, usize)> = s
+        .routes
+        .iter()
+        .map(|r| (r.prefix.clone(), r.next_hops.len()))
+        .collect();
+    assert_eq!(
+        r,
+        [
+            ("198.51.100.10/32".into(), 2),
+            ("2001:db8::10/128".into(), 1)
+        ]
+    );
+    assert!(s.peers.iter().all(|p| !p.disable_add_path));
+}
+
+#[test]
+fn self_mode_announces_only_the_replicas_own_node() {
+    let c = conf("asn: 64512\necmpMode: self");
+    let s = desired_state(1, &c, &replica("n1", "a", "10.0.0.11"), &peers(), &routes()).unwrap();
+    let r: Vec<(String, Vec<String>)> = s
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                r.prefix.clone(),
+                r.next_hops.iter().map(|h| h.address.clone()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(r, [("198.51.100.10/32".into(), vec!["10.0.0.11".into()])]);
+    assert!(s.peers.iter().all(|p| p.disable_add_path));
+}
+
+#[test]
+fn a_router_id_is_required_somewhere() {
+    let mut v6_only = replica("n1", "a", "fd00::11");
+    v6_only.labels.clear();
+    let e = desired_state(1, &conf("asn: 64512"), &v6_only, &[], &BTreeMap::new()).unwrap_err();
+    assert!(e.to_string().contains("set spec.routerId"), "{e}");
+    let s = desired_state(
+        1,
+        &conf("asn: 64512\nrouterId: 10.1.1.1"),
+        &v6_only,
+        &[],
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    assert_eq!(s.global.unwrap().router_id, "10.1.1.1");
+}
