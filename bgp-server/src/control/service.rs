@@ -35,11 +35,15 @@ pub struct Applied {
 /// journal): bounds both the journal's size and the replay at start.
 const COMPACT_AFTER: usize = 1000;
 
-/// Runs a blocking file operation (fsync) off the async workers when the runtime allows.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
+/// Runs file work (encoding, fsync) on the blocking pool and waits for it without holding an
+/// async worker: the sessions that must put the change on the wire keep running meanwhile
+/// (block_in_place held them up for the length of a full save).
+async fn off_thread(
+    f: impl FnOnce() -> Result<(), super::store::StoreError> + Send + 'static,
+) -> Result<(), String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the persisting task failed: {e}")),
     }
 }
 
@@ -181,11 +185,11 @@ impl Control {
         )
     }
 
-    fn persist(&self, call: &str, state: &v1::DesiredState) -> Result<(), Status> {
-        let Some(store) = &self.store else {
+    async fn persist(&self, call: &str, state: v1::DesiredState) -> Result<(), Status> {
+        let Some(store) = self.store.clone() else {
             return Ok(());
         };
-        blocking(|| store.save(state)).map_err(|e| {
+        off_thread(move || store.save(&state)).await.map_err(|e| {
             self.reject(
                 call,
                 "persist_failed",
@@ -213,9 +217,10 @@ impl Control {
         }
         let routes_changed = changed_prefixes(&applied.desired, &new_desired);
         let peers_changed = *applied.settings != cfg;
-        self.persist("apply", &state)?;
+        let generation = state.generation;
+        self.persist("apply", state).await?;
         applied.journaled = 0;
-        applied.generation = state.generation;
+        applied.generation = generation;
         if peers_changed {
             applied.settings = Arc::new(cfg);
             self.settings.send_replace(applied.settings.clone());
@@ -260,14 +265,19 @@ impl Control {
         let routes = applied.desired.clone();
         self.desired
             .send_modify(|s| *s = s.next_delta(routes, touched));
-        if let Some(store) = &self.store {
+        if let Some(store) = self.store.clone() {
             applied.journaled += 1;
             let result = if applied.journaled >= COMPACT_AFTER {
                 applied.journaled = 0;
-                let full = to_api(applied.generation, &applied.settings, &applied.desired);
-                blocking(|| store.save(&full))
+                let (generation, settings, desired) = (
+                    applied.generation,
+                    applied.settings.clone(),
+                    applied.desired.clone(),
+                );
+                off_thread(move || store.save(&to_api(generation, &settings, &desired))).await
             } else {
-                blocking(|| store.append(&req))
+                let change = req.clone();
+                off_thread(move || store.append(&change)).await
             };
             result.map_err(|e| {
                 self.reject(

@@ -238,6 +238,11 @@ fn run(
         // The change's second message (withdraw of the old path or announce) may follow.
         while rx.recv_timeout(Duration::from_millis(2)).is_ok() {}
     }
+    let slowest = samples
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, d)| **d)
+        .map_or(0, |(k, _)| k);
     samples.sort_unstable();
     let pick = |q: f64| {
         let idx = ((samples.len() as f64 - 1.0) * q).round() as usize;
@@ -259,7 +264,7 @@ fn run(
         samples.len()
     );
     println!(
-        "call -> UPDATE at the peer: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; speaker peak RSS {} KiB",
+        "call -> UPDATE at the peer: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (change #{slowest}); speaker peak RSS {} KiB",
         pick(0.5).as_secs_f64() * 1e3,
         pick(0.99).as_secs_f64() * 1e3,
         pick(1.0).as_secs_f64() * 1e3,
