@@ -1,7 +1,11 @@
-//! Berth's operator: IP address management, next-hop rules, and (to come) the controllers
-//! that use them.
+//! Berth's operator: IP address management, next-hop rules, the Service controller's
+//! decisions and the speakers' desired state, each pure and tested in memory; the
+//! Kubernetes-facing controllers in [`controller`] only carry them out.
 
+pub mod convert;
 pub mod ipam;
 pub mod nexthops;
+pub mod plan;
+pub mod routes;
 pub mod service;
 pub mod speakers;

@@ -544,41 +544,63 @@ impl Ipam {
     pub fn release(&mut self, service: &ServiceKey) -> Vec<IpAddr> {
         let ips = self.by_service.remove(service).unwrap_or_default();
         for ip in &ips {
-            let Some(entry) = self.ips.get_mut(ip) else {
-                continue;
-            };
-            let mut keys: Vec<String> = Vec::new();
-            entry.holders.retain(|h| {
-                if &h.service == service {
-                    keys.extend(h.key().map(str::to_owned));
-                    false
-                } else {
-                    true
-                }
-            });
-            for key in keys {
-                if !entry.holders.iter().any(|h| h.key() == Some(key.as_str()))
-                    && let Some(set) = self.by_key.get_mut(&key)
-                {
-                    set.remove(ip);
-                    if set.is_empty() {
-                        self.by_key.remove(&key);
-                    }
-                }
+            self.unhold(service, *ip);
+        }
+        ips
+    }
+
+    /// Releases one IP of a Service (a family it no longer asks for); false when it did not
+    /// hold it.
+    pub fn release_ip(&mut self, service: &ServiceKey, ip: IpAddr) -> bool {
+        let Some(held) = self.by_service.get_mut(service) else {
+            return false;
+        };
+        let before = held.len();
+        held.retain(|h| *h != ip);
+        if held.len() == before {
+            return false;
+        }
+        if held.is_empty() {
+            self.by_service.remove(service);
+        }
+        self.unhold(service, ip);
+        true
+    }
+
+    fn unhold(&mut self, service: &ServiceKey, ip: IpAddr) {
+        let Some(entry) = self.ips.get_mut(&ip) else {
+            return;
+        };
+        let mut keys: Vec<String> = Vec::new();
+        entry.holders.retain(|h| {
+            if &h.service == service {
+                keys.extend(h.key().map(str::to_owned));
+                false
+            } else {
+                true
             }
-            if entry.holders.is_empty() {
-                self.ips.remove(ip);
-                self.remove_run(Family::of(*ip), to_int(*ip));
-                for (name, p) in &self.pools {
-                    if p.is_usable(*ip)
-                        && let Some(n) = self.used.get_mut(name)
-                    {
-                        *n = n.saturating_sub(1);
-                    }
+        });
+        for key in keys {
+            if !entry.holders.iter().any(|h| h.key() == Some(key.as_str()))
+                && let Some(set) = self.by_key.get_mut(&key)
+            {
+                set.remove(&ip);
+                if set.is_empty() {
+                    self.by_key.remove(&key);
                 }
             }
         }
-        ips
+        if entry.holders.is_empty() {
+            self.ips.remove(&ip);
+            self.remove_run(Family::of(ip), to_int(ip));
+            for (name, p) in &self.pools {
+                if p.is_usable(ip)
+                    && let Some(n) = self.used.get_mut(name)
+                {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
     }
 
     fn insert_run(&mut self, family: Family, v: u128) {

@@ -189,6 +189,28 @@ fn allocation_is_idempotent_and_never_moves_an_ip() {
 }
 
 #[test]
+fn releasing_one_family_keeps_the_other_and_frees_the_address() {
+    let mut ipam = engine(vec![
+        default_pool("a", "10.0.0.0/24"),
+        pool("six", "fd00::/120"),
+    ]);
+    let key = ServiceKey::new("ns", "a");
+    let v6 = Request {
+        pool: Some("six".into()),
+        ..Request::new(holder("a"), Family::V6)
+    };
+    ipam.allocate(&v4(holder("a"))).unwrap();
+    let six = ipam.allocate(&v6).unwrap().ip;
+    assert!(ipam.release_ip(&key, six));
+    assert!(!ipam.release_ip(&key, six), "already released");
+    assert_eq!(ipam.ips_of(&key), [ip("10.0.0.1")]);
+    assert_eq!(ipam.usage("six").unwrap().used, 0);
+    assert!(ipam.release_ip(&key, ip("10.0.0.1")));
+    assert!(ipam.ips_of(&key).is_empty());
+    assert_eq!(ipam.allocate(&v4(holder("b"))).unwrap().ip, ip("10.0.0.1"));
+}
+
+#[test]
 fn another_services_deletion_changes_no_ip() {
     let mut ipam = engine(vec![default_pool("a", "10.0.0.0/24")]);
     for s in ["a", "b", "c"] {

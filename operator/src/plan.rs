@@ -1,0 +1,243 @@
+//! What the Service controller does for one Service, decided without the API: allocate or
+//! release through the IPAM engine, and say what the Service's status, finalizer and
+//! annotation must become and which Events to record. The controller only carries the
+//! [`Plan`] out, so every path here is tested in memory.
+//!
+//! Rules:
+//! - An IP, once held, stays: a later error in the Service's annotations is reported, never
+//!   answered by taking the IP away (only the user's delete, type or class change releases).
+//! - The finalizer goes on before the IP is written, and comes off only after the release.
+//! - A family the Service stops asking for (`ipFamilies` narrowed) is released alone.
+
+use std::net::IpAddr;
+
+use berth_api::names;
+use k8s_openapi::api::core::v1::Service;
+
+use crate::convert::{allocated_pool_value, ingress_ips};
+use crate::ipam::{Family, Ipam, ServiceKey};
+use crate::service::{Intent, intent};
+
+/// Whether an Event is routine or needs the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Something was done.
+    Normal,
+    /// Something could not be done; the note says what to change.
+    Warning,
+}
+
+/// One Event to record on the Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// Normal or Warning.
+    pub severity: Severity,
+    /// CamelCase reason, as `kubectl describe` shows it.
+    pub reason: &'static str,
+    /// The sentence a user reads.
+    pub message: String,
+}
+
+impl Note {
+    fn normal(reason: &'static str, message: String) -> Self {
+        Note {
+            severity: Severity::Normal,
+            reason,
+            message,
+        }
+    }
+    fn warning(reason: &'static str, message: String) -> Self {
+        Note {
+            severity: Severity::Warning,
+            reason,
+            message,
+        }
+    }
+}
+
+/// The finalizer's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finalizer {
+    /// Leave it as it is.
+    Keep,
+    /// Add `berth.dev/release-ip`.
+    Add,
+    /// Remove it (after the release).
+    Remove,
+}
+
+/// What to write for one Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The Service.
+    pub key: ServiceKey,
+    /// Finalizer change.
+    pub finalizer: Finalizer,
+    /// The `status.loadBalancer.ingress` IPs to write; `None`: leave the status alone.
+    pub ingress: Option<Vec<IpAddr>>,
+    /// The `berth.dev/allocated-pool` annotation: `Some(None)` removes it.
+    pub allocated_pool: Option<Option<String>>,
+    /// Events to record.
+    pub notes: Vec<Note>,
+    /// The IPs the Service holds afterwards (routes follow these).
+    pub held: Vec<IpAddr>,
+    /// Whether the Service is Berth's (next hops are computed only then).
+    pub ours: bool,
+}
+
+/// Decides for one Service. `ipam` is changed (allocations, releases) as decided.
+pub fn plan(svc: &Service, take_unclassed: bool, ipam: &mut Ipam) -> Plan {
+    let key = ServiceKey::new(
+        svc.metadata.namespace.clone().unwrap_or_default(),
+        svc.metadata.name.clone().unwrap_or_default(),
+    );
+    let has_finalizer = svc
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == names::FINALIZER_SERVICE);
+    let recorded_pool = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(names::ANNOTATION_ALLOCATED_POOL))
+        .cloned();
+    let status_ips = ingress_ips(svc);
+    let deleting = svc.metadata.deletion_timestamp.is_some();
+    let mut notes = Vec::new();
+
+    let intent = if deleting {
+        Ok(Intent::NotOurs)
+    } else {
+        intent(svc, take_unclassed)
+    };
+    let requests = match intent {
+        Ok(Intent::Ours(reqs)) => reqs,
+        Ok(Intent::NotOurs) => {
+            let released = ipam.release(&key);
+            if !released.is_empty() {
+                let why = if deleting {
+                    "the Service is being deleted"
+                } else {
+                    "the Service is no longer Berth's (type, loadBalancerClass or settings changed)"
+                };
+                notes.push(Note::normal(
+                    "IPReleased",
+                    format!("released {}: {why}", list(&released)),
+                ));
+            }
+            // Our status entries go when we let go; a Service of another class is not ours
+            // to touch unless we held its IPs.
+            let clear_status = has_finalizer || !released.is_empty();
+            return Plan {
+                key,
+                finalizer: if has_finalizer {
+                    Finalizer::Remove
+                } else {
+                    Finalizer::Keep
+                },
+                ingress: (clear_status && !status_ips.is_empty() && !deleting).then(Vec::new),
+                allocated_pool: (clear_status && recorded_pool.is_some() && !deleting)
+                    .then_some(None),
+                notes,
+                held: Vec::new(),
+                ours: false,
+            };
+        }
+        Err(e) => {
+            // Unreadable input: keep what is held, say what to fix.
+            notes.push(Note::warning(
+                "InvalidService",
+                format!("{e}; the Service keeps the IPs it has"),
+            ));
+            let held = ipam.ips_of(&key).to_vec();
+            return Plan {
+                key,
+                finalizer: if has_finalizer || held.is_empty() {
+                    Finalizer::Keep
+                } else {
+                    Finalizer::Add
+                },
+                ingress: None,
+                allocated_pool: None,
+                notes,
+                held,
+                ours: true,
+            };
+        }
+    };
+
+    // Families no longer asked for are released alone.
+    let wanted: Vec<Family> = requests.iter().map(|r| r.family).collect();
+    for ip in ipam.ips_of(&key).to_vec() {
+        if !wanted.contains(&Family::of(ip)) && ipam.release_ip(&key, ip) {
+            notes.push(Note::normal(
+                "IPReleased",
+                format!(
+                    "released {ip}: spec.ipFamilies no longer includes {}",
+                    Family::of(ip)
+                ),
+            ));
+        }
+    }
+
+    let mut allocs: Vec<(IpAddr, String)> = Vec::new();
+    for req in &requests {
+        let before = ipam
+            .ips_of(&key)
+            .iter()
+            .copied()
+            .find(|ip| Family::of(*ip) == req.family);
+        match ipam.allocate(req) {
+            Ok(a) => {
+                if before.is_none() {
+                    notes.push(Note::normal(
+                        "IPAllocated",
+                        format!("assigned {} from pool {}", a.ip, a.pool),
+                    ));
+                }
+                allocs.push((a.ip, a.pool));
+            }
+            Err(e) => {
+                notes.push(Note::warning("AllocationFailed", e.to_string()));
+                // An IP still held (e.g. a requested IP that differs) stays in use.
+                if let Some(ip) = before {
+                    let pool = ipam.pool_of(ip).unwrap_or_default().to_owned();
+                    allocs.push((ip, pool));
+                }
+            }
+        }
+    }
+    let held: Vec<IpAddr> = allocs.iter().map(|(ip, _)| *ip).collect();
+    let pool_value = allocated_pool_value(
+        &allocs
+            .iter()
+            .filter(|(_, p)| !p.is_empty())
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    Plan {
+        key,
+        finalizer: if has_finalizer {
+            Finalizer::Keep
+        } else {
+            Finalizer::Add
+        },
+        ingress: (status_ips != held).then(|| held.clone()),
+        allocated_pool: (pool_value != recorded_pool).then_some(pool_value),
+        notes,
+        held,
+        ours: true,
+    }
+}
+
+fn list(ips: &[IpAddr]) -> String {
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests;
