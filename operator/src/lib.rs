@@ -2,10 +2,14 @@
 //! decisions and the speakers' desired state, each pure and tested in memory; the
 //! Kubernetes-facing controllers in [`controller`] only carry them out.
 
+pub mod controller;
 pub mod convert;
+pub mod index;
 pub mod ipam;
+pub mod metrics;
 pub mod nexthops;
 pub mod plan;
+pub mod pools;
 pub mod routes;
 pub mod service;
 pub mod speakers;

@@ -1,19 +1,192 @@
 //! `berth-operator`: assigns IPs to Services and drives the speakers and agents.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use berth_operator::controller::{self, Settings, leader::Leadership};
+use berth_operator::metrics::{self, Metrics};
 use clap::Parser;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+use tracing::{error, info};
 
 /// Berth's operator: reconciles Eip, BgpConf and BgpPeer resources, assigns external IPs to
-/// Services of type LoadBalancer, and pushes the routes to announce to every bgp-server replica.
+/// Services of type LoadBalancer, and pushes the routes to announce to every bgp-server
+/// replica.
 ///
-/// This build contains the IP address management engine only; the Kubernetes controllers are
-/// not built yet, so running it does nothing but say so.
+/// It reaches the Kubernetes API through the in-cluster service account or `KUBECONFIG`.
+/// Run two or more replicas: one leads (a coordination.k8s.io Lease), the others stand by.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
-struct Args {}
+struct Args {
+    /// Take LoadBalancer Services that have no spec.loadBalancerClass (otherwise only those
+    /// of class berth.dev/berth).
+    #[arg(long, env = "BERTH_TAKE_UNCLASSED")]
+    take_unclassed: bool,
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!(
-        "berth-operator: the controllers are not implemented in this build (see README, \"Status\")"
-    )
+    /// The namespace Berth runs in: its Lease, its bgp-server Pods, and the default namespace
+    /// of BgpPeer password Secrets.
+    #[arg(long, env = "BERTH_NAMESPACE", default_value = "berth-system")]
+    namespace: String,
+
+    /// Label selector of the bgp-server Pods (the StatefulSet's Pods).
+    #[arg(
+        long,
+        env = "BERTH_SPEAKER_SELECTOR",
+        default_value = "app.kubernetes.io/name=berth-bgp-server"
+    )]
+    speaker_selector: String,
+
+    /// The bgp-server replicas' gRPC port.
+    #[arg(long, env = "BERTH_SPEAKER_PORT", default_value_t = 50051)]
+    speaker_port: u16,
+
+    /// CA certificate (PEM) that signed the speakers' server certificates.
+    #[arg(long, env = "BERTH_SPEAKER_CA", requires_all = ["speaker_cert", "speaker_key"])]
+    speaker_ca: Option<PathBuf>,
+
+    /// This operator's client certificate (PEM) for the speakers' mTLS.
+    #[arg(long, env = "BERTH_SPEAKER_CERT")]
+    speaker_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --speaker-cert.
+    #[arg(long, env = "BERTH_SPEAKER_KEY")]
+    speaker_key: Option<PathBuf>,
+
+    /// The name the speakers' certificates carry (one certificate for every replica).
+    #[arg(
+        long,
+        env = "BERTH_SPEAKER_SERVER_NAME",
+        default_value = "berth-bgp-server"
+    )]
+    speaker_server_name: String,
+
+    /// Talk to the speakers without TLS. Only for labs where they listen on loopback: a
+    /// speaker refuses plaintext anywhere else.
+    #[arg(long, env = "BERTH_SPEAKER_PLAINTEXT", conflicts_with = "speaker_ca")]
+    speaker_plaintext: bool,
+
+    /// Full resync of every speaker, Eip and BgpPeer status at least this often (seconds).
+    #[arg(long, env = "BERTH_RESYNC_SECONDS", default_value_t = 60)]
+    resync_seconds: u64,
+
+    /// This replica's identity in the Lease and in Events (the Pod name).
+    #[arg(long, env = "POD_NAME", default_value = "berth-operator")]
+    identity: String,
+
+    /// The leader Lease's name.
+    #[arg(long, env = "BERTH_LEASE_NAME", default_value = "berth-operator")]
+    lease_name: String,
+
+    /// How long the Lease lasts without renewal (seconds); a standby takes over after it.
+    #[arg(long, env = "BERTH_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "BERTH_METRICS_ADDRESS", default_value = "0.0.0.0:9472")]
+    metrics_address: SocketAddr,
+
+    /// Log as JSON lines.
+    #[arg(long, env = "BERTH_LOG_JSON")]
+    log_json: bool,
+}
+
+fn read(path: &Option<PathBuf>, what: &str) -> anyhow::Result<Vec<u8>> {
+    let Some(p) = path else {
+        anyhow::bail!("{what} is required with --speaker-ca");
+    };
+    std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+
+    let speaker_tls = match (&args.speaker_ca, args.speaker_plaintext) {
+        (Some(_), _) => Some(berth_proto::ClientTls {
+            ca: read(&args.speaker_ca, "--speaker-ca")?,
+            cert: read(&args.speaker_cert, "--speaker-cert")?,
+            key: read(&args.speaker_key, "--speaker-key")?,
+            server_name: args.speaker_server_name.clone(),
+        }),
+        (None, true) => None,
+        (None, false) => anyhow::bail!(
+            "the speakers need mTLS: give --speaker-ca, --speaker-cert and --speaker-key \
+             (or --speaker-plaintext for a loopback lab)"
+        ),
+    };
+    let settings = Settings {
+        take_unclassed: args.take_unclassed,
+        namespace: args.namespace.clone(),
+        speaker_selector: args.speaker_selector.clone(),
+        speaker_port: args.speaker_port,
+        speaker_tls,
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+        identity: args.identity.clone(),
+        lease_name: args.lease_name.clone(),
+        lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
+    };
+
+    let metrics = Arc::new(Metrics::new());
+    let listener = tokio::net::TcpListener::bind(args.metrics_address)
+        .await
+        .with_context(|| format!("cannot listen on {} for metrics", args.metrics_address))?;
+    tokio::spawn(metrics::serve(listener, metrics.clone()));
+
+    let client = Client::try_default().await.context(
+        "cannot reach the Kubernetes API: set KUBECONFIG or run in a Pod with a service account",
+    )?;
+    // Standing by is a ready state: the Service in front of the operator is for metrics.
+    metrics.set_ready(true);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
+    let lead = tokio::select! {
+        l = Leadership::acquire(leases, &settings.lease_name, &settings.identity, settings.lease_duration) => l,
+        _ = shutdown() => return Ok(()),
+    };
+    metrics.set_leader(true);
+    metrics.set_ready(false);
+    tokio::select! {
+        r = controller::run(client, settings, metrics.clone()) => {
+            if let Err(e) = &r {
+                error!(error = %e, "controllers stopped");
+            }
+            r
+        }
+        why = lead.hold() => {
+            metrics.set_leader(false);
+            anyhow::bail!("leadership lost, exiting so a fresh leader rebuilds: {why}")
+        }
+        _ = shutdown() => {
+            info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }

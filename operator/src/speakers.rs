@@ -110,28 +110,7 @@ pub fn desired_state(
         .collect();
     let routes = routes
         .iter()
-        .filter_map(|(ip, hops)| {
-            let hops: Vec<&NextHop> = if self_mode {
-                hops.iter().filter(|h| mine.contains(&h.address)).collect()
-            } else {
-                hops.iter().collect()
-            };
-            if hops.is_empty() {
-                return None;
-            }
-            let len = if ip.is_ipv4() { 32 } else { 128 };
-            Some(v1::Route {
-                prefix: format!("{ip}/{len}"),
-                next_hops: hops
-                    .iter()
-                    .map(|h| v1::NextHop {
-                        address: h.address.to_string(),
-                        weight: h.weight.unwrap_or(0),
-                    })
-                    .collect(),
-                ..Default::default()
-            })
-        })
+        .filter_map(|(ip, hops)| route_for(*ip, hops, self_mode, &mine))
         .collect();
     Ok(v1::DesiredState {
         generation,
@@ -147,6 +126,41 @@ pub fn desired_state(
         peers,
         routes,
     })
+}
+
+/// One IP's route as a replica announces it; `None`: the replica does not announce it (no
+/// next hop, or in `self` mode not a next hop itself, among `mine`).
+pub fn route_for(
+    ip: IpAddr,
+    hops: &[NextHop],
+    self_mode: bool,
+    mine: &[IpAddr],
+) -> Option<v1::Route> {
+    let hops: Vec<&NextHop> = if self_mode {
+        hops.iter().filter(|h| mine.contains(&h.address)).collect()
+    } else {
+        hops.iter().collect()
+    };
+    if hops.is_empty() {
+        return None;
+    }
+    Some(v1::Route {
+        prefix: prefix_of(ip),
+        next_hops: hops
+            .iter()
+            .map(|h| v1::NextHop {
+                address: h.address.to_string(),
+                weight: h.weight.unwrap_or(0),
+            })
+            .collect(),
+        ..Default::default()
+    })
+}
+
+/// The host prefix of an IP, as the speaker's API writes it.
+pub fn prefix_of(ip: IpAddr) -> String {
+    let len = if ip.is_ipv4() { 32 } else { 128 };
+    format!("{ip}/{len}")
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod bgpconf;
 pub mod bgppeer;
 pub mod crd;
 pub mod eip;
+pub mod layer2;
 pub mod names;
 
 pub use bgpconf::{BgpConf, BgpConfSpec, BgpConfStatus, EcmpMode, GracefulRestart};
@@ -17,6 +18,7 @@ pub use bgppeer::{
     AddressFamily, BgpPeer, BgpPeerSpec, BgpPeerStatus, PeerSession, SecretKeyRef, SessionState,
 };
 pub use eip::{Eip, EipProtocol, EipSpec, EipStatus};
+pub use layer2::Layer2Assignment;
 
 /// The API group of every Berth resource.
 pub const GROUP: &str = "berth.dev";

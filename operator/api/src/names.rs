@@ -37,6 +37,10 @@ pub const ANNOTATION_WEIGHTED_ECMP: &str = "berth.dev/weighted-ecmp";
 /// Read-only for users; Berth rewrites it if edited.
 pub const ANNOTATION_ALLOCATED_POOL: &str = "berth.dev/allocated-pool";
 
+/// Annotation the operator writes on a Service holding Layer2 IPs: the
+/// [`Layer2Assignment`](crate::layer2::Layer2Assignment) the agents elect an owner from.
+pub const ANNOTATION_LAYER2: &str = "berth.dev/layer2";
+
 /// Finalizer the operator puts on every Service it assigned an IP to, so the IP is released
 /// (and withdrawn from routers) before the Service disappears.
 pub const FINALIZER_SERVICE: &str = "berth.dev/release-ip";

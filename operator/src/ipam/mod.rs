@@ -638,6 +638,11 @@ impl Ipam {
         }
     }
 
+    /// Every Service holding at least one IP, sorted.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.by_service.keys()
+    }
+
     /// A pool by name.
     pub fn pool(&self, name: &str) -> Option<&Pool> {
         self.pools.get(name)

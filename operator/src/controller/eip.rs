@@ -1,0 +1,149 @@
+//! Eips: their specs taken into the IPAM engine, and their status written back.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use berth_api::{Eip, EipStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use tracing::warn;
+
+use super::Context;
+use crate::convert;
+use crate::pools::{Facts, status};
+
+/// Brings the engine's pools in line with the Eips in the store. An edit the engine refuses
+/// (it would strand IPs in use) leaves the pool as it was and is remembered for the status.
+pub fn sync_pools(ctx: &Context) {
+    let eips = ctx.stores.eips.state();
+    let Ok(mut ipam) = ctx.shared.ipam.lock() else {
+        return;
+    };
+    let Ok(mut errors) = ctx.shared.pool_errors.lock() else {
+        return;
+    };
+    errors.retain(|name, _| eips.iter().any(|e| &e.name_any() == name));
+    for eip in &eips {
+        let name = eip.name_any();
+        let spec = match convert::pool_spec(eip) {
+            Ok(s) => s,
+            Err(e) => {
+                // Admission rejects malformed selectors; one that slips through is logged
+                // and the pool left as it was.
+                warn!(pool = %name, %e, "Eip not taken in");
+                continue;
+            }
+        };
+        if ipam.pool(&name).map(|p| p.spec()) == Some(&spec) {
+            errors.remove(&name);
+            continue;
+        }
+        match ipam.upsert_pool(spec) {
+            Ok(()) => {
+                errors.remove(&name);
+            }
+            Err(e) => {
+                errors.insert(name, e);
+            }
+        }
+    }
+    let gone: Vec<String> = ipam
+        .pools()
+        .map(|p| p.name().to_owned())
+        .filter(|n| !eips.iter().any(|e| &e.name_any() == n))
+        .collect();
+    for name in gone {
+        let kept = ipam.remove_pool(&name);
+        if !kept.is_empty() {
+            warn!(pool = %name, held = kept.len(), "pool deleted; its IPs stay with their Services");
+        }
+    }
+    ctx.shared.metrics.pools(&ipam);
+}
+
+/// The status every Eip should have now.
+pub fn statuses(ctx: &Context) -> Vec<(String, Option<EipStatus>, EipStatus)> {
+    let eips = ctx.stores.eips.state();
+    let node_addresses: Vec<(String, IpAddr)> = ctx
+        .stores
+        .nodes
+        .state()
+        .iter()
+        .flat_map(|n| {
+            let v = crate::nexthops::from_node(n);
+            v.internal_ips
+                .into_iter()
+                .map(move |ip| (v.name.clone(), ip))
+        })
+        .collect();
+    let mut defaults: Vec<String> = eips
+        .iter()
+        .filter(|e| e.spec.default)
+        .map(|e| e.name_any())
+        .collect();
+    defaults.sort();
+    let errors = ctx
+        .shared
+        .pool_errors
+        .lock()
+        .map(|e| e.clone())
+        .unwrap_or_default();
+    let Ok(ipam) = ctx.shared.ipam.lock() else {
+        return Vec::new();
+    };
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    eips.iter()
+        .map(|eip| {
+            let name = eip.name_any();
+            let previous = eip.status.clone();
+            let conditions = previous
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            let facts = Facts {
+                generation: eip.metadata.generation,
+                edit_error: errors.get(&name),
+                node_addresses: &node_addresses,
+                defaults: &defaults,
+                previous: &conditions,
+            };
+            let s = status(&name, &ipam, &facts, now.clone());
+            (name, previous, s)
+        })
+        .collect()
+}
+
+/// Writes Eip status when it changes, coalescing bursts (an allocation storm writes each
+/// pool's status about once a second, not once per IP).
+pub async fn status_writer(ctx: Arc<Context>) {
+    loop {
+        tokio::select! {
+            () = ctx.shared.eip_dirty.notified() => {}
+            () = tokio::time::sleep(ctx.settings.resync) => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        sync_pools(&ctx);
+        for (name, previous, wanted) in statuses(&ctx) {
+            if previous.as_ref() == Some(&wanted) {
+                continue;
+            }
+            let api: Api<Eip> = Api::all(ctx.client.clone());
+            let started = std::time::Instant::now();
+            let r = api
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "status": wanted })),
+                )
+                .await;
+            ctx.shared
+                .metrics
+                .reconciled("eip", started.elapsed().as_secs_f64(), r.is_err());
+            if let Err(e) = r {
+                warn!(pool = %name, %e, "could not write Eip status; retrying at the next change");
+            }
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! The Service controller: rebuilds the IPAM state from every Service's status, then
+//! reconciles each Service by carrying out its [`plan`](crate::plan::plan) and recomputing its
+//! next hops. An EndpointSlice change reconciles its one Service; a Node, Eip or BgpConf
+//! change reconciles them all (each is cheap when nothing changed: no write, no Event).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_api::{EipProtocol, Layer2Assignment, names};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{Context, Error, SyncEvent};
+use crate::convert::{self, claims};
+use crate::ipam::{Ipam, ServiceKey};
+use crate::nexthops::{self, NextHop, Rules, TrafficPolicy};
+use crate::plan::{Finalizer, Plan, Severity, plan};
+
+/// Lists every Service and every Eip and rebuilds the IPAM engine from their claims. Claims
+/// that conflict are reported as Warnings on the later Service; it gets a new IP when
+/// reconciled.
+pub async fn rebuild(ctx: &Context) -> Result<Vec<Service>, Error> {
+    let api: Api<Service> = Api::all(ctx.client.clone());
+    let mut all = Vec::new();
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let page = api.list(&params).await?;
+        all.extend(page.items);
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => params = params.continue_token(&c),
+            _ => break,
+        }
+    }
+    let pools: Vec<_> = ctx
+        .stores
+        .eips
+        .state()
+        .iter()
+        .filter_map(|e| convert::pool_spec(e).ok())
+        .collect();
+    let claims: Vec<_> = all
+        .iter()
+        .flat_map(|s| claims(s, ctx.settings.take_unclassed))
+        .collect();
+    let n = claims.len();
+    let (ipam, report) = Ipam::rebuild(pools, claims);
+    info!(
+        services = all.len(),
+        claims = n,
+        conflicts = report.conflicts.len(),
+        unpooled = report.unpooled.len(),
+        "IPAM state rebuilt from Service status"
+    );
+    for c in &report.conflicts {
+        warn!(%c, "claim refused at rebuild");
+        if let Some(svc) = all.iter().find(|s| {
+            s.metadata.namespace.as_deref() == Some(c.service.namespace.as_str())
+                && s.metadata.name.as_deref() == Some(c.service.name.as_str())
+        }) {
+            publish(
+                ctx,
+                svc,
+                EventType::Warning,
+                "IPConflict",
+                format!("{c}; the Service will be given another IP"),
+            )
+            .await;
+        }
+    }
+    ctx.shared.metrics.pools(&ipam);
+    if let Ok(mut held) = ctx.shared.ipam.lock() {
+        *held = ipam;
+    }
+    super::eip::sync_pools(ctx);
+    Ok(all)
+}
+
+/// Fills the route table from the rebuilt state, before any speaker is told anything.
+pub fn prime_routes(ctx: &Context, services: &[Service]) {
+    let mut n = 0;
+    for svc in services {
+        let key = ServiceKey::new(svc.namespace().unwrap_or_default(), svc.name_any());
+        let held = ctx
+            .shared
+            .ipam
+            .lock()
+            .map(|i| i.ips_of(&key).to_vec())
+            .unwrap_or_default();
+        if held.is_empty() {
+            continue;
+        }
+        let c = compute(svc, &held, ctx);
+        if let Ok(mut t) = ctx.shared.routes.lock() {
+            t.set(&key, c.bgp);
+            n += 1;
+        }
+    }
+    info!(services = n, "routes computed from the rebuilt state");
+}
+
+/// Runs the controller until it stops.
+pub async fn run(
+    ctx: Arc<Context>,
+    slice_events: impl Stream<Item = Result<EndpointSlice, watcher::Error>> + Send + 'static,
+    all: mpsc::UnboundedReceiver<()>,
+) -> anyhow::Result<()> {
+    let api: Api<Service> = Api::all(ctx.client.clone());
+    let all = tokio_stream_from(all);
+    let controller = Controller::new(api, watcher::Config::default());
+    tokio::spawn(sweeper(ctx.clone(), controller.store()));
+    controller
+        .watches_stream(slice_events, |slice| {
+            let ns = slice.metadata.namespace.clone();
+            slice
+                .labels()
+                .get(names::LABEL_SERVICE_NAME)
+                .map(|svc| ObjectRef::<Service>::new(svc).within(ns.as_deref().unwrap_or("")))
+        })
+        .reconcile_all_on(all)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+    Ok(())
+}
+
+fn tokio_stream_from(mut rx: mpsc::UnboundedReceiver<()>) -> impl Stream<Item = ()> + Send {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn error_policy(_svc: Arc<Service>, err: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(%err, "Service reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Reconciles one Service.
+#[tracing::instrument(skip_all, fields(service = %format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())))]
+pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    let result = reconcile_inner(&svc, &ctx).await;
+    ctx.shared
+        .metrics
+        .reconciled("service", start.elapsed().as_secs_f64(), result.is_err());
+    result
+}
+
+async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> {
+    let plan = {
+        let Ok(mut ipam) = ctx.shared.ipam.lock() else {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        };
+        let p = plan(svc, ctx.settings.take_unclassed, &mut ipam);
+        ctx.shared.metrics.pools(&ipam);
+        p
+    };
+    let changed_ipam = plan
+        .notes
+        .iter()
+        .any(|n| matches!(n.reason, "IPAllocated" | "IPReleased"));
+    carry_out(svc, &plan, ctx).await?;
+    if changed_ipam {
+        ctx.shared.eip_dirty.notify_one();
+    }
+    let routes = if plan.ours {
+        next_hops_of(svc, &plan, ctx).await?
+    } else {
+        Vec::new()
+    };
+    let changed = match ctx.shared.routes.lock() {
+        Ok(mut table) => table.set(&plan.key, routes),
+        Err(_) => Vec::new(),
+    };
+    if !changed.is_empty() {
+        let _ = ctx.shared.sync.send(SyncEvent::Routes(changed));
+    }
+    let failed = plan.notes.iter().any(|n| n.severity == Severity::Warning);
+    // A Service still waiting for an IP is retried even without a trigger, in case the
+    // pool it waits for frees up by a path we do not watch.
+    Ok(if failed {
+        Action::requeue(Duration::from_secs(60))
+    } else {
+        Action::await_change()
+    })
+}
+
+/// Writes the plan: finalizer (first when added, last when removed), annotation, status,
+/// Events.
+async fn carry_out(svc: &Service, plan: &Plan, ctx: &Context) -> Result<(), Error> {
+    let ns = svc.namespace().unwrap_or_default();
+    let name = svc.name_any();
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let pp = PatchParams::default();
+    let mut finalizers: Vec<String> = svc.finalizers().to_vec();
+    if plan.finalizer == Finalizer::Add || plan.allocated_pool.is_some() {
+        if plan.finalizer == Finalizer::Add {
+            finalizers.push(names::FINALIZER_SERVICE.to_owned());
+        }
+        let mut meta = json!({
+            // Optimistic concurrency: a finalizer list replaced by a merge patch must be
+            // the one we read.
+            "resourceVersion": svc.resource_version(),
+            "finalizers": finalizers,
+        });
+        if let Some(v) = &plan.allocated_pool {
+            meta["annotations"] = json!({ names::ANNOTATION_ALLOCATED_POOL: v });
+        }
+        if plan.finalizer != Finalizer::Remove {
+            api.patch(&name, &pp, &Patch::Merge(json!({ "metadata": meta })))
+                .await?;
+        }
+    }
+    if let Some(ips) = &plan.ingress {
+        let ingress: Vec<_> = ips
+            .iter()
+            .map(|ip| json!({ "ip": ip.to_string(), "ipMode": "VIP" }))
+            .collect();
+        api.patch_status(
+            &name,
+            &pp,
+            &Patch::Merge(json!({ "status": { "loadBalancer": { "ingress": ingress } } })),
+        )
+        .await?;
+    }
+    for note in &plan.notes {
+        let t = match note.severity {
+            Severity::Normal => EventType::Normal,
+            Severity::Warning => EventType::Warning,
+        };
+        publish(ctx, svc, t, note.reason, note.message.clone()).await;
+    }
+    if plan.finalizer == Finalizer::Remove {
+        finalizers.retain(|f| f != names::FINALIZER_SERVICE);
+        let mut meta = json!({
+            "resourceVersion": svc.resource_version(),
+            "finalizers": finalizers,
+        });
+        if let Some(v) = &plan.allocated_pool {
+            meta["annotations"] = json!({ names::ANNOTATION_ALLOCATED_POOL: v });
+        }
+        if svc.metadata.deletion_timestamp.is_none() {
+            meta["annotations"][names::ANNOTATION_LAYER2] = serde_json::Value::Null;
+        }
+        match api
+            .patch(&name, &pp, &Patch::Merge(json!({ "metadata": meta })))
+            .await
+        {
+            Ok(_) => {}
+            // Gone already: nothing left to release.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Records an Event on the Service; a failure is logged, never fatal (the status tells the
+/// same story).
+async fn publish(ctx: &Context, svc: &Service, t: EventType, reason: &str, note: String) {
+    let reference: ObjectReference = svc.object_ref(&());
+    let ev = Event {
+        type_: t,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+        warn!(%e, reason, "could not record Event");
+    }
+}
+
+/// What a Service's IPs need: BGP routes, the Layer2 candidates, and what to warn about.
+pub struct Computed {
+    /// BGP-mode IPs with their next hops (possibly none).
+    pub bgp: Vec<(IpAddr, Vec<NextHop>)>,
+    /// The Layer2 assignment, when the Service holds Layer2 IPs.
+    pub layer2: Option<Layer2Assignment>,
+    /// Eligible nodes without an address of the IP's family.
+    pub missing: Vec<String>,
+    /// The Service's traffic policy.
+    pub policy: TrafficPolicy,
+}
+
+/// Computes the next hops of `held` IPs of `svc` from the indexes; reads only this
+/// Service's EndpointSlices.
+pub fn compute(svc: &Service, held: &[IpAddr], ctx: &Context) -> Computed {
+    let conf = ctx
+        .stores
+        .confs
+        .get(&ObjectRef::new(names::BGPCONF_NAME))
+        .map(|c| c.spec.clone());
+    let selector = conf
+        .as_ref()
+        .and_then(|c| c.next_hop_node_selector.as_ref())
+        .and_then(|s| convert::selector(s, "spec.nextHopNodeSelector").ok());
+    let annotated = svc
+        .annotations()
+        .get(names::ANNOTATION_WEIGHTED_ECMP)
+        .map(|v| v.trim() == "true");
+    let weighted = annotated.unwrap_or(conf.as_ref().is_some_and(|c| c.weighted_ecmp));
+    let policy = match svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.external_traffic_policy.as_deref())
+    {
+        Some("Local") => TrafficPolicy::Local,
+        _ => TrafficPolicy::Cluster,
+    };
+    let nodes = ctx
+        .shared
+        .nodes
+        .lock()
+        .map(|n| n.clone())
+        .unwrap_or_default();
+    let key = ServiceKey::new(svc.namespace().unwrap_or_default(), svc.name_any());
+    let slices = ctx
+        .shared
+        .slices
+        .lock()
+        .map(|i| i.of(&key))
+        .unwrap_or_default();
+
+    let mut out = Computed {
+        bgp: Vec::new(),
+        layer2: None,
+        missing: Vec::new(),
+        policy,
+    };
+    for ip in held {
+        let rules = Rules {
+            policy,
+            weighted,
+            node_selector: selector.as_ref(),
+            ipv4: ip.is_ipv4(),
+        };
+        let endpoints = nexthops::endpoints(&slices, ip.is_ipv4());
+        let outcome = nexthops::next_hops(&nodes, &endpoints, &rules);
+        out.missing.extend(outcome.no_address.iter().cloned());
+        let pool = ctx
+            .shared
+            .ipam
+            .lock()
+            .ok()
+            .and_then(|i| i.pool_of(*ip).map(str::to_owned));
+        let eip = pool.and_then(|p| ctx.stores.eips.get(&ObjectRef::new(&p)));
+        match eip.as_ref().map(|e| &e.spec.protocol) {
+            Some(EipProtocol::Layer2) => {
+                let entry = out.layer2.get_or_insert_with(|| Layer2Assignment {
+                    interface: eip
+                        .as_ref()
+                        .and_then(|e| e.spec.interface.clone())
+                        .unwrap_or_default(),
+                    ..Default::default()
+                });
+                entry.ips.push(ip.to_string());
+                for hop in outcome.next_hops {
+                    if !entry.nodes.contains(&hop.node) {
+                        entry.nodes.push(hop.node);
+                    }
+                }
+                entry.nodes.sort();
+            }
+            _ => out.bgp.push((*ip, outcome.next_hops)),
+        }
+    }
+    out.missing.sort();
+    out.missing.dedup();
+    out
+}
+
+/// The BGP routes of a Service's IPs; for its Layer2 IPs, the candidate annotation is
+/// written instead.
+async fn next_hops_of(
+    svc: &Service,
+    plan: &Plan,
+    ctx: &Context,
+) -> Result<Vec<(IpAddr, Vec<NextHop>)>, Error> {
+    let c = compute(svc, &plan.held, ctx);
+    let ns = svc.namespace().unwrap_or_default();
+    let name = svc.name_any();
+    let current = svc.annotations().get(names::ANNOTATION_LAYER2).cloned();
+    let wanted = c.layer2.as_ref().map(Layer2Assignment::to_annotation);
+    if current != wanted && svc.metadata.deletion_timestamp.is_none() {
+        let api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({ "metadata": { "annotations": { names::ANNOTATION_LAYER2: wanted } } }),
+            ),
+        )
+        .await?;
+    }
+    let before = ctx
+        .shared
+        .routes
+        .lock()
+        .map(|t| c.bgp.iter().all(|(ip, _)| t.get(*ip).is_some()))
+        .unwrap_or(true);
+    let none_now = c.bgp.iter().any(|(_, h)| h.is_empty())
+        || c.layer2.as_ref().is_some_and(|l| l.nodes.is_empty());
+    // Said once when it happens, not on every reconcile while it lasts.
+    if none_now && (before || current != wanted) {
+        let why = match c.policy {
+            TrafficPolicy::Local => {
+                "no Ready node holds a ready endpoint of this Service (externalTrafficPolicy: Local)"
+            }
+            TrafficPolicy::Cluster => "no node is Ready, schedulable and not excluded",
+        };
+        publish(
+            ctx,
+            svc,
+            EventType::Warning,
+            "NoNextHop",
+            format!("nothing announced for this Service's IPs: {why}"),
+        )
+        .await;
+    }
+    if !c.missing.is_empty() {
+        publish(
+            ctx,
+            svc,
+            EventType::Warning,
+            "NodeWithoutAddress",
+            format!(
+                "nodes {} have no InternalIP of the Service IP's family and are left out",
+                c.missing.join(", ")
+            ),
+        )
+        .await;
+    }
+    Ok(c.bgp)
+}
+
+/// Services the engine holds IPs for but the API no longer has (deleted while their
+/// finalizer was forced off): released, so nothing leaks.
+pub fn sweep(ctx: &Context, present: &[ServiceKey]) -> Vec<ServiceKey> {
+    let Ok(mut ipam) = ctx.shared.ipam.lock() else {
+        return Vec::new();
+    };
+    let gone: Vec<ServiceKey> = ipam
+        .services()
+        .filter(|k| present.binary_search(k).is_err())
+        .cloned()
+        .collect();
+    for k in &gone {
+        ipam.release(k);
+        if let Ok(mut t) = ctx.shared.routes.lock() {
+            let changed = t.remove(k);
+            if !changed.is_empty() {
+                let _ = ctx.shared.sync.send(SyncEvent::Routes(changed));
+            }
+        }
+    }
+    gone
+}
+
+/// Every resync interval, releases what Services that vanished still hold.
+async fn sweeper(ctx: Arc<Context>, store: kube::runtime::reflector::Store<Service>) {
+    if store.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(ctx.settings.resync).await;
+        let mut present: Vec<ServiceKey> = store
+            .state()
+            .iter()
+            .map(|s| ServiceKey::new(s.namespace().unwrap_or_default(), s.name_any()))
+            .collect();
+        present.sort();
+        for k in sweep(&ctx, &present) {
+            info!(service = %k, "released the IPs of a Service that no longer exists");
+            ctx.shared.eip_dirty.notify_one();
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! The speaker sync: pushes each bgp-server replica its desired state over gRPC, and reads
+//! their sessions back into BgpPeer status and Events.
+//!
+//! One task owns every connection. A replica that is new, reconnected or restarted (its
+//! reported generation is behind ours) gets the full state with `Apply`; after that a route
+//! change goes out as `UpdateRoutes` with just the changed IPs, so an endpoint change reaches
+//! the router as one UPDATE. Everything is re-applied every resync interval (the speaker
+//! diffs, so an unchanged state sends nothing to the routers).
+//!
+//! Generations start at the wall clock in microseconds when this operator became leader and
+//! count up from there, so a new leader's pushes are never older than its predecessor's.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_api::{BgpPeer, BgpPeerStatus, PeerSession, SessionState, names};
+use berth_proto::v1;
+use berth_proto::v1::speaker_client::SpeakerClient;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tracing::{debug, info, warn};
+
+use super::{Context, SyncEvent};
+use crate::convert;
+use crate::speakers::{self, Peer, Replica, prefix_of, route_for};
+
+/// One bgp-server replica as found through its Pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    pod: String,
+    node: String,
+    endpoint: String,
+}
+
+struct Conn {
+    target: Target,
+    client: Option<SpeakerClient<Channel>>,
+    /// The full state was applied since the connection was made.
+    synced: bool,
+    /// Last sessions seen, by peer address.
+    sessions: BTreeMap<String, v1::PeerState>,
+}
+
+/// Runs the sync until the channel closes.
+pub async fn run(ctx: Arc<Context>, mut rx: mpsc::UnboundedReceiver<SyncEvent>) {
+    let mut generation = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(1),
+    )
+    .unwrap_or(1);
+    let mut conns: BTreeMap<String, Conn> = BTreeMap::new();
+    let mut resync = tokio::time::interval(ctx.settings.resync);
+    let mut status = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        let mut full = false;
+        let mut changed: BTreeSet<IpAddr> = BTreeSet::new();
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { return };
+                absorb(ev, &mut full, &mut changed);
+                // Everything queued meanwhile goes out in the same round.
+                while let Ok(ev) = rx.try_recv() {
+                    absorb(ev, &mut full, &mut changed);
+                }
+            }
+            _ = resync.tick() => full = true,
+            _ = status.tick() => {
+                collect_status(&ctx, &mut conns).await;
+                continue;
+            }
+        }
+        refresh_targets(&ctx, &mut conns);
+        for conn in conns.values_mut() {
+            generation += 1;
+            let r = if full || !conn.synced {
+                push_full(&ctx, conn, generation).await
+            } else if !changed.is_empty() {
+                push_routes(&ctx, conn, generation, &changed).await
+            } else {
+                Ok(())
+            };
+            if let Err(e) = r {
+                warn!(speaker = %conn.target.pod, endpoint = %conn.target.endpoint, error = %e,
+                    "speaker sync failed; reconnecting and resending everything next round");
+                ctx.shared.metrics.speaker_sync_error(&conn.target.pod);
+                conn.client = None;
+                conn.synced = false;
+            }
+        }
+        // A replica that failed is retried soon, not at the next resync.
+        if conns.values().any(|c| !c.synced) {
+            let sync = ctx.shared.sync.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let _ = sync.send(SyncEvent::Routes(Vec::new()));
+            });
+        }
+    }
+}
+
+fn absorb(ev: SyncEvent, full: &mut bool, changed: &mut BTreeSet<IpAddr>) {
+    match ev {
+        SyncEvent::Full => *full = true,
+        SyncEvent::Routes(ips) => changed.extend(ips),
+    }
+}
+
+/// The replicas: running bgp-server Pods with an address and a node.
+fn refresh_targets(ctx: &Context, conns: &mut BTreeMap<String, Conn>) {
+    let targets: BTreeMap<String, Target> = ctx
+        .stores
+        .pods
+        .state()
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            target(
+                p,
+                ctx.settings.speaker_port,
+                ctx.settings.speaker_tls.is_some(),
+            )
+        })
+        .map(|t| (t.pod.clone(), t))
+        .collect();
+    conns.retain(|pod, c| targets.get(pod) == Some(&c.target));
+    for (pod, t) in targets {
+        conns.entry(pod).or_insert_with(|| Conn {
+            target: t,
+            client: None,
+            synced: false,
+            sessions: BTreeMap::new(),
+        });
+    }
+}
+
+fn target(p: &Pod, port: u16, tls: bool) -> Option<Target> {
+    let status = p.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+    let host = match ip {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    let scheme = if tls { "https" } else { "http" };
+    Some(Target {
+        pod: p.name_any(),
+        node: p.spec.as_ref()?.node_name.clone()?,
+        endpoint: format!("{scheme}://{host}:{port}"),
+    })
+}
+
+async fn client(ctx: &Context, conn: &mut Conn) -> Result<SpeakerClient<Channel>, String> {
+    if let Some(c) = &conn.client {
+        return Ok(c.clone());
+    }
+    let uri = conn.target.endpoint.clone();
+    let c = match &ctx.settings.speaker_tls {
+        Some(tls) => berth_proto::connect_tls(uri.clone(), tls).await,
+        None => berth_proto::connect_plain(uri.clone()).await,
+    }
+    .map_err(|e| format!("cannot connect to {uri}: {e}"))?;
+    info!(speaker = %conn.target.pod, %uri, "connected to speaker");
+    conn.client = Some(c.clone());
+    Ok(c)
+}
+
+/// The replica's node as the desired state needs it.
+fn replica(ctx: &Context, node: &str) -> Replica {
+    let view = ctx
+        .stores
+        .nodes
+        .get(&ObjectRef::new(node))
+        .map(|n| crate::nexthops::from_node(&n));
+    Replica {
+        node: node.to_owned(),
+        labels: view.as_ref().map(|v| v.labels.clone()).unwrap_or_default(),
+        addresses: view.map(|v| v.internal_ips).unwrap_or_default(),
+    }
+}
+
+/// The BgpPeers with selectors read and passwords resolved; peers whose Secret is missing
+/// are left out (their status says why).
+fn peers(ctx: &Context) -> Vec<Peer> {
+    ctx.stores
+        .peers
+        .state()
+        .iter()
+        .filter_map(|p| {
+            let node_selector = match p.spec.node_selector.as_ref() {
+                Some(s) => Some(convert::selector(s, "spec.nodeSelector").ok()?),
+                None => None,
+            };
+            let password = match &p.spec.password_secret_ref {
+                None => None,
+                Some(r) => Some(password(ctx, r)?),
+            };
+            Some(Peer {
+                name: p.name_any(),
+                spec: p.spec.clone(),
+                node_selector,
+                password,
+            })
+        })
+        .collect()
+}
+
+fn password(ctx: &Context, r: &berth_api::SecretKeyRef) -> Option<String> {
+    let ns = r
+        .namespace
+        .clone()
+        .unwrap_or(ctx.settings.namespace.clone());
+    let secret = ctx
+        .stores
+        .secrets
+        .get(&ObjectRef::new(&r.name).within(&ns))?;
+    let bytes = secret.data.as_ref()?.get(&r.key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
+async fn push_full(ctx: &Context, conn: &mut Conn, generation: u64) -> Result<(), String> {
+    let Some(conf) = ctx.stores.confs.get(&ObjectRef::new(names::BGPCONF_NAME)) else {
+        debug!("no BgpConf named default: nothing to push");
+        return Ok(());
+    };
+    let routes = ctx
+        .shared
+        .routes
+        .lock()
+        .map(|t| t.all().clone())
+        .unwrap_or_default();
+    let state = speakers::desired_state(
+        generation,
+        &conf.spec,
+        &replica(ctx, &conn.target.node),
+        &peers(ctx),
+        &routes,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut c = client(ctx, conn).await?;
+    let r = c
+        .apply(v1::ApplyRequest { state: Some(state) })
+        .await
+        .map_err(|s| format!("Apply to {}: {}", conn.target.endpoint, s.message()))?
+        .into_inner();
+    debug!(speaker = %conn.target.pod, generation, routes_changed = r.routes_changed, "applied");
+    conn.synced = true;
+    Ok(())
+}
+
+async fn push_routes(
+    ctx: &Context,
+    conn: &mut Conn,
+    generation: u64,
+    changed: &BTreeSet<IpAddr>,
+) -> Result<(), String> {
+    let Some(conf) = ctx.stores.confs.get(&ObjectRef::new(names::BGPCONF_NAME)) else {
+        return Ok(());
+    };
+    let self_mode = conf.spec.ecmp_mode == berth_api::EcmpMode::SelfNextHop;
+    let mine = replica(ctx, &conn.target.node).addresses;
+    let mut req = v1::UpdateRoutesRequest {
+        generation,
+        ..Default::default()
+    };
+    if let Ok(table) = ctx.shared.routes.lock() {
+        for ip in changed {
+            match table
+                .get(*ip)
+                .and_then(|hops| route_for(*ip, hops, self_mode, &mine))
+            {
+                Some(r) => req.upsert.push(r),
+                None => req.remove.push(prefix_of(*ip)),
+            }
+        }
+    }
+    let mut c = client(ctx, conn).await?;
+    c.update_routes(req)
+        .await
+        .map_err(|s| format!("UpdateRoutes to {}: {}", conn.target.endpoint, s.message()))?;
+    Ok(())
+}
+
+/// Reads every replica's sessions and writes them into the BgpPeers' status; a session that
+/// comes up or goes down is an Event on its BgpPeer.
+async fn collect_status(ctx: &Context, conns: &mut BTreeMap<String, Conn>) {
+    let mut events: Vec<(String, EventType, &'static str, String)> = Vec::new();
+    for conn in conns.values_mut() {
+        let Ok(mut c) = client(ctx, conn).await else {
+            continue;
+        };
+        let state = match c.get_state(v1::GetStateRequest::default()).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                warn!(speaker = %conn.target.pod, error = %s.message(), "GetState failed");
+                conn.client = None;
+                conn.synced = false;
+                continue;
+            }
+        };
+        let now: BTreeMap<String, v1::PeerState> = state
+            .peers
+            .into_iter()
+            .map(|p| (p.address.clone(), p))
+            .collect();
+        for (addr, p) in &now {
+            let was = conn.sessions.get(addr).map(|o| o.state.as_str());
+            let up = p.state == "Established";
+            let was_up = was == Some("Established");
+            if up && !was_up {
+                events.push((
+                    addr.clone(),
+                    EventType::Normal,
+                    "SessionEstablished",
+                    format!(
+                        "{} (node {}) established a session with {addr}{}",
+                        conn.target.pod,
+                        conn.target.node,
+                        if p.add_path_ipv4 || p.add_path_ipv6 {
+                            ", ADD-PATH negotiated"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            } else if was_up && !up {
+                events.push((
+                    addr.clone(),
+                    EventType::Warning,
+                    "SessionDown",
+                    format!(
+                        "{} (node {}) lost its session with {addr}: {}",
+                        conn.target.pod,
+                        conn.target.node,
+                        if p.last_error.is_empty() {
+                            "no error reported"
+                        } else {
+                            p.last_error.as_str()
+                        }
+                    ),
+                ));
+            }
+        }
+        conn.sessions = now;
+    }
+
+    let api: Api<BgpPeer> = Api::all(ctx.client.clone());
+    for peer in ctx.stores.peers.state() {
+        let wanted = peer_status(ctx, &peer, conns);
+        if peer.status.as_ref() != Some(&wanted) {
+            let r = api
+                .patch_status(
+                    &peer.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "status": wanted })),
+                )
+                .await;
+            ctx.shared.metrics.reconciled("bgppeer", 0.0, r.is_err());
+            if let Err(e) = r {
+                warn!(peer = %peer.name_any(), %e, "could not write BgpPeer status");
+            }
+        }
+        for (addr, t, reason, note) in events.iter().filter(|e| e.0 == peer.spec.address) {
+            let reference: ObjectReference = peer.object_ref(&());
+            let ev = Event {
+                type_: *t,
+                reason: (*reason).to_owned(),
+                note: Some(note.clone()),
+                action: "Peer".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+                warn!(%e, peer = %addr, "could not record Event");
+            }
+        }
+    }
+}
+
+/// A BgpPeer's status from the sessions last read.
+fn peer_status(ctx: &Context, peer: &BgpPeer, conns: &BTreeMap<String, Conn>) -> BgpPeerStatus {
+    let selector = peer
+        .spec
+        .node_selector
+        .as_ref()
+        .and_then(|s| convert::selector(s, "spec.nodeSelector").ok());
+    let previous = peer.status.clone().unwrap_or_default();
+    let mut sessions = Vec::new();
+    for conn in conns.values() {
+        let r = replica(ctx, &conn.target.node);
+        if selector.as_ref().is_some_and(|s| !s.matches(&r.labels)) {
+            continue;
+        }
+        let seen = conn.sessions.get(&peer.spec.address);
+        let state = seen
+            .and_then(|p| serde_json::from_value::<SessionState>(json!(p.state)).ok())
+            .unwrap_or(SessionState::Idle);
+        let established_since = match (state, seen) {
+            (SessionState::Established, Some(p)) => previous
+                .sessions
+                .iter()
+                .find(|s| s.speaker == conn.target.pod && s.state == SessionState::Established)
+                .and_then(|s| s.established_since.clone())
+                .or_else(|| {
+                    let secs = i64::try_from(p.uptime_seconds).unwrap_or(0);
+                    k8s_openapi::jiff::Timestamp::now()
+                        .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(secs))
+                        .ok()
+                        .map(Time)
+                }),
+            _ => None,
+        };
+        sessions.push(PeerSession {
+            speaker: conn.target.pod.clone(),
+            node: Some(conn.target.node.clone()),
+            state,
+            established_since,
+            prefixes_announced: seen
+                .map(|p| i64::try_from(p.prefixes_announced).unwrap_or(i64::MAX))
+                .unwrap_or(0),
+            add_path: seen.is_some_and(|p| p.add_path_ipv4 || p.add_path_ipv6),
+            last_error: seen.map(|p| p.last_error.clone()).filter(|e| !e.is_empty()),
+        });
+    }
+    let up = sessions
+        .iter()
+        .filter(|s| s.state == SessionState::Established)
+        .count();
+    BgpPeerStatus {
+        session_summary: Some(format!("{up}/{}", sessions.len())),
+        sessions,
+        observed_generation: peer.metadata.generation,
+        conditions: previous.conditions,
+    }
+}

@@ -1,0 +1,141 @@
+//! In-memory indexes the controllers keep beside kube-runtime's stores, so one Service's
+//! reconcile reads only what concerns it: its EndpointSlices by Service, the Nodes already
+//! read into [`NodeView`]s. Fed from watch events; pure and tested without an API server.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use berth_api::names::LABEL_SERVICE_NAME;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::Event;
+
+use crate::ipam::ServiceKey;
+use crate::nexthops::{NodeView, from_node};
+
+/// EndpointSlices by the Service they belong to (label `kubernetes.io/service-name`).
+#[derive(Debug, Default)]
+pub struct SliceIndex {
+    by_service: BTreeMap<ServiceKey, BTreeMap<String, Arc<EndpointSlice>>>,
+    /// Slices seen during a relist, swapped in when it completes.
+    relist: Option<BTreeMap<ServiceKey, BTreeMap<String, Arc<EndpointSlice>>>>,
+}
+
+fn owner(slice: &EndpointSlice) -> Option<(ServiceKey, String)> {
+    let ns = slice.metadata.namespace.clone()?;
+    let svc = slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(LABEL_SERVICE_NAME)?
+        .clone();
+    Some((ServiceKey::new(ns, svc), slice.metadata.name.clone()?))
+}
+
+impl SliceIndex {
+    /// Applies one watch event; returns the Service whose slices changed, if any.
+    pub fn apply(&mut self, event: &Event<EndpointSlice>) -> Option<ServiceKey> {
+        match event {
+            Event::Init => {
+                self.relist = Some(BTreeMap::new());
+                None
+            }
+            Event::InitApply(s) => {
+                let (key, name) = owner(s)?;
+                if let Some(r) = self.relist.as_mut() {
+                    r.entry(key).or_default().insert(name, Arc::new(s.clone()));
+                }
+                None
+            }
+            Event::InitDone => {
+                if let Some(r) = self.relist.take() {
+                    self.by_service = r;
+                }
+                None
+            }
+            Event::Apply(s) => {
+                let (key, name) = owner(s)?;
+                self.by_service
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(name, Arc::new(s.clone()));
+                Some(key)
+            }
+            Event::Delete(s) => {
+                let (key, name) = owner(s)?;
+                if let Some(m) = self.by_service.get_mut(&key) {
+                    m.remove(&name);
+                    if m.is_empty() {
+                        self.by_service.remove(&key);
+                    }
+                }
+                Some(key)
+            }
+        }
+    }
+
+    /// The slices of one Service.
+    pub fn of(&self, service: &ServiceKey) -> Vec<EndpointSlice> {
+        self.by_service
+            .get(service)
+            .map(|m| m.values().map(|s| (**s).clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Number of Services with slices.
+    pub fn services(&self) -> usize {
+        self.by_service.len()
+    }
+}
+
+/// Every Node as the next-hop rules read it, rebuilt on each Node change, shared by every
+/// reconcile without copying.
+pub fn node_views<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Arc<Vec<NodeView>> {
+    let mut v: Vec<NodeView> = nodes.into_iter().map(from_node).collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    Arc::new(v)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn slice(ns: &str, svc: &str, name: &str) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": ns, "name": name, "labels": {LABEL_SERVICE_NAME: svc}},
+            "addressType": "IPv4",
+            "endpoints": [],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn slices_follow_their_service_through_changes_and_relists() {
+        let mut idx = SliceIndex::default();
+        let web = ServiceKey::new("shop", "web");
+        assert_eq!(
+            idx.apply(&Event::Apply(slice("shop", "web", "web-a"))),
+            Some(web.clone())
+        );
+        idx.apply(&Event::Apply(slice("shop", "web", "web-b")));
+        idx.apply(&Event::Apply(slice("shop", "db", "db-a")));
+        assert_eq!(idx.of(&web).len(), 2);
+        assert_eq!(
+            idx.apply(&Event::Delete(slice("shop", "web", "web-a"))),
+            Some(web.clone())
+        );
+        assert_eq!(idx.of(&web).len(), 1);
+        // A relist replaces everything only once it is complete.
+        idx.apply(&Event::Init);
+        idx.apply(&Event::InitApply(slice("shop", "db", "db-a")));
+        assert_eq!(idx.of(&web).len(), 1, "old view kept during the relist");
+        idx.apply(&Event::InitDone);
+        assert!(idx.of(&web).is_empty());
+        assert_eq!(idx.services(), 1);
+        // A slice without the label belongs to nobody.
+        let mut orphan = slice("shop", "x", "x-a");
+        orphan.metadata.labels = None;
+        assert_eq!(idx.apply(&Event::Apply(orphan)), None);
+    }
+}
