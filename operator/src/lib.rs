@@ -2,6 +2,7 @@
 //! decisions and the speakers' desired state, each pure and tested in memory; the
 //! Kubernetes-facing controllers in [`controller`] only carry them out.
 
+pub mod announce;
 pub mod controller;
 pub mod convert;
 pub mod index;

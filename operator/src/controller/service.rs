@@ -22,9 +22,10 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{Context, Error, SyncEvent};
+use crate::announce::{self, Computed};
 use crate::convert::{self, claims};
 use crate::ipam::{Ipam, ServiceKey};
-use crate::nexthops::{self, NextHop, Rules, TrafficPolicy};
+use crate::nexthops::{NextHop, TrafficPolicy};
 use crate::plan::{Finalizer, Plan, Severity, plan};
 
 /// Lists every Service and every Eip and rebuilds the IPAM engine from their claims. Claims
@@ -279,18 +280,6 @@ async fn publish(ctx: &Context, svc: &Service, t: EventType, reason: &str, note:
     }
 }
 
-/// What a Service's IPs need: BGP routes, the Layer2 candidates, and what to warn about.
-pub struct Computed {
-    /// BGP-mode IPs with their next hops (possibly none).
-    pub bgp: Vec<(IpAddr, Vec<NextHop>)>,
-    /// The Layer2 assignment, when the Service holds Layer2 IPs.
-    pub layer2: Option<Layer2Assignment>,
-    /// Eligible nodes without an address of the IP's family.
-    pub missing: Vec<String>,
-    /// The Service's traffic policy.
-    pub policy: TrafficPolicy,
-}
-
 /// Computes the next hops of `held` IPs of `svc` from the indexes; reads only this
 /// Service's EndpointSlices.
 pub fn compute(svc: &Service, held: &[IpAddr], ctx: &Context) -> Computed {
@@ -299,23 +288,6 @@ pub fn compute(svc: &Service, held: &[IpAddr], ctx: &Context) -> Computed {
         .confs
         .get(&ObjectRef::new(names::BGPCONF_NAME))
         .map(|c| c.spec.clone());
-    let selector = conf
-        .as_ref()
-        .and_then(|c| c.next_hop_node_selector.as_ref())
-        .and_then(|s| convert::selector(s, "spec.nextHopNodeSelector").ok());
-    let annotated = svc
-        .annotations()
-        .get(names::ANNOTATION_WEIGHTED_ECMP)
-        .map(|v| v.trim() == "true");
-    let weighted = annotated.unwrap_or(conf.as_ref().is_some_and(|c| c.weighted_ecmp));
-    let policy = match svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.external_traffic_policy.as_deref())
-    {
-        Some("Local") => TrafficPolicy::Local,
-        _ => TrafficPolicy::Cluster,
-    };
     let nodes = ctx
         .shared
         .nodes
@@ -329,53 +301,18 @@ pub fn compute(svc: &Service, held: &[IpAddr], ctx: &Context) -> Computed {
         .lock()
         .map(|i| i.of(&key))
         .unwrap_or_default();
-
-    let mut out = Computed {
-        bgp: Vec::new(),
-        layer2: None,
-        missing: Vec::new(),
-        policy,
-    };
-    for ip in held {
-        let rules = Rules {
-            policy,
-            weighted,
-            node_selector: selector.as_ref(),
-            ipv4: ip.is_ipv4(),
-        };
-        let endpoints = nexthops::endpoints(&slices, ip.is_ipv4());
-        let outcome = nexthops::next_hops(&nodes, &endpoints, &rules);
-        out.missing.extend(outcome.no_address.iter().cloned());
+    let layer2_interface = |ip: IpAddr| {
         let pool = ctx
             .shared
             .ipam
             .lock()
             .ok()
-            .and_then(|i| i.pool_of(*ip).map(str::to_owned));
-        let eip = pool.and_then(|p| ctx.stores.eips.get(&ObjectRef::new(&p)));
-        match eip.as_ref().map(|e| &e.spec.protocol) {
-            Some(EipProtocol::Layer2) => {
-                let entry = out.layer2.get_or_insert_with(|| Layer2Assignment {
-                    interface: eip
-                        .as_ref()
-                        .and_then(|e| e.spec.interface.clone())
-                        .unwrap_or_default(),
-                    ..Default::default()
-                });
-                entry.ips.push(ip.to_string());
-                for hop in outcome.next_hops {
-                    if !entry.nodes.contains(&hop.node) {
-                        entry.nodes.push(hop.node);
-                    }
-                }
-                entry.nodes.sort();
-            }
-            _ => out.bgp.push((*ip, outcome.next_hops)),
-        }
-    }
-    out.missing.sort();
-    out.missing.dedup();
-    out
+            .and_then(|i| i.pool_of(ip).map(str::to_owned))?;
+        let eip = ctx.stores.eips.get(&ObjectRef::new(&pool))?;
+        (eip.spec.protocol == EipProtocol::Layer2)
+            .then(|| eip.spec.interface.clone().unwrap_or_default())
+    };
+    announce::compute(svc, held, conf.as_ref(), &nodes, &slices, layer2_interface)
 }
 
 /// The BGP routes of a Service's IPs; for its Layer2 IPs, the candidate annotation is
