@@ -123,7 +123,11 @@ fn main() {
     let views = node_views(nodes.iter().map(|n| &**n));
     let services: Vec<Arc<Service>> = (0..SERVICES).map(|i| Arc::new(service(i))).collect();
     let mut placement: Vec<Vec<usize>> = (0..SERVICES)
-        .map(|_| (0..ENDPOINTS_PER_SERVICE).map(|_| rng.next(NODES)).collect())
+        .map(|_| {
+            (0..ENDPOINTS_PER_SERVICE)
+                .map(|_| rng.next(NODES))
+                .collect()
+        })
         .collect();
     let mut slices = SliceIndex::default();
     for (i, p) in placement.iter().enumerate() {
@@ -151,7 +155,8 @@ fn main() {
     let build_time = build.elapsed();
     let after = rss_kib("VmRSS:");
     let announced = routes.all().len();
-    let paths: usize = routes.all().values().map(Vec::len).sum();
+    let paths: usize = routes.all().values().map(|h| h.len()).sum();
+    let lists = routes.distinct_lists();
 
     let mut times: Vec<f64> = Vec::with_capacity(changes);
     let mut bytes = 0usize;
@@ -191,7 +196,7 @@ fn main() {
     };
     let _ = ServiceKey::new("", "");
     println!(
-        "{SERVICES} Services ({announced} IPs announced, {paths} paths), {NODES} nodes, {} endpoints; built in {:.2} s",
+        "{SERVICES} Services ({announced} IPs announced, {paths} paths in {lists} distinct lists), {NODES} nodes, {} endpoints; built in {:.2} s",
         SERVICES * ENDPOINTS_PER_SERVICE,
         build_time.as_secs_f64()
     );

@@ -59,7 +59,7 @@ pub fn desired_state(
     conf: &BgpConfSpec,
     replica: &Replica,
     peers: &[Peer],
-    routes: &BTreeMap<IpAddr, Vec<NextHop>>,
+    routes: &BTreeMap<IpAddr, crate::routes::Hops>,
 ) -> Result<v1::DesiredState, SpeakerError> {
     let router_id = match &conf.router_id {
         Some(id) => id.clone(),

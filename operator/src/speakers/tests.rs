@@ -31,14 +31,17 @@ fn hop(ip: &str, node: &str) -> NextHop {
     }
 }
 
-fn routes() -> BTreeMap<IpAddr, Vec<NextHop>> {
+fn routes() -> BTreeMap<IpAddr, crate::routes::Hops> {
     BTreeMap::from([
         (
             "198.51.100.10".parse().unwrap(),
-            vec![hop("10.0.0.11", "n1"), hop("10.0.0.12", "n2")],
+            vec![hop("10.0.0.11", "n1"), hop("10.0.0.12", "n2")].into(),
         ),
-        ("2001:db8::10".parse().unwrap(), vec![hop("fd00::12", "n2")]),
-        ("198.51.100.20".parse().unwrap(), vec![]),
+        (
+            "2001:db8::10".parse().unwrap(),
+            vec![hop("fd00::12", "n2")].into(),
+        ),
+        ("198.51.100.20".parse().unwrap(), Vec::new().into()),
     ])
 }
 
