@@ -67,7 +67,7 @@ fn service(i: usize) -> Service {
         "spec": {
             "type": "LoadBalancer",
             "loadBalancerClass": "berth.dev/berth",
-            "externalTrafficPolicy": if i % 2 == 0 { "Local" } else { "Cluster" },
+            "externalTrafficPolicy": if i.is_multiple_of(2) { "Local" } else { "Cluster" },
             "ipFamilies": ["IPv4"],
             "ports": [{"port": 443, "protocol": "TCP", "targetPort": 8443}],
             "selector": {"app": format!("app-{i}")},

@@ -231,7 +231,7 @@ mod tests {
         let all = || vec![hop("192.168.0.1", None), hop("192.168.0.2", None)];
         for i in 0..100 {
             t.set(
-                &ServiceKey::new("ns", &format!("s{i}")),
+                &ServiceKey::new("ns", format!("s{i}")),
                 vec![(ip(&format!("10.0.1.{i}")), all())],
             );
         }
@@ -244,7 +244,7 @@ mod tests {
         t.remove(&ServiceKey::new("ns", "s0"));
         assert_eq!(t.distinct_lists(), 1);
         for i in 1..100 {
-            t.remove(&ServiceKey::new("ns", &format!("s{i}")));
+            t.remove(&ServiceKey::new("ns", format!("s{i}")));
         }
         assert_eq!(t.distinct_lists(), 0);
         assert!(t.all().is_empty());
