@@ -12,6 +12,8 @@ pub mod eip;
 pub mod leader;
 pub mod service;
 pub mod speaker;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

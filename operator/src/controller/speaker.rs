@@ -19,7 +19,7 @@ use berth_api::{BgpPeer, BgpPeerStatus, PeerSession, SessionState, names};
 use berth_proto::v1;
 use berth_proto::v1::speaker_client::SpeakerClient;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -32,6 +32,9 @@ use tracing::{debug, info, warn};
 use super::{Context, SyncEvent};
 use crate::convert;
 use crate::speakers::{self, Peer, Replica, prefix_of, route_for};
+
+/// The BgpPeer condition saying whether its configuration could be used.
+pub const CONDITION_CONFIGURED: &str = "Configured";
 
 /// One bgp-server replica as found through its Pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,43 +194,78 @@ fn replica(ctx: &Context, node: &str) -> Replica {
     }
 }
 
-/// The BgpPeers with selectors read and passwords resolved; peers whose Secret is missing
-/// are left out (their status says why).
+/// The BgpPeers with selectors read and passwords resolved; peers whose configuration cannot
+/// be used are left out (their `Configured` condition says why).
 fn peers(ctx: &Context) -> Vec<Peer> {
     ctx.stores
         .peers
         .state()
         .iter()
-        .filter_map(|p| {
-            let node_selector = match p.spec.node_selector.as_ref() {
-                Some(s) => Some(convert::selector(s, "spec.nodeSelector").ok()?),
-                None => None,
-            };
-            let password = match &p.spec.password_secret_ref {
-                None => None,
-                Some(r) => Some(password(ctx, r)?),
-            };
-            Some(Peer {
-                name: p.name_any(),
-                spec: p.spec.clone(),
-                node_selector,
-                password,
-            })
-        })
+        .filter_map(|p| resolve(ctx, p).ok())
         .collect()
 }
 
-fn password(ctx: &Context, r: &berth_api::SecretKeyRef) -> Option<String> {
-    let ns = r
-        .namespace
-        .clone()
-        .unwrap_or(ctx.settings.namespace.clone());
-    let secret = ctx
-        .stores
-        .secrets
-        .get(&ObjectRef::new(&r.name).within(&ns))?;
-    let bytes = secret.data.as_ref()?.get(&r.key)?;
-    String::from_utf8(bytes.0.clone()).ok()
+/// A BgpPeer as the desired state needs it, or the condition reason and message saying what
+/// to fix.
+fn resolve(ctx: &Context, p: &BgpPeer) -> Result<Peer, (&'static str, String)> {
+    let node_selector = match p.spec.node_selector.as_ref() {
+        Some(s) => Some(
+            convert::selector(s, "spec.nodeSelector")
+                .map_err(|e| ("InvalidNodeSelector", e.to_string()))?,
+        ),
+        None => None,
+    };
+    let password = match &p.spec.password_secret_ref {
+        None => None,
+        Some(r) => Some(password(ctx, r)?),
+    };
+    Ok(Peer {
+        name: p.name_any(),
+        spec: p.spec.clone(),
+        node_selector,
+        password,
+    })
+}
+
+/// The TCP MD5 password from the referenced Secret.
+fn password(ctx: &Context, r: &berth_api::SecretKeyRef) -> Result<String, (&'static str, String)> {
+    let ours = &ctx.settings.namespace;
+    let ns = r.namespace.clone().unwrap_or(ours.clone());
+    if &ns != ours {
+        return Err((
+            "SecretMissing",
+            format!(
+                "spec.passwordSecretRef names namespace {ns}, but the operator reads Secrets only in {ours}: move the Secret there"
+            ),
+        ));
+    }
+    let Some(secret) = ctx.stores.secrets.get(&ObjectRef::new(&r.name).within(&ns)) else {
+        return Err((
+            "SecretMissing",
+            format!(
+                "Secret {ns}/{} (spec.passwordSecretRef) does not exist: create it with the password under key {:?}; the peer is not configured on any speaker until then",
+                r.name, r.key
+            ),
+        ));
+    };
+    let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(&r.key)) else {
+        return Err((
+            "SecretKeyMissing",
+            format!(
+                "Secret {ns}/{} has no key {:?} (spec.passwordSecretRef.key): add it or name the right key",
+                r.name, r.key
+            ),
+        ));
+    };
+    String::from_utf8(bytes.0.clone()).map_err(|_| {
+        (
+            "SecretKeyInvalid",
+            format!(
+                "Secret {ns}/{} key {:?} is not UTF-8 text: store the password as plain text",
+                r.name, r.key
+            ),
+        )
+    })
 }
 
 async fn push_full(ctx: &Context, conn: &mut Conn, generation: u64) -> Result<(), String> {
@@ -437,10 +475,49 @@ fn peer_status(ctx: &Context, peer: &BgpPeer, conns: &BTreeMap<String, Conn>) ->
         .iter()
         .filter(|s| s.state == SessionState::Established)
         .count();
+    let (status, reason, message) = match resolve(ctx, peer) {
+        Ok(_) => (
+            "True",
+            "Accepted",
+            "the peer is configured on every speaker its node selector matches".to_owned(),
+        ),
+        Err((reason, message)) => ("False", reason, message),
+    };
+    let since = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_CONFIGURED && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
     BgpPeerStatus {
         session_summary: Some(format!("{up}/{}", sessions.len())),
         sessions,
         observed_generation: peer.metadata.generation,
-        conditions: previous.conditions,
+        conditions: vec![Condition {
+            type_: CONDITION_CONFIGURED.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: peer.metadata.generation,
+            last_transition_time: since,
+        }],
     }
+}
+
+/// The peers as `push_full` reads them (for the controller tests).
+#[cfg(test)]
+pub(super) fn peers_for_tests(ctx: &Context) -> Vec<Peer> {
+    peers(ctx)
+}
+
+/// A replica on `node` (for the controller tests).
+#[cfg(test)]
+pub(super) fn replica_for_tests(ctx: &Context, node: &str) -> Replica {
+    replica(ctx, node)
+}
+
+/// A BgpPeer's status with no replica connected (for the controller tests).
+#[cfg(test)]
+pub(super) fn peer_status_for_tests(ctx: &Context, peer: &BgpPeer) -> BgpPeerStatus {
+    peer_status(ctx, peer, &BTreeMap::new())
 }

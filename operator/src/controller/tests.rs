@@ -1,0 +1,578 @@
+//! The Kubernetes-facing layer against a mock API server (tower-test): each test runs a real
+//! reconcile and checks the exact requests it sent, and the state it left for the speakers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_api::{BgpConf, BgpPeer, Eip, names};
+use http::{Request, Response};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::client::Body;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+
+use super::speaker::{CONDITION_CONFIGURED, peer_status_for_tests, peers_for_tests};
+use super::{Context, Settings, Shared, Stores, SyncEvent, service};
+use crate::index::{SliceIndex, node_views};
+use crate::ipam::{Ipam, PoolSpec, ServiceKey};
+use crate::metrics::Metrics;
+use crate::routes::RouteTable;
+use crate::speakers;
+
+/// One request as the mock API server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    body: Value,
+}
+
+/// A test world: the context a reconcile gets, the writers behind its stores, the requests
+/// sent and the speaker sync channel.
+struct World {
+    ctx: Arc<Context>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    sync: mpsc::UnboundedReceiver<SyncEvent>,
+    nodes: Writer<Node>,
+    peers: Writer<BgpPeer>,
+    secrets: Writer<Secret>,
+}
+
+fn store<K>() -> (reflector::Store<K>, Writer<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let w = Writer::default();
+    (w.as_reader(), w)
+}
+
+/// Answers every request the way the API server would for these tests: writes echo the
+/// object back (a PATCH of a Service returns a Service), everything else is 404.
+fn serve(
+    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) {
+    tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let method = req.method().to_string();
+            let path = req.uri().path().to_owned();
+            let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            seen.lock().unwrap().push(Seen {
+                method: method.clone(),
+                path: path.clone(),
+                body: body.clone(),
+            });
+            let reply = if path.contains("/services/") {
+                json!({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "8"}})
+            } else if method == "POST" || method == "PATCH" {
+                body
+            } else {
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "reason": "NotFound", "code": 404, "message": "not found"})
+            };
+            let code = if reply.get("code").is_some() {
+                404
+            } else {
+                200
+            };
+            let resp = Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap();
+            send.send_response(resp);
+        }
+    });
+}
+
+fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    serve(handle, seen.clone());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let claims: Vec<_> = claims_of
+        .iter()
+        .flat_map(|s| crate::convert::claims(s, false))
+        .collect();
+    let (ipam, _) = Ipam::rebuild(pools, claims);
+    let shared = Arc::new(Shared {
+        ipam: Mutex::new(ipam),
+        routes: Mutex::new(RouteTable::new()),
+        pool_errors: Mutex::new(BTreeMap::new()),
+        sync: tx,
+        eip_dirty: Notify::new(),
+        slices: Mutex::new(SliceIndex::default()),
+        nodes: Mutex::new(Arc::new(Vec::new())),
+        metrics: Arc::new(Metrics::default()),
+    });
+    let (nodes, node_w) = store::<Node>();
+    let (eips, _eip_w) = store::<Eip>();
+    let (confs, _conf_w) = store::<BgpConf>();
+    let (peers, peer_w) = store::<BgpPeer>();
+    let (pods, _pod_w) = store::<Pod>();
+    let (secrets, secret_w) = store::<Secret>();
+    let settings = Settings {
+        take_unclassed: false,
+        namespace: "berth-system".into(),
+        speaker_selector: "app.kubernetes.io/name=berth-bgp-server".into(),
+        speaker_port: 50051,
+        speaker_tls: None,
+        resync: Duration::from_secs(60),
+        identity: "berth-operator-0".into(),
+        lease_name: "berth-operator".into(),
+        lease_duration: Duration::from_secs(15),
+    };
+    let recorder = kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "berth-operator".into(),
+            instance: Some("berth-operator-0".into()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client,
+        settings,
+        shared,
+        stores: Stores {
+            nodes,
+            eips,
+            confs,
+            peers,
+            pods,
+            secrets,
+        },
+        recorder,
+    });
+    World {
+        ctx,
+        seen,
+        sync: rx,
+        nodes: node_w,
+        peers: peer_w,
+        secrets: secret_w,
+    }
+}
+
+impl World {
+    fn add_node(&mut self, name: &str, ip: &str, ready: bool, labels: Value) {
+        let n: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "status": {
+                "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}],
+                "addresses": [{"type": "InternalIP", "address": ip}],
+            }
+        }))
+        .unwrap();
+        self.nodes.apply_watcher_event(&watcher::Event::Apply(n));
+        let views = node_views(self.ctx.stores.nodes.state().iter().map(|n| &**n));
+        *self.ctx.shared.nodes.lock().unwrap() = views;
+    }
+
+    fn slice(&self, nodes: &[&str]) {
+        let eps: Vec<_> = nodes
+            .iter()
+            .map(|n| json!({"addresses": ["10.244.0.9"], "nodeName": n, "conditions": {"ready": true}}))
+            .collect();
+        let s: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": "web-abcde",
+                         "labels": {names::LABEL_SERVICE_NAME: "web"}},
+            "addressType": "IPv4",
+            "endpoints": eps,
+        }))
+        .unwrap();
+        self.ctx
+            .shared
+            .slices
+            .lock()
+            .unwrap()
+            .apply(&watcher::Event::Apply(s));
+    }
+
+    async fn reconcile(&self, svc: Service) {
+        service::reconcile(Arc::new(svc), self.ctx.clone())
+            .await
+            .expect("reconcile");
+    }
+
+    fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+
+    fn route(&self, ip: &str) -> Vec<String> {
+        let ip: IpAddr = ip.parse().unwrap();
+        self.ctx
+            .shared
+            .routes
+            .lock()
+            .unwrap()
+            .get(ip)
+            .map(|h| h.iter().map(|h| h.node.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn synced_ips(&mut self) -> Vec<IpAddr> {
+        let mut out = Vec::new();
+        while let Ok(ev) = self.sync.try_recv() {
+            if let SyncEvent::Routes(ips) = ev {
+                out.extend(ips);
+            }
+        }
+        out
+    }
+}
+
+fn pool(name: &str, address: &str) -> PoolSpec {
+    PoolSpec {
+        name: name.into(),
+        address: address.into(),
+        default: true,
+        ..Default::default()
+    }
+}
+
+fn web(policy: &str, extra: Value) -> Service {
+    let mut v = json!({
+        "metadata": {"namespace": "shop", "name": "web", "resourceVersion": "7",
+                     "uid": "11111111-2222-3333-4444-555555555555"},
+        "spec": {"type": "LoadBalancer", "loadBalancerClass": names::LOAD_BALANCER_CLASS,
+                 "externalTrafficPolicy": policy, "ipFamilies": ["IPv4"],
+                 "ports": [{"port": 80}]},
+    });
+    merge(&mut v, extra);
+    serde_json::from_value(v).unwrap()
+}
+
+fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+/// The Service as the API holds it after a successful allocation of `ip`.
+fn allocated(policy: &str, ip: &str) -> Service {
+    web(
+        policy,
+        json!({
+            "metadata": {"finalizers": [names::FINALIZER_SERVICE],
+                         "annotations": {names::ANNOTATION_ALLOCATED_POOL: "blue"}},
+            "status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}},
+        }),
+    )
+}
+
+fn events(seen: &[Seen]) -> Vec<(String, String)> {
+    seen.iter()
+        .filter(|s| s.method == "POST" && s.path.ends_with("/events"))
+        .map(|s| {
+            (
+                s.body["reason"].as_str().unwrap_or_default().to_owned(),
+                s.body["note"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_service_gets_finalizer_pool_ip_and_an_event_in_that_order() {
+    let mut w = world(vec![pool("blue", "198.51.100.8/30")], &[]);
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.reconcile(web("Cluster", json!({}))).await;
+    let seen = w.take();
+    let writes: Vec<_> = seen
+        .iter()
+        .filter(|s| s.path.contains("/services/"))
+        .collect();
+    assert_eq!(writes.len(), 2, "{seen:#?}");
+    assert_eq!(writes[0].method, "PATCH");
+    assert_eq!(writes[0].path, "/api/v1/namespaces/shop/services/web");
+    let meta = &writes[0].body["metadata"];
+    assert_eq!(
+        meta["resourceVersion"], "7",
+        "finalizer patch is conditional"
+    );
+    assert_eq!(meta["finalizers"], json!([names::FINALIZER_SERVICE]));
+    assert_eq!(
+        meta["annotations"][names::ANNOTATION_ALLOCATED_POOL],
+        "blue"
+    );
+    assert_eq!(
+        writes[1].path,
+        "/api/v1/namespaces/shop/services/web/status"
+    );
+    assert_eq!(
+        writes[1].body["status"]["loadBalancer"]["ingress"],
+        json!([{"ip": "198.51.100.9", "ipMode": "VIP"}])
+    );
+    assert_eq!(
+        events(&seen),
+        [(
+            "IPAllocated".to_owned(),
+            "assigned 198.51.100.9 from pool blue".to_owned()
+        )]
+    );
+    assert_eq!(w.route("198.51.100.9"), ["n1"]);
+    assert_eq!(w.synced_ips(), ["198.51.100.9".parse::<IpAddr>().unwrap()]);
+}
+
+#[tokio::test]
+async fn a_requested_ip_is_given_and_recorded() {
+    let mut w = world(vec![pool("blue", "198.51.100.8/29")], &[]);
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.reconcile(web(
+        "Cluster",
+        json!({"metadata": {"annotations": {names::ANNOTATION_REQUESTED_IP: "198.51.100.13"}}}),
+    ))
+    .await;
+    let seen = w.take();
+    let status = seen.iter().find(|s| s.path.ends_with("/status")).unwrap();
+    assert_eq!(
+        status.body["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "198.51.100.13"
+    );
+}
+
+#[tokio::test]
+async fn an_exhausted_pool_leaves_the_service_pending_with_a_warning_that_says_so() {
+    let holder = web("Cluster", json!({}));
+    let mut other = allocated("Cluster", "198.51.100.9");
+    other.metadata.name = Some("other".into());
+    let mut w = world(vec![pool("blue", "198.51.100.9/32")], &[other]);
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.reconcile(holder).await;
+    let seen = w.take();
+    assert!(
+        !seen.iter().any(|s| s.path.ends_with("/status")),
+        "no ingress written: {seen:#?}"
+    );
+    let ev = events(&seen);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].0, "AllocationFailed");
+    assert!(
+        ev[0].1.contains("pool blue exhausted: 1 of 1 in use"),
+        "{}",
+        ev[0].1
+    );
+    assert!(w.synced_ips().is_empty());
+}
+
+#[tokio::test]
+async fn deletion_releases_the_ip_withdraws_the_route_and_drops_the_finalizer() {
+    let svc = allocated("Cluster", "198.51.100.9");
+    let mut w = world(
+        vec![pool("blue", "198.51.100.8/30")],
+        std::slice::from_ref(&svc),
+    );
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.reconcile(svc.clone()).await;
+    assert_eq!(w.route("198.51.100.9"), ["n1"]);
+    w.take();
+    w.synced_ips();
+
+    let mut deleting = svc;
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    w.reconcile(deleting).await;
+    let seen = w.take();
+    let key = ServiceKey::new("shop", "web");
+    assert!(w.ctx.shared.ipam.lock().unwrap().ips_of(&key).is_empty());
+    assert!(w.route("198.51.100.9").is_empty());
+    assert_eq!(w.synced_ips(), ["198.51.100.9".parse::<IpAddr>().unwrap()]);
+    let last = seen
+        .iter()
+        .rev()
+        .find(|s| s.path == "/api/v1/namespaces/shop/services/web")
+        .unwrap();
+    assert_eq!(last.body["metadata"]["finalizers"], json!([]));
+    assert_eq!(last.body["metadata"]["resourceVersion"], "7");
+    assert_eq!(events(&seen)[0].0, "IPReleased");
+}
+
+#[tokio::test]
+async fn a_type_change_releases_the_ip_and_clears_status() {
+    let svc = allocated("Cluster", "198.51.100.9");
+    let mut w = world(
+        vec![pool("blue", "198.51.100.8/30")],
+        std::slice::from_ref(&svc),
+    );
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    let mut cluster_ip = svc;
+    cluster_ip.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
+    w.reconcile(cluster_ip).await;
+    let seen = w.take();
+    let key = ServiceKey::new("shop", "web");
+    assert!(w.ctx.shared.ipam.lock().unwrap().ips_of(&key).is_empty());
+    let status = seen.iter().find(|s| s.path.ends_with("/status")).unwrap();
+    assert_eq!(
+        status.body["status"]["loadBalancer"]["ingress"],
+        json!([]),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "PATCH" && s.body["metadata"]["finalizers"] == json!([]))
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_moving_moves_the_next_hop_with_no_write_to_the_service() {
+    let svc = allocated("Local", "198.51.100.9");
+    let mut w = world(
+        vec![pool("blue", "198.51.100.8/30")],
+        std::slice::from_ref(&svc),
+    );
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.add_node("n2", "10.0.0.12", true, json!({}));
+    w.slice(&["n1"]);
+    w.reconcile(svc.clone()).await;
+    assert_eq!(w.route("198.51.100.9"), ["n1"]);
+    w.take();
+    w.synced_ips();
+
+    w.slice(&["n2"]);
+    w.reconcile(svc).await;
+    assert_eq!(w.route("198.51.100.9"), ["n2"]);
+    assert_eq!(w.synced_ips(), ["198.51.100.9".parse::<IpAddr>().unwrap()]);
+    let seen = w.take();
+    assert!(
+        !seen.iter().any(|s| s.path.contains("/services/")),
+        "an endpoint move writes nothing to the Service: {seen:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_going_not_ready_leaves_the_next_hops() {
+    let svc = allocated("Cluster", "198.51.100.9");
+    let mut w = world(
+        vec![pool("blue", "198.51.100.8/30")],
+        std::slice::from_ref(&svc),
+    );
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.add_node("n2", "10.0.0.12", true, json!({}));
+    w.reconcile(svc.clone()).await;
+    assert_eq!(w.route("198.51.100.9"), ["n1", "n2"]);
+    w.add_node("n2", "10.0.0.12", false, json!({}));
+    w.reconcile(svc).await;
+    assert_eq!(w.route("198.51.100.9"), ["n1"]);
+}
+
+fn peer(name: &str, address: &str, selector: Option<Value>, secret: Option<&str>) -> BgpPeer {
+    let mut spec = json!({"address": address, "peerAsn": 65001});
+    if let Some(s) = selector {
+        spec["nodeSelector"] = s;
+    }
+    if let Some(s) = secret {
+        spec["passwordSecretRef"] = json!({"name": s, "key": "password"});
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "BgpPeer",
+        "metadata": {"name": name, "generation": 1}, "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn conf() -> berth_api::BgpConfSpec {
+    serde_json::from_value(json!({"asn": 64512})).unwrap()
+}
+
+#[tokio::test]
+async fn each_replica_gets_the_peers_its_node_matches_with_the_secrets_password() {
+    let mut w = world(vec![], &[]);
+    w.add_node("n1", "10.0.0.11", true, json!({"rack": "a"}));
+    w.add_node("n2", "10.0.0.12", true, json!({"rack": "b"}));
+    w.peers.apply_watcher_event(&watcher::Event::Apply(peer(
+        "tor-a",
+        "10.0.0.1",
+        Some(json!({"matchLabels": {"rack": "a"}})),
+        Some("bgp-auth"),
+    )));
+    w.peers.apply_watcher_event(&watcher::Event::Apply(peer(
+        "spine", "10.0.9.1", None, None,
+    )));
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "bgp-auth", "namespace": "berth-system"},
+        "data": {"password": "czNjcjN0"},
+    }))
+    .unwrap();
+    w.secrets
+        .apply_watcher_event(&watcher::Event::Apply(secret));
+
+    let peers = peers_for_tests(&w.ctx);
+    let routes = BTreeMap::new();
+    let of = |node: &str| {
+        let state = speakers::desired_state(
+            1,
+            &conf(),
+            &super::speaker::replica_for_tests(&w.ctx, node),
+            &peers,
+            &routes,
+        )
+        .unwrap();
+        state
+            .peers
+            .iter()
+            .map(|p| (p.address.clone(), p.password.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of("n1"),
+        [
+            ("10.0.0.1".to_owned(), "s3cr3t".to_owned()),
+            ("10.0.9.1".to_owned(), String::new())
+        ]
+    );
+    assert_eq!(of("n2"), [("10.0.9.1".to_owned(), String::new())]);
+}
+
+#[tokio::test]
+async fn a_peer_whose_secret_is_missing_is_left_out_and_its_condition_says_what_to_create() {
+    let mut w = world(vec![], &[]);
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    let p = peer("tor", "10.0.0.1", None, Some("bgp-auth"));
+    w.peers
+        .apply_watcher_event(&watcher::Event::Apply(p.clone()));
+    assert!(peers_for_tests(&w.ctx).is_empty());
+    let status = peer_status_for_tests(&w.ctx, &p);
+    let c = &status.conditions[0];
+    assert_eq!(c.type_, CONDITION_CONFIGURED);
+    assert_eq!(c.status, "False");
+    assert_eq!(c.reason, "SecretMissing");
+    assert!(
+        c.message
+            .contains("Secret berth-system/bgp-auth (spec.passwordSecretRef) does not exist"),
+        "{}",
+        c.message
+    );
+
+    // With the Secret but without the key: named too.
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "bgp-auth", "namespace": "berth-system"},
+        "data": {"pw": "czNjcjN0"},
+    }))
+    .unwrap();
+    w.secrets
+        .apply_watcher_event(&watcher::Event::Apply(secret));
+    let c = peer_status_for_tests(&w.ctx, &p).conditions[0].clone();
+    assert_eq!(c.reason, "SecretKeyMissing");
+    assert!(
+        c.message.contains("has no key \"password\""),
+        "{}",
+        c.message
+    );
+}
