@@ -5,6 +5,7 @@
 pub mod bird;
 pub mod frr;
 pub mod gobgp;
+pub mod lab;
 pub mod netns;
 pub mod pki;
 

@@ -38,6 +38,27 @@ impl Lab {
         }
     }
 
+    /// A lab with fixed namespace names (`prefix-name`), for the `lab` binary: a later
+    /// `lab down` finds them by name.
+    pub fn fixed(prefix: &str) -> Lab {
+        Lab {
+            prefix: prefix.to_owned(),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            pids: Vec::new(),
+        }
+    }
+
+    /// Keeps everything running past this guard (the lab was brought up and stays up);
+    /// returns the PIDs of the processes it started.
+    pub fn keep(mut self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.children.iter().map(Child::id).collect();
+        pids.append(&mut self.pids);
+        self.children.clear();
+        self.namespaces.clear();
+        pids
+    }
+
     /// Creates a namespace with loopback up; returns its full name.
     pub fn namespace(&mut self, name: &str) -> Result<String, String> {
         let ns = format!("{}-{name}", self.prefix);
@@ -115,11 +136,46 @@ impl Lab {
         args: &[&str],
         log: &std::path::Path,
     ) -> Result<u32, String> {
+        self.spawn_env(ns, program, args, &[], log)
+    }
+
+    /// Starts a process in this (the host's) namespace; it is killed on drop.
+    pub fn spawn_here(
+        &mut self,
+        program: &str,
+        args: &[&str],
+        log: &std::path::Path,
+    ) -> Result<u32, String> {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        self.start(cmd, program, log)
+    }
+
+    /// Starts a process inside a namespace with extra environment variables.
+    pub fn spawn_env(
+        &mut self,
+        ns: &str,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> Result<u32, String> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, program])
+            .args(args)
+            .envs(env.iter().copied());
+        self.start(cmd, program, log)
+    }
+
+    fn start(
+        &mut self,
+        mut cmd: Command,
+        program: &str,
+        log: &std::path::Path,
+    ) -> Result<u32, String> {
         let file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = file.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, program])
-            .args(args)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)

@@ -291,7 +291,10 @@ fn printer_columns_show_what_users_expect() {
 fn examples_are_accepted() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
     let mut seen = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
+    let files = std::fs::read_dir(&dir)
+        .unwrap()
+        .chain(std::fs::read_dir(dir.join("lab")).unwrap());
+    for entry in files {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|e| e != "yaml") {
             continue;
@@ -324,7 +327,7 @@ fn examples_are_accepted() {
         }
     }
     assert!(
-        seen >= 5,
+        seen >= 9,
         "expected the Eip, BgpConf and BgpPeer examples, checked {seen}"
     );
 }

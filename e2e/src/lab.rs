@@ -1,0 +1,774 @@
+//! The lab: the whole of Berth on one machine. Network namespaces for a router (FRR, or
+//! BIRD 2), three nodes, a client and a control plane; the in-memory API server (a test
+//! double, see [`crate::apiserver`]) in the control-plane namespace; the real `berth-operator`,
+//! one `berth-bgp-server` and one `berth-agent` per node, with mTLS material made for the run.
+//!
+//! ```text
+//!                 client (10.1.0.2) ── router (10.1.0.1 | br0 10.0.0.1, FRR AS 64513)
+//!                      └─ eth1 10.0.0.50 ─┐            │ bridge br0 10.0.0.0/24
+//!        ctl 10.0.0.100 (API server, operator)  node1 .11 (speaker, agent)  node2 .12  node3 .13
+//! ```
+//!
+//! The host reaches the API server through a forwarder on 127.0.0.1 (`kubectl` works from the
+//! host with the kubeconfig the lab writes); the namespaces reach it at 10.0.0.100:6443.
+//! Everything is removed on failure, on Ctrl-C, and by `lab down`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::bird::Bird;
+use crate::frr::{Frr, wait_for};
+use crate::netns::{Lab, run};
+use crate::pki;
+
+/// The nodes: name and address on the bridge.
+pub const NODES: [(&str, &str); 3] = [
+    ("node1", "10.0.0.11"),
+    ("node2", "10.0.0.12"),
+    ("node3", "10.0.0.13"),
+];
+/// The router's address on the nodes' bridge.
+pub const ROUTER: &str = "10.0.0.1";
+/// The control plane's address (API server, operator).
+pub const CONTROL: &str = "10.0.0.100";
+/// The API server's port inside the lab.
+pub const API_PORT: u16 = 6443;
+/// The client's address behind the router.
+pub const CLIENT: &str = "10.1.0.2";
+/// The client's address on the nodes' bridge (for Layer2 IPs).
+pub const CLIENT_L2: &str = "10.0.0.50";
+/// The port every node's demo server answers on with its node name.
+pub const SERVICE_PORT: u16 = 8080;
+
+/// Which router the lab runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterKind {
+    /// FRR (zebra + bgpd).
+    Frr,
+    /// BIRD 2.
+    Bird,
+}
+
+/// Where and how to build the lab.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Namespace name prefix (`blab` for the `lab` binary; tests add their PID).
+    pub prefix: String,
+    /// Configs, logs, certificates, kubeconfigs.
+    pub dir: PathBuf,
+    /// The router.
+    pub router: RouterKind,
+    /// Where the Berth binaries are.
+    pub bin_dir: PathBuf,
+    /// The repository root (for `config/crd/` and `examples/`).
+    pub repo: PathBuf,
+    /// The host port of the API server forwarder.
+    pub host_port: u16,
+}
+
+impl Spec {
+    fn bin(&self, name: &str) -> String {
+        self.bin_dir.join(name).display().to_string()
+    }
+
+    /// The kubeconfig for the host (`kubectl --kubeconfig ...`).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+}
+
+/// The router as the lab drives it.
+pub enum Router {
+    /// FRR.
+    Frr(Frr),
+    /// BIRD.
+    Bird(Bird),
+}
+
+/// A lab that is up.
+pub struct Running {
+    /// Namespaces and processes (removed on drop unless kept).
+    pub lab: Lab,
+    /// How it was built.
+    pub spec: Spec,
+    /// The router.
+    pub router: Router,
+    /// Namespace names.
+    pub ns: Namespaces,
+    /// The processes Berth runs.
+    pub procs: Procs,
+}
+
+/// The lab's namespace names.
+#[derive(Debug, Clone)]
+pub struct Namespaces {
+    /// The router.
+    pub router: String,
+    /// The nodes, in [`NODES`] order.
+    pub nodes: Vec<String>,
+    /// The client.
+    pub client: String,
+    /// The control plane.
+    pub control: String,
+}
+
+/// PIDs of Berth's processes (the `ip netns exec` wrappers).
+#[derive(Debug, Clone, Default)]
+pub struct Procs {
+    /// The in-memory API server.
+    pub apiserver: u32,
+    /// The operator.
+    pub operator: u32,
+    /// The speaker (on node1).
+    pub speaker: u32,
+    /// One agent per node, in [`NODES`] order (empty when the agent is not built).
+    pub agents: Vec<u32>,
+}
+
+fn e(x: impl std::fmt::Display) -> String {
+    x.to_string()
+}
+
+/// Builds the namespaces and links.
+fn topology(lab: &mut Lab) -> Result<Namespaces, String> {
+    let router = lab.namespace("r")?;
+    lab.bridge(&router, "br0", &[&format!("{ROUTER}/24"), "fd00:10::1/64"])?;
+    let mut nodes = Vec::new();
+    for (i, (_, addr)) in NODES.iter().enumerate() {
+        let node = lab.namespace(&format!("n{}", i + 1))?;
+        lab.plug(
+            &router,
+            "br0",
+            &format!("p{}", i + 1),
+            &node,
+            "eth0",
+            &[&format!("{addr}/24")],
+        )?;
+        lab.exec(&node, "ip", &["route", "add", "default", "via", ROUTER])?;
+        nodes.push(node);
+    }
+    let control = lab.namespace("ctl")?;
+    lab.plug(
+        &router,
+        "br0",
+        "pctl",
+        &control,
+        "eth0",
+        &[&format!("{CONTROL}/24")],
+    )?;
+    lab.exec(&control, "ip", &["route", "add", "default", "via", ROUTER])?;
+    let client = lab.namespace("c")?;
+    lab.link(
+        &router,
+        "to-c",
+        &["10.1.0.1/24"],
+        &client,
+        "eth0",
+        &[&format!("{CLIENT}/24")],
+    )?;
+    lab.plug(
+        &router,
+        "br0",
+        "pc",
+        &client,
+        "eth1",
+        &[&format!("{CLIENT_L2}/24")],
+    )?;
+    // Traffic to BGP IPs goes through the router; the bridge only carries Layer2 IPs.
+    lab.exec(
+        &client,
+        "ip",
+        &["route", "add", "default", "via", "10.1.0.1"],
+    )?;
+    for sysctl in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.fib_multipath_hash_policy=1",
+        "net.ipv4.conf.all.send_redirects=0",
+        "net.ipv4.conf.br0.send_redirects=0",
+    ] {
+        lab.exec(&router, "sysctl", &["-q", "-w", sysctl])?;
+    }
+    Ok(Namespaces {
+        router,
+        nodes,
+        client,
+        control,
+    })
+}
+
+fn frr_conf() -> String {
+    let mut c = String::from(
+        "frr defaults traditional
+hostname r
+router bgp 64513
+ bgp router-id 10.0.0.1
+ no bgp ebgp-requires-policy
+ no bgp network import-check
+ bgp graceful-restart
+ bgp bestpath as-path multipath-relax
+",
+    );
+    let (_, speaker) = NODES[0];
+    c.push_str(&format!(
+        " neighbor {speaker} remote-as 64512\n neighbor {speaker} timers 3 9\n address-family ipv4 unicast\n  neighbor {speaker} activate\n exit-address-family\n"
+    ));
+    c
+}
+
+fn bird_conf() -> String {
+    let (_, speaker) = NODES[0];
+    format!(
+        "router id {ROUTER};
+protocol device {{ }}
+protocol kernel {{ ipv4 {{ export all; }}; merge paths on limit 8; }}
+protocol bgp berth {{
+  local {ROUTER} as 64513;
+  neighbor {speaker} as 64512;
+  hold time 9; keepalive time 3;
+  graceful restart on;
+  ipv4 {{ import all; export none; add paths rx; }};
+}}
+"
+    )
+}
+
+fn kubeconfig(server: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: berth-lab
+  cluster: {{server: \"{server}\"}}
+users:
+- name: berth-lab
+  user: {{}}
+contexts:
+- name: berth-lab
+  context: {{cluster: berth-lab, user: berth-lab}}
+current-context: berth-lab
+"
+    )
+}
+
+/// Whether an HTTP GET of `/version` answers on `addr` (host side).
+fn api_answers(addr: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /version HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200")
+}
+
+/// Runs `kubectl` against the lab from the host.
+pub fn kubectl(spec: &Spec, args: &[&str]) -> Result<String, String> {
+    let kc = spec.kubeconfig().display().to_string();
+    let mut all = vec!["--kubeconfig", kc.as_str()];
+    all.extend_from_slice(args);
+    run("kubectl", &all)
+}
+
+/// Brings the lab up. On any failure everything built so far is removed (the returned
+/// error says which step failed and where its log is).
+pub fn up(spec: Spec) -> Result<Running, String> {
+    for b in [
+        "fake-apiserver",
+        "berth-operator",
+        "berth-bgp-server",
+        "lab",
+    ] {
+        if !spec.bin_dir.join(b).exists() {
+            return Err(format!(
+                "{b} is not built in {}: run `cargo build --workspace` first",
+                spec.bin_dir.display()
+            ));
+        }
+    }
+    std::fs::create_dir_all(&spec.dir).map_err(e)?;
+    let mut lab = Lab::fixed(&spec.prefix);
+    let ns = topology(&mut lab)?;
+
+    // mTLS material as production uses it: one CA, a server certificate for the speakers,
+    // a client certificate for the operator.
+    let pki_dir = spec.dir.join("pki");
+    let ca = pki::Ca::new("berth-lab-ca")?;
+    let speaker_leaf = ca.issue(&["berth-bgp-server"], true)?;
+    let operator_leaf = ca.issue(&["berth-operator"], false)?;
+    let (s_cert, s_key, ca_pem) = pki::write(&pki_dir, "speaker", &ca, &speaker_leaf)?;
+    let (o_cert, o_key, _) = pki::write(&pki_dir, "operator", &ca, &operator_leaf)?;
+
+    let router = match spec.router {
+        RouterKind::Frr => Router::Frr(Frr::start(&mut lab, &ns.router, &spec.dir, &frr_conf())?),
+        RouterKind::Bird => {
+            Router::Bird(Bird::start(&mut lab, &ns.router, &spec.dir, &bird_conf())?)
+        }
+    };
+
+    // The API server, in the control-plane namespace; the host reaches it through a Unix
+    // socket (filesystem paths cross network namespaces) and a forwarder on loopback.
+    let api_addr = format!("{CONTROL}:{API_PORT}");
+    let crds = spec.repo.join("config/crd").display().to_string();
+    let apiserver = lab.spawn(
+        &ns.control,
+        &spec.bin("fake-apiserver"),
+        &["--listen", &api_addr, "--crds", &crds],
+        &spec.dir.join("apiserver.log"),
+    )?;
+    let sock = spec.socket().display().to_string();
+    let _ = std::fs::remove_file(&sock);
+    let lab_bin = spec.bin("lab");
+    lab.spawn(
+        &ns.control,
+        &lab_bin,
+        &[
+            "forward",
+            "--listen",
+            &format!("unix:{sock}"),
+            "--to",
+            &api_addr,
+        ],
+        &spec.dir.join("forward-ctl.log"),
+    )?;
+    let host_addr = format!("127.0.0.1:{}", spec.host_port);
+    lab.spawn_here(
+        &lab_bin,
+        &[
+            "forward",
+            "--listen",
+            &host_addr,
+            "--to",
+            &format!("unix:{sock}"),
+        ],
+        &spec.dir.join("forward-host.log"),
+    )?;
+    wait_for(Duration::from_secs(20), || {
+        api_answers(&host_addr).then_some(())
+    })
+    .ok_or_else(|| {
+        format!(
+            "the API server did not answer on {host_addr}: see {}",
+            spec.dir.join("apiserver.log").display()
+        )
+    })?;
+    std::fs::write(
+        spec.kubeconfig(),
+        kubeconfig(&format!("http://{host_addr}")),
+    )
+    .map_err(e)?;
+    let lab_kubeconfig = spec.dir.join("kubeconfig-lab");
+    std::fs::write(&lab_kubeconfig, kubeconfig(&format!("http://{api_addr}"))).map_err(e)?;
+    let lab_kc = lab_kubeconfig.display().to_string();
+
+    apply_examples(&spec)?;
+
+    // The speaker on node1, as its StatefulSet Pod would run it (hostNetwork, mTLS).
+    let (speaker_node, speaker_addr) = NODES[0];
+    let state_dir = spec.dir.join("speaker-state");
+    std::fs::create_dir_all(&state_dir).map_err(e)?;
+    let speaker = lab.spawn(
+        &ns.nodes[0],
+        &spec.bin("berth-bgp-server"),
+        &[
+            "--grpc-listen",
+            &format!("{speaker_addr}:50051"),
+            "--tls-ca",
+            &ca_pem.display().to_string(),
+            "--tls-cert",
+            &s_cert.display().to_string(),
+            "--tls-key",
+            &s_key.display().to_string(),
+            "--state-dir",
+            &state_dir.display().to_string(),
+            "--metrics-addr",
+            &format!("{speaker_addr}:9474"),
+        ],
+        &spec.dir.join("speaker.log"),
+    )?;
+    let _ = speaker_node;
+
+    let operator = lab.spawn_env(
+        &ns.control,
+        &spec.bin("berth-operator"),
+        &[
+            "--take-unclassed",
+            "--speaker-ca",
+            &ca_pem.display().to_string(),
+            "--speaker-cert",
+            &o_cert.display().to_string(),
+            "--speaker-key",
+            &o_key.display().to_string(),
+            "--resync-seconds",
+            "30",
+            "--lease-seconds",
+            "5",
+            "--metrics-address",
+            &format!("{CONTROL}:9472"),
+        ],
+        &[
+            ("KUBECONFIG", lab_kc.as_str()),
+            ("POD_NAME", "berth-operator-0"),
+        ],
+        &spec.dir.join("operator.log"),
+    )?;
+
+    let mut agents = Vec::new();
+    if spec.bin_dir.join("berth-agent").exists() && agent_supported(&spec) {
+        for (i, (name, addr)) in NODES.iter().enumerate() {
+            let pid = lab.spawn_env(
+                &ns.nodes[i],
+                &spec.bin("berth-agent"),
+                &agent_args(&spec, addr),
+                &[("KUBECONFIG", lab_kc.as_str()), ("NODE_NAME", name)],
+                &spec.dir.join(format!("agent-{name}.log")),
+            )?;
+            agents.push(pid);
+        }
+    }
+
+    // The "Pods": one server per node answering with the node's name.
+    for (i, (name, _)) in NODES.iter().enumerate() {
+        lab.spawn(
+            &ns.nodes[i],
+            "python3",
+            &["-c", SERVER, name, &SERVICE_PORT.to_string()],
+            &spec.dir.join(format!("server-{name}.log")),
+        )?;
+    }
+
+    Ok(Running {
+        lab,
+        spec,
+        router,
+        ns,
+        procs: Procs {
+            apiserver,
+            operator,
+            speaker,
+            agents,
+        },
+    })
+}
+
+/// Whether the built agent has the flags the lab passes (it is built by another change).
+fn agent_supported(spec: &Spec) -> bool {
+    run(&spec.bin("berth-agent"), &["--help"])
+        .map(|h| {
+            h.contains("--kubeconfig") || h.contains("KUBECONFIG") || h.contains("--node-name")
+        })
+        .unwrap_or(false)
+}
+
+fn agent_args(_spec: &Spec, _addr: &str) -> Vec<&'static str> {
+    Vec::new()
+}
+
+/// Answers every connection with the node's name (argv 1) on port argv 2, on every address.
+pub const SERVER: &str = "import socket,sys
+s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', int(sys.argv[2]))); s.listen(256)
+while True:
+    c,_=s.accept()
+    try: c.sendall(sys.argv[1].encode())
+    except Exception: pass
+    c.close()";
+
+/// Opens N connections to ip:port from distinct source ports; prints `name=count ...`.
+pub const CONNECT: &str = "import socket,sys,collections,random
+ip,port,n=sys.argv[1],int(sys.argv[2]),int(sys.argv[3]); seen=collections.Counter(); base=random.randint(20000,50000)
+for i in range(n):
+    s=socket.socket(); s.settimeout(2)
+    try:
+        s.bind(('', base+i)); s.connect((ip, port)); seen[s.recv(16).decode() or 'empty']+=1
+    except Exception as e:
+        seen['error']+=1
+    s.close()
+print(' '.join(f'{k}={v}' for k,v in sorted(seen.items())))";
+
+/// Applies `examples/lab/*.yaml` with kubectl (server-side apply), then writes the status of
+/// the objects whose status the cluster itself would set (Nodes, the speaker's Pod).
+fn apply_examples(spec: &Spec) -> Result<(), String> {
+    let dir = spec.repo.join("examples/lab");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|x| format!("{}: {x}", dir.display()))?
+        .filter_map(|f| f.ok().map(|f| f.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    for f in &files {
+        let path = f.display().to_string();
+        kubectl(
+            spec,
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--validate=false",
+                "-f",
+                &path,
+            ],
+        )?;
+    }
+    for (name, addr) in NODES {
+        let status = format!(
+            r#"{{"status":{{"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady","message":"lab node"}}],"addresses":[{{"type":"InternalIP","address":"{addr}"}},{{"type":"Hostname","address":"{name}"}}]}}}}"#
+        );
+        kubectl(
+            spec,
+            &[
+                "patch",
+                "node",
+                name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status,
+            ],
+        )?;
+    }
+    let (node, addr) = NODES[0];
+    let _ = node;
+    let pod_status = format!(
+        r#"{{"status":{{"phase":"Running","podIP":"{addr}","hostIP":"{addr}","podIPs":[{{"ip":"{addr}"}}]}}}}"#
+    );
+    kubectl(
+        spec,
+        &[
+            "patch",
+            "pod",
+            "berth-bgp-server-0",
+            "-n",
+            "berth-system",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &pod_status,
+        ],
+    )?;
+    Ok(())
+}
+
+impl Running {
+    /// The first ingress IP of a Service, once it has one.
+    pub fn service_ip(&self, ns: &str, name: &str, timeout: Duration) -> Option<String> {
+        wait_for(timeout, || {
+            kubectl(
+                &self.spec,
+                &[
+                    "get",
+                    "svc",
+                    name,
+                    "-n",
+                    ns,
+                    "-o",
+                    "jsonpath={.status.loadBalancer.ingress[0].ip}",
+                ],
+            )
+            .ok()
+            .filter(|ip| !ip.trim().is_empty())
+            .map(|ip| ip.trim().to_owned())
+        })
+    }
+
+    /// The router kernel's route for `ip`, one line per next hop (`via a.b.c.d`).
+    pub fn router_next_hops(&self, ip: &str) -> Vec<String> {
+        let out = self
+            .lab
+            .exec(&self.ns.router, "ip", &["route", "show", ip])
+            .unwrap_or_default();
+        let mut hops: Vec<String> = out
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_owned())
+            .collect();
+        hops.sort();
+        hops
+    }
+
+    /// The router's route for `ip` as `ip route` prints it.
+    pub fn router_route(&self, ip: &str) -> String {
+        self.lab
+            .exec(&self.ns.router, "ip", &["route", "show", ip])
+            .unwrap_or_default()
+    }
+
+    /// Opens `n` connections from the client to ip:port; counts by answering node.
+    pub fn connect(&self, ip: &str, port: u16, n: usize) -> String {
+        self.lab
+            .exec(
+                &self.ns.client,
+                "python3",
+                &["-c", CONNECT, ip, &port.to_string(), &n.to_string()],
+            )
+            .unwrap_or_else(|x| x)
+            .trim()
+            .to_owned()
+    }
+
+    /// What `lab status` prints.
+    pub fn report(&self) -> String {
+        report(&self.spec, Some(self))
+    }
+}
+
+/// The lab in words and tables: pools, Services, peers, the router's routes and where 100
+/// connections from the client land.
+pub fn report(spec: &Spec, running: Option<&Running>) -> String {
+    let mut out = String::new();
+    let mut section = |title: &str, body: Result<String, String>| {
+        out.push_str(&format!("== {title}\n"));
+        match body {
+            Ok(b) => out.push_str(&b),
+            Err(x) => out.push_str(&format!("(unavailable: {x})\n")),
+        }
+        out.push('\n');
+    };
+    section(
+        "Address pools (kubectl get eip)",
+        kubectl(spec, &["get", "eip"]),
+    );
+    section(
+        "BGP peers (kubectl get bgppeer)",
+        kubectl(spec, &["get", "bgppeer"]),
+    );
+    section(
+        "Services (kubectl get svc -A -o wide)",
+        kubectl(spec, &["get", "svc", "-A", "-o", "wide"]),
+    );
+    let ips = kubectl(
+        spec,
+        &[
+            "get",
+            "svc",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.status.loadBalancer.ingress[*].ip}{\"\\n\"}{end}",
+        ],
+    )
+    .unwrap_or_default();
+    let router_ns = format!("{}-r", spec.prefix);
+    let client_ns = format!("{}-c", spec.prefix);
+    for ip in ips.split_whitespace() {
+        let route = run("ip", &["-n", &router_ns, "route", "show", ip]).unwrap_or_default();
+        section(
+            &format!("The router's route to {ip} (ip route show {ip})"),
+            Ok(if route.trim().is_empty() {
+                "(none: the IP is not announced, or it is a Layer2 IP on the bridge)\n".to_owned()
+            } else {
+                route
+            }),
+        );
+        let landed = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &client_ns,
+                "python3",
+                "-c",
+                CONNECT,
+                ip,
+                &SERVICE_PORT.to_string(),
+                "100",
+            ],
+        );
+        section(
+            &format!("100 connections from the client to {ip}:{SERVICE_PORT} landed on"),
+            landed,
+        );
+    }
+    let _ = running;
+    out
+}
+
+/// The state the `lab` binary keeps between `up` and `down`: PIDs outside the namespaces.
+pub fn save_pids(spec: &Spec, pids: &[u32]) -> Result<(), String> {
+    let text: Vec<String> = pids.iter().map(u32::to_string).collect();
+    std::fs::write(spec.dir.join("pids"), text.join("\n")).map_err(e)
+}
+
+/// Removes a lab by name: processes in its namespaces and those recorded in `pids`, the
+/// namespaces, the socket. Safe to run when nothing is left.
+pub fn down(spec: &Spec) -> Vec<String> {
+    let mut removed = Vec::new();
+    if let Ok(pids) = std::fs::read_to_string(spec.dir.join("pids")) {
+        for pid in pids.split_whitespace() {
+            if run("kill", &["-KILL", pid]).is_ok() {
+                removed.push(format!("process {pid}"));
+            }
+        }
+    }
+    let list = run("ip", &["netns", "list"]).unwrap_or_default();
+    let prefix = format!("{}-", spec.prefix);
+    for ns in list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+    {
+        for pid in run("ip", &["netns", "pids", ns])
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            let _ = run("kill", &["-KILL", pid]);
+        }
+        if run("ip", &["netns", "del", ns]).is_ok() {
+            removed.push(format!("namespace {ns}"));
+        }
+    }
+    let _ = std::fs::remove_file(spec.socket());
+    let _ = std::fs::remove_file(spec.dir.join("pids"));
+    removed
+}
+
+/// Copies bytes between two endpoints (`host:port` or `unix:/path`) for every connection.
+pub async fn forward(listen: &str, to: &str) -> std::io::Result<()> {
+    use tokio::io::{AsyncRead, AsyncWrite};
+    trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+    impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+    async fn connect(to: &str) -> std::io::Result<Box<dyn Io>> {
+        Ok(match to.strip_prefix("unix:") {
+            Some(p) => Box::new(tokio::net::UnixStream::connect(p).await?),
+            None => Box::new(tokio::net::TcpStream::connect(to).await?),
+        })
+    }
+    enum L {
+        Unix(tokio::net::UnixListener),
+        Tcp(tokio::net::TcpListener),
+    }
+    let l = match listen.strip_prefix("unix:") {
+        Some(p) => L::Unix(tokio::net::UnixListener::bind(p)?),
+        None => L::Tcp(tokio::net::TcpListener::bind(listen).await?),
+    };
+    loop {
+        let inbound: Box<dyn Io> = match &l {
+            L::Unix(l) => Box::new(l.accept().await?.0),
+            L::Tcp(l) => Box::new(l.accept().await?.0),
+        };
+        let to = to.to_owned();
+        tokio::spawn(async move {
+            let mut inbound = inbound;
+            if let Ok(mut out) = connect(&to).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+            }
+        });
+    }
+}
+
+/// The directory holding this executable (where cargo puts every workspace binary).
+pub fn own_bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("target/debug"))
+}
