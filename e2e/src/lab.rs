@@ -103,6 +103,8 @@ pub struct Running {
     pub ns: Namespaces,
     /// The processes Berth runs.
     pub procs: Procs,
+    operator_launch: Launch,
+    speaker_launch: Launch,
 }
 
 /// The lab's namespace names.
@@ -118,7 +120,42 @@ pub struct Namespaces {
     pub control: String,
 }
 
-/// PIDs of Berth's processes (the `ip netns exec` wrappers).
+/// How to start one of Berth's processes, kept so tests can restart it.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    ns: String,
+    program: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Launch {
+    fn start(&self, lab: &mut Lab) -> Result<u32, String> {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        // Restarts append to the same log.
+        let log = self.log.with_extension(format!(
+            "{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        ));
+        let log = if self.log.exists() {
+            log
+        } else {
+            self.log.clone()
+        };
+        lab.spawn_env(&self.ns, &self.program, &args, &env, &log)
+    }
+}
+
+/// PIDs of Berth's processes.
 #[derive(Debug, Clone, Default)]
 pub struct Procs {
     /// The in-memory API server.
@@ -373,54 +410,56 @@ pub fn up(spec: Spec) -> Result<Running, String> {
     apply_examples(&spec)?;
 
     // The speaker on node1, as its StatefulSet Pod would run it (hostNetwork, mTLS).
-    let (speaker_node, speaker_addr) = NODES[0];
+    let (_, speaker_addr) = NODES[0];
     let state_dir = spec.dir.join("speaker-state");
     std::fs::create_dir_all(&state_dir).map_err(e)?;
-    let speaker = lab.spawn(
-        &ns.nodes[0],
-        &spec.bin("berth-bgp-server"),
-        &[
-            "--grpc-listen",
-            &format!("{speaker_addr}:50051"),
-            "--tls-ca",
-            &ca_pem.display().to_string(),
-            "--tls-cert",
-            &s_cert.display().to_string(),
-            "--tls-key",
-            &s_key.display().to_string(),
-            "--state-dir",
-            &state_dir.display().to_string(),
-            "--metrics-addr",
-            &format!("{speaker_addr}:9474"),
+    let path = |p: &Path| p.display().to_string();
+    let speaker_launch = Launch {
+        ns: ns.nodes[0].clone(),
+        program: spec.bin("berth-bgp-server"),
+        args: vec![
+            "--grpc-listen".into(),
+            format!("{speaker_addr}:50051"),
+            "--tls-ca".into(),
+            path(&ca_pem),
+            "--tls-cert".into(),
+            path(&s_cert),
+            "--tls-key".into(),
+            path(&s_key),
+            "--state-dir".into(),
+            path(&state_dir),
+            "--metrics-addr".into(),
+            format!("{speaker_addr}:9474"),
         ],
-        &spec.dir.join("speaker.log"),
-    )?;
-    let _ = speaker_node;
+        env: Vec::new(),
+        log: spec.dir.join("speaker.log"),
+    };
+    let speaker = speaker_launch.start(&mut lab)?;
 
-    let operator = lab.spawn_env(
-        &ns.control,
-        &spec.bin("berth-operator"),
-        &[
-            "--take-unclassed",
-            "--speaker-ca",
-            &ca_pem.display().to_string(),
-            "--speaker-cert",
-            &o_cert.display().to_string(),
-            "--speaker-key",
-            &o_key.display().to_string(),
-            "--resync-seconds",
-            "30",
-            "--lease-seconds",
-            "5",
-            "--metrics-address",
-            &format!("{CONTROL}:9472"),
+    let operator_launch = Launch {
+        ns: ns.control.clone(),
+        program: spec.bin("berth-operator"),
+        args: vec![
+            "--speaker-ca".into(),
+            path(&ca_pem),
+            "--speaker-cert".into(),
+            path(&o_cert),
+            "--speaker-key".into(),
+            path(&o_key),
+            "--resync-seconds".into(),
+            "30".into(),
+            "--lease-seconds".into(),
+            "5".into(),
+            "--metrics-address".into(),
+            format!("{CONTROL}:9472"),
         ],
-        &[
-            ("KUBECONFIG", lab_kc.as_str()),
-            ("POD_NAME", "berth-operator-0"),
+        env: vec![
+            ("KUBECONFIG".into(), lab_kc.clone()),
+            ("POD_NAME".into(), "berth-operator-0".into()),
         ],
-        &spec.dir.join("operator.log"),
-    )?;
+        log: spec.dir.join("operator.log"),
+    };
+    let operator = operator_launch.start(&mut lab)?;
 
     let mut agents = Vec::new();
     if spec.bin_dir.join("berth-agent").exists() && agent_supported(&spec) {
@@ -457,6 +496,8 @@ pub fn up(spec: Spec) -> Result<Running, String> {
             speaker,
             agents,
         },
+        operator_launch,
+        speaker_launch,
     })
 }
 
@@ -614,6 +655,29 @@ impl Running {
             .unwrap_or_else(|x| x)
             .trim()
             .to_owned()
+    }
+
+    /// Stops the operator (SIGTERM, as a rollout does) and starts it again.
+    pub fn restart_operator(&mut self) -> Result<(), String> {
+        self.lab.terminate(self.procs.operator);
+        self.procs.operator = self.operator_launch.start(&mut self.lab)?;
+        Ok(())
+    }
+
+    /// Kills the speaker with SIGKILL (a crash).
+    pub fn crash_speaker(&mut self) {
+        self.lab.kill(self.procs.speaker);
+    }
+
+    /// Starts the speaker again (after [`Running::crash_speaker`]).
+    pub fn start_speaker(&mut self) -> Result<(), String> {
+        self.procs.speaker = self.speaker_launch.start(&mut self.lab)?;
+        Ok(())
+    }
+
+    /// Runs kubectl against this lab.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        kubectl(&self.spec, args)
     }
 
     /// What `lab status` prints.
