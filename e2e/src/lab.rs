@@ -836,3 +836,210 @@ pub fn own_bin_dir() -> PathBuf {
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from("target/debug"))
 }
+
+/// One HTTP/1.1 request to the lab's API server from the host; returns the status code.
+pub fn http(
+    spec: &Spec,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> Result<u16, String> {
+    let addr = format!("127.0.0.1:{}", spec.host_port);
+    let mut s = TcpStream::connect(&addr).map_err(|x| format!("{addr}: {x}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(e)?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: lab\r\nContent-Type: {content_type}\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).map_err(e)?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).map_err(e)?;
+    let code = std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("{method} {path}: not an HTTP answer"))?;
+    // Drain the rest so the server is not cut off mid-write.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    Ok(code)
+}
+
+/// Latency percentiles of a sample, in milliseconds.
+fn percentiles(mut v: Vec<f64>) -> String {
+    v.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    format!(
+        "p50 {:.0} ms, p99 {:.0} ms, min {:.0} ms, max {:.0} ms ({} runs)",
+        at(0.5),
+        at(0.99),
+        v.first().copied().unwrap_or(f64::NAN),
+        v.last().copied().unwrap_or(f64::NAN),
+        v.len()
+    )
+}
+
+impl Running {
+    /// The next hops the router's kernel holds for `ip` right now (one `ip` call).
+    fn hops_now(&self, ip: &str) -> Vec<String> {
+        self.router_next_hops(ip)
+    }
+
+    /// Waits until the router's kernel route for `ip` has exactly `want` next hops (sorted);
+    /// returns when it did, or `None` after `timeout`.
+    fn until_hops(
+        &self,
+        ip: &str,
+        want: &[String],
+        timeout: Duration,
+    ) -> Option<std::time::Instant> {
+        let end = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < end {
+            if self.hops_now(ip) == want {
+                return Some(std::time::Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        None
+    }
+
+    /// `lab bench`: with `background` Services announced, the time from creating a Service
+    /// (the API call) to the router's kernel holding its route with every next hop, and from
+    /// an endpoint change to the next-hop change, `reps` times each.
+    pub fn bench(&self, background: usize, reps: usize) -> Result<String, String> {
+        let spec = &self.spec;
+        let pool = "apiVersion: berth.dev/v1alpha1
+kind: Eip
+metadata: {name: bench}
+spec: {address: 198.18.0.0/20}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench}
+";
+        let f = spec.dir.join("bench-pool.yaml");
+        std::fs::write(&f, pool).map_err(e)?;
+        kubectl(
+            spec,
+            &[
+                "apply",
+                "--server-side",
+                "--validate=false",
+                "-f",
+                &f.display().to_string(),
+            ],
+        )?;
+        let all: Vec<String> = {
+            let mut v: Vec<String> = NODES.iter().map(|(_, a)| (*a).to_owned()).collect();
+            v.sort();
+            v
+        };
+        let service = |name: &str, ip: &str, policy: &str| {
+            format!(
+                r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}","namespace":"bench","annotations":{{"berth.dev/pool":"bench","berth.dev/ip":"{ip}"}}}},"spec":{{"type":"LoadBalancer","loadBalancerClass":"berth.dev/berth","externalTrafficPolicy":"{policy}","ports":[{{"port":8080}}]}}}}"#
+            )
+        };
+        let ip_of = |i: usize| format!("198.18.{}.{}", i / 250, i % 250 + 1);
+
+        // The background: `background` Services, all announced before measuring.
+        let start = std::time::Instant::now();
+        for i in 0..background {
+            let code = http(
+                spec,
+                "POST",
+                "/api/v1/namespaces/bench/services",
+                "application/json",
+                &service(&format!("bg-{i}"), &ip_of(i), "Cluster"),
+            )?;
+            if code != 201 && code != 200 {
+                return Err(format!("creating Service bench/bg-{i}: HTTP {code}"));
+            }
+        }
+        if background > 0
+            && self
+                .until_hops(&ip_of(background - 1), &all, Duration::from_secs(300))
+                .is_none()
+        {
+            return Err(format!(
+                "{background} background Services were not all announced within 300 s"
+            ));
+        }
+        let loaded = start.elapsed();
+
+        let mut create = Vec::new();
+        for r in 0..reps {
+            let i = background + r;
+            let ip = ip_of(i);
+            let t0 = std::time::Instant::now();
+            let code = http(
+                spec,
+                "POST",
+                "/api/v1/namespaces/bench/services",
+                "application/json",
+                &service(&format!("probe-{r}"), &ip, "Cluster"),
+            )?;
+            if code != 201 && code != 200 {
+                return Err(format!("creating Service bench/probe-{r}: HTTP {code}"));
+            }
+            let t1 = self
+                .until_hops(&ip, &all, Duration::from_secs(30))
+                .ok_or_else(|| format!("probe-{r} ({ip}) never reached the router"))?;
+            create.push((t1 - t0).as_secs_f64() * 1e3);
+        }
+
+        // Endpoint moves: one Local Service whose only endpoint hops between nodes.
+        let mover_ip = ip_of(background + reps);
+        let slice = |node: &str, addr: &str| {
+            format!(
+                r#"{{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{{"name":"mover-x","namespace":"bench","labels":{{"kubernetes.io/service-name":"mover"}}}},"addressType":"IPv4","endpoints":[{{"addresses":["{addr}"],"nodeName":"{node}","conditions":{{"ready":true}}}}]}}"#
+            )
+        };
+        http(
+            spec,
+            "POST",
+            "/apis/discovery.k8s.io/v1/namespaces/bench/endpointslices",
+            "application/json",
+            &slice(NODES[0].0, NODES[0].1),
+        )?;
+        http(
+            spec,
+            "POST",
+            "/api/v1/namespaces/bench/services",
+            "application/json",
+            &service("mover", &mover_ip, "Local"),
+        )?;
+        self.until_hops(&mover_ip, &[NODES[0].1.to_owned()], Duration::from_secs(30))
+            .ok_or_else(|| format!("mover ({mover_ip}) never reached the router"))?;
+        let mut moves = Vec::new();
+        for r in 0..reps {
+            let (node, addr) = NODES[(r + 1) % NODES.len()];
+            let t0 = std::time::Instant::now();
+            let code = http(
+                spec,
+                "PATCH",
+                "/apis/discovery.k8s.io/v1/namespaces/bench/endpointslices/mover-x",
+                "application/merge-patch+json",
+                &slice(node, addr),
+            )?;
+            if code != 200 {
+                return Err(format!("patching EndpointSlice bench/mover-x: HTTP {code}"));
+            }
+            let t1 = self
+                .until_hops(&mover_ip, &[addr.to_owned()], Duration::from_secs(30))
+                .ok_or_else(|| format!("the next hop of mover never moved to {node}"))?;
+            moves.push((t1 - t0).as_secs_f64() * 1e3);
+        }
+        Ok(format!(
+            "{background} background Services announced in {:.1} s\nService created -> router kernel route with {} next hops: {}\nendpoint moved -> router kernel next hop moved: {}\n",
+            loaded.as_secs_f64(),
+            all.len(),
+            percentiles(create),
+            percentiles(moves)
+        ))
+    }
+}

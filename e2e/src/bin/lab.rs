@@ -54,6 +54,16 @@ enum Command {
     Down,
     /// Show pools, Services, peers, the router's routes and where connections land.
     Status,
+    /// Measure, in a lab of its own: Service creation -> the router's kernel route, and
+    /// endpoint change -> next-hop change, with many Services announced.
+    Bench {
+        /// Services announced in the background while measuring.
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Repetitions of each measurement.
+        #[arg(long, default_value_t = 50)]
+        reps: usize,
+    },
     /// Copy bytes between two endpoints (`host:port` or `unix:/path`); the lab uses it to
     /// let the host reach the API server inside its namespace.
     #[command(hide = true)]
@@ -115,6 +125,16 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Status => {
             print!("{}", lab::report(&spec(RouterKind::Frr), None));
+            Ok(())
+        }
+        Command::Bench { services, reps } => {
+            let spec = spec(RouterKind::Frr);
+            lab::down(&spec);
+            let running = lab::up(spec.clone()).map_err(anyhow::Error::msg)?;
+            let report = running.bench(services, reps).map_err(anyhow::Error::msg);
+            drop(running);
+            lab::down(&spec);
+            print!("{}", report?);
             Ok(())
         }
         Command::Up { router } => {
