@@ -2,6 +2,7 @@
 //!
 //! Everything created here is removed when its guard drops, also when a test fails.
 
+pub mod apiserver;
 pub mod bird;
 pub mod frr;
 pub mod gobgp;

@@ -1,0 +1,443 @@
+//! HTTP: plain HTTP/1.1 with hyper, Kubernetes REST paths to store operations, JSON bodies,
+//! streamed watch bodies.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::Config;
+use super::discovery;
+use super::object::now_unix;
+use super::patch::PatchType;
+use super::resources::{Registry, ResourceType};
+use super::selector::{FieldSelector, LabelSelector, Selectors};
+use super::status::ApiError;
+use super::store::{Store, Sub};
+use super::table::{table, wants_table};
+use super::watch::{self, WatchSpec};
+
+/// Request bodies larger than this are refused (the real server's limit is 3 MiB too).
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// A response body: one buffer, or a watch stream.
+pub enum Body {
+    /// The whole body (taken when sent).
+    Full(Option<Bytes>),
+    /// Chunks until the sender ends.
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Full(None))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Body::Full(Some(b)) => http_body::SizeHint::with_exact(b.len() as u64),
+            Body::Full(None) => http_body::SizeHint::with_exact(0),
+            Body::Stream(_) => http_body::SizeHint::default(),
+        }
+    }
+}
+
+fn respond(code: u16, v: &Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(v).unwrap_or_default();
+    let mut r = Response::new(Body::Full(Some(Bytes::from(bytes))));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(e: &ApiError) -> Response<Body> {
+    respond(e.code(), &e.to_status())
+}
+
+/// `%XX` and `+` decoding of a query component.
+fn decode(s: &str) -> String {
+    fn hex(c: u8) -> Option<u8> {
+        (c as char).to_digit(16).map(|d| d as u8)
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_query(q: Option<&str>) -> HashMap<String, String> {
+    q.unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// Where a resource request points.
+struct Target<'r> {
+    rt: &'r ResourceType,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+/// Resolves the segments after `/api/v1` or `/apis/<group>/<version>`.
+fn resolve<'r>(
+    reg: &'r Registry,
+    group: &str,
+    version: &str,
+    segs: &[&str],
+) -> Result<Target<'r>, ApiError> {
+    let find = |p: &str| reg.find(group, version, p).ok_or(ApiError::NoSuchPath);
+    let namespaced_list = |segs: &[&str]| {
+        segs.len() >= 3
+            && segs[0] == "namespaces"
+            && reg
+                .find(group, version, segs[2])
+                .is_some_and(|t| t.namespaced)
+    };
+    let t = if namespaced_list(segs) {
+        Target {
+            rt: find(segs[2])?,
+            namespace: Some(segs[1].to_owned()),
+            name: segs.get(3).map(|s| (*s).to_owned()),
+            sub: segs.get(4).map(|s| (*s).to_owned()),
+        }
+    } else {
+        match segs {
+            [p] | [p, _] | [p, _, _] => Target {
+                rt: find(p)?,
+                namespace: None,
+                name: segs.get(1).map(|s| (*s).to_owned()),
+                sub: segs.get(2).map(|s| (*s).to_owned()),
+            },
+            _ => return Err(ApiError::NoSuchPath),
+        }
+    };
+    if segs.len() > 5 || (t.rt.namespaced && t.namespace.is_none() && t.name.is_some()) {
+        return Err(ApiError::NoSuchPath);
+    }
+    if !t.rt.namespaced && t.namespace.is_some() {
+        return Err(ApiError::NoSuchPath);
+    }
+    match t.sub.as_deref() {
+        None => {}
+        Some("status") if t.rt.status => {}
+        Some(_) => return Err(ApiError::NoSuchPath),
+    }
+    Ok(t)
+}
+
+/// The server: the kinds it serves, the store, and its settings.
+pub struct Server {
+    /// Served kinds.
+    pub registry: Registry,
+    /// Objects.
+    pub store: Arc<Store>,
+    /// Settings.
+    pub config: Config,
+}
+
+impl Server {
+    /// Answers one request (errors become Status responses).
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let resp = match self.route(req).await {
+            Ok(r) => r,
+            Err(e) => error(&e),
+        };
+        if self.config.log_requests {
+            eprintln!("{method} {uri} -> {}", resp.status().as_u16());
+        }
+        resp
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let path = req.uri().path().trim_end_matches('/').to_owned();
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let get = req.method() == Method::GET;
+        let reg = &self.registry;
+        match segs.as_slice() {
+            ["version"] if get => return Ok(respond(200, &discovery::version())),
+            ["healthz" | "readyz" | "livez"] if get => {
+                let mut r = Response::new(Body::Full(Some(Bytes::from_static(b"ok"))));
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/plain"),
+                );
+                return Ok(r);
+            }
+            ["api"] if get => return Ok(respond(200, &discovery::core_versions())),
+            ["api", "v1"] if get => return Ok(respond(200, &discovery::resources(reg, "", "v1"))),
+            ["apis"] if get => return Ok(respond(200, &discovery::groups(reg))),
+            ["apis", g] if get => {
+                return discovery::one_group(reg, g)
+                    .map(|v| respond(200, &v))
+                    .ok_or(ApiError::NoSuchPath);
+            }
+            ["apis", g, v] if get && reg.has_group_version(g, v) => {
+                return Ok(respond(200, &discovery::resources(reg, g, v)));
+            }
+            ["api", "v1", rest @ ..] if !rest.is_empty() => {
+                let t = resolve(reg, "", "v1", rest)?;
+                return self.resource(t, req).await;
+            }
+            ["apis", g, v, rest @ ..] if !rest.is_empty() => {
+                let t = resolve(reg, g, v, rest)?;
+                return self.resource(t, req).await;
+            }
+            _ => {}
+        }
+        Err(ApiError::NoSuchPath)
+    }
+
+    async fn resource(
+        &self,
+        t: Target<'_>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ApiError> {
+        let q = parse_query(req.uri().query());
+        if q.get("dryRun").is_some_and(|v| !v.is_empty()) {
+            return Err(ApiError::BadRequest(
+                "dryRun is not supported by this test double (berth-e2e fake-apiserver)".into(),
+            ));
+        }
+        let header = |h: hyper::header::HeaderName| {
+            req.headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let accept = header(hyper::header::ACCEPT);
+        let content_type = header(hyper::header::CONTENT_TYPE);
+        let method = req.method().clone();
+        let body = read_body(req.into_body()).await?;
+        let rt = t.rt;
+        let ns = t.namespace.clone().unwrap_or_default();
+        let sub = if t.sub.is_some() {
+            Sub::Status
+        } else {
+            Sub::Main
+        };
+        let store = &self.store;
+        match (method, t.name.as_deref()) {
+            (Method::GET, None) => {
+                let selectors = Selectors {
+                    labels: LabelSelector::parse(q.get("labelSelector").map_or("", |s| s))?,
+                    fields: FieldSelector::parse(q.get("fieldSelector").map_or("", |s| s))?,
+                };
+                let flag = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
+                if flag("watch") {
+                    let rv = match q.get("resourceVersion").map(String::as_str) {
+                        None | Some("") => None,
+                        Some(s) => Some(s.parse::<u64>().map_err(|_| {
+                            ApiError::BadRequest(format!("invalid resourceVersion {s:?}"))
+                        })?),
+                    };
+                    let timeout = q
+                        .get("timeoutSeconds")
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .map(Duration::from_secs)
+                        .unwrap_or(self.config.max_watch)
+                        .min(self.config.max_watch);
+                    let spec = WatchSpec {
+                        rt: rt.clone(),
+                        namespace: t.namespace.clone(),
+                        selectors,
+                        resource_version: rv,
+                        send_initial_events: flag("sendInitialEvents"),
+                        bookmarks: flag("allowWatchBookmarks"),
+                        timeout,
+                        bookmark_every: self.config.bookmark_every,
+                    };
+                    let rx = watch::start(store.clone(), spec);
+                    let mut r = Response::new(Body::Stream(rx));
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    return Ok(r);
+                }
+                let (items, rv) = store.list(rt, t.namespace.as_deref(), &selectors);
+                if wants_table(&accept) {
+                    return Ok(respond(200, &table(rt, &items, rv, now_unix())));
+                }
+                Ok(respond(
+                    200,
+                    &json!({
+                        "kind": format!("{}List", rt.kind),
+                        "apiVersion": rt.api_version(),
+                        "metadata": { "resourceVersion": rv.to_string() },
+                        "items": items,
+                    }),
+                ))
+            }
+            (Method::GET, Some(name)) => {
+                let o = store.get(rt, &ns, name)?;
+                if wants_table(&accept) {
+                    return Ok(respond(
+                        200,
+                        &table(rt, &[o], store.current_rv(), now_unix()),
+                    ));
+                }
+                Ok(respond(200, &o))
+            }
+            (Method::POST, None) if t.sub.is_none() => {
+                if rt.namespaced && t.namespace.is_none() {
+                    return Err(ApiError::MethodNotAllowed);
+                }
+                let o = store.create(rt, &ns, parse_object(&body)?)?;
+                Ok(respond(201, &o))
+            }
+            (Method::PUT, Some(name)) => {
+                let o = store.update(rt, &ns, name, parse_object(&body)?, sub)?;
+                Ok(respond(200, &o))
+            }
+            (Method::PATCH, Some(name)) => {
+                let pt = PatchType::from_content_type(&content_type)?;
+                let patch = pt.parse_body(&body)?;
+                let (o, created) = store.patch(rt, &ns, name, pt, &patch, sub)?;
+                Ok(respond(if created { 201 } else { 200 }, &o))
+            }
+            (Method::DELETE, Some(name)) if t.sub.is_none() => {
+                let options = if body.is_empty() {
+                    json!({})
+                } else {
+                    parse_object(&body)?
+                };
+                let o = store.delete(rt, &ns, name, &options)?;
+                Ok(respond(200, &o))
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        }
+    }
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, MAX_BODY);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::TooLarge)
+        }
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "cannot read the request body: {e}"
+        ))),
+    }
+}
+
+/// A JSON (or YAML) object body.
+fn parse_object(body: &[u8]) -> Result<Value, ApiError> {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(json_err) => serde_yaml_ng::from_slice(body).map_err(|_| {
+            ApiError::BadRequest(format!("the request body is not a JSON object: {json_err}"))
+        })?,
+    };
+    if !v.is_object() {
+        return Err(ApiError::BadRequest(
+            "the request body must be an object".into(),
+        ));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_components_are_decoded() {
+        let q = parse_query(Some("labelSelector=app%3Dweb%2Ctier+in+%28a%29&watch=1&x"));
+        assert_eq!(
+            q.get("labelSelector").map(String::as_str),
+            Some("app=web,tier in (a)")
+        );
+        assert_eq!(q.get("watch").map(String::as_str), Some("1"));
+        assert_eq!(q.get("x").map(String::as_str), Some(""));
+        assert_eq!(decode("100%"), "100%");
+        assert_eq!(decode("%4"), "%4");
+    }
+
+    #[test]
+    fn paths_resolve_to_resources() -> Result<(), ApiError> {
+        let reg = Registry::builtin();
+        let t = resolve(
+            &reg,
+            "",
+            "v1",
+            &["namespaces", "demo", "services", "web", "status"],
+        )?;
+        assert_eq!(
+            (
+                t.rt.plural.as_str(),
+                t.namespace.as_deref(),
+                t.name.as_deref(),
+                t.sub.as_deref()
+            ),
+            ("services", Some("demo"), Some("web"), Some("status"))
+        );
+        let t = resolve(&reg, "", "v1", &["namespaces", "demo", "status"])?;
+        assert_eq!(
+            (t.rt.plural.as_str(), t.name.as_deref()),
+            ("namespaces", Some("demo"))
+        );
+        let t = resolve(&reg, "", "v1", &["services"])?;
+        assert!(t.namespace.is_none() && t.name.is_none());
+        assert!(resolve(&reg, "", "v1", &["services", "web"]).is_err());
+        assert!(resolve(&reg, "", "v1", &["nodes", "n1", "proxy"]).is_err());
+        assert!(resolve(&reg, "", "v1", &["secrets", "x", "status"]).is_err());
+        Ok(())
+    }
+}

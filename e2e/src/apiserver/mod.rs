@@ -1,0 +1,131 @@
+//! An in-memory Kubernetes API server: a **test double** for the lab and the end-to-end
+//! tests, not a Kubernetes implementation. It serves exactly what `berth-operator`,
+//! `berth-agent` (kube-rs clients and kube-runtime watchers) and `kubectl` use, over plain
+//! HTTP/1.1 with no authentication.
+//!
+//! What it implements:
+//! - discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/<group>[/<version>]` in the
+//!   legacy (unaggregated) form, which kubectl accepts; `/healthz`, `/readyz`, `/livez`.
+//!   `/openapi/*` answers 404 (use `kubectl --validate=false`).
+//! - built-in types: Namespace, Node, Service, Pod, Secret, ConfigMap, Endpoints, Event,
+//!   ServiceAccount (core/v1), EndpointSlice, Lease, events.k8s.io Event, StatefulSet,
+//!   Deployment, DaemonSet; custom resources read from CRD YAML files (group, names, scope,
+//!   served versions, status subresource, printer columns).
+//! - verbs: list (label selectors with `=`, `==`, `!=`, `in`, `notin`, `key`, `!key`; field
+//!   selectors on any dotted path), watch (replay from a resourceVersion, 410 Gone beyond the
+//!   retained history, bookmarks, `sendInitialEvents`, `timeoutSeconds`), get, create
+//!   (`generateName`, uid, creationTimestamp, generation), update (409 on a stale
+//!   resourceVersion; spec changes bump generation), patch (merge, JSON patch; strategic merge
+//!   and server-side apply approximated by merge patch), delete (finalizers give a
+//!   deletionTimestamp; the object goes when its last finalizer does), the `/status`
+//!   subresource, one global resourceVersion counter; no-op writes keep the version.
+//! - `kubectl get` Tables: CRD printer columns, Service columns, NAME/AGE otherwise.
+//! - errors as `metav1.Status` (NotFound, AlreadyExists, Conflict, Invalid, BadRequest,
+//!   Expired/410, MethodNotAllowed).
+//!
+//! What it does not: authentication and authorization, admission, schema validation and
+//! defaulting of CRDs (including CEL rules), field management (`managedFields`, apply
+//! conflicts, removal of fields a manager stopped applying), list merging by key in strategic
+//! merge patch, pagination (`limit` is ignored and everything is returned), `dryRun`,
+//! deletecollection, garbage collection and namespace cascading deletion, Table output on
+//! watches, protobuf, aggregated discovery, OpenAPI, controllers (no Endpoints or
+//! EndpointSlices are derived from Pods, no scheduling). core/v1 and events.k8s.io Events are
+//! stored separately.
+
+mod discovery;
+pub mod http;
+mod object;
+pub mod patch;
+pub mod resources;
+pub mod selector;
+pub mod status;
+pub mod store;
+mod table;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+pub use http::Server;
+pub use resources::{LoadError, Registry};
+pub use store::Store;
+
+/// Settings of a server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How many changes are kept for watches to resume from.
+    pub history_limit: usize,
+    /// How often an idle watch with bookmarks gets one.
+    pub bookmark_every: Duration,
+    /// The longest a watch lasts (and the default when the client sets no timeout).
+    pub max_watch: Duration,
+    /// Print one line per request to stderr.
+    pub log_requests: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            history_limit: 10_000,
+            bookmark_every: Duration::from_secs(30),
+            max_watch: Duration::from_secs(1800),
+            log_requests: false,
+        }
+    }
+}
+
+impl Server {
+    /// A server for the built-in types and the CRDs in `crds` (a directory of YAML files).
+    pub fn new(crds: Option<&Path>, config: Config) -> Result<Arc<Self>, LoadError> {
+        let mut registry = Registry::builtin();
+        if let Some(dir) = crds {
+            registry.load_crd_dir(dir)?;
+        }
+        Ok(Arc::new(Server {
+            registry,
+            store: Arc::new(Store::new(config.history_limit)),
+            config,
+        }))
+    }
+
+    /// Serves connections from `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of descriptors and the like: wait rather than spin.
+                    eprintln!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let me = me.clone();
+                    async move { Ok::<_, std::convert::Infallible>(me.handle(req).await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    }
+
+    /// Binds `addr` and serves in a background task; returns the bound address (use port 0
+    /// in tests).
+    pub async fn spawn(self: &Arc<Self>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        tokio::spawn(self.clone().serve(listener));
+        Ok(local)
+    }
+}

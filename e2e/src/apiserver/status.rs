@@ -1,0 +1,125 @@
+//! API errors as the Kubernetes API server words them: a `metav1.Status` with reason and code.
+
+use serde_json::{Value, json};
+
+/// An error a request ends with; rendered as a `Status` object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// 404: the object (or namespace, or path) does not exist.
+    #[error("{resource} \"{name}\" not found")]
+    NotFound {
+        /// Plural resource name, with group (`eips.berth.dev`).
+        resource: String,
+        /// Object name.
+        name: String,
+    },
+    /// 404 for a path that names no resource.
+    #[error("the server could not find the requested resource")]
+    NoSuchPath,
+    /// 409: create of a name that exists.
+    #[error("{resource} \"{name}\" already exists")]
+    AlreadyExists {
+        /// Plural resource name, with group.
+        resource: String,
+        /// Object name.
+        name: String,
+    },
+    /// 409: a write with a stale resourceVersion or a failed precondition.
+    #[error("Operation cannot be fulfilled on {resource} \"{name}\": {why}")]
+    Conflict {
+        /// Plural resource name, with group.
+        resource: String,
+        /// Object name.
+        name: String,
+        /// What did not match.
+        why: String,
+    },
+    /// 422: the object is not acceptable.
+    #[error("{resource} \"{name}\" is invalid: {why}")]
+    Invalid {
+        /// Plural resource name, with group.
+        resource: String,
+        /// Object name (may be empty).
+        name: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// 400: the request cannot be understood.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 410: the resourceVersion is older than the retained history.
+    #[error("too old resource version: {requested} ({oldest})")]
+    Gone {
+        /// What the client asked for.
+        requested: u64,
+        /// The oldest version a watch can still start from.
+        oldest: u64,
+    },
+    /// 405: the verb is not served on this path.
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    /// 415: a patch type this server does not know.
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
+    )]
+    UnsupportedMediaType,
+    /// 413: the body is larger than the server reads.
+    #[error("the request body is too large")]
+    TooLarge,
+}
+
+impl ApiError {
+    /// The HTTP status code.
+    pub fn code(&self) -> u16 {
+        match self {
+            ApiError::NotFound { .. } | ApiError::NoSuchPath => 404,
+            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
+            ApiError::Invalid { .. } => 422,
+            ApiError::BadRequest(_) => 400,
+            ApiError::Gone { .. } => 410,
+            ApiError::MethodNotAllowed => 405,
+            ApiError::UnsupportedMediaType => 415,
+            ApiError::TooLarge => 413,
+        }
+    }
+
+    /// The `reason` field (what clients such as kube-rs and kubectl branch on).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::NotFound { .. } | ApiError::NoSuchPath => "NotFound",
+            ApiError::AlreadyExists { .. } => "AlreadyExists",
+            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Invalid { .. } => "Invalid",
+            ApiError::BadRequest(_) => "BadRequest",
+            ApiError::Gone { .. } => "Expired",
+            ApiError::MethodNotAllowed => "MethodNotAllowed",
+            ApiError::UnsupportedMediaType => "UnsupportedMediaType",
+            ApiError::TooLarge => "RequestEntityTooLarge",
+        }
+    }
+
+    /// The `metav1.Status` object.
+    pub fn to_status(&self) -> Value {
+        let mut details = json!({});
+        match self {
+            ApiError::NotFound { resource, name }
+            | ApiError::AlreadyExists { resource, name }
+            | ApiError::Conflict { resource, name, .. }
+            | ApiError::Invalid { resource, name, .. } => {
+                let (kind, group) = resource.split_once('.').unwrap_or((resource.as_str(), ""));
+                details = json!({ "name": name, "group": group, "kind": kind });
+            }
+            _ => {}
+        }
+        json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": self.reason(),
+            "details": details,
+            "code": self.code(),
+        })
+    }
+}

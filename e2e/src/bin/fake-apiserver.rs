@@ -1,0 +1,61 @@
+//! `fake-apiserver`: the in-memory Kubernetes API server (a test double, see
+//! `berth_e2e::apiserver`) for the lab: `fake-apiserver --listen 10.0.0.100:6443 --crds config/crd`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_e2e::apiserver::{Config, Server};
+use clap::Parser;
+
+/// An in-memory Kubernetes API server for tests and the lab: plain HTTP, no authentication,
+/// state lost on exit. Serves the built-in types Berth uses and the CRDs in --crds.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Address to listen on (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Directory of CustomResourceDefinition YAML files to serve.
+    #[arg(long)]
+    crds: Option<PathBuf>,
+    /// Changes kept for watches to resume from; older resourceVersions get 410 Gone.
+    #[arg(long, default_value_t = 10_000)]
+    history: usize,
+    /// Seconds between bookmarks on idle watches that asked for them.
+    #[arg(long, default_value_t = 30)]
+    bookmark_seconds: u64,
+    /// Do not log one line per request.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = Config {
+        history_limit: args.history,
+        bookmark_every: Duration::from_secs(args.bookmark_seconds.max(1)),
+        log_requests: !args.quiet,
+        ..Config::default()
+    };
+    let server = Server::new(args.crds.as_deref(), config)
+        .context("cannot load the CRDs (pass a directory of CRD YAML files with --crds)")?;
+    let kinds: Vec<String> = server
+        .registry
+        .all()
+        .iter()
+        .map(|t| t.qualified())
+        .collect();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    eprintln!(
+        "fake-apiserver (test double) listening on http://{}; serving {}",
+        args.listen,
+        kinds.join(", ")
+    );
+    server.serve(listener).await;
+    Ok(())
+}
