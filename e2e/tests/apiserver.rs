@@ -280,7 +280,10 @@ async fn watch_streams_changes_and_bookmarks() {
         .metadata
         .resource_version
         .unwrap();
-    let wp = WatchParams::default().labels("app=web").timeout(30);
+    let wp = WatchParams::default()
+        .labels("app=web")
+        .timeout(30)
+        .disable_bookmarks();
     let mut events = api.watch(&wp, &rv).await.unwrap().boxed();
     let pp = PostParams::default();
     api.create(&pp, &cm("w", json!({"app": "web"})))
@@ -312,7 +315,8 @@ async fn watch_streams_changes_and_bookmarks() {
     }
     assert_eq!(seen, ["ADDED w", "MODIFIED w 2", "DELETED w"]);
 
-    let wp = WatchParams::default().bookmarks(true).timeout(30);
+    // kube-rs asks for bookmarks by default.
+    let wp = WatchParams::default().timeout(30);
     let mut events = api.watch(&wp, &rv).await.unwrap().boxed();
     let mut bookmark = None;
     while bookmark.is_none() {
