@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::Config;
 use super::discovery;
+use super::events;
 use super::object::now_unix;
 use super::patch::PatchType;
 use super::resources::{Registry, ResourceType};
@@ -306,7 +307,20 @@ impl Server {
                     );
                     return Ok(r);
                 }
-                let (items, rv) = store.list(rt, t.namespace.as_deref(), &selectors);
+                let (mut items, rv) = store.list(rt, t.namespace.as_deref(), &selectors);
+                if rt.group.is_empty()
+                    && rt.kind == "Event"
+                    && let Some(new_api) = self.registry.find("events.k8s.io", "v1", "events")
+                {
+                    let (new_events, _) =
+                        store.list(new_api, t.namespace.as_deref(), &Selectors::default());
+                    items.extend(
+                        new_events
+                            .iter()
+                            .map(events::to_core)
+                            .filter(|e| selectors.matches(e)),
+                    );
+                }
                 if wants_table(&accept) {
                     return Ok(respond(200, &table(rt, &items, rv, now_unix())));
                 }

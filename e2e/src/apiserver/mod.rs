@@ -30,9 +30,11 @@
 //! deletecollection, garbage collection and namespace cascading deletion, Table output on
 //! watches, protobuf, aggregated discovery, OpenAPI, controllers (no Endpoints or
 //! EndpointSlices are derived from Pods, no scheduling). core/v1 and events.k8s.io Events are
-//! stored separately.
+//! stored separately; lists of core/v1 Events include the events.k8s.io ones converted, so
+//! `kubectl describe` shows what the operator recorded.
 
 mod discovery;
+mod events;
 pub mod http;
 mod object;
 pub mod patch;

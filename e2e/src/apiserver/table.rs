@@ -120,6 +120,42 @@ fn service_cells(svc: &Value, now: i64) -> Vec<Value> {
     ]
 }
 
+/// Columns as `kubectl get events` shows them (either Event API).
+fn event_cells(e: &Value, now: i64) -> Vec<Value> {
+    let core = if e.get("apiVersion").and_then(Value::as_str) == Some("events.k8s.io/v1") {
+        super::events::to_core(e)
+    } else {
+        e.clone()
+    };
+    let s = |p: &str| {
+        core.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let seen = [
+        "/lastTimestamp",
+        "/eventTime",
+        "/metadata/creationTimestamp",
+    ]
+    .iter()
+    .find_map(|p| parse_rfc3339(&s(p)))
+    .map(|t| human_duration(now - t))
+    .unwrap_or_else(|| "<unknown>".into());
+    vec![
+        json!(seen),
+        json!(s("/type")),
+        json!(s("/reason")),
+        json!(format!(
+            "{}/{}",
+            s("/involvedObject/kind").to_lowercase(),
+            s("/involvedObject/name")
+        )),
+        json!(s("/message")),
+        json!(meta_str(e, "name")),
+    ]
+}
+
 /// A CRD printer column's cell (missing values are null, which kubectl prints as `<none>`).
 fn column_cell(c: &Column, obj: &Value, now: i64) -> Value {
     // Only simple paths (`.a.b`, `.a[0].b`); filters like `[?(@.x=="y")]` give null.
@@ -149,7 +185,25 @@ pub fn table(rt: &ResourceType, objects: &[Value], rv: u64, now: i64) -> Value {
         )
     };
     let is_service = rt.group.is_empty() && rt.kind == "Service";
-    let columns: Vec<Column> = if is_service {
+    let is_event = rt.kind == "Event";
+    let columns: Vec<Column> = if is_event {
+        vec![
+            col(
+                "Last Seen",
+                "string",
+                0,
+                "Time since the event was last seen.",
+            ),
+            col("Type", "string", 0, "Normal or Warning."),
+            col("Reason", "string", 0, "Why the event happened."),
+            col("Object", "string", 0, "The object the event is about."),
+            col("Message", "string", 0, "What happened."),
+            Column {
+                priority: 1,
+                ..name_col
+            },
+        ]
+    } else if is_service {
         vec![
             name_col,
             col("Type", "string", 0, "The type of the service."),
@@ -179,7 +233,9 @@ pub fn table(rt: &ResourceType, objects: &[Value], rv: u64, now: i64) -> Value {
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
-            let cells = if is_service {
+            let cells = if is_event {
+                event_cells(o, now)
+            } else if is_service {
                 service_cells(o, now)
             } else if !rt.columns.is_empty() {
                 let mut c = vec![json!(meta_str(o, "name"))];
