@@ -298,6 +298,7 @@ impl Server {
                         bookmarks: flag("allowWatchBookmarks"),
                         timeout,
                         bookmark_every: self.config.bookmark_every,
+                        table: wants_table(&accept),
                     };
                     let rx = watch::start(store.clone(), spec);
                     let mut r = Response::new(Body::Stream(rx));

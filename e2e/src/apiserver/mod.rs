@@ -19,7 +19,8 @@
 //!   and server-side apply approximated by merge patch), delete (finalizers give a
 //!   deletionTimestamp; the object goes when its last finalizer does), the `/status`
 //!   subresource, one global resourceVersion counter; no-op writes keep the version.
-//! - `kubectl get` Tables: CRD printer columns, Service columns, NAME/AGE otherwise.
+//! - `kubectl get` Tables (also on watches, `kubectl get -w`): CRD printer columns, Service
+//!   and Event columns, NAME/AGE otherwise.
 //! - errors as `metav1.Status` (NotFound, AlreadyExists, Conflict, Invalid, BadRequest,
 //!   Expired/410, MethodNotAllowed).
 //!
@@ -27,8 +28,7 @@
 //! defaulting of CRDs (including CEL rules), field management (`managedFields`, apply
 //! conflicts, removal of fields a manager stopped applying), list merging by key in strategic
 //! merge patch, pagination (`limit` is ignored and everything is returned), `dryRun`,
-//! deletecollection, garbage collection and namespace cascading deletion, Table output on
-//! watches, protobuf, aggregated discovery, OpenAPI, controllers (no Endpoints or
+//! deletecollection, garbage collection and namespace cascading deletion, protobuf, aggregated discovery, OpenAPI, controllers (no Endpoints or
 //! EndpointSlices are derived from Pods, no scheduling). core/v1 and events.k8s.io Events are
 //! stored separately; lists of core/v1 Events include the events.k8s.io ones converted, so
 //! `kubectl describe` shows what the operator recorded.

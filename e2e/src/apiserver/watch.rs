@@ -9,10 +9,11 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::object::meta_str;
+use super::object::{meta_str, now_unix};
 use super::resources::ResourceType;
 use super::selector::Selectors;
 use super::store::{Change, ChangeType, Store};
+use super::table::table;
 
 /// What a watch request asks for.
 #[derive(Debug, Clone)]
@@ -34,6 +35,30 @@ pub struct WatchSpec {
     pub timeout: Duration,
     /// How often a bookmark is sent while nothing else happens.
     pub bookmark_every: Duration,
+    /// Send each object as a one-row Table (`kubectl get -w`); column definitions only in
+    /// the first event, as the real server does.
+    pub table: bool,
+}
+
+/// Turns objects into what the watch sends.
+struct Encoder<'s> {
+    spec: &'s WatchSpec,
+    headers_sent: bool,
+}
+
+impl Encoder<'_> {
+    fn event(&mut self, kind: &str, obj: &Value) -> Bytes {
+        if !self.spec.table {
+            return line(kind, obj);
+        }
+        let rv = meta_str(obj, "resourceVersion").parse().unwrap_or(0);
+        let mut t = table(&self.spec.rt, std::slice::from_ref(obj), rv, now_unix());
+        if self.headers_sent {
+            t["columnDefinitions"] = json!([]);
+        }
+        self.headers_sent = true;
+        line(kind, &t)
+    }
 }
 
 fn line(kind: &str, object: &Value) -> Bytes {
@@ -95,13 +120,17 @@ pub fn start(store: Arc<Store>, spec: WatchSpec) -> mpsc::Receiver<Bytes> {
 
 /// Sends until the timeout, an error event or the client leaving (`Err`).
 async fn run(store: &Store, spec: &WatchSpec, tx: &mpsc::Sender<Bytes>) -> Result<(), ()> {
+    let mut enc = Encoder {
+        spec,
+        headers_sent: false,
+    };
     let mut changed = store.subscribe();
     let deadline = Instant::now() + spec.timeout;
     let initial = spec.send_initial_events || spec.resource_version.unwrap_or(0) == 0;
     let mut cursor = if initial {
         let (items, rv) = store.list(&spec.rt, spec.namespace.as_deref(), &spec.selectors);
         for o in &items {
-            tx.send(line("ADDED", o)).await.map_err(|_| ())?;
+            tx.send(enc.event("ADDED", o)).await.map_err(|_| ())?;
         }
         if spec.send_initial_events && spec.bookmarks {
             tx.send(bookmark(&spec.rt, rv, true))
@@ -123,7 +152,7 @@ async fn run(store: &Store, spec: &WatchSpec, tx: &mpsc::Sender<Bytes>) -> Resul
             Ok(changes) => {
                 for c in &changes {
                     if let Some((kind, obj)) = classify(spec, c) {
-                        tx.send(line(kind, obj)).await.map_err(|_| ())?;
+                        tx.send(enc.event(kind, obj)).await.map_err(|_| ())?;
                     }
                     cursor = c.rv;
                 }
