@@ -514,3 +514,27 @@ async fn kubectl_applies_the_lab_examples_and_prints_columns() {
         "{peers}"
     );
 }
+
+#[tokio::test]
+async fn kube_runtime_streaming_list_gets_initial_events_and_their_end() {
+    let (_s, client, _) = start(Config::default()).await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let pp = PostParams::default();
+    api.create(&pp, &cm("one", json!({}))).await.unwrap();
+    api.create(&pp, &cm("two", json!({}))).await.unwrap();
+    let config = watcher::Config::default().streaming_lists();
+    let mut stream = watcher(api.clone(), config).boxed();
+    // A streaming list has no Init: the watch's ADDED events are the initial state.
+    let mut next = async || within(stream.try_next()).await.unwrap().unwrap();
+    let mut names = Vec::new();
+    loop {
+        match next().await {
+            watcher::Event::InitApply(o) => names.push(o.name_any()),
+            watcher::Event::InitDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(names, ["one", "two"]);
+    api.create(&pp, &cm("three", json!({}))).await.unwrap();
+    assert!(matches!(next().await, watcher::Event::Apply(o) if o.name_any() == "three"));
+}
