@@ -3,8 +3,9 @@
 //! A Service is Berth's here when the operator recorded the pool it allocated from
 //! ([`ANNOTATION_ALLOCATED_POOL`]); the agent never decides that itself, so it needs no copy
 //! of the operator's class settings. Every IP in its `status.loadBalancer.ingress` is delivered
-//! locally on every node (a node that is not a next hop simply receives nothing for it), and
-//! the operator's [`ANNOTATION_LAYER2`] names the Layer2 IPs with their candidate nodes.
+//! locally on every node (a node that is not a next hop simply receives nothing for it),
+//! except Layer2 IPs: the operator's [`ANNOTATION_LAYER2`] names them with their candidate
+//! nodes, and only the elected owner delivers (and answers for) each.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -65,6 +66,11 @@ pub fn view(svc: &Service) -> Option<ServiceView> {
                             "{key}: annotation {ANNOTATION_LAYER2} lists {ip:?}, which is not an IP"
                         )),
                     }
+                }
+                // A Layer2 IP is delivered only where it is owned: the kernel answers ARP for
+                // every local route, so a route on every candidate would make them all answer.
+                for ip in &ips {
+                    out.ips.remove(ip);
                 }
                 out.layer2 = Some(Layer2Service {
                     service: key.clone(),
@@ -240,7 +246,10 @@ mod tests {
         let v = view(&s).unwrap();
         assert!(v.problems.is_empty());
         let d = desired([&v]);
-        assert_eq!(d.local_ips.len(), 2);
+        assert!(
+            d.local_ips.is_empty(),
+            "Layer2 IPs are local only on their owner"
+        );
         assert_eq!(d.layer2.len(), 1);
         let l2 = &d.layer2[0];
         assert_eq!(l2.service, "demo/web");
