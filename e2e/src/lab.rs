@@ -463,11 +463,17 @@ pub fn up(spec: Spec) -> Result<Running, String> {
 
     let mut agents = Vec::new();
     if spec.bin_dir.join("berth-agent").exists() && agent_supported(&spec) {
+        // The shared membership key, as the chart's Secret would hold it.
+        let key: String = pki::random_hex(32)?;
+        std::fs::write(spec.dir.join("gossip.key"), key).map_err(e)?;
         for (i, (name, addr)) in NODES.iter().enumerate() {
             let pid = lab.spawn_env(
                 &ns.nodes[i],
                 &spec.bin("berth-agent"),
-                &agent_args(&spec, addr),
+                &agent_args(&spec, addr)
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
                 &[("KUBECONFIG", lab_kc.as_str()), ("NODE_NAME", name)],
                 &spec.dir.join(format!("agent-{name}.log")),
             )?;
@@ -504,15 +510,30 @@ pub fn up(spec: Spec) -> Result<Running, String> {
 /// Whether the built agent has the flags the lab passes (it is built by another change).
 fn agent_supported(spec: &Spec) -> bool {
     run(&spec.bin("berth-agent"), &["--help"])
-        .map(|h| {
-            h.contains("--kubeconfig") || h.contains("KUBECONFIG") || h.contains("--node-name")
-        })
+        .map(|h| h.contains("--gossip-listen") && h.contains("--node-name"))
         .unwrap_or(false)
 }
 
-fn agent_args(_spec: &Spec, _addr: &str) -> Vec<&'static str> {
-    Vec::new()
+/// The agent's flags on the node with `addr`: gossip among the three nodes with a key made
+/// for the run (production mounts it from a Secret), metrics on the node address.
+fn agent_args(spec: &Spec, addr: &str) -> Vec<String> {
+    let mut args = vec![
+        "--gossip-listen".to_owned(),
+        format!("{addr}:{GOSSIP_PORT}"),
+        "--gossip-key-file".to_owned(),
+        spec.dir.join("gossip.key").display().to_string(),
+        "--metrics-listen".to_owned(),
+        format!("{addr}:9473"),
+    ];
+    for (_, peer) in NODES {
+        args.push("--gossip-seed".to_owned());
+        args.push(format!("{peer}:{GOSSIP_PORT}"));
+    }
+    args
 }
+
+/// The agents' gossip (membership) port.
+pub const GOSSIP_PORT: u16 = 7946;
 
 /// Answers every connection with the node's name (argv 1) on port argv 2, on every address.
 pub const SERVER: &str = "import socket,sys

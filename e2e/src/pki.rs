@@ -80,3 +80,13 @@ pub fn write(
     std::fs::write(&a, &ca.pem).map_err(e)?;
     Ok((c, k, a))
 }
+
+/// `n` random bytes from the kernel, hex-encoded (keys made for a test or lab run).
+pub fn random_hex(n: usize) -> Result<String, String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|x| format!("/dev/urandom: {x}"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}

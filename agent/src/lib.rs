@@ -1,0 +1,4 @@
+//! Berth's node agent: local routes for Service IPs and Layer2 (ARP/NDP) announcement.
+
+pub mod desired;
+pub mod kube_source;

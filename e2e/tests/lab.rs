@@ -1,0 +1,497 @@
+//! End-to-end tests on the lab (issue 7): the real operator, speaker and agents against the
+//! in-memory API server, a real FRR router and real TCP connections. Needs root.
+//!
+//! Each test brings up its own lab (namespace names and the API port carry the PID, so the
+//! tests may run in parallel) and removes it on drop, also when it fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use berth_e2e::frr::wait_for;
+use berth_e2e::lab::{self, NODES, RouterKind, Running, SERVICE_PORT, Spec};
+
+fn spec(tag: &str) -> Spec {
+    let pid = std::process::id();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    // berth_e2e::binary finds target/<profile>/<name>; the lab needs the directory.
+    let bin_dir = PathBuf::from(berth_e2e::binary("berth-operator"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    Spec {
+        prefix: format!("bl{tag}{}", pid % 100_000),
+        dir: std::env::temp_dir().join(format!("berth-lab-{tag}-{pid}")),
+        router: RouterKind::Frr,
+        bin_dir,
+        repo,
+        host_port: 20_000 + (pid % 20_000) as u16 + if tag == "a" { 0 } else { 1 },
+    }
+}
+
+fn up(tag: &str) -> Option<Running> {
+    if let Some(why) = berth_e2e::lab_unavailable(&["/usr/lib/frr/bgpd", "/usr/bin/kubectl"]) {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let s = spec(tag);
+    let dir = s.dir.clone();
+    match lab::up(s) {
+        Ok(r) => Some(r),
+        Err(e) => panic!("lab up: {e}\n{}", logs(&dir)),
+    }
+}
+
+/// The tail of every log of a lab, for failure messages.
+fn logs(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        let mut files: Vec<_> = rd.filter_map(|f| f.ok().map(|f| f.path())).collect();
+        files.sort();
+        for f in files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|x| x == "log"))
+        {
+            let text = std::fs::read_to_string(f).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!("--- {}\n", f.display()));
+            for l in tail.iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn all_nodes() -> Vec<String> {
+    let mut v: Vec<String> = NODES.iter().map(|(_, a)| (*a).to_owned()).collect();
+    v.sort();
+    v
+}
+
+fn hops_become(r: &Running, ip: &str, want: &[String], secs: u64) -> bool {
+    wait_for(Duration::from_secs(secs), || {
+        (r.router_next_hops(ip) == want).then_some(())
+    })
+    .is_some()
+}
+
+fn apply(r: &Running, name: &str, yaml: &str) {
+    let f = r.spec.dir.join(format!("{name}.yaml"));
+    std::fs::write(&f, yaml).unwrap();
+    r.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--validate=false",
+        "-f",
+        &f.display().to_string(),
+    ])
+    .unwrap_or_else(|e| panic!("kubectl apply {name}: {e}"));
+}
+
+fn landed_on_every_node(counts: &str) -> bool {
+    NODES.iter().all(|(n, _)| {
+        counts
+            .split_whitespace()
+            .any(|kv| kv.strip_prefix(&format!("{n}=")).is_some_and(|c| c != "0"))
+    })
+}
+
+/// A Service gets an IP, the router a multipath route with one next hop per node, and
+/// connections land on every node; Local policy follows the endpoints; a NotReady node
+/// loses its next hop; an exhausted pool leaves a Service pending with an Event until an IP
+/// is freed; deleting the Service withdraws the route.
+#[test]
+fn bgp_service_lifecycle() {
+    let Some(r) = up("a") else { return };
+    let dir = r.spec.dir.clone();
+    let fail = |what: &str| -> ! { panic!("{what}\n{}\n{}", r.report(), logs(&dir)) };
+
+    // 1. IP and ECMP route.
+    let ip = r
+        .service_ip("demo", "web", Duration::from_secs(30))
+        .unwrap_or_else(|| fail("demo/web got no IP"));
+    assert!(
+        ip.starts_with("198.51.100."),
+        "web got {ip}, not from lab-bgp"
+    );
+    if !hops_become(&r, &ip, &all_nodes(), 60) {
+        fail(&format!(
+            "the router has no 3-way route to {ip}: {}",
+            r.router_route(&ip)
+        ));
+    }
+    // 2. Connections land on every node.
+    let counts = r.connect(&ip, SERVICE_PORT, 100);
+    assert!(
+        landed_on_every_node(&counts),
+        "100 connections to {ip}: {counts}"
+    );
+    assert!(
+        !counts.contains("error"),
+        "some connections failed: {counts}"
+    );
+
+    // 3. Local policy: next hops follow the ready endpoints.
+    apply(
+        &r,
+        "local",
+        "apiVersion: v1
+kind: Service
+metadata: {name: local, namespace: demo}
+spec:
+  type: LoadBalancer
+  loadBalancerClass: berth.dev/berth
+  externalTrafficPolicy: Local
+  ports: [{port: 8080, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: local-x, namespace: demo, labels: {kubernetes.io/service-name: local}}
+addressType: IPv4
+endpoints:
+- {addresses: [10.244.1.5], nodeName: node1, conditions: {ready: true}}
+",
+    );
+    let lip = r
+        .service_ip("demo", "local", Duration::from_secs(30))
+        .unwrap_or_else(|| fail("demo/local got no IP"));
+    if !hops_become(&r, &lip, &[NODES[0].1.to_owned()], 30) {
+        fail(&format!(
+            "Local: expected only node1, router has {}",
+            r.router_route(&lip)
+        ));
+    }
+    let counts = r.connect(&lip, SERVICE_PORT, 20);
+    assert_eq!(
+        counts, "node1=20",
+        "Local Service with its endpoint on node1"
+    );
+    r.kubectl(&[
+        "patch",
+        "endpointslice",
+        "local-x",
+        "-n",
+        "demo",
+        "--type=merge",
+        "-p",
+        r#"{"endpoints":[{"addresses":["10.244.2.5"],"nodeName":"node2","conditions":{"ready":true}},{"addresses":["10.244.3.5"],"nodeName":"node3","conditions":{"ready":true}}]}"#,
+    ])
+    .unwrap();
+    let want = vec![NODES[1].1.to_owned(), NODES[2].1.to_owned()];
+    if !hops_become(&r, &lip, &want, 30) {
+        fail(&format!(
+            "Local: endpoints moved to node2+node3, router has {}",
+            r.router_route(&lip)
+        ));
+    }
+
+    // 4. A node that fails (NotReady) loses its next hop; back Ready, it returns.
+    let not_ready = r#"{"status":{"conditions":[{"type":"Ready","status":"False","reason":"KubeletStopped","message":"lab: node failed"}]}}"#;
+    r.kubectl(&[
+        "patch",
+        "node",
+        "node3",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        not_ready,
+    ])
+    .unwrap();
+    let two = vec![NODES[0].1.to_owned(), NODES[1].1.to_owned()];
+    if !hops_become(&r, &ip, &two, 30) {
+        fail(&format!(
+            "node3 NotReady: router still has {}",
+            r.router_route(&ip)
+        ));
+    }
+    let ready = r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","message":"lab node"}]}}"#;
+    r.kubectl(&[
+        "patch",
+        "node",
+        "node3",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        ready,
+    ])
+    .unwrap();
+    if !hops_become(&r, &ip, &all_nodes(), 30) {
+        fail(&format!(
+            "node3 Ready again: router has {}",
+            r.router_route(&ip)
+        ));
+    }
+
+    // 5. Exhaustion: a one-address pool, two Services.
+    let svc = |name: &str| {
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: demo, annotations: {{berth.dev/pool: tiny}}}}
+spec:
+  type: LoadBalancer
+  loadBalancerClass: berth.dev/berth
+  ports: [{{port: 8080, protocol: TCP}}]
+"
+        )
+    };
+    apply(
+        &r,
+        "tiny",
+        &format!(
+            "apiVersion: berth.dev/v1alpha1
+kind: Eip
+metadata: {{name: tiny}}
+spec: {{address: 203.0.113.7}}
+---
+{}",
+            svc("first")
+        ),
+    );
+    let first = r
+        .service_ip("demo", "first", Duration::from_secs(30))
+        .unwrap_or_else(|| fail("demo/first got no IP from pool tiny"));
+    assert_eq!(first, "203.0.113.7");
+    apply(&r, "second", &svc("second"));
+    let event = wait_for(Duration::from_secs(30), || {
+        let notes = r
+            .kubectl(&[
+                "get",
+                "events.v1.events.k8s.io",
+                "-n",
+                "demo",
+                "-o",
+                "jsonpath={range .items[*]}{.regarding.name}: {.note}{\"\\n\"}{end}",
+            ])
+            .unwrap_or_default();
+        notes
+            .lines()
+            .find(|l| l.starts_with("second: ") && l.contains("pool tiny exhausted: 1 of 1 in use"))
+            .map(str::to_owned)
+    })
+    .unwrap_or_else(|| fail("no exhaustion Event on demo/second"));
+    assert!(
+        event.contains("free an IP or add addresses to a pool"),
+        "{event}"
+    );
+    assert_eq!(r.service_ip("demo", "second", Duration::from_secs(2)), None);
+    r.kubectl(&["delete", "svc", "first", "-n", "demo", "--timeout=30s"])
+        .unwrap_or_else(|e| fail(&format!("deleting demo/first: {e}")));
+    let second = r
+        .service_ip("demo", "second", Duration::from_secs(30))
+        .unwrap_or_else(|| fail("demo/second did not get the freed IP"));
+    assert_eq!(second, "203.0.113.7");
+
+    // 6. Deleting a Service withdraws its route and frees its IP.
+    r.kubectl(&["delete", "svc", "local", "-n", "demo", "--timeout=30s"])
+        .unwrap_or_else(|e| fail(&format!("deleting demo/local: {e}")));
+    if !hops_become(&r, &lip, &[], 30) {
+        fail(&format!(
+            "demo/local deleted: router still has {}",
+            r.router_route(&lip)
+        ));
+    }
+}
+
+/// Watches the router's route to `ip` every 20 ms in the background; counts the samples in
+/// which it did not have `want` next hops.
+struct RouteWatch {
+    stop: Arc<AtomicBool>,
+    bad: Arc<AtomicUsize>,
+    samples: Arc<AtomicUsize>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RouteWatch {
+    fn start(router_ns: &str, ip: &str, want: Vec<String>) -> RouteWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let bad = Arc::new(AtomicUsize::new(0));
+        let samples = Arc::new(AtomicUsize::new(0));
+        let (s, b, n) = (stop.clone(), bad.clone(), samples.clone());
+        let (ns, ip) = (router_ns.to_owned(), ip.to_owned());
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let out = berth_e2e::netns::run("ip", &["-n", &ns, "route", "show", &ip])
+                    .unwrap_or_default();
+                let mut hops: Vec<String> = out
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .windows(2)
+                    .filter(|w| w[0] == "via")
+                    .map(|w| w[1].to_owned())
+                    .collect();
+                hops.sort();
+                n.fetch_add(1, Ordering::Relaxed);
+                if hops != want {
+                    b.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        RouteWatch {
+            stop,
+            bad,
+            samples,
+            handle: Some(handle),
+        }
+    }
+
+    /// (samples taken, samples without the wanted route).
+    fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        (
+            self.samples.load(Ordering::Relaxed),
+            self.bad.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// An operator restart changes no IP and withdraws nothing at the router; `kill -9` of the
+/// speaker leaves the router forwarding on the stale route (graceful restart) until the
+/// restarted speaker re-announces it from its persisted state.
+#[test]
+fn restarts_do_not_disturb_the_router() {
+    let Some(mut r) = up("b") else { return };
+    let dir = r.spec.dir.clone();
+    let ip = match r.service_ip("demo", "web", Duration::from_secs(30)) {
+        Some(ip) => ip,
+        None => panic!("demo/web got no IP\n{}", logs(&dir)),
+    };
+    assert!(
+        hops_become(&r, &ip, &all_nodes(), 60),
+        "no 3-way route to {ip}: {}\n{}",
+        r.router_route(&ip),
+        logs(&dir)
+    );
+
+    // Operator restart.
+    let watch = RouteWatch::start(&r.ns.router, &ip, all_nodes());
+    r.restart_operator().unwrap();
+    // Long enough for the new operator to win the Lease, rebuild and resync the speaker.
+    std::thread::sleep(Duration::from_secs(12));
+    let (samples, bad) = watch.finish();
+    assert!(samples > 50, "the route watch took only {samples} samples");
+    assert_eq!(
+        bad,
+        0,
+        "the route changed during the operator restart ({bad} of {samples} samples)\n{}",
+        logs(&dir)
+    );
+    assert_eq!(
+        r.service_ip("demo", "web", Duration::from_secs(5))
+            .as_deref(),
+        Some(ip.as_str()),
+        "the IP changed across the operator restart"
+    );
+
+    // Speaker crash: graceful restart keeps the route in the router's kernel meanwhile.
+    let watch = RouteWatch::start(&r.ns.router, &ip, all_nodes());
+    r.crash_speaker();
+    std::thread::sleep(Duration::from_secs(2));
+    let counts = r.connect(&ip, SERVICE_PORT, 30);
+    assert!(
+        !counts.contains("error"),
+        "connections failed while the speaker was down: {counts}"
+    );
+    r.start_speaker().unwrap();
+    // The router shows the route fresh again (not stale) once the speaker re-announced and
+    // sent End-of-RIB.
+    let fresh = wait_for(Duration::from_secs(30), || {
+        let out = r
+            .lab
+            .exec(
+                &r.ns.router,
+                "vtysh",
+                &["-c", &format!("show bgp ipv4 unicast {ip}/32")],
+            )
+            .unwrap_or_default();
+        let fresh = (out.contains("multipath") || out.contains("best"))
+            && !out.to_lowercase().contains("stale");
+        fresh.then_some(())
+    });
+    let (samples, bad) = watch.finish();
+    assert!(
+        fresh.is_some(),
+        "the route to {ip} was not re-announced fresh after the speaker restart\n{}",
+        logs(&dir)
+    );
+    assert_eq!(
+        bad,
+        0,
+        "the router's kernel route changed while the speaker restarted ({bad} of {samples} samples)\n{}",
+        logs(&dir)
+    );
+}
+
+/// A Layer2 Service: the client on the nodes' segment reaches its IP at the owner, and when
+/// the owner's link is cut another node takes the IP over.
+#[test]
+fn layer2_service_fails_over() {
+    let Some(r) = up("c") else { return };
+    let dir = r.spec.dir.clone();
+    if r.procs.agents.is_empty() {
+        panic!(
+            "the lab started no agents: berth-agent is not built with the lab's flags\n{}",
+            logs(&dir)
+        );
+    }
+    let ip = r
+        .service_ip("demo", "office", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("demo/office got no IP\n{}", logs(&dir)));
+    assert!(
+        ip.starts_with("10.0.0.24"),
+        "office got {ip}, not from lab-l2"
+    );
+    let owner = wait_for(Duration::from_secs(30), || {
+        let c = r.connect(&ip, SERVICE_PORT, 10);
+        let mut kv = c.split_whitespace();
+        match (kv.next(), kv.next()) {
+            (Some(one), None) if one.ends_with("=10") && !one.starts_with("error") => {
+                one.split('=').next().map(str::to_owned)
+            }
+            _ => None,
+        }
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "10 connections to {ip} did not all reach one node: {}\n{}",
+            r.connect(&ip, SERVICE_PORT, 10),
+            logs(&dir)
+        )
+    });
+    let i = NODES.iter().position(|(n, _)| *n == owner).unwrap();
+    r.lab
+        .exec(&r.ns.nodes[i], "ip", &["link", "set", "eth0", "down"])
+        .unwrap();
+    let new_owner = wait_for(Duration::from_secs(20), || {
+        let c = r.connect(&ip, SERVICE_PORT, 5);
+        let mut kv = c.split_whitespace();
+        match (kv.next(), kv.next()) {
+            (Some(one), None)
+                if one.ends_with("=5") && !one.starts_with(&owner) && !one.starts_with("error") =>
+            {
+                one.split('=').next().map(str::to_owned)
+            }
+            _ => None,
+        }
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "after cutting {owner}'s link no other node answered for {ip}\n{}",
+            logs(&dir)
+        )
+    });
+    assert_ne!(new_owner, owner);
+}
