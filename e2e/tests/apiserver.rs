@@ -225,6 +225,8 @@ async fn status_is_a_subresource() {
         .unwrap();
     assert_eq!(e.data["status"]["usage"], "0/16");
     assert_eq!(e.data["spec"]["address"], "10.0.0.0/28");
+    // The CRD schema's defaults are filled in, as a real API server does.
+    assert_eq!(e.data["spec"]["disable"], false);
     let jp = json!([{"op": "replace", "path": "/status/usage", "value": "1/16"}]);
     let e = eips
         .patch_status(

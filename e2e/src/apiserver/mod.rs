@@ -10,7 +10,7 @@
 //! - built-in types: Namespace, Node, Service, Pod, Secret, ConfigMap, Endpoints, Event,
 //!   ServiceAccount (core/v1), EndpointSlice, Lease, events.k8s.io Event, StatefulSet,
 //!   Deployment, DaemonSet; custom resources read from CRD YAML files (group, names, scope,
-//!   served versions, status subresource, printer columns).
+//!   served versions, status subresource, printer columns, schema `default` values).
 //! - verbs: list (label selectors with `=`, `==`, `!=`, `in`, `notin`, `key`, `!key`; field
 //!   selectors on any dotted path), watch (replay from a resourceVersion, 410 Gone beyond the
 //!   retained history, bookmarks, `sendInitialEvents`, `timeoutSeconds`), get, create
@@ -24,8 +24,8 @@
 //! - errors as `metav1.Status` (NotFound, AlreadyExists, Conflict, Invalid, BadRequest,
 //!   Expired/410, MethodNotAllowed).
 //!
-//! What it does not: authentication and authorization, admission, schema validation and
-//! defaulting of CRDs (including CEL rules), field management (`managedFields`, apply
+//! What it does not: authentication and authorization, admission, schema validation of CRDs
+//! (types, pruning of unknown fields, CEL rules), field management (`managedFields`, apply
 //! conflicts, removal of fields a manager stopped applying), list merging by key in strategic
 //! merge patch, pagination (`limit` is ignored and everything is returned), `dryRun`,
 //! deletecollection, garbage collection and namespace cascading deletion, protobuf, aggregated discovery, OpenAPI, controllers (no Endpoints or
