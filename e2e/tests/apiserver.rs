@@ -14,7 +14,7 @@ use kube::api::{
     PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 fn repo() -> PathBuf {
@@ -225,6 +225,8 @@ async fn status_is_a_subresource() {
         .unwrap();
     assert_eq!(e.data["status"]["usage"], "0/16");
     assert_eq!(e.data["spec"]["address"], "10.0.0.0/28");
+    // The CRD schema's defaults are filled in, as a real API server does.
+    assert_eq!(e.data["spec"]["disable"], false);
     let jp = json!([{"op": "replace", "path": "/status/usage", "value": "1/16"}]);
     let e = eips
         .patch_status(
@@ -537,4 +539,55 @@ async fn kube_runtime_streaming_list_gets_initial_events_and_their_end() {
     assert_eq!(names, ["one", "two"]);
     api.create(&pp, &cm("three", json!({}))).await.unwrap();
     assert!(matches!(next().await, watcher::Event::Apply(o) if o.name_any() == "three"));
+}
+
+#[tokio::test]
+async fn recorder_events_are_listed_as_core_events_for_kubectl_describe() {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let (_s, client, _) = start(Config::default()).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let obj = api
+        .create(&PostParams::default(), &cm("noted", json!({})))
+        .await
+        .unwrap();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "berth-operator".into(),
+            instance: Some("berth-operator-0".into()),
+        },
+    );
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: "AllocationFailed".into(),
+        note: Some("pool lab exhausted".into()),
+        action: "Allocate".into(),
+        secondary: None,
+    };
+    let reference = obj.object_ref(&());
+    recorder.publish(&ev, &reference).await.unwrap();
+    // The second time is a series: a merge patch of the same Event.
+    recorder.publish(&ev, &reference).await.unwrap();
+
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client, "default");
+    let selector = format!(
+        "involvedObject.name=noted,involvedObject.kind=ConfigMap,involvedObject.uid={}",
+        obj.uid().unwrap()
+    );
+    let listed = core
+        .list(&ListParams::default().fields(&selector))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(listed.len(), 1);
+    let e = &listed[0];
+    assert_eq!(e.reason.as_deref(), Some("AllocationFailed"));
+    assert_eq!(e.message.as_deref(), Some("pool lab exhausted"));
+    assert_eq!(e.type_.as_deref(), Some("Warning"));
+    assert_eq!(e.count, Some(2));
+    let other = core
+        .list(&ListParams::default().fields("involvedObject.name=else"))
+        .await
+        .unwrap();
+    assert!(other.items.is_empty());
 }

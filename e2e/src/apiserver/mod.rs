@@ -10,7 +10,7 @@
 //! - built-in types: Namespace, Node, Service, Pod, Secret, ConfigMap, Endpoints, Event,
 //!   ServiceAccount (core/v1), EndpointSlice, Lease, events.k8s.io Event, StatefulSet,
 //!   Deployment, DaemonSet; custom resources read from CRD YAML files (group, names, scope,
-//!   served versions, status subresource, printer columns).
+//!   served versions, status subresource, printer columns, schema `default` values).
 //! - verbs: list (label selectors with `=`, `==`, `!=`, `in`, `notin`, `key`, `!key`; field
 //!   selectors on any dotted path), watch (replay from a resourceVersion, 410 Gone beyond the
 //!   retained history, bookmarks, `sendInitialEvents`, `timeoutSeconds`), get, create
@@ -24,14 +24,17 @@
 //! - errors as `metav1.Status` (NotFound, AlreadyExists, Conflict, Invalid, BadRequest,
 //!   Expired/410, MethodNotAllowed).
 //!
-//! What it does not: authentication and authorization, admission, schema validation and
-//! defaulting of CRDs (including CEL rules), field management (`managedFields`, apply
-//! conflicts, removal of fields a manager stopped applying), list merging by key in strategic
-//! merge patch, pagination (`limit` is ignored and everything is returned), `dryRun`,
-//! deletecollection, garbage collection and namespace cascading deletion, protobuf, aggregated discovery, OpenAPI, controllers (no Endpoints or
-//! EndpointSlices are derived from Pods, no scheduling). core/v1 and events.k8s.io Events are
-//! stored separately; lists of core/v1 Events include the events.k8s.io ones converted, so
-//! `kubectl describe` shows what the operator recorded.
+//! What it does not: authentication and authorization, admission, validation of built-in
+//! types and schema validation of CRDs (types, pruning of unknown fields, CEL rules), field
+//! management (`managedFields`, apply conflicts, removal of fields a manager stopped
+//! applying), list merging by key in strategic merge patch, pagination (`limit` is ignored and
+//! everything is returned, with no `continue`), `dryRun` (refused with 400), deletecollection,
+//! garbage collection and namespace cascading deletion, protobuf, aggregated discovery,
+//! OpenAPI, controllers (no Endpoints or EndpointSlices derived from Pods, no scheduling, no
+//! kubelet). Namespaced objects need their Namespace to exist (`default`, `kube-system`,
+//! `kube-public` and `kube-node-lease` always do). core/v1 and events.k8s.io Events are stored
+//! separately; lists of core/v1 Events include the events.k8s.io ones converted, so
+//! `kubectl describe` shows what the operator recorded (watches of core/v1 Events do not).
 
 mod discovery;
 mod events;

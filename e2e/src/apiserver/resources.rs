@@ -45,6 +45,8 @@ pub struct ResourceType {
     pub status: bool,
     /// Printer columns (CRDs only; built-ins are rendered by `table`).
     pub columns: Vec<Column>,
+    /// The CRD's `openAPIV3Schema`, for its `default` values (CRDs only).
+    pub schema: Option<Value>,
 }
 
 impl ResourceType {
@@ -60,6 +62,7 @@ impl ResourceType {
             namespaced,
             status: false,
             columns: Vec::new(),
+            schema: None,
         }
     }
 
@@ -320,9 +323,46 @@ fn crd_types(crd: &Value, path: &str) -> Result<Vec<ResourceType>, LoadError> {
             namespaced,
             status: v.pointer("/subresources/status").is_some(),
             columns,
+            schema: v.pointer("/schema/openAPIV3Schema").cloned(),
         });
     }
     Ok(out)
+}
+
+/// Fills in the `default` values of a structural schema where the object lacks the field,
+/// as the real API server does for custom resources on every write.
+pub fn apply_defaults(schema: &Value, obj: &mut Value) {
+    match obj {
+        Value::Object(m) => {
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for (k, prop) in props {
+                    match m.get_mut(k) {
+                        Some(v) => apply_defaults(prop, v),
+                        None => {
+                            if let Some(d) = prop.get("default") {
+                                let mut d = d.clone();
+                                apply_defaults(prop, &mut d);
+                                m.insert(k.clone(), d);
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                for v in m.values_mut() {
+                    apply_defaults(extra, v);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for v in items {
+                    apply_defaults(item_schema, v);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 fn column(c: &Value) -> Option<Column> {
@@ -361,5 +401,24 @@ mod tests {
                     .any(|c| c.name == "Address" && c.json_path == ".spec.address")
         }));
         assert!(r.groups().iter().any(|(g, _)| g == "berth.dev"));
+    }
+
+    #[test]
+    fn schema_defaults_fill_missing_fields_only() {
+        let schema = serde_json::json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "disable": {"type": "boolean", "default": false},
+            "address": {"type": "string"},
+            "gr": {"type": "object", "default": {}, "properties": {"time": {"type": "integer", "default": 120}}},
+            "peers": {"type": "array", "items": {"type": "object", "properties": {"port": {"type": "integer", "default": 179}}}}
+        }}}});
+        let mut obj = serde_json::json!({"spec": {"address": "a", "peers": [{}, {"port": 1}]}});
+        apply_defaults(&schema, &mut obj);
+        assert_eq!(
+            obj,
+            serde_json::json!({"spec": {"address": "a", "disable": false, "gr": {"time": 120}, "peers": [{"port": 179}, {"port": 1}]}})
+        );
+        let mut set = serde_json::json!({"spec": {"disable": true}});
+        apply_defaults(&schema, &mut set);
+        assert_eq!(set["spec"]["disable"], true);
     }
 }
