@@ -548,7 +548,7 @@ while True:
 pub const CONNECT: &str = "import socket,sys,collections,random
 ip,port,n=sys.argv[1],int(sys.argv[2]),int(sys.argv[3]); seen=collections.Counter(); base=random.randint(20000,50000)
 for i in range(n):
-    s=socket.socket(); s.settimeout(2)
+    s=socket.socket(); s.settimeout(1)
     try:
         s.bind(('', base+i)); s.connect((ip, port)); seen[s.recv(16).decode() or 'empty']+=1
     except Exception as e:

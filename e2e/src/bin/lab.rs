@@ -147,7 +147,8 @@ fn main() -> anyhow::Result<()> {
             if !left.is_empty() {
                 println!("removed leftovers of an earlier run: {}", left.join(", "));
             }
-            // Ctrl-C while building: remove everything, then exit.
+            // Ctrl-C or SIGTERM (a `timeout`, a CI runner) while building: remove
+            // everything, then exit.
             {
                 let spec = spec.clone();
                 std::thread::spawn(move || {
@@ -155,7 +156,20 @@ fn main() -> anyhow::Result<()> {
                         .enable_all()
                         .build();
                     if let Ok(rt) = rt {
-                        let _ = rt.block_on(tokio::signal::ctrl_c());
+                        rt.block_on(async {
+                            use tokio::signal::unix::{SignalKind, signal};
+                            match signal(SignalKind::terminate()) {
+                                Ok(mut term) => {
+                                    tokio::select! {
+                                        _ = tokio::signal::ctrl_c() => {}
+                                        _ = term.recv() => {}
+                                    }
+                                }
+                                Err(_) => {
+                                    let _ = tokio::signal::ctrl_c().await;
+                                }
+                            }
+                        });
                         lab::down(&spec);
                         eprintln!("interrupted: the lab was removed");
                         std::process::exit(130);
