@@ -1,0 +1,7 @@
+//! Berth's node agent: local routes for Service IPs and Layer2 (ARP/NDP) announcement.
+
+pub mod desired;
+pub mod layer2;
+pub mod metrics;
+pub mod owner;
+pub mod plan;
