@@ -4,8 +4,8 @@
 //! For each wanted IP Berth keeps, through rtnetlink (no `ip` commands):
 //!
 //! ```text
-//! ip rule add to <ip>/32 lookup <table> priority <priority> proto 190      (/128 for IPv6)
-//! ip route add local <ip> dev lo table <table> proto 190
+//! ip rule add to <ip>/32 lookup <table> priority <priority> proto 66      (/128 for IPv6)
+//! ip route add local <ip> dev lo table <table> proto 66
 //! ```
 //!
 //! The `local` route makes the kernel deliver packets for the IP to local sockets (a listener
@@ -16,7 +16,7 @@
 //! so several nodes can accept the same IP without all claiming it on the segment. For the
 //! same reason the IP cannot be `bind()`-ed to specifically; listen on the wildcard address.
 //!
-//! Everything Berth creates carries protocol 190 ([`BERTH_PROTOCOL`]); that is how Berth
+//! Everything Berth creates carries protocol 66 ([`BERTH_PROTOCOL`]); that is how Berth
 //! recognises its entries, and the only entries it ever deletes. Reconciling reads the
 //! kernel's rules and routes each time, so leftovers of a previous run (a crash, a changed
 //! `--route-table` or `--rule-priority`) are removed by the first reconcile, and

@@ -12,10 +12,11 @@ use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use super::RoutesConfig;
 
 /// The `rtm_protocol` Berth stamps on every rule and route it creates, and the only thing
-/// cleanup trusts: entries with another protocol are never touched. 190 (0xbe, "BErth") is
-/// not assigned in linux/rtnetlink.h (186-189 are BGP, IS-IS, OSPF, RIP; 192 is EIGRP).
-/// `ip rule`/`ip route` show it as `proto 190`.
-pub const BERTH_PROTOCOL: u8 = 190;
+/// cleanup trusts: entries with another protocol are never touched. 66 (0x42, "B") is neither
+/// in linux/rtnetlink.h nor in iproute2's or FRR's `rt_protos` (FRR takes 186-197, so 190 = 0xbe
+/// would show up as `proto ripng` on nodes running FRR), nor used by Calico (80) or BIRD (12).
+/// `ip rule`/`ip route` show it as `proto 66`.
+pub const BERTH_PROTOCOL: u8 = 66;
 
 /// The loopback interface's index, which the kernel fixes at 1 in every network namespace
 /// (`LOOPBACK_IFINDEX`), so there is no link lookup to do.
@@ -43,7 +44,7 @@ fn header_table(table: u32) -> u8 {
     u8::try_from(table).unwrap_or(RT_TABLE_UNSPEC)
 }
 
-/// `ip rule add to <ip>/32 lookup <table> priority <priority> proto 190` (or /128).
+/// `ip rule add to <ip>/32 lookup <table> priority <priority> proto 66` (or /128).
 pub fn rule_message(ip: IpAddr, cfg: &RoutesConfig) -> RuleMessage {
     let mut m = RuleMessage::default();
     m.header.family = family(ip);
@@ -59,7 +60,7 @@ pub fn rule_message(ip: IpAddr, cfg: &RoutesConfig) -> RuleMessage {
     m
 }
 
-/// `ip route add local <ip> dev lo table <table> proto 190`: type local (deliver to this host),
+/// `ip route add local <ip> dev lo table <table> proto 66`: type local (deliver to this host),
 /// scope host, like the kernel's own entries in table `local`.
 pub fn route_message(ip: IpAddr, cfg: &RoutesConfig) -> RouteMessage {
     let mut m = RouteMessage::default();
