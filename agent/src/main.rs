@@ -15,6 +15,7 @@ use berth_agent::layer2::announcer::Announcer;
 use berth_agent::layer2::interface;
 use berth_agent::metrics::Metrics;
 use berth_agent::plan::{Plan, plan};
+use berth_agent::routes::{self, LocalRoutes, RoutesConfig};
 
 /// Berth's node agent: accepts traffic for Service IPs on this node (local routes), and
 /// answers ARP/NDP for the Layer2 IPs this node owns.
@@ -60,11 +61,11 @@ struct Args {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:9474", env = "BERTH_METRICS_LISTEN")]
     metrics_listen: SocketAddr,
-    /// Routing table holding Berth's local routes.
-    #[arg(long, default_value_t = 1473, env = "BERTH_ROUTE_TABLE")]
+    /// Routing table holding Berth's local routes (not 0 or 252-255).
+    #[arg(long, default_value_t = routes::DEFAULT_TABLE, env = "BERTH_ROUTE_TABLE")]
     route_table: u32,
-    /// Priority of the policy rules sending Service IPs to that table.
-    #[arg(long, default_value_t = 1473, env = "BERTH_RULE_PRIORITY")]
+    /// Priority of the policy rules sending Service IPs to that table (1-32765).
+    #[arg(long, default_value_t = routes::DEFAULT_PRIORITY, env = "BERTH_RULE_PRIORITY")]
     rule_priority: u32,
     /// How long to wait at start for the membership to show another node before taking IPs
     /// (a restarted agent must not claim IPs while it still believes it is alone).
@@ -139,8 +140,15 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
     let (desired_tx, desired) = watch::channel(first);
     tokio::spawn(reload_on_sighup(args.static_file.clone(), desired_tx));
 
+    let routes = LocalRoutes::connect(RoutesConfig {
+        table: args.route_table,
+        priority: args.rule_priority,
+    })
+    .await
+    .context("local routes")?;
     let alive = membership(&args, desired.clone()).await?;
     let mut agent = Agent {
+        routes,
         me: args.node_name.clone(),
         metrics: metrics.clone(),
         announcers: BTreeMap::new(),
@@ -191,6 +199,7 @@ async fn membership(
 }
 
 struct Agent {
+    routes: LocalRoutes,
     me: String,
     metrics: Arc<Metrics>,
     /// By interface spec (a name or can_reach:<ip>).
@@ -262,32 +271,45 @@ impl Agent {
                 a.stop();
             }
         }
-        // Local routes would be reconciled here (traffic accepted before it is announced).
-        let mut owned_total = 0;
-        for (spec, ips) in &next.answer {
-            owned_total += ips.len();
-            if !self.announcers.contains_key(spec) {
-                match interface::resolve(spec)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|i| {
-                        ensure_arp_ignore(&i.name);
-                        Announcer::start(i, self.metrics.clone())
-                            .with_context(|| format!("opening packet sockets on {spec}"))
-                    }) {
-                    Ok(a) => {
-                        tracing::info!(interface = %a.interface().name, mac = %a.interface().mac, spec = %spec, "answering ARP/NDP");
-                        self.failed_interfaces.remove(spec);
-                        self.announcers.insert(spec.clone(), a);
-                    }
-                    Err(e) => {
-                        if self.failed_interfaces.insert(spec.clone()) {
-                            tracing::error!(spec = %spec, error = format!("{e:#}"), "cannot answer on this interface; retrying every 5 s");
-                        }
-                        continue;
+        // Announcers (and arp_ignore) are ready before routes make the kernel treat the IPs
+        // as local; they answer for nothing new yet.
+        for spec in next.answer.keys() {
+            if self.announcers.contains_key(spec) {
+                continue;
+            }
+            let started = interface::resolve(spec)
+                .map_err(anyhow::Error::from)
+                .and_then(|i| {
+                    ensure_arp_ignore(&i.name);
+                    Announcer::start(i, self.metrics.clone())
+                        .with_context(|| format!("opening packet sockets on {spec}"))
+                });
+            match started {
+                Ok(a) => {
+                    tracing::info!(interface = %a.interface().name, mac = %a.interface().mac, spec = %spec, "answering ARP/NDP");
+                    self.failed_interfaces.remove(spec);
+                    self.announcers.insert(spec.clone(), a);
+                }
+                Err(e) => {
+                    if self.failed_interfaces.insert(spec.clone()) {
+                        tracing::error!(spec = %spec, error = format!("{e:#}"), "cannot answer on this interface; retrying every 5 s");
                     }
                 }
             }
+        }
+        // Traffic is accepted before the IP is announced, so the first packets after a
+        // takeover are not dropped.
+        match self.routes.reconcile(&next.local).await {
+            Ok(c) if !c.is_empty() => {
+                tracing::info!(added = ?c.added, removed = ?c.removed, "local routes changed")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "local routes not fully applied"),
+        }
+        let mut owned_total = 0;
+        for (spec, ips) in &next.answer {
             if let Some(a) = self.announcers.get(spec) {
+                owned_total += ips.len();
                 a.set_owned(ips.clone());
                 if membership_changed {
                     a.announce_again();
@@ -303,6 +325,10 @@ impl Agent {
             a.stop();
         }
         tracing::info!("stopped answering ARP/NDP");
+        match self.routes.remove_all().await {
+            Ok(c) => tracing::info!(removed = c.removed.len(), "local routes removed"),
+            Err(e) => tracing::error!(error = %e, "local routes not all removed"),
+        }
     }
 }
 
@@ -394,6 +420,6 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.gossip_seed, vec!["a:1", "b:2"]);
-        assert_eq!(a.route_table, 1473);
+        assert_eq!(a.route_table, routes::DEFAULT_TABLE);
     }
 }
