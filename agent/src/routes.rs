@@ -8,13 +8,21 @@
 //! ip route add local <ip> dev lo table <table> proto 66
 //! ```
 //!
-//! The `local` route makes the kernel deliver packets for the IP to local sockets (a listener
-//! on `0.0.0.0`/`::` accepts them, as do kube-proxy/Cilium rules that DNAT them). The route
-//! lives in a Berth-owned table, not in the kernel's `local` table, because the kernel
-//! answers ARP only for addresses in table `local` (`inet_addr_type` looks there): Berth
-//! decides itself who answers ARP/NDP for an IP (the Layer2 responder, or nobody in BGP mode),
-//! so several nodes can accept the same IP without all claiming it on the segment. For the
-//! same reason the IP cannot be `bind()`-ed to specifically; listen on the wildcard address.
+//! The `local` route makes the kernel deliver packets for the IP to this host (INPUT /
+//! LOCAL_IN, where IPVS, nftables or a local socket bound to the wildcard address take them).
+//! The route lives in a Berth-owned table, not in the kernel's `local` table, because the
+//! kernel answers ARP only for addresses in table `local` (`inet_addr_type` looks there):
+//! Berth decides itself who answers ARP/NDP for an IP (the Layer2 responder, or nobody in BGP
+//! mode), so several nodes can accept the same IP without all claiming it on the segment.
+//!
+//! Known limit (IPv4 only, measured with two namespaces and a veth): a socket on this host
+//! cannot *send* from such an IP, because the kernel accepts a source address only if it is
+//! on an interface or in table `local` (`__ip_dev_find`). So a TCP listener on `0.0.0.0`
+//! receives the SYN for the IP but its SYN-ACK is dropped, and an unbound local client
+//! connecting to the IP gets "Network is unreachable" (the route picks the IP itself as
+//! source). IPv6 is not affected (measured). Traffic DNAT-ed to a Pod (kube-proxy, IPVS) is
+//! answered by the Pod, not from a host socket, so the limit should not apply to it (not
+//! measured here).
 //!
 //! Everything Berth creates carries protocol 66 ([`BERTH_PROTOCOL`]); that is how Berth
 //! recognises its entries, and the only entries it ever deletes. Reconciling reads the
