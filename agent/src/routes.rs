@@ -504,4 +504,69 @@ mod tests {
             .is_ok()
         );
     }
+
+    fn kernel_error(errno: i32) -> rtnetlink::Error {
+        let mut m = rtnetlink::packet_core::ErrorMessage::default();
+        m.code = std::num::NonZeroI32::new(-errno);
+        rtnetlink::Error::NetlinkError(m)
+    }
+
+    #[test]
+    fn permission_errors_say_which_capability_is_missing() {
+        let e = RoutesError::Apply {
+            failures: vec![
+                Failure {
+                    what: "add route for 192.0.2.1".into(),
+                    source: kernel_error(EPERM),
+                },
+                Failure {
+                    what: "add rule for 192.0.2.1".into(),
+                    source: kernel_error(EPERM),
+                },
+            ],
+            applied: Changes::default(),
+        };
+        let text = e.to_string();
+        assert!(text.starts_with("2 local route change(s) failed"), "{text}");
+        assert!(text.contains("add route for 192.0.2.1: "), "{text}");
+        assert!(text.contains("add rule for 192.0.2.1: "), "{text}");
+        assert!(text.contains("CAP_NET_ADMIN"), "{text}");
+    }
+
+    #[test]
+    fn already_done_is_success_and_other_errors_are_kept() {
+        let mut failures = Vec::new();
+        ok_if(
+            Err(kernel_error(EEXIST)),
+            EEXIST,
+            "add".into(),
+            &mut failures,
+        );
+        ok_if(
+            not_found_ok(Err(kernel_error(ESRCH))),
+            0,
+            "del v4".into(),
+            &mut failures,
+        );
+        ok_if(
+            not_found_ok(Err(kernel_error(ENOENT))),
+            0,
+            "del v6".into(),
+            &mut failures,
+        );
+        assert!(failures.is_empty());
+        ok_if(
+            Err(kernel_error(EPERM)),
+            EEXIST,
+            "add".into(),
+            &mut failures,
+        );
+        ok_if(
+            not_found_ok(Err(kernel_error(EEXIST))),
+            0,
+            "del".into(),
+            &mut failures,
+        );
+        assert_eq!(failures.len(), 2);
+    }
 }

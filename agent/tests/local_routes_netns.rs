@@ -240,7 +240,8 @@ fn reconcile_installs_local_delivery_and_removes_only_berths_entries() {
         assert!(lr.reconcile(&set(&[a, b])).await.unwrap().is_empty());
         assert_eq!(berths(&h).await, expected(&[a, b], cfg));
 
-        // A goes, an IPv6 IP comes.
+        // A goes, an IPv6 IP comes. IPv6 needs nothing special in a fresh namespace: `lo` up
+        // has ::1 (disable_ipv6 is 0 there), and a route, unlike an address, has no DAD.
         let ch = lr.reconcile(&set(&[b, c])).await.unwrap();
         assert_eq!(
             ch,
