@@ -20,7 +20,8 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec};
 use std::time::Duration;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 /// Why this machine cannot run the test, if it cannot (panics instead when `CI` is set, as
 /// `berth_e2e::lab_unavailable` does: CI must run it).
@@ -253,6 +254,27 @@ fn reconcile_installs_local_delivery_and_removes_only_berths_entries() {
         assert_eq!(berths(&h).await, expected(&[b, c], cfg));
         assert!(!delivered(&v4, a).await, "A no longer delivered");
         assert!(delivered(&v6, c).await, "C (IPv6) is delivered locally");
+        // IPv6: a TCP listener on [::] accepts a connection to C, from an unbound client.
+        let l6 = TcpListener::bind("[::]:0").await.unwrap();
+        let port = l6.local_addr().unwrap().port();
+        let mut client = TcpStream::connect((c, port)).await.unwrap();
+        let (mut server, _) = l6.accept().await.unwrap();
+        assert_eq!(server.local_addr().unwrap().ip(), c);
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0; 4];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        // IPv4's documented limit: a host socket cannot use B as its source (B is local only
+        // through Berth's table), so an unbound client is refused at once. If a kernel lifts
+        // this, the module docs and README-routes.md must change with this assertion.
+        let l4 = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = l4.local_addr().unwrap().port();
+        let e = TcpStream::connect((b, port)).await.unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(nix::errno::Errno::ENETUNREACH as i32),
+            "{e}"
+        );
 
         // Someone else's rule and route, in Berth's table even, with their own protocol and
         // priority.
