@@ -227,7 +227,13 @@ impl LocalRoutes {
     /// task on the current tokio runtime. Changes nothing in the kernel.
     pub async fn connect(cfg: RoutesConfig) -> Result<Self, RoutesError> {
         cfg.validate()?;
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(RoutesError::Connect)?;
+        // Strict checking lets the kernel (4.20 and later) filter route dumps by protocol, so
+        // a node with a large routing table (a full BGP feed) does not send all of it on each
+        // reconcile. Older kernels refuse the option: plain dumps, filtered here, still work.
+        let (connection, handle, _) = match rtnetlink::new_connection_with_strict_check() {
+            Ok(c) => c,
+            Err(_) => rtnetlink::new_connection().map_err(RoutesError::Connect)?,
+        };
         let connection = tokio::spawn(connection);
         Ok(Self {
             cfg,

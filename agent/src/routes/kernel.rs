@@ -208,12 +208,14 @@ pub fn route_delete_message(m: &RouteMessage) -> RouteMessage {
     d
 }
 
-/// A template for dumping all routes or rules of one family (the kernel answers with every
-/// table; filtering is ours, so this works without strict-checking support).
+/// A request to dump the routes of one family, all tables. With strict checking the kernel
+/// returns only Berth's protocol; without, it ignores the filter and sends everything, which
+/// [`classify_route`] sorts out.
 pub fn route_dump_message(family: AddressFamily) -> RouteMessage {
     let mut m = RouteMessage::default();
     m.header.address_family = family;
     m.header.table = RouteHeader::RT_TABLE_UNSPEC;
+    m.header.protocol = RouteProtocol::from(BERTH_PROTOCOL);
     m
 }
 
