@@ -156,7 +156,7 @@ pub enum RoutesError {
     Apply {
         /// Each failed request.
         failures: Vec<Failure>,
-        /// What was applied nonetheless.
+        /// The changes attempted; those named in `failures` did not happen.
         applied: Changes,
     },
 }
