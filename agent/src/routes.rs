@@ -4,25 +4,24 @@
 //! For each wanted IP Berth keeps, through rtnetlink (no `ip` commands):
 //!
 //! ```text
-//! ip rule add to <ip>/32 lookup <table> priority <priority> proto 66      (/128 for IPv6)
-//! ip route add local <ip> dev lo table <table> proto 66
+//! IPv4: ip route add local <ip> dev lo table local proto 66
+//! IPv6: ip -6 rule add to <ip>/128 lookup <table> priority <priority> proto 66
+//!       ip -6 route add local <ip> dev lo table <table> proto 66
 //! ```
 //!
 //! The `local` route makes the kernel deliver packets for the IP to this host (INPUT /
 //! LOCAL_IN, where IPVS, nftables or a local socket bound to the wildcard address take them).
-//! The route lives in a Berth-owned table, not in the kernel's `local` table, because the
-//! kernel answers ARP only for addresses in table `local` (`inet_addr_type` looks there):
-//! Berth decides itself who answers ARP/NDP for an IP (the Layer2 responder, or nobody in BGP
-//! mode), so several nodes can accept the same IP without all claiming it on the segment.
+//! IPv6 routes live in a Berth-owned table behind a rule, as designed. IPv4 routes cannot: a
+//! host socket may send from an IPv4 address only if it is on an interface or in table
+//! `local` (`__ip_dev_find`), so with the route in Berth's table a listener on `0.0.0.0`
+//! receives the SYN but its SYN-ACK is dropped (measured with two namespaces and a veth).
 //!
-//! Known limit (IPv4 only, measured with two namespaces and a veth): a socket on this host
-//! cannot *send* from such an IP, because the kernel accepts a source address only if it is
-//! on an interface or in table `local` (`__ip_dev_find`). So a TCP listener on `0.0.0.0`
-//! receives the SYN for the IP but its SYN-ACK is dropped, and an unbound local client
-//! connecting to the IP gets "Network is unreachable" (the route picks the IP itself as
-//! source). IPv6 is not affected (measured). Traffic DNAT-ed to a Pod (kube-proxy, IPVS) is
-//! answered by the Pod, not from a host socket, so the limit should not apply to it (not
-//! measured here).
+//! ARP: the kernel answers ARP requests for any address its input route lookup finds local,
+//! policy rules included (`arp_process` uses `ip_route_input`; measured: a custom-table local
+//! route is answered exactly like a table-`local` one). A separate table therefore does not
+//! keep the kernel quiet, and the agent installs a Layer2 IP's route only on the node that
+//! owns the IP. NDP is different: the kernel answers Neighbor Solicitations only for
+//! addresses on an interface, so IPv6 Layer2 IPs are answered by Berth's responder alone.
 //!
 //! Everything Berth creates carries protocol 66 ([`BERTH_PROTOCOL`]); that is how Berth
 //! recognises its entries, and the only entries it ever deletes. Reconciling reads the
