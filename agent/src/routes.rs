@@ -4,17 +4,24 @@
 //! For each wanted IP Berth keeps, through rtnetlink (no `ip` commands):
 //!
 //! ```text
-//! ip rule add to <ip>/32 lookup <table> priority <priority> proto 66      (/128 for IPv6)
-//! ip route add local <ip> dev lo table <table> proto 66
+//! IPv4: ip route add local <ip> dev lo table local proto 66
+//! IPv6: ip -6 rule add to <ip>/128 lookup <table> priority <priority> proto 66
+//!       ip -6 route add local <ip> dev lo table <table> proto 66
 //! ```
 //!
-//! The `local` route makes the kernel deliver packets for the IP to local sockets (a listener
-//! on `0.0.0.0`/`::` accepts them, as do kube-proxy/Cilium rules that DNAT them). The route
-//! lives in a Berth-owned table, not in the kernel's `local` table, because the kernel
-//! answers ARP only for addresses in table `local` (`inet_addr_type` looks there): Berth
-//! decides itself who answers ARP/NDP for an IP (the Layer2 responder, or nobody in BGP mode),
-//! so several nodes can accept the same IP without all claiming it on the segment. For the
-//! same reason the IP cannot be `bind()`-ed to specifically; listen on the wildcard address.
+//! The `local` route makes the kernel deliver packets for the IP to this host (INPUT /
+//! LOCAL_IN, where IPVS, nftables or a local socket bound to the wildcard address take them).
+//! IPv6 routes live in a Berth-owned table behind a rule, as designed. IPv4 routes cannot: a
+//! host socket may send from an IPv4 address only if it is on an interface or in table
+//! `local` (`__ip_dev_find`), so with the route in Berth's table a listener on `0.0.0.0`
+//! receives the SYN but its SYN-ACK is dropped (measured with two namespaces and a veth).
+//!
+//! ARP: the kernel answers ARP requests for any address its input route lookup finds local,
+//! policy rules included (`arp_process` uses `ip_route_input`; measured: a custom-table local
+//! route is answered exactly like a table-`local` one). A separate table therefore does not
+//! keep the kernel quiet, and the agent installs a Layer2 IP's route only on the node that
+//! owns the IP. NDP is different: the kernel answers Neighbor Solicitations only for
+//! addresses on an interface, so IPv6 Layer2 IPs are answered by Berth's responder alone.
 //!
 //! Everything Berth creates carries protocol 66 ([`BERTH_PROTOCOL`]); that is how Berth
 //! recognises its entries, and the only entries it ever deletes. Reconciling reads the
@@ -148,7 +155,7 @@ pub enum RoutesError {
     Apply {
         /// Each failed request.
         failures: Vec<Failure>,
-        /// What was applied nonetheless.
+        /// The changes attempted; those named in `failures` did not happen.
         applied: Changes,
     },
 }
@@ -219,7 +226,13 @@ impl LocalRoutes {
     /// task on the current tokio runtime. Changes nothing in the kernel.
     pub async fn connect(cfg: RoutesConfig) -> Result<Self, RoutesError> {
         cfg.validate()?;
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(RoutesError::Connect)?;
+        // Strict checking lets the kernel (4.20 and later) filter route dumps by protocol, so
+        // a node with a large routing table (a full BGP feed) does not send all of it on each
+        // reconcile. Older kernels refuse the option: plain dumps, filtered here, still work.
+        let (connection, handle, _) = match rtnetlink::new_connection_with_strict_check() {
+            Ok(c) => c,
+            Err(_) => rtnetlink::new_connection().map_err(RoutesError::Connect)?,
+        };
         let connection = tokio::spawn(connection);
         Ok(Self {
             cfg,
@@ -495,5 +508,70 @@ mod tests {
             .validate()
             .is_ok()
         );
+    }
+
+    fn kernel_error(errno: i32) -> rtnetlink::Error {
+        let mut m = rtnetlink::packet_core::ErrorMessage::default();
+        m.code = std::num::NonZeroI32::new(-errno);
+        rtnetlink::Error::NetlinkError(m)
+    }
+
+    #[test]
+    fn permission_errors_say_which_capability_is_missing() {
+        let e = RoutesError::Apply {
+            failures: vec![
+                Failure {
+                    what: "add route for 192.0.2.1".into(),
+                    source: kernel_error(EPERM),
+                },
+                Failure {
+                    what: "add rule for 192.0.2.1".into(),
+                    source: kernel_error(EPERM),
+                },
+            ],
+            applied: Changes::default(),
+        };
+        let text = e.to_string();
+        assert!(text.starts_with("2 local route change(s) failed"), "{text}");
+        assert!(text.contains("add route for 192.0.2.1: "), "{text}");
+        assert!(text.contains("add rule for 192.0.2.1: "), "{text}");
+        assert!(text.contains("CAP_NET_ADMIN"), "{text}");
+    }
+
+    #[test]
+    fn already_done_is_success_and_other_errors_are_kept() {
+        let mut failures = Vec::new();
+        ok_if(
+            Err(kernel_error(EEXIST)),
+            EEXIST,
+            "add".into(),
+            &mut failures,
+        );
+        ok_if(
+            not_found_ok(Err(kernel_error(ESRCH))),
+            0,
+            "del v4".into(),
+            &mut failures,
+        );
+        ok_if(
+            not_found_ok(Err(kernel_error(ENOENT))),
+            0,
+            "del v6".into(),
+            &mut failures,
+        );
+        assert!(failures.is_empty());
+        ok_if(
+            Err(kernel_error(EPERM)),
+            EEXIST,
+            "add".into(),
+            &mut failures,
+        );
+        ok_if(
+            not_found_ok(Err(kernel_error(EEXIST))),
+            0,
+            "del".into(),
+            &mut failures,
+        );
+        assert_eq!(failures.len(), 2);
     }
 }

@@ -20,7 +20,8 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec};
 use std::time::Duration;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 /// Why this machine cannot run the test, if it cannot (panics instead when `CI` is set, as
 /// `berth_e2e::lab_unavailable` does: CI must run it).
@@ -105,7 +106,8 @@ async fn rules(h: &Handle) -> RuleSet {
     out
 }
 
-/// (destination, table, type, protocol) of every route outside the kernel's own tables.
+/// (destination, table, type, protocol) of every route outside the kernel's own tables, and
+/// of Berth's routes in table `local`.
 async fn routes(h: &Handle) -> RouteSet {
     let mut out = BTreeSet::new();
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
@@ -126,7 +128,7 @@ async fn routes(h: &Handle) -> RouteSet {
                 }
             }
             if let Some(ip) = dst
-                && !(253..=255).contains(&table)
+                && (!(253..=255).contains(&table) || u8::from(m.header.protocol) == BERTH_PROTOCOL)
             {
                 out.insert((
                     ip,
@@ -144,15 +146,19 @@ async fn routes(h: &Handle) -> RouteSet {
 fn expected(ips: &[IpAddr], cfg: RoutesConfig) -> (RuleSet, RouteSet) {
     (
         ips.iter()
+            .filter(|ip| ip.is_ipv6())
             .map(|&ip| (ip, cfg.table, cfg.priority, BERTH_PROTOCOL))
             .collect(),
         ips.iter()
-            .map(|&ip| (ip, cfg.table, RTN_LOCAL, BERTH_PROTOCOL))
+            .map(|&ip| {
+                let table = if ip.is_ipv4() { 255 } else { cfg.table };
+                (ip, table, RTN_LOCAL, BERTH_PROTOCOL)
+            })
             .collect(),
     )
 }
 
-/// Berth's entries only (protocol 190).
+/// Berth's entries only (protocol 66).
 async fn berths(h: &Handle) -> (RuleSet, RouteSet) {
     let r = rules(h)
         .await
@@ -240,7 +246,8 @@ fn reconcile_installs_local_delivery_and_removes_only_berths_entries() {
         assert!(lr.reconcile(&set(&[a, b])).await.unwrap().is_empty());
         assert_eq!(berths(&h).await, expected(&[a, b], cfg));
 
-        // A goes, an IPv6 IP comes.
+        // A goes, an IPv6 IP comes. IPv6 needs nothing special in a fresh namespace: `lo` up
+        // has ::1 (disable_ipv6 is 0 there), and a route, unlike an address, has no DAD.
         let ch = lr.reconcile(&set(&[b, c])).await.unwrap();
         assert_eq!(
             ch,
@@ -252,6 +259,26 @@ fn reconcile_installs_local_delivery_and_removes_only_berths_entries() {
         assert_eq!(berths(&h).await, expected(&[b, c], cfg));
         assert!(!delivered(&v4, a).await, "A no longer delivered");
         assert!(delivered(&v6, c).await, "C (IPv6) is delivered locally");
+        // IPv6: a TCP listener on [::] accepts a connection to C, from an unbound client.
+        let l6 = TcpListener::bind("[::]:0").await.unwrap();
+        let port = l6.local_addr().unwrap().port();
+        let mut client = TcpStream::connect((c, port)).await.unwrap();
+        let (mut server, _) = l6.accept().await.unwrap();
+        assert_eq!(server.local_addr().unwrap().ip(), c);
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0; 4];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        // IPv4: a TCP listener on 0.0.0.0 accepts a connection to B and answers from B (the
+        // route is in table local, so B is a valid source address).
+        let l4 = TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = l4.local_addr().unwrap().port();
+        let mut client = TcpStream::connect((b, port)).await.unwrap();
+        let (mut server, _) = l4.accept().await.unwrap();
+        assert_eq!(server.local_addr().unwrap().ip(), b);
+        client.write_all(b"pong").await.unwrap();
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
 
         // Someone else's rule and route, in Berth's table even, with their own protocol and
         // priority.
@@ -350,13 +377,13 @@ fn half_present_ip_is_repaired() {
             table: 100,
             priority: 10,
         };
-        let a = ip("198.51.100.7");
+        let a = ip("2001:db8::77");
         let mut lr = LocalRoutes::connect(cfg).await.unwrap();
         lr.reconcile(&set(&[a])).await.unwrap();
         // Someone deletes Berth's rule by hand.
         let dump: Vec<RuleMessage> = h
             .rule()
-            .get(IpVersion::V4)
+            .get(IpVersion::V6)
             .execute()
             .try_collect()
             .await

@@ -60,19 +60,35 @@ pub fn rule_message(ip: IpAddr, cfg: &RoutesConfig) -> RuleMessage {
     m
 }
 
+/// The kernel's `local` table.
+pub const LOCAL_TABLE: u32 = 255;
+
+/// Where `ip`'s local route lives: IPv4 in the kernel's `local` table (a host socket can send
+/// from an IPv4 address only if it is there: `__ip_dev_find`), IPv6 in Berth's table behind a
+/// rule (IPv6 has no such check).
+pub fn route_table(ip: IpAddr, cfg: &RoutesConfig) -> u32 {
+    if ip.is_ipv4() { LOCAL_TABLE } else { cfg.table }
+}
+
+/// Whether `ip` needs a `to <ip> lookup <table>` rule (IPv6 only, see [`route_table`]).
+pub fn needs_rule(ip: IpAddr) -> bool {
+    ip.is_ipv6()
+}
+
 /// `ip route add local <ip> dev lo table <table> proto 66`: type local (deliver to this host),
-/// scope host, like the kernel's own entries in table `local`.
+/// scope host, like the kernel's own entries in table `local`; the table is [`route_table`].
 pub fn route_message(ip: IpAddr, cfg: &RoutesConfig) -> RouteMessage {
+    let table = route_table(ip, cfg);
     let mut m = RouteMessage::default();
     m.header.address_family = family(ip);
     m.header.destination_prefix_length = host_len(ip);
-    m.header.table = header_table(cfg.table);
+    m.header.table = header_table(table);
     m.header.protocol = RouteProtocol::from(BERTH_PROTOCOL);
     m.header.scope = RouteScope::Host;
     m.header.kind = RouteType::Local;
     m.attributes = vec![
         RouteAttribute::Destination(RouteAddress::from(ip)),
-        RouteAttribute::Table(cfg.table),
+        RouteAttribute::Table(table),
         RouteAttribute::Oif(LOOPBACK_IFINDEX),
     ];
     m
@@ -119,7 +135,8 @@ pub fn classify_rule(m: &RuleMessage, cfg: &RoutesConfig) -> Ownership {
     }
     match dst {
         Some(ip)
-            if m.header.action == RuleAction::ToTable
+            if needs_rule(ip)
+                && m.header.action == RuleAction::ToTable
                 && m.header.family == family(ip)
                 && m.header.dst_len == host_len(ip)
                 && m.header.src_len == 0
@@ -159,7 +176,7 @@ pub fn classify_route(m: &RouteMessage, cfg: &RoutesConfig) -> Ownership {
                 && m.header.source_prefix_length == 0
                 && m.header.tos == 0
                 && oif == Some(LOOPBACK_IFINDEX)
-                && table == cfg.table =>
+                && table == route_table(ip, cfg) =>
         {
             Ownership::Current(ip)
         }
@@ -208,12 +225,14 @@ pub fn route_delete_message(m: &RouteMessage) -> RouteMessage {
     d
 }
 
-/// A template for dumping all routes or rules of one family (the kernel answers with every
-/// table; filtering is ours, so this works without strict-checking support).
+/// A request to dump the routes of one family, all tables. With strict checking the kernel
+/// returns only Berth's protocol; without, it ignores the filter and sends everything, which
+/// [`classify_route`] sorts out.
 pub fn route_dump_message(family: AddressFamily) -> RouteMessage {
     let mut m = RouteMessage::default();
     m.header.address_family = family;
     m.header.table = RouteHeader::RT_TABLE_UNSPEC;
+    m.header.protocol = RouteProtocol::from(BERTH_PROTOCOL);
     m
 }
 
@@ -236,27 +255,43 @@ mod tests {
     fn what_berth_creates_it_recognises_as_current() {
         for a in [ip("192.0.2.1"), ip("2001:db8::1")] {
             assert_eq!(
-                classify_rule(&rule_message(a, &CFG), &CFG),
-                Ownership::Current(a)
-            );
-            assert_eq!(
                 classify_route(&route_message(a, &CFG), &CFG),
                 Ownership::Current(a)
             );
         }
+        let a = ip("2001:db8::1");
+        assert_eq!(
+            classify_rule(&rule_message(a, &CFG), &CFG),
+            Ownership::Current(a)
+        );
+        // IPv4 needs no rule: one found is a leftover of an earlier build.
+        let v4 = ip("192.0.2.1");
+        assert_eq!(
+            classify_rule(&rule_message(v4, &CFG), &CFG),
+            Ownership::Stale
+        );
+    }
+
+    #[test]
+    fn ipv4_routes_live_in_table_local_and_ipv6_in_berths_table() {
+        let m = route_message(ip("192.0.2.1"), &CFG);
+        assert_eq!(m.header.table, 255);
+        assert!(m.attributes.contains(&RouteAttribute::Table(LOCAL_TABLE)));
+        let m = route_message(ip("2001:db8::1"), &CFG);
+        assert!(m.attributes.contains(&RouteAttribute::Table(2430)));
     }
 
     #[test]
     fn big_table_numbers_travel_in_the_attribute() {
-        let m = route_message(ip("192.0.2.1"), &CFG);
+        let m = route_message(ip("2001:db8::1"), &CFG);
         assert_eq!(m.header.table, 0);
         assert!(m.attributes.contains(&RouteAttribute::Table(2430)));
         let small = RoutesConfig {
             table: 100,
             priority: 1000,
         };
-        assert_eq!(route_message(ip("192.0.2.1"), &small).header.table, 100);
-        assert_eq!(rule_message(ip("192.0.2.1"), &small).header.table, 100);
+        assert_eq!(route_message(ip("2001:db8::1"), &small).header.table, 100);
+        assert_eq!(rule_message(ip("2001:db8::1"), &small).header.table, 100);
     }
 
     #[test]
@@ -284,7 +319,7 @@ mod tests {
             table: 2431,
             priority: 999,
         };
-        let a = ip("192.0.2.1");
+        let a = ip("2001:db8::1");
         assert_eq!(
             classify_rule(&rule_message(a, &old), &CFG),
             Ownership::Stale
