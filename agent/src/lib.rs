@@ -1,0 +1,3 @@
+//! `berth-agent` library: the node agent's building blocks.
+
+pub mod membership;
