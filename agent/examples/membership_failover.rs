@@ -93,6 +93,31 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("{members} members converged; timing {:?}", Timing::fast());
 
+    // Steady-state cost per member (what one node sends, whatever the cluster size).
+    let sample = Duration::from_secs(3);
+    let before: Vec<(u64, u64)> = nodes
+        .iter()
+        .map(|(m, _)| {
+            (
+                m.metrics().datagrams_sent.get(),
+                m.metrics().bytes_sent.get(),
+            )
+        })
+        .collect();
+    tokio::time::sleep(sample).await;
+    let (mut datagrams, mut bytes) = (0u64, 0u64);
+    for ((m, _), (d0, b0)) in nodes.iter().zip(before) {
+        datagrams += m.metrics().datagrams_sent.get() - d0;
+        bytes += m.metrics().bytes_sent.get() - b0;
+    }
+    let per_node_s = (members as f64) * sample.as_secs_f64();
+    println!(
+        "steady state, per member: {:.0} datagrams/s, {:.0} bytes/s sent ({:.0} bytes each)",
+        datagrams as f64 / per_node_s,
+        bytes as f64 / per_node_s,
+        bytes as f64 / datagrams.max(1) as f64
+    );
+
     let mut times = Vec::new();
     for round in 0..kills {
         // Never the seed, so restarts can join through it.

@@ -203,3 +203,82 @@ async fn bad_configuration_is_refused_with_a_reason() {
     let e = Membership::start(cfg).await.err().unwrap().to_string();
     assert!(e.contains("advertise"), "{e}");
 }
+
+/// A loopback "network" of forwarders, one in front of each member, so a member can be cut off
+/// (nothing to or from it passes) and reconnected, without root.
+struct Net {
+    cut: std::sync::Arc<std::sync::Mutex<BTreeSet<SocketAddr>>>,
+    forwarders: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Net {
+    fn new() -> Self {
+        Self {
+            cut: Default::default(),
+            forwarders: Vec::new(),
+        }
+    }
+
+    /// Starts a member behind a forwarder; it advertises the forwarder's address.
+    async fn member(&mut self, node: &str, seeds: Vec<SocketAddr>) -> (Membership, Alive) {
+        let front = tokio::net::UdpSocket::bind(any_port()).await.unwrap();
+        let mut cfg = config(node, any_port(), seeds, KEY);
+        cfg.advertise = front.local_addr().unwrap();
+        let (m, rx) = start(cfg).await;
+        let real = m.local_addr();
+        let cut = self.cut.clone();
+        self.forwarders.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((len, from)) = front.recv_from(&mut buf).await {
+                let blocked = {
+                    let cut = cut.lock().unwrap();
+                    cut.contains(&real) || cut.contains(&from)
+                };
+                if !blocked {
+                    let _ = front.send_to(&buf[..len], real).await;
+                }
+            }
+        }));
+        (m, rx)
+    }
+
+    fn cut(&self, m: &Membership, cut: bool) {
+        let mut set = self.cut.lock().unwrap();
+        if cut {
+            set.insert(m.local_addr());
+        } else {
+            set.remove(&m.local_addr());
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for f in &self.forwarders {
+            f.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_member_cut_off_and_reconnected_rejoins() {
+    let mut net = Net::new();
+    let (a, mut ra) = net.member("a", vec![]).await;
+    let seed = a.identity().addr;
+    let (_b, mut rb) = net.member("b", vec![seed]).await;
+    let (c, mut rc) = net.member("c", vec![seed]).await;
+    let all = set(&["a", "b", "c"]);
+    for rx in [&mut ra, &mut rb, &mut rc] {
+        wait_for(rx, &all, "converging through the forwarders").await;
+    }
+    net.cut(&c, true);
+    wait_for(&mut ra, &set(&["a", "b"]), "a dropping the cut-off c").await;
+    wait_for(&mut rb, &set(&["a", "b"]), "b dropping the cut-off c").await;
+    wait_for(&mut rc, &set(&["c"]), "c seeing nobody").await;
+    let healed = Instant::now();
+    net.cut(&c, false);
+    for rx in [&mut ra, &mut rb, &mut rc] {
+        wait_for(rx, &all, "everyone seeing c again after the link is back").await;
+    }
+    println!("rejoined {:?} after the link came back", healed.elapsed());
+}

@@ -11,6 +11,8 @@ pub struct MembershipMetrics {
     pub members: Gauge,
     /// Datagrams sent.
     pub datagrams_sent: Counter,
+    /// Bytes sent (UDP payloads, authentication included).
+    pub bytes_sent: Counter,
     /// Datagrams received that passed authentication.
     pub datagrams_received: Counter,
     /// Datagrams dropped: too short, not ours, another key, or a bad tag.
@@ -33,6 +35,11 @@ impl MembershipMetrics {
             "membership_datagrams_sent",
             "Membership datagrams sent",
             self.datagrams_sent.clone(),
+        );
+        registry.register(
+            "membership_sent_bytes",
+            "Membership bytes sent (UDP payloads, authentication included)",
+            self.bytes_sent.clone(),
         );
         registry.register(
             "membership_datagrams_received",

@@ -309,8 +309,11 @@ impl Runner {
         for (to, data) in fx.send {
             let sealed = self.key.seal(&data);
             match self.socket.send_to(&sealed, to).await {
-                Ok(_) => {
+                Ok(n) => {
                     self.metrics.datagrams_sent.inc();
+                    self.metrics
+                        .bytes_sent
+                        .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
                 }
                 Err(e) => {
                     self.metrics.send_errors.inc();
