@@ -104,7 +104,15 @@ async fn main() -> anyhow::Result<()> {
             )
         })
         .collect();
+    for (_, rx) in &mut nodes {
+        rx.mark_unchanged();
+    }
     tokio::time::sleep(sample).await;
+    let flaps = nodes
+        .iter()
+        .filter(|(_, rx)| rx.has_changed().unwrap_or(true))
+        .count();
+    println!("members whose alive set changed while nothing happened: {flaps} (want 0)");
     let (mut datagrams, mut bytes) = (0u64, 0u64);
     for ((m, _), (d0, b0)) in nodes.iter().zip(before) {
         datagrams += m.metrics().datagrams_sent.get() - d0;

@@ -222,7 +222,7 @@ impl Membership {
         let swim = Foca::new(identity.clone(), config, rng, PostcardCodec);
         let (alive_tx, alive_rx) = watch::channel(BTreeSet::from([cfg.node.clone()]));
         cfg.metrics.members.set(1);
-        let (commands, command_rx) = mpsc::channel(1);
+        let (commands, command_rx) = mpsc::channel(8);
         let runner = runner::Runner::new(
             swim,
             Arc::new(socket),
@@ -261,6 +261,12 @@ impl Membership {
         {
             let _ = tokio::time::timeout(LEAVE_TIMEOUT, wait).await;
         }
+    }
+
+    /// Replaces the seeds (for example the nodes' addresses as the Node list changes); if this
+    /// agent sees nobody, it announces to them at once.
+    pub async fn set_seeds(&self, seeds: Vec<SocketAddr>) {
+        let _ = self.commands.send(runner::Command::SetSeeds(seeds)).await;
     }
 
     /// Registers this membership's metrics (names start with `membership_`).

@@ -162,6 +162,18 @@ async fn members_started_in_any_order_converge() {
 }
 
 #[tokio::test]
+async fn seeds_given_later_are_used() {
+    let (a, mut ra) = start(config("a", any_port(), vec![], KEY)).await;
+    let (b, mut rb) = start(config("b", any_port(), vec![], KEY)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(*rb.borrow(), set(&["b"]), "no seeds, nobody to join");
+    b.set_seeds(vec![b.identity().addr, a.identity().addr])
+        .await;
+    wait_for(&mut ra, &set(&["a", "b"]), "a finding b").await;
+    wait_for(&mut rb, &set(&["a", "b"]), "b finding a").await;
+}
+
+#[tokio::test]
 async fn a_member_with_another_key_never_joins_and_is_counted() {
     let metrics_a = MembershipMetrics::default();
     let mut cfg_a = config("a", any_port(), vec![], KEY);

@@ -23,6 +23,8 @@ pub(crate) type Swim = Foca<NodeId, PostcardCodec, SmallRng, NoCustomBroadcast>;
 pub(crate) enum Command {
     /// Announce our departure, then stop; the sender is told when the datagrams are out.
     Leave(oneshot::Sender<()>),
+    /// Replace the seed list (announced to at once if we are alone).
+    SetSeeds(Vec<SocketAddr>),
 }
 
 /// At most this many seeds are announced to per round, so a long seed list stays cheap.
@@ -174,16 +176,21 @@ impl Runner {
             let next_timer = self.timers.peek().map(|Reverse(s)| s.at);
             tokio::select! {
                 biased;
-                command = commands.recv() => {
-                    match command {
-                        Some(Command::Leave(done)) => {
-                            self.leave().await;
-                            let _ = done.send(());
+                command = commands.recv() => match command {
+                    Some(Command::SetSeeds(seeds)) => {
+                        self.seeds = seeds;
+                        self.seed_cursor = 0;
+                        if self.swim.num_members() == 0 {
+                            self.announce_to_seeds(SEEDS_PER_ROUND, &mut fx);
                         }
-                        None => {}
                     }
-                    return;
-                }
+                    Some(Command::Leave(done)) => {
+                        self.leave().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => return,
+                },
                 () = sleep_until(next_timer) => self.fire_due_timers(&mut fx),
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((len, from)) => {
