@@ -19,6 +19,23 @@ type Alive = watch::Receiver<BTreeSet<String>>;
 const KEY: &[u8] = b"berth-example-membership-key-0123456789";
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// `Timing::fast()`, with `PROBE_MS`, `RTT_MS` and `SUSPECT_MS` from the environment if set.
+fn timing() -> Timing {
+    let ms = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    };
+    let fast = Timing::fast();
+    Timing {
+        probe_period: ms("PROBE_MS").unwrap_or(fast.probe_period),
+        probe_rtt: ms("RTT_MS").unwrap_or(fast.probe_rtt),
+        suspect_to_down: ms("SUSPECT_MS").unwrap_or(fast.suspect_to_down),
+        ..fast
+    }
+}
+
 fn config(node: &str, listen: SocketAddr, seeds: Vec<SocketAddr>) -> MembershipConfig {
     MembershipConfig {
         node: node.to_string(),
@@ -26,7 +43,7 @@ fn config(node: &str, listen: SocketAddr, seeds: Vec<SocketAddr>) -> MembershipC
         advertise: listen,
         seeds,
         key: KEY.to_vec(),
-        timing: Timing::fast(),
+        timing: timing(),
         metrics: MembershipMetrics::default(),
     }
 }
@@ -60,6 +77,10 @@ async fn start_retrying(cfg: MembershipConfig) -> anyhow::Result<(Membership, Al
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    // RUST_LOG=info shows every up/down the members see.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let mut args = std::env::args().skip(1);
     let members: usize = args
         .next()
@@ -91,7 +112,15 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("initial convergence")?;
     }
-    println!("{members} members converged; timing {:?}", Timing::fast());
+    let rejoins = |nodes: &[(Membership, Alive)]| -> u64 {
+        nodes.iter().map(|(m, _)| m.metrics().rejoins.get()).sum()
+    };
+    println!(
+        "{members} members converged after {} false downs (rejoins); timing {:?}",
+        rejoins(&nodes),
+        timing()
+    );
+    let rejoins_before = rejoins(&nodes);
 
     // Steady-state cost per member (what one node sends, whatever the cluster size).
     let sample = Duration::from_secs(3);
@@ -112,7 +141,10 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .filter(|(_, rx)| rx.has_changed().unwrap_or(true))
         .count();
-    println!("members whose alive set changed while nothing happened: {flaps} (want 0)");
+    println!(
+        "while nothing happened: {flaps} members saw their alive set change, {} false downs (want 0, 0)",
+        rejoins(&nodes) - rejoins_before
+    );
     let (mut datagrams, mut bytes) = (0u64, 0u64);
     for ((m, _), (d0, b0)) in nodes.iter().zip(before) {
         datagrams += m.metrics().datagrams_sent.get() - d0;

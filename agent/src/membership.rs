@@ -219,7 +219,7 @@ impl Membership {
             addr: advertise,
             boot: boot_number(),
         };
-        let swim = Foca::new(identity.clone(), config, rng, PostcardCodec);
+        let swim = Foca::new(identity.clone(), config.clone(), rng, PostcardCodec);
         let (alive_tx, alive_rx) = watch::channel(BTreeSet::from([cfg.node.clone()]));
         cfg.metrics.members.set(1);
         let (commands, command_rx) = mpsc::channel(8);
@@ -230,7 +230,8 @@ impl Membership {
             cfg.node.clone(),
             vec![advertise, bound],
             cfg.seeds,
-            cfg.timing.rejoin_period,
+            cfg.timing.clone(),
+            config,
             alive_tx,
             cfg.metrics.clone(),
         );

@@ -21,6 +21,9 @@ pub struct MembershipMetrics {
     pub protocol_errors: Counter,
     /// Datagrams that could not be sent (socket errors).
     pub send_errors: Counter,
+    /// Times the cluster declared this agent down while it was running (it then rejoined with
+    /// a renewed identity): each one moved this node's Layer2 IPs away and back.
+    pub rejoins: Counter,
 }
 
 impl MembershipMetrics {
@@ -55,6 +58,11 @@ impl MembershipMetrics {
             "membership_protocol_errors",
             "Authenticated membership datagrams the SWIM layer rejected",
             self.protocol_errors.clone(),
+        );
+        registry.register(
+            "membership_rejoins",
+            "Times the cluster declared this running agent down (false suspicion or cut link) and it rejoined",
+            self.rejoins.clone(),
         );
         registry.register(
             "membership_send_errors",

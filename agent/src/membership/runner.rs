@@ -41,17 +41,18 @@ pub(crate) struct Effects {
     send: Vec<(SocketAddr, Vec<u8>)>,
     timers: Vec<(Duration, Timer<NodeId>)>,
     membership_changed: bool,
+    rejoined: bool,
 }
 
 impl foca::Runtime<NodeId> for Effects {
     fn notify(&mut self, notification: Notification<'_, NodeId>) {
         match notification {
             Notification::MemberUp(id) => {
-                tracing::info!(node = %id.name, addr = %id.addr, "membership: node up");
+                tracing::info!(node = %id.name, addr = %id.addr, boot = id.boot, "membership: node up");
                 self.membership_changed = true;
             }
             Notification::MemberDown(id) => {
-                tracing::info!(node = %id.name, addr = %id.addr, "membership: node down");
+                tracing::info!(node = %id.name, addr = %id.addr, boot = id.boot, "membership: node down");
                 self.membership_changed = true;
             }
             Notification::Rename(old, new) => {
@@ -66,6 +67,7 @@ impl foca::Runtime<NodeId> for Effects {
                     down (false suspicion or a cut link); rejoined with a new identity"
                 );
                 self.membership_changed = true;
+                self.rejoined = true;
             }
             Notification::Idle => {
                 tracing::info!("membership: no other agent is reachable");
@@ -121,6 +123,9 @@ pub(crate) struct Runner {
     pub(crate) own_addrs: Vec<SocketAddr>,
     pub(crate) seeds: Vec<SocketAddr>,
     pub(crate) rejoin_period: Duration,
+    pub(crate) timing: super::Timing,
+    /// The configuration foca runs with (foca has no getter).
+    config: foca::Config,
     pub(crate) alive: watch::Sender<BTreeSet<String>>,
     pub(crate) metrics: MembershipMetrics,
     timers: BinaryHeap<Reverse<Scheduled>>,
@@ -139,7 +144,8 @@ impl Runner {
         own_name: String,
         own_addrs: Vec<SocketAddr>,
         seeds: Vec<SocketAddr>,
-        rejoin_period: Duration,
+        timing: super::Timing,
+        config: foca::Config,
         alive: watch::Sender<BTreeSet<String>>,
         metrics: MembershipMetrics,
     ) -> Self {
@@ -150,7 +156,9 @@ impl Runner {
             own_name,
             own_addrs,
             seeds,
-            rejoin_period,
+            rejoin_period: timing.rejoin_period,
+            timing,
+            config,
             alive,
             metrics,
             timers: BinaryHeap::new(),
@@ -328,13 +336,16 @@ impl Runner {
                 }
             };
         }
+        if fx.rejoined {
+            self.metrics.rejoins.inc();
+        }
         if fx.membership_changed {
             self.publish();
         }
     }
 
     /// The names of the active members plus our own.
-    fn publish(&self) {
+    fn publish(&mut self) {
         let mut alive: BTreeSet<String> = self
             .swim
             .iter_members()
@@ -344,6 +355,7 @@ impl Runner {
         self.metrics
             .members
             .set(i64::try_from(alive.len()).unwrap_or(i64::MAX));
+        self.retune(self.swim.num_members().saturating_add(1));
         self.alive.send_if_modified(|current| {
             if *current == alive {
                 false
@@ -352,6 +364,25 @@ impl Runner {
                 true
             }
         });
+    }
+}
+
+impl Runner {
+    /// Keeps the suspicion timeout in step with the cluster size (foca allows changing it live).
+    fn retune(&mut self, members: usize) {
+        let wanted = self.timing.suspicion_for(members);
+        if wanted == self.config.suspect_to_down_after {
+            return;
+        }
+        let mut config = self.config.clone();
+        config.suspect_to_down_after = wanted;
+        match self.swim.set_config(config.clone()) {
+            Ok(()) => {
+                self.config = config;
+                tracing::debug!(members, suspect_to_down = ?wanted, "membership: retuned");
+            }
+            Err(e) => tracing::debug!(error = %e, "membership: cannot retune"),
+        }
     }
 }
 

@@ -12,7 +12,8 @@ pub struct Timing {
     pub probe_rtt: Duration,
     /// How many members are asked to probe indirectly when the direct probe times out.
     pub indirect_probes: usize,
-    /// How long a suspected member has to refute before it is declared down.
+    /// How long a suspected member has to refute before it is declared down, in a cluster of
+    /// up to 10 members; scaled by log10(members) above that (see [`Timing::suspicion_for`]).
     pub suspect_to_down: Duration,
     /// Every period, membership updates are also gossiped to `gossip_fanout` random members.
     pub gossip_period: Duration,
@@ -76,6 +77,15 @@ impl Timing {
         Ok(())
     }
 
+    /// The suspicion timeout for a cluster of `members`: `suspect_to_down` x max(1,
+    /// log10(members)), because a suspicion takes ~log(members) gossip rounds to reach the
+    /// suspect, which needs that long to refute (60 ms at 10 members, 102 ms at 50, 180 ms at
+    /// 1,000 with [`Timing::fast`]).
+    pub fn suspicion_for(&self, members: usize) -> Duration {
+        let factor = (members.max(1) as f64).log10().max(1.0);
+        self.suspect_to_down.mul_f64(factor)
+    }
+
     /// The foca configuration; `max_packet_size` is what is left of a datagram after framing.
     pub(crate) fn to_foca(&self, max_packet_size: NonZeroUsize) -> Result<foca::Config, String> {
         self.validate()?;
@@ -124,6 +134,16 @@ mod tests {
             .unwrap();
         assert_eq!(c.probe_period, Duration::from_millis(40));
         assert_eq!(c.max_packet_size.get(), 1300);
+    }
+
+    #[test]
+    fn suspicion_grows_with_the_log_of_the_cluster_size() {
+        let t = Timing::fast();
+        assert_eq!(t.suspicion_for(0), t.suspect_to_down);
+        assert_eq!(t.suspicion_for(3), t.suspect_to_down);
+        assert_eq!(t.suspicion_for(10), t.suspect_to_down);
+        assert_eq!(t.suspicion_for(100), t.suspect_to_down * 2);
+        assert_eq!(t.suspicion_for(1000), t.suspect_to_down * 3);
     }
 
     #[test]
