@@ -19,7 +19,8 @@ type Alive = watch::Receiver<BTreeSet<String>>;
 const KEY: &[u8] = b"berth-example-membership-key-0123456789";
 const PATIENCE: Duration = Duration::from_secs(10);
 
-/// `Timing::fast()`, with `PROBE_MS`, `RTT_MS` and `SUSPECT_MS` from the environment if set.
+/// `Timing::fast()`, with `PROBE_MS`, `RTT_MS`, `SUSPECT_MS` and `GOSSIP_MS` from the
+/// environment if set.
 fn timing() -> Timing {
     let ms = |name: &str| {
         std::env::var(name)
@@ -32,6 +33,7 @@ fn timing() -> Timing {
         probe_period: ms("PROBE_MS").unwrap_or(fast.probe_period),
         probe_rtt: ms("RTT_MS").unwrap_or(fast.probe_rtt),
         suspect_to_down: ms("SUSPECT_MS").unwrap_or(fast.suspect_to_down),
+        gossip_period: ms("GOSSIP_MS").unwrap_or(fast.gossip_period),
         ..fast
     }
 }
@@ -75,7 +77,7 @@ async fn start_retrying(cfg: MembershipConfig) -> anyhow::Result<(Membership, Al
     bail!("could not restart {}", cfg.node)
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // RUST_LOG=info shows every up/down the members see.
     tracing_subscriber::fmt()
@@ -145,6 +147,11 @@ async fn main() -> anyhow::Result<()> {
         "while nothing happened: {flaps} members saw their alive set change, {} false downs (want 0, 0)",
         rejoins(&nodes) - rejoins_before
     );
+    let late: u64 = nodes
+        .iter()
+        .map(|(m, _)| m.metrics().late_timers.get())
+        .sum();
+    println!("timers late by more than probe_rtt so far (CPU starvation): {late}");
     let (mut datagrams, mut bytes) = (0u64, 0u64);
     for ((m, _), (d0, b0)) in nodes.iter().zip(before) {
         datagrams += m.metrics().datagrams_sent.get() - d0;

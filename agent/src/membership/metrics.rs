@@ -24,6 +24,9 @@ pub struct MembershipMetrics {
     /// Times the cluster declared this agent down while it was running (it then rejoined with
     /// a renewed identity): each one moved this node's Layer2 IPs away and back.
     pub rejoins: Counter,
+    /// Protocol timers that fired later than `probe_rtt` after their time: the agent is starved
+    /// of CPU, and false suspicions (IPs moving away) follow.
+    pub late_timers: Counter,
 }
 
 impl MembershipMetrics {
@@ -63,6 +66,11 @@ impl MembershipMetrics {
             "membership_rejoins",
             "Times the cluster declared this running agent down (false suspicion or cut link) and it rejoined",
             self.rejoins.clone(),
+        );
+        registry.register(
+            "membership_late_timers",
+            "Membership timers that fired more than probe_rtt late (agent starved of CPU; false downs follow)",
+            self.late_timers.clone(),
         );
         registry.register(
             "membership_send_errors",

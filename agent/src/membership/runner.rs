@@ -267,6 +267,12 @@ impl Runner {
                 break;
             }
             if let Some(Reverse(s)) = self.timers.pop() {
+                let lag = now.duration_since(s.at);
+                if lag > self.timing.probe_rtt {
+                    // Late timers mean late probes and late acks: false suspicions follow.
+                    self.metrics.late_timers.inc();
+                    tracing::debug!(lag = ?lag, "membership: timer late (agent starved of CPU?)");
+                }
                 due.push(s.timer);
             }
         }
