@@ -3,6 +3,7 @@
 
 pub mod desired;
 pub mod layer2;
+pub mod membership;
 pub mod metrics;
 pub mod owner;
 pub mod plan;

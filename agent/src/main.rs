@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use berth_agent::desired::{self, Desired};
 use berth_agent::layer2::announcer::Announcer;
 use berth_agent::layer2::interface;
+use berth_agent::membership::{Membership, MembershipConfig, MembershipMetrics, Timing};
 use berth_agent::metrics::Metrics;
 use berth_agent::plan::{Plan, plan};
 use berth_agent::routes::{self, LocalRoutes, RoutesConfig};
@@ -52,11 +53,12 @@ struct Args {
     /// Address other agents reach this one at (default: --gossip-listen).
     #[arg(long, env = "BERTH_GOSSIP_ADVERTISE")]
     gossip_advertise: Option<SocketAddr>,
-    /// Another agent's gossip address to join through (repeatable).
+    /// Another agent's gossip address (IP:port) to join through (repeatable).
     #[arg(long, env = "BERTH_GOSSIP_SEEDS", value_delimiter = ',')]
-    gossip_seed: Vec<String>,
-    /// File holding the shared key that authenticates gossip (HMAC); same on every node.
-    #[arg(long, env = "BERTH_GOSSIP_KEY_FILE")]
+    gossip_seed: Vec<SocketAddr>,
+    /// File holding the shared key that authenticates gossip (HMAC-SHA256); the same on
+    /// every node. Required with --gossip-listen.
+    #[arg(long, env = "BERTH_GOSSIP_KEY_FILE", requires = "gossip_listen")]
     gossip_key_file: Option<PathBuf>,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:9474", env = "BERTH_METRICS_LISTEN")]
@@ -124,7 +126,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    let membership_metrics = MembershipMetrics::default();
+    membership_metrics.register(metrics.registry_mut());
+    let metrics = Arc::new(metrics);
     let (stop_tx, stop) = watch::channel(false);
     let (ready_tx, ready) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)
@@ -146,7 +151,7 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
     })
     .await
     .context("local routes")?;
-    let alive = membership(&args, desired.clone()).await?;
+    let (membership, alive) = membership(&args, desired.clone(), membership_metrics).await?;
     let mut agent = Agent {
         routes,
         me: args.node_name.clone(),
@@ -159,19 +164,50 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
     let result = run.await;
     let _ = stop_tx.send(true);
     agent.shutdown().await;
+    if let Some(m) = membership {
+        m.leave().await;
+        tracing::info!("left the membership");
+    }
     result
 }
 
-/// The live nodes. Without gossip: every candidate of the desired state, and this node.
+/// The live nodes: from the gossip membership, or without it every candidate of the desired
+/// state and this node. With seeds, waits (up to --join-timeout) until another node is seen,
+/// so a restarted agent does not claim every IP while it still believes it is alone.
 async fn membership(
     args: &Args,
     mut desired: watch::Receiver<Desired>,
-) -> anyhow::Result<watch::Receiver<BTreeSet<String>>> {
-    if args.gossip_listen.is_some() {
-        anyhow::bail!(
-            "--gossip-listen: the membership is not in this build yet; run without it (every \
-             candidate taken as alive)"
-        );
+    metrics: MembershipMetrics,
+) -> anyhow::Result<(Option<Membership>, watch::Receiver<BTreeSet<String>>)> {
+    if let Some(listen) = args.gossip_listen {
+        let key_file = args.gossip_key_file.as_ref().context(
+            "--gossip-listen needs --gossip-key-file: gossip between agents is authenticated",
+        )?;
+        let key =
+            berth_agent::membership::AuthKey::read_file(key_file).context("--gossip-key-file")?;
+        let (m, mut alive) = Membership::start(MembershipConfig {
+            node: args.node_name.clone(),
+            listen,
+            advertise: args.gossip_advertise.unwrap_or(listen),
+            seeds: args.gossip_seed.clone(),
+            key,
+            timing: Timing::default(),
+            metrics,
+        })
+        .await
+        .context("starting the membership")?;
+        if !args.gossip_seed.is_empty() {
+            let joined =
+                tokio::time::timeout(args.join_timeout, alive.wait_for(|a| a.len() > 1)).await;
+            match joined {
+                Ok(Ok(a)) => tracing::info!(members = a.len(), "joined the membership"),
+                _ => tracing::warn!(
+                    timeout = ?args.join_timeout,
+                    "no other agent seen yet: going on alone (check --gossip-seed, the key, and UDP reachability)"
+                ),
+            }
+        }
+        return Ok((Some(m), alive));
     }
     tracing::warn!("no --gossip-listen: every candidate is taken as alive, so IPs never fail over");
     let me = args.node_name.clone();
@@ -195,7 +231,7 @@ async fn membership(
             });
         }
     });
-    Ok(rx)
+    Ok((None, rx))
 }
 
 struct Agent {
@@ -419,7 +455,7 @@ mod tests {
             "b:2",
         ])
         .unwrap();
-        assert_eq!(a.gossip_seed, vec!["a:1", "b:2"]);
+        assert_eq!(a.gossip_seed.len(), 2);
         assert_eq!(a.route_table, routes::DEFAULT_TABLE);
     }
 }

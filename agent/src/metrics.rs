@@ -118,6 +118,11 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// The registry, to register other components' metrics (membership) under `berth_agent_`.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The label set of `ip`.
     pub fn ip(ip: IpAddr) -> IpLabels {
         IpLabels {

@@ -124,7 +124,7 @@ pub struct Segment {
 /// The static file every agent reads.
 pub fn static_file() -> String {
     format!(
-        "localIps: [{EIP4}, \"{EIP6}\"]
+        "localIps: [198.51.100.10]
 layer2:
   - service: default/web
     ips: [{EIP4}, \"{EIP6}\"]
