@@ -450,12 +450,24 @@ mod tests {
             "--static",
             "/x",
             "--gossip-seed",
-            "a:1",
+            "10.0.0.12:7946",
             "--gossip-seed",
-            "b:2",
+            "[fd00::13]:7946",
         ])
         .unwrap();
         assert_eq!(a.gossip_seed.len(), 2);
+        // A key without a listen address is refused, not ignored.
+        let e = Args::try_parse_from([
+            "berth-agent",
+            "--node-name",
+            "n1",
+            "--static",
+            "/x",
+            "--gossip-key-file",
+            "/k",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--gossip-listen"), "{e}");
         assert_eq!(a.route_table, routes::DEFAULT_TABLE);
     }
 }
