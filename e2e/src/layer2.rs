@@ -273,6 +273,36 @@ impl Segment {
         }
     }
 
+    /// SIGTERMs node `i`'s agent (clean shutdown) and waits for it.
+    pub fn terminate_agent(&mut self, i: usize) {
+        if let Some(pid) = self.agents[i].take() {
+            self.lab.terminate(pid);
+        }
+    }
+
+    /// Berth's rules and routes (protocol 66) on node `i`, one line each.
+    pub fn berth_entries(&self, i: usize) -> Vec<String> {
+        let ns = &self.nodes[i];
+        let mut out = Vec::new();
+        for args in [
+            ["-4", "route", "show", "table", "all"],
+            ["-6", "route", "show", "table", "all"],
+            ["-4", "rule", "show", "", ""],
+            ["-6", "rule", "show", "", ""],
+        ] {
+            let mut a = vec!["-n", ns.as_str()];
+            a.extend(args.iter().filter(|s| !s.is_empty()));
+            if let Ok(text) = run("ip", &a) {
+                out.extend(
+                    text.lines()
+                        .filter(|l| l.contains("proto 66"))
+                        .map(str::to_owned),
+                );
+            }
+        }
+        out
+    }
+
     /// Takes node `i`'s link down or up.
     pub fn set_link(&self, i: usize, up: bool) -> Result<(), String> {
         run(

@@ -102,8 +102,47 @@ fn one_node_answers_and_only_the_owner() {
         eprintln!("skipped: {why}");
         return;
     }
-    let seg = Segment::start("l2a", &AGENT, false).unwrap();
-    owners_serve(&seg, &NODES);
+    let mut seg = Segment::start("l2a", &AGENT, false).unwrap();
+    let [v4, v6] = owners_serve(&seg, &NODES);
+    // Only the owner routes a Layer2 IP (so no other kernel can claim it): one route each.
+    for i in 0..NODES.len() {
+        let entries = seg.berth_entries(i);
+        let has = |ip: &str| {
+            entries
+                .iter()
+                .filter(|l| l.contains(&format!("{ip} ")))
+                .count()
+        };
+        assert_eq!(has(EIP4), usize::from(i == v4), "{}: {entries:?}", NODES[i]);
+        // IPv6: a rule and a route on the owner.
+        assert_eq!(
+            has(EIP6),
+            2 * usize::from(i == v6),
+            "{}: {entries:?}",
+            NODES[i]
+        );
+    }
+    // SIGKILL and restart of the IPv4 owner's agent: its leftovers are reused, not doubled,
+    // and it answers again, alone.
+    let before = seg.berth_entries(v4);
+    seg.kill_agent(v4);
+    seg.start_agent(v4).unwrap();
+    assert_eq!(owners_serve(&seg, &NODES), [v4, v6]);
+    let mut after = seg.berth_entries(v4);
+    let mut before = before;
+    before.sort();
+    after.sort();
+    assert_eq!(before, after, "entries changed across a crash and restart");
+    // SIGTERM removes everything the agent added, and it stops answering.
+    seg.terminate_agent(v4);
+    assert_eq!(seg.berth_entries(v4), Vec::<String>::new());
+    let answers = seg.who_answers(EIP4).unwrap();
+    assert!(
+        answers
+            .iter()
+            .all(|(m, _)| !m.eq_ignore_ascii_case(&seg.macs[v4])),
+        "a stopped agent's node still answers: {answers:?}"
+    );
 }
 
 /// Takes node `gone` away with `cut`, then checks every EIP it owned moved to the node elected
