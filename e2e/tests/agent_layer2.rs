@@ -105,7 +105,7 @@ fn one_node_answers_and_only_the_owner() {
     let mut seg = Segment::start("l2a", &AGENT, false).unwrap();
     let [v4, v6] = owners_serve(&seg, &NODES);
     // Only the owner routes a Layer2 IP (so no other kernel can claim it): one route each.
-    for i in 0..NODES.len() {
+    for (i, node) in NODES.iter().enumerate() {
         let entries = seg.berth_entries(i);
         let has = |ip: &str| {
             entries
@@ -113,7 +113,7 @@ fn one_node_answers_and_only_the_owner() {
                 .filter(|l| l.contains(&format!("{ip} ")))
                 .count()
         };
-        assert_eq!(has(EIP4), usize::from(i == v4), "{}: {entries:?}", NODES[i]);
+        assert_eq!(has(EIP4), usize::from(i == v4), "{node}: {entries:?}");
         // IPv6: a rule and a route on the owner.
         assert_eq!(
             has(EIP6),
