@@ -197,6 +197,7 @@ impl Membership {
             return Err(MembershipError::EmptyName);
         }
         let key = AuthKey::new(&cfg.key)?;
+        let key_id = key.id();
         let max_payload = NonZeroUsize::new(MAX_DATAGRAM - auth::OVERHEAD)
             .ok_or_else(|| MembershipError::Timing("packet size".into()))?;
         let config = cfg
@@ -247,7 +248,7 @@ impl Membership {
         );
         let task = tokio::spawn(runner.run(command_rx));
         tracing::info!(node = %cfg.node, listen = %bound, advertise = %advertise,
-            key_id = format!("{:08x}", AuthKey::new(&cfg.key)?.id()), "membership: started");
+            key_id = format!("{key_id:08x}"), "membership: started");
         Ok((
             Membership {
                 commands,
