@@ -190,6 +190,9 @@ pub struct Membership {
 
 impl Membership {
     /// Binds the socket, joins through the seeds and returns the alive set (own name included).
+    ///
+    /// The watch closes (`changed()` errs) once the membership has stopped (after
+    /// [`Membership::leave`] or when the handle is dropped).
     pub async fn start(
         cfg: MembershipConfig,
     ) -> Result<(Membership, watch::Receiver<BTreeSet<String>>), MembershipError> {
