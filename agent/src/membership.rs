@@ -51,36 +51,46 @@
 //! ~1/(N-1)).
 //!
 //! With [`Timing::fast`] (probe every 40 ms, 15 ms direct-probe timeout, 3 indirect probes,
-//! 60 ms suspect-to-down, 20 ms gossip to 3 members), measured on loopback with
-//! `cargo run -p berth-agent --example membership_failover -- <members> 10` (10 kills without
-//! a goodbye, time until *every* survivor's alive set has lost the victim; a busy 2-core
-//! machine):
+//! 60 ms suspect-to-down up to 10 members then x log10(N), 20 ms gossip to 3 members), measured
+//! on loopback with `cargo run --release -p berth-agent --example membership_failover --
+//! <members> 10` (10 kills without a goodbye; all members in one process on a busy 2-core
+//! machine). "New owner" is the median survivor (the owner of an IP is a random survivor),
+//! "all" the last one:
 //!
-//! | members | median | min | max |
+//! | members | new owner knows: median (min-max) | all know: median (min-max) | false downs while idle |
 //! |---|---|---|---|
-//! | 3 | 135 ms | 108 ms | 179 ms |
-//! | 10 | 159 ms | 127 ms | 338 ms |
+//! | 3 | 141 ms (121-172) | 141 ms (121-172) | 0 |
+//! | 10 | 161 ms (105-243) | 165 ms (123-247) | 0 |
+//! | 50 | 194 ms (175-281) | 230 ms (194-302) | 0 |
 //!
-//! Steady-state traffic per agent, measured: **50 datagrams/s sent (25 pings + 25 acks), ~88
-//! bytes each (39 of them authentication), ~4.4 KB/s**, the same at 3 and 10 members and, by
-//! construction, at 1,000 (cluster-wide 50,000 small datagrams/s, ~4.4 MB/s, spread evenly:
-//! each agent also receives ~50/s). A membership change adds at most 150 gossip datagrams/s
-//! per agent for the few hundred ms it takes to spread. A graceful leave
-//! ([`Membership::leave`]) removes the node at once (one round trip), a restarted agent
-//! rejoins on its first announce, and an agent that was cut off rejoins within
-//! `rejoin_period` (500 ms) of its link coming back.
+//! (A debug build with 50 agents in one process starves them of CPU: timers fire >100 ms
+//! late and false downs follow, which `membership_late_timers_total` shows.)
 //!
-//! Detection time = wait until the dead node is probed (0-1 `probe_period`) + one
-//! `probe_period` (direct then indirect probes) + `suspect_to_down` + spreading (about one
-//! `gossip_period`): 100-180 ms, as measured.
+//! Detection = wait until the dead node is probed (0-1 `probe_period`) + one `probe_period`
+//! (direct, then indirect probes) + the suspicion timeout + spreading the verdict (~log3(N)
+//! gossip rounds of 20 ms). Extrapolated to 1,000 nodes: ~20-40 + 40 + 180 + ~120 ms, about
+//! 0.35-0.4 s until the *last* agent knows, ~0.3 s for the median one. Sub-0.3 s median
+//! failover therefore holds comfortably up to a few hundred agents and is about at the limit
+//! at 1,000 (where lowering the suspicion timeout trades false downs for speed); Leases
+//! cannot approach either.
+//!
+//! Steady-state traffic per agent, measured: **50 datagrams/s sent (25 pings + 25 acks), ~90
+//! bytes each (39 of them authentication), ~4.4 KB/s**, the same at 3, 10 and 50 members and,
+//! by construction, at 1,000 (cluster-wide 50,000 small datagrams/s, ~4.4 MB/s, spread evenly:
+//! each agent also receives ~50/s). Gossip is sent only while there are fresh updates, so a
+//! membership change adds at most 150 datagrams/s per agent for the few hundred ms it takes to
+//! spread. A graceful leave ([`Membership::leave`]) removes the node at once (one round
+//! trip), a restarted agent rejoins on its first announce, and an agent that was cut off
+//! rejoins within `rejoin_period` (500 ms) of its link coming back.
 //!
 //! Caveats for operators:
 //! - An agent that cannot answer for ~100 ms (CPU-starved, CFS-throttled, paused) is declared
 //!   down and its IPs move; it rejoins as soon as it answers again and (rendezvous hashing) its
 //!   IPs move back. So: no CPU *limit* on the agent DaemonSet (a request only), and a high
-//!   priority class.
-//! - `suspect_to_down` should grow with cluster size (roughly x log10(N) beyond a few hundred
-//!   nodes): a suspicion takes ~log(N) gossip rounds to reach the suspect so it can refute.
+//!   priority class. `membership_late_timers_total` rising is the warning sign,
+//!   `membership_rejoins_total` counts the false downs that followed.
+//! - The suspicion timeout grows by itself with the cluster (x log10(N) above 10 members),
+//!   since a suspicion takes ~log(N) gossip rounds to reach the suspect so it can refute.
 //! - The gossip port (UDP) must be open between all nodes; agents with different keys ignore
 //!   each other (the `membership_auth_failures_total` counter and a warning naming both key
 //!   ids show it). One key at a time: changing it splits old and new agents until all restart.
@@ -180,6 +190,9 @@ pub struct Membership {
 
 impl Membership {
     /// Binds the socket, joins through the seeds and returns the alive set (own name included).
+    ///
+    /// The watch closes (`changed()` errs) once the membership has stopped (after
+    /// [`Membership::leave`] or when the handle is dropped).
     pub async fn start(
         cfg: MembershipConfig,
     ) -> Result<(Membership, watch::Receiver<BTreeSet<String>>), MembershipError> {
@@ -187,6 +200,7 @@ impl Membership {
             return Err(MembershipError::EmptyName);
         }
         let key = AuthKey::new(&cfg.key)?;
+        let key_id = key.id();
         let max_payload = NonZeroUsize::new(MAX_DATAGRAM - auth::OVERHEAD)
             .ok_or_else(|| MembershipError::Timing("packet size".into()))?;
         let config = cfg
@@ -237,7 +251,7 @@ impl Membership {
         );
         let task = tokio::spawn(runner.run(command_rx));
         tracing::info!(node = %cfg.node, listen = %bound, advertise = %advertise,
-            key_id = format!("{:08x}", AuthKey::new(&cfg.key)?.id()), "membership: started");
+            key_id = format!("{key_id:08x}"), "membership: started");
         Ok((
             Membership {
                 commands,

@@ -200,13 +200,7 @@ impl Runner {
                     None => return,
                 },
                 () = sleep_until(next_timer) => self.fire_due_timers(&mut fx),
-                received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((len, from)) => {
-                        let datagram = buf.get(..len).unwrap_or_default();
-                        self.on_datagram(datagram, from, &mut fx);
-                    }
-                    Err(e) => tracing::debug!(error = %e, "membership: receive failed"),
-                },
+                // Before the socket, so a flood of datagrams cannot starve it.
                 _ = rejoin.tick() => {
                     rounds = rounds.wrapping_add(1);
                     if self.swim.num_members() == 0 {
@@ -215,6 +209,13 @@ impl Runner {
                         self.announce_to_seeds(1, &mut fx);
                     }
                 }
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => {
+                        let datagram = buf.get(..len).unwrap_or_default();
+                        self.on_datagram(datagram, from, &mut fx);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "membership: receive failed"),
+                },
             }
             self.apply(fx).await;
         }
