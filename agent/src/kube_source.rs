@@ -124,7 +124,10 @@ pub async fn run(client: Client, tx: watch::Sender<Desired>) {
             }
             Ok(watcher::Event::InitDone) => {
                 views = init.take().unwrap_or_default();
-                true
+                // Always published, so a waiting agent learns the first list arrived even
+                // when it holds nothing for this node.
+                tx.send_replace(desired(views.values()));
+                false
             }
             Ok(watcher::Event::Apply(svc)) => {
                 let k = key(&svc);

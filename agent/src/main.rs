@@ -1,18 +1,513 @@
 //! `berth-agent`: Berth's per-node agent.
 
-use clap::Parser;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Berth's node agent: programs the local routes that let this node accept traffic for Service
-/// IPs, and answers ARP/NDP for the Layer2 IPs this node owns.
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use tokio::sync::watch;
+
+use berth_agent::desired::{self, Desired};
+use berth_agent::layer2::announcer::Announcer;
+use berth_agent::layer2::interface;
+use berth_agent::membership::{Membership, MembershipConfig, MembershipMetrics, Timing};
+use berth_agent::metrics::Metrics;
+use berth_agent::plan::{Plan, plan};
+use berth_agent::routes::{self, LocalRoutes, RoutesConfig};
+
+/// Berth's node agent: accepts traffic for Service IPs on this node (local routes), and
+/// answers ARP/NDP for the Layer2 IPs this node owns.
 ///
-/// Not implemented in this build: running it only says so.
+/// Every agent elects the owner of each Layer2 IP by rendezvous hashing over the candidate
+/// nodes that its membership (SWIM gossip between the agents) sees alive, so a failover needs
+/// no API write. The new owner sends a gratuitous ARP / unsolicited Neighbor Advertisement at
+/// once, then at 100 ms, 300 ms and 1 s.
+///
+/// Input, standalone: `--static FILE`, reloaded on SIGHUP, in this format (YAML or JSON):
+///
+/// localIps: [198.51.100.10, 2001:db8::10]   # accepted on this node (local routes)
+/// layer2:                                     # answered by ARP/NDP by one node each
+///   - service: default/web
+///     ips: [192.168.1.240, fd00::240]
+///     interface: eth0                         # or can_reach:192.168.1.1
+///     candidates: [node1, node2, node3]
+///
+/// Without `--gossip-listen` every candidate is taken as alive (no failover): for a single
+/// node or a test. SIGTERM stops answering, removes the routes, leaves the membership and
+/// exits 0.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
-struct Args {}
+#[command(version, about, long_about, verbatim_doc_comment)]
+struct Args {
+    /// This node's name, as the candidates lists name it.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Standalone input file (format above); reloaded on SIGHUP. Without it the agent
+    /// watches Berth's Services in the cluster (KUBECONFIG, or the in-cluster service
+    /// account) and records an Event on a Service when this node takes over its Layer2 IP.
+    #[arg(long = "static", env = "BERTH_AGENT_STATIC")]
+    static_file: Option<PathBuf>,
+    /// Address the membership gossip (UDP) listens on, e.g. 0.0.0.0:7946.
+    #[arg(long, env = "BERTH_GOSSIP_LISTEN")]
+    gossip_listen: Option<SocketAddr>,
+    /// Address other agents reach this one at (default: --gossip-listen).
+    #[arg(long, env = "BERTH_GOSSIP_ADVERTISE")]
+    gossip_advertise: Option<SocketAddr>,
+    /// Another agent's gossip address (IP:port) to join through (repeatable).
+    #[arg(long, env = "BERTH_GOSSIP_SEEDS", value_delimiter = ',')]
+    gossip_seed: Vec<SocketAddr>,
+    /// File holding the shared key that authenticates gossip (HMAC-SHA256); the same on
+    /// every node. Required with --gossip-listen.
+    #[arg(long, env = "BERTH_GOSSIP_KEY_FILE", requires = "gossip_listen")]
+    gossip_key_file: Option<PathBuf>,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9474", env = "BERTH_METRICS_LISTEN")]
+    metrics_listen: SocketAddr,
+    /// Routing table holding Berth's local routes (not 0 or 252-255).
+    #[arg(long, default_value_t = routes::DEFAULT_TABLE, env = "BERTH_ROUTE_TABLE")]
+    route_table: u32,
+    /// Priority of the policy rules sending Service IPs to that table (1-32765).
+    #[arg(long, default_value_t = routes::DEFAULT_PRIORITY, env = "BERTH_RULE_PRIORITY")]
+    rule_priority: u32,
+    /// How long to wait at start for the membership to show another node before taking IPs
+    /// (a restarted agent must not claim IPs while it still believes it is alone).
+    #[arg(long, default_value = "3s", value_parser = parse_duration, env = "BERTH_JOIN_TIMEOUT")]
+    join_timeout: Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "BERTH_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log filter in tracing's syntax (e.g. `info`, `berth_agent=debug`); RUST_LOG also works.
+    #[arg(long, default_value = "info", env = "BERTH_LOG")]
+    log: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration: write e.g. 500ms or 3s");
+    if let Some(ms) = s.strip_suffix("ms") {
+        ms.parse().map(Duration::from_millis).map_err(|_| bad())
+    } else if let Some(secs) = s.strip_suffix('s') {
+        secs.parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(bad)
+    } else {
+        Err(bad())
+    }
+}
 
 fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!(
-        "berth-agent: the node agent is not implemented in this build (see README, \"Status\")"
-    )
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
+        .context("--log is not a valid filter")?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let first = match &args.static_file {
+        Some(f) => desired::load(f).context("--static")?,
+        None => Desired::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args, first))
+}
+
+async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
+    let mut metrics = Metrics::new();
+    let membership_metrics = MembershipMetrics::default();
+    membership_metrics.register(metrics.registry_mut());
+    let metrics = Arc::new(metrics);
+    let (stop_tx, stop) = watch::channel(false);
+    let (ready_tx, ready) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding --metrics-listen {}", args.metrics_listen))?;
+    tokio::spawn(berth_agent::metrics::serve(
+        listener,
+        metrics.clone(),
+        ready,
+        stop.clone(),
+    ));
+
+    let (desired_tx, mut desired) = watch::channel(first);
+    let events = match &args.static_file {
+        Some(f) => {
+            tokio::spawn(reload_on_sighup(f.clone(), desired_tx));
+            None
+        }
+        None => {
+            let client = kube::Client::try_default().await.context(
+                "connecting to the Kubernetes API (set KUBECONFIG, or run in a Pod with a service account; or use --static)",
+            )?;
+            tokio::spawn(berth_agent::kube_source::run(client.clone(), desired_tx));
+            // The first list decides what this node keeps: until it arrives, leftovers of a
+            // previous run are not removed (a restart must not drop routes for a moment).
+            if tokio::time::timeout(Duration::from_secs(30), desired.changed())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "no Service list from the API within 30 s; starting with nothing and waiting for it"
+                );
+            }
+            Some(Arc::new(berth_agent::kube_source::OwnershipEvents::new(
+                client,
+                &args.node_name,
+            )))
+        }
+    };
+
+    let routes = LocalRoutes::connect(RoutesConfig {
+        table: args.route_table,
+        priority: args.rule_priority,
+    })
+    .await
+    .context("local routes")?;
+    let (membership, alive) = membership(&args, desired.clone(), membership_metrics).await?;
+    let mut agent = Agent {
+        routes,
+        me: args.node_name.clone(),
+        metrics: metrics.clone(),
+        announcers: BTreeMap::new(),
+        last: Plan::default(),
+        failed_interfaces: BTreeSet::new(),
+        events,
+    };
+    let run = agent.run(desired, alive, ready_tx, wait_for_signal());
+    let result = run.await;
+    let _ = stop_tx.send(true);
+    agent.shutdown().await;
+    if let Some(m) = membership {
+        m.leave().await;
+        tracing::info!("left the membership");
+    }
+    result
+}
+
+/// The live nodes: from the gossip membership, or without it every candidate of the desired
+/// state and this node. With seeds, waits (up to --join-timeout) until another node is seen,
+/// so a restarted agent does not claim every IP while it still believes it is alone.
+async fn membership(
+    args: &Args,
+    mut desired: watch::Receiver<Desired>,
+    metrics: MembershipMetrics,
+) -> anyhow::Result<(Option<Membership>, watch::Receiver<BTreeSet<String>>)> {
+    if let Some(listen) = args.gossip_listen {
+        let key_file = args.gossip_key_file.as_ref().context(
+            "--gossip-listen needs --gossip-key-file: gossip between agents is authenticated",
+        )?;
+        let key =
+            berth_agent::membership::AuthKey::read_file(key_file).context("--gossip-key-file")?;
+        let (m, mut alive) = Membership::start(MembershipConfig {
+            node: args.node_name.clone(),
+            listen,
+            advertise: args.gossip_advertise.unwrap_or(listen),
+            seeds: args.gossip_seed.clone(),
+            key,
+            timing: Timing::default(),
+            metrics,
+        })
+        .await
+        .context("starting the membership")?;
+        if !args.gossip_seed.is_empty() {
+            let joined =
+                tokio::time::timeout(args.join_timeout, alive.wait_for(|a| a.len() > 1)).await;
+            match joined {
+                Ok(Ok(a)) => tracing::info!(members = a.len(), "joined the membership"),
+                _ => tracing::warn!(
+                    timeout = ?args.join_timeout,
+                    "no other agent seen yet: going on alone (check --gossip-seed, the key, and UDP reachability)"
+                ),
+            }
+        }
+        return Ok((Some(m), alive));
+    }
+    tracing::warn!("no --gossip-listen: every candidate is taken as alive, so IPs never fail over");
+    let me = args.node_name.clone();
+    let everyone = move |d: &Desired| -> BTreeSet<String> {
+        let mut all: BTreeSet<String> = d
+            .layer2
+            .iter()
+            .flat_map(|s| s.candidates.iter().cloned())
+            .collect();
+        all.insert(me.clone());
+        all
+    };
+    let (tx, rx) = watch::channel(everyone(&desired.borrow_and_update()));
+    tokio::spawn(async move {
+        while desired.changed().await.is_ok() {
+            let all = everyone(&desired.borrow_and_update());
+            tx.send_if_modified(|cur| {
+                let changed = *cur != all;
+                *cur = all;
+                changed
+            });
+        }
+    });
+    Ok((None, rx))
+}
+
+struct Agent {
+    routes: LocalRoutes,
+    me: String,
+    metrics: Arc<Metrics>,
+    /// By interface spec (a name or can_reach:<ip>).
+    announcers: BTreeMap<String, Announcer>,
+    last: Plan,
+    /// Interface specs that could not be opened, reported once until they work.
+    failed_interfaces: BTreeSet<String>,
+    /// Ownership Events on Services (cluster mode only).
+    events: Option<Arc<berth_agent::kube_source::OwnershipEvents>>,
+}
+
+impl Agent {
+    async fn run(
+        &mut self,
+        mut desired: watch::Receiver<Desired>,
+        mut alive: watch::Receiver<BTreeSet<String>>,
+        ready: watch::Sender<bool>,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(stop);
+        // Retries interfaces that failed (not there yet, no address yet).
+        let mut retry = tokio::time::interval(Duration::from_secs(5));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let d = desired.borrow_and_update().clone();
+            let a = alive.borrow_and_update().clone();
+            let membership_changed = a.len() as i64 != self.metrics.membership_size.get();
+            self.metrics.membership_size.set(a.len() as i64);
+            self.apply(plan(&self.me, &d, &a), membership_changed).await;
+            let _ = ready.send(true);
+            tokio::select! {
+                () = &mut stop => return Ok(()),
+                r = desired.changed() => r.context("the desired state's source stopped")?,
+                r = alive.changed() => r.context("the membership stopped")?,
+                _ = retry.tick() => {}
+            }
+        }
+    }
+
+    async fn apply(&mut self, next: Plan, membership_changed: bool) {
+        for (ip, e) in &next.elections {
+            let before = self.last.elections.get(ip).and_then(|e| e.owner.clone());
+            if before != e.owner {
+                self.metrics
+                    .ownership_changes
+                    .get_or_create(&berth_agent::metrics::OwnerLabels { ip: ip.to_string() })
+                    .inc();
+                tracing::info!(
+                    %ip,
+                    service = %e.service,
+                    from = before.as_deref().unwrap_or("-"),
+                    to = e.owner.as_deref().unwrap_or("-"),
+                    "Layer2 owner changed"
+                );
+                // The new owner records it; off the failover path (spawned).
+                if let Some(events) = &self.events
+                    && e.owner.as_deref() == Some(self.me.as_str())
+                {
+                    let (events, service, ip) = (events.clone(), e.service.clone(), *ip);
+                    tokio::spawn(async move { events.took_over(&service, ip).await });
+                }
+            }
+        }
+        // Losses first: stop answering for IPs this node no longer owns before anything else.
+        for (spec, announcer) in &self.announcers {
+            let keep = next.answer.get(spec).cloned().unwrap_or_default();
+            let current: BTreeSet<IpAddr> = self.last.answer.get(spec).cloned().unwrap_or_default();
+            announcer.set_owned(current.intersection(&keep).copied().collect());
+        }
+        let gone: Vec<String> = self
+            .announcers
+            .keys()
+            .filter(|s| !next.answer.contains_key(*s))
+            .cloned()
+            .collect();
+        for spec in gone {
+            if let Some(a) = self.announcers.remove(&spec) {
+                a.stop();
+            }
+        }
+        // Announcers (and arp_ignore) are ready before routes make the kernel treat the IPs
+        // as local; they answer for nothing new yet.
+        for spec in next.answer.keys() {
+            if self.announcers.contains_key(spec) {
+                continue;
+            }
+            let started = interface::resolve(spec)
+                .map_err(anyhow::Error::from)
+                .and_then(|i| {
+                    ensure_arp_ignore(&i.name);
+                    Announcer::start(i, self.metrics.clone())
+                        .with_context(|| format!("opening packet sockets on {spec}"))
+                });
+            match started {
+                Ok(a) => {
+                    tracing::info!(interface = %a.interface().name, mac = %a.interface().mac, spec = %spec, "answering ARP/NDP");
+                    self.failed_interfaces.remove(spec);
+                    self.announcers.insert(spec.clone(), a);
+                }
+                Err(e) => {
+                    if self.failed_interfaces.insert(spec.clone()) {
+                        tracing::error!(spec = %spec, error = format!("{e:#}"), "cannot answer on this interface; retrying every 5 s");
+                    }
+                }
+            }
+        }
+        // Traffic is accepted before the IP is announced, so the first packets after a
+        // takeover are not dropped.
+        match self.routes.reconcile(&next.local).await {
+            Ok(c) if !c.is_empty() => {
+                tracing::info!(added = ?c.added, removed = ?c.removed, "local routes changed")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "local routes not fully applied"),
+        }
+        let mut owned_total = 0;
+        for (spec, ips) in &next.answer {
+            if let Some(a) = self.announcers.get(spec) {
+                owned_total += ips.len();
+                a.set_owned(ips.clone());
+                if membership_changed {
+                    a.announce_again();
+                }
+            }
+        }
+        self.metrics.owned_ips.set(owned_total as i64);
+        self.last = next;
+    }
+
+    async fn shutdown(&mut self) {
+        for (_, a) in std::mem::take(&mut self.announcers) {
+            a.stop();
+        }
+        tracing::info!("stopped answering ARP/NDP");
+        match self.routes.remove_all().await {
+            Ok(c) => tracing::info!(removed = c.removed.len(), "local routes removed"),
+            Err(e) => tracing::error!(error = %e, "local routes not all removed"),
+        }
+    }
+}
+
+/// With `arp_ignore` 0, Linux answers ARP for every IP it routes locally, on every interface:
+/// each node holding a local route for a Layer2 IP would answer for it. 1 makes the kernel
+/// answer only for addresses configured on the interface asked, leaving Layer2 IPs to us.
+fn ensure_arp_ignore(ifname: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/arp_ignore");
+    match std::fs::read_to_string(&path) {
+        Ok(v) if v.trim() == "0" => match std::fs::write(&path, "1") {
+            Ok(()) => tracing::info!(
+                interface = ifname,
+                "set arp_ignore=1 so only the owner answers ARP for Layer2 IPs"
+            ),
+            Err(e) => {
+                tracing::warn!(interface = ifname, error = %e, "could not set arp_ignore=1: this node's kernel may answer ARP for Layer2 IPs it routes locally")
+            }
+        },
+        _ => {}
+    }
+}
+
+/// SIGHUP re-reads the static file; a file that no longer parses is reported and changes
+/// nothing.
+async fn reload_on_sighup(path: PathBuf, desired: watch::Sender<Desired>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match desired::load(&path) {
+            Ok(d) => {
+                tracing::info!(
+                    layer2 = d.layer2.len(),
+                    local = d.local_ips.len(),
+                    "SIGHUP: static file reloaded"
+                );
+                desired.send_replace(d);
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: static file not reloaded"),
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("3s").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("0.5s").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("3").unwrap_err().contains("500ms"));
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let a = Args::try_parse_from([
+            "berth-agent",
+            "--node-name",
+            "n1",
+            "--static",
+            "/x",
+            "--gossip-seed",
+            "10.0.0.12:7946",
+            "--gossip-seed",
+            "[fd00::13]:7946",
+        ])
+        .unwrap();
+        assert_eq!(a.gossip_seed.len(), 2);
+        // A key without a listen address is refused, not ignored.
+        let e = Args::try_parse_from([
+            "berth-agent",
+            "--node-name",
+            "n1",
+            "--static",
+            "/x",
+            "--gossip-key-file",
+            "/k",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--gossip-listen"), "{e}");
+        assert_eq!(a.route_table, routes::DEFAULT_TABLE);
+    }
 }

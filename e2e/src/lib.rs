@@ -7,6 +7,7 @@ pub mod bird;
 pub mod frr;
 pub mod gobgp;
 pub mod lab;
+pub mod layer2;
 pub mod netns;
 pub mod pki;
 

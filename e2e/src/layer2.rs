@@ -1,0 +1,441 @@
+//! A Layer2 segment for the agent's tests and failover bench: a bridge namespace, three node
+//! namespaces each running `berth-agent` and a server that answers with the node's name, and
+//! a client namespace, all on one Ethernet segment (10.0.0.0/24, fd00::/64).
+//!
+//! ```text
+//!            bridge namespace: br0 (no address, multicast snooping off)
+//!        ┌──────────────┬──────────────┬──────────────┬──────────────┐
+//!   client .2/::2   n1 .11/::11     n2 .12/::12     n3 .13/::13      EIPs 10.0.0.240, fd00::240
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::netns::{Lab, run};
+
+/// The Layer2 IPv4 EIP.
+pub const EIP4: &str = "10.0.0.240";
+/// The Layer2 IPv6 EIP.
+pub const EIP6: &str = "fd00::240";
+/// The client's addresses.
+pub const CLIENT4: &str = "10.0.0.2";
+/// The client's IPv6 address.
+pub const CLIENT6: &str = "fd00::2";
+/// The port every node's server answers on with its node name.
+pub const PORT: u16 = 8080;
+/// Node names, as the agents' candidates list them.
+pub const NODES: [&str; 3] = ["n1", "n2", "n3"];
+
+/// Answers every connection with the node's name (argv 1), on every address of both families.
+pub const SERVER: &str = "import socket,sys
+s=socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('::', int(sys.argv[2]))); s.listen(256)
+while True:
+    c,_=s.accept()
+    try: c.sendall(sys.argv[1].encode())
+    except Exception: pass
+    c.close()";
+
+/// Asks who has an IP, with ARP (`arp IF IP SRC`) or a Neighbor Solicitation (`ndp IF IP SRC`),
+/// three times; prints every MAC that answered within argv 5 seconds as `mac=count`.
+pub const PROBE: &str = r#"import socket,sys,struct,time
+mode,ifname,target,src,wait=sys.argv[1],sys.argv[2],sys.argv[3],sys.argv[4],float(sys.argv[5])
+mac=bytes.fromhex(open(f'/sys/class/net/{ifname}/address').read().strip().replace(':',''))
+macs={}
+def csum(s6,d6,data):
+    d=s6+d6+struct.pack('!I',len(data))+b'\0\0\0\x3a'+data
+    if len(d)%2: d+=b'\0'
+    t=sum(struct.unpack('!%dH'%(len(d)//2),d))
+    while t>>16: t=(t&0xffff)+(t>>16)
+    return (~t)&0xffff
+if mode=='arp':
+    s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW,socket.htons(0x0806)); s.bind((ifname,0))
+    tip=socket.inet_aton(target)
+    frame=b'\xff'*6+mac+b'\x08\x06'+struct.pack('!HHBBH',1,0x0800,6,4,1)+mac+socket.inet_aton(src)+b'\0'*6+tip
+    ok=lambda f: f[12:14]==b'\x08\x06' and f[20:22]==b'\x00\x02' and f[28:32]==tip
+    who=lambda f: f[22:28]
+else:
+    s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW,socket.htons(0x86dd)); s.bind((ifname,0))
+    tgt=socket.inet_pton(socket.AF_INET6,target); s6=socket.inet_pton(socket.AF_INET6,src)
+    group=b'\xff\x02'+b'\0'*9+b'\x01\xff'+tgt[13:]
+    icmp=struct.pack('!BBHI',135,0,0,0)+tgt+b'\x01\x01'+mac
+    icmp=icmp[:2]+struct.pack('!H',csum(s6,group,icmp))+icmp[4:]
+    frame=b'\x33\x33'+group[12:]+mac+b'\x86\xdd'+struct.pack('!IHBB',0x60000000,len(icmp),58,255)+s6+group+icmp
+    ok=lambda f: len(f)>=78 and f[12:14]==b'\x86\xdd' and f[20]==58 and f[54]==136 and f[62:78]==tgt
+    who=lambda f: f[6:12]
+for _ in range(3): s.send(frame)
+end=time.time()+wait
+while True:
+    left=end-time.time()
+    if left<=0: break
+    s.settimeout(left)
+    try: f=s.recv(2048)
+    except socket.timeout: break
+    if ok(f):
+        m=who(f).hex(':'); macs[m]=macs.get(m,0)+1
+print(' '.join(f'{m}={n}' for m,n in sorted(macs.items())))"#;
+
+/// Connects to argv 1 port argv 2 and prints what the server said (`error` on failure).
+pub const CONNECT: &str = "import socket,sys
+try:
+    s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=float(sys.argv[3])); print(s.recv(16).decode())
+except Exception as e: print('error')";
+
+/// Runs argv 4.. (the cut: `ip link set ... down` or `kill -KILL pid`), then connects to
+/// argv 1 port argv 2 every few milliseconds (each attempt with its own short timeout) until a
+/// node other than argv 3 answers; prints the seconds from the cut's completion to that
+/// answer, and the node.
+pub const FAILOVER: &str = "import socket,sys,subprocess,time
+ip,port,old=sys.argv[1],int(sys.argv[2]),sys.argv[3]
+subprocess.run(sys.argv[4:],check=True)
+t0=time.monotonic(); fam=socket.AF_INET6 if ':' in ip else socket.AF_INET
+while time.monotonic()-t0<30:
+    s=socket.socket(fam); s.settimeout(0.02)
+    try:
+        s.connect((ip,port)); s.settimeout(1); who=s.recv(16).decode()
+        if who and who!=old:
+            print(f'{time.monotonic()-t0:.4f} {who}'); sys.exit(0)
+    except Exception: pass
+    finally: s.close()
+    time.sleep(0.005)
+print('timeout -'); sys.exit(1)";
+
+/// The segment and its processes; everything is removed on drop.
+pub struct Segment {
+    /// The namespaces and processes.
+    pub lab: Lab,
+    /// The client's namespace.
+    pub client: String,
+    /// The bridge's namespace.
+    pub bridge: String,
+    /// Node namespaces, in [`NODES`] order.
+    pub nodes: Vec<String>,
+    /// Each node's MAC on the segment.
+    pub macs: Vec<String>,
+    /// The agent's PID on each node (`None` while stopped).
+    pub agents: Vec<Option<u32>>,
+    /// Configs and logs.
+    pub dir: PathBuf,
+    agent: String,
+    gossip: bool,
+    restarts: usize,
+}
+
+/// The static file every agent reads.
+pub fn static_file() -> String {
+    format!(
+        "localIps: [198.51.100.10]
+layer2:
+  - service: default/web
+    ips: [{EIP4}, \"{EIP6}\"]
+    interface: eth0
+    candidates: [n1, n2, n3]
+"
+    )
+}
+
+impl Segment {
+    /// Builds the segment and starts an agent and a server on each node. `gossip` gives the
+    /// agents the membership flags (a key file and each other as seeds).
+    pub fn start(name: &str, agent: &str, gossip: bool) -> Result<Segment, String> {
+        let dir = std::env::temp_dir().join(format!("berth-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let mut lab = Lab::new(&format!("{name}-"));
+        let bridge = lab.namespace("b")?;
+        lab.bridge(&bridge, "br0", &[])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &bridge,
+                "link",
+                "set",
+                "br0",
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ],
+        )?;
+        let client = lab.namespace("c")?;
+        lab.plug(
+            &bridge,
+            "br0",
+            "pc",
+            &client,
+            "eth0",
+            &[&format!("{CLIENT4}/24"), &format!("{CLIENT6}/64")],
+        )?;
+        std::fs::write(dir.join("static.yaml"), static_file()).map_err(|e| e.to_string())?;
+        std::fs::write(
+            dir.join("gossip.key"),
+            "berth-l2-test-key-0123456789abcdef\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let mut nodes = Vec::new();
+        let mut macs = Vec::new();
+        for (i, n) in NODES.iter().enumerate() {
+            let ns = lab.namespace(n)?;
+            let host = 11 + i;
+            lab.plug(
+                &bridge,
+                "br0",
+                &format!("p{i}"),
+                &ns,
+                "eth0",
+                &[&format!("10.0.0.{host}/24"), &format!("fd00::{host}/64")],
+            )?;
+            let mac = lab
+                .exec(&ns, "cat", &["/sys/class/net/eth0/address"])?
+                .trim()
+                .to_owned();
+            lab.spawn(
+                &ns,
+                "python3",
+                &["-c", SERVER, n, &PORT.to_string()],
+                &dir.join(format!("server-{n}.log")),
+            )?;
+            nodes.push(ns);
+            macs.push(mac);
+        }
+        let mut seg = Segment {
+            lab,
+            client,
+            bridge,
+            nodes,
+            macs,
+            agents: vec![None; NODES.len()],
+            dir,
+            agent: agent.to_owned(),
+            gossip,
+            restarts: 0,
+        };
+        for i in 0..NODES.len() {
+            seg.start_agent(i)?;
+        }
+        Ok(seg)
+    }
+
+    /// The agent's command line on node `i`.
+    pub fn agent_args(&self, i: usize) -> Vec<String> {
+        let host = 11 + i;
+        let mut args = vec![
+            "--node-name".to_owned(),
+            NODES[i].to_owned(),
+            "--static".to_owned(),
+            self.dir.join("static.yaml").display().to_string(),
+            "--metrics-listen".to_owned(),
+            "127.0.0.1:9474".to_owned(),
+        ];
+        if self.gossip {
+            args.extend([
+                "--gossip-listen".to_owned(),
+                format!("10.0.0.{host}:7946"),
+                "--gossip-key-file".to_owned(),
+                self.dir.join("gossip.key").display().to_string(),
+            ]);
+            for j in 0..NODES.len() {
+                if j != i {
+                    args.extend([
+                        "--gossip-seed".to_owned(),
+                        format!("10.0.0.{}:7946", 11 + j),
+                    ]);
+                }
+            }
+        }
+        args
+    }
+
+    /// Starts (or restarts) node `i`'s agent.
+    pub fn start_agent(&mut self, i: usize) -> Result<(), String> {
+        let args = self.agent_args(i);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.restarts += 1;
+        let log = self
+            .dir
+            .join(format!("agent-{}-{}.log", NODES[i], self.restarts));
+        let pid = self.lab.spawn_env(
+            &self.nodes[i],
+            &self.agent,
+            &args,
+            &[("RUST_LOG", "info,berth_agent=debug")],
+            &log,
+        )?;
+        self.agents[i] = Some(pid);
+        Ok(())
+    }
+
+    /// SIGKILLs node `i`'s agent (a crash) and waits for it.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(pid) = self.agents[i].take() {
+            self.lab.kill(pid);
+        }
+    }
+
+    /// SIGTERMs node `i`'s agent (clean shutdown) and waits for it.
+    pub fn terminate_agent(&mut self, i: usize) {
+        if let Some(pid) = self.agents[i].take() {
+            self.lab.terminate(pid);
+        }
+    }
+
+    /// Berth's rules and routes (protocol 66) on node `i`, one line each.
+    pub fn berth_entries(&self, i: usize) -> Vec<String> {
+        let ns = &self.nodes[i];
+        let mut out = Vec::new();
+        for args in [
+            ["-4", "route", "show", "table", "all"],
+            ["-6", "route", "show", "table", "all"],
+            ["-4", "rule", "show", "", ""],
+            ["-6", "rule", "show", "", ""],
+        ] {
+            let mut a = vec!["-n", ns.as_str()];
+            a.extend(args.iter().filter(|s| !s.is_empty()));
+            if let Ok(text) = run("ip", &a) {
+                out.extend(
+                    text.lines()
+                        .filter(|l| l.contains("proto 66"))
+                        .map(str::to_owned),
+                );
+            }
+        }
+        out
+    }
+
+    /// Takes node `i`'s link down or up.
+    pub fn set_link(&self, i: usize, up: bool) -> Result<(), String> {
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.nodes[i],
+                "link",
+                "set",
+                "eth0",
+                if up { "up" } else { "down" },
+            ],
+        )
+        .map(|_| ())
+    }
+
+    /// Which MACs answer who-has `ip` (ARP or NDP by its family), with reply counts.
+    pub fn who_answers(&self, ip: &str) -> Result<Vec<(String, usize)>, String> {
+        let (mode, src) = if ip.contains(':') {
+            ("ndp", CLIENT6)
+        } else {
+            ("arp", CLIENT4)
+        };
+        let out = self.lab.exec(
+            &self.client,
+            "python3",
+            &["-c", PROBE, mode, "eth0", ip, src, "1"],
+        )?;
+        Ok(out
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(m, n)| (m.to_owned(), n.parse().unwrap_or(0)))
+            .collect())
+    }
+
+    /// The MAC in the client's neighbour entry for `ip`, if it has one with an address.
+    pub fn client_neighbour(&self, ip: &str) -> Option<String> {
+        let out = run("ip", &["-n", &self.client, "neigh", "show", ip]).ok()?;
+        let mut words = out.split_whitespace();
+        words.by_ref().find(|w| *w == "lladdr")?;
+        words.next().map(str::to_owned)
+    }
+
+    /// Connects from the client to `ip` and returns the node that answered (`error` if none).
+    pub fn connect(&self, ip: &str, timeout: Duration) -> String {
+        self.lab
+            .exec(
+                &self.client,
+                "python3",
+                &[
+                    "-c",
+                    CONNECT,
+                    ip,
+                    &PORT.to_string(),
+                    &timeout.as_secs_f64().to_string(),
+                ],
+            )
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|e| format!("error: {e}"))
+    }
+
+    /// The node index owning `mac`.
+    pub fn node_of(&self, mac: &str) -> Option<usize> {
+        self.macs.iter().position(|m| m.eq_ignore_ascii_case(mac))
+    }
+
+    /// Waits until the client reaches `ip` and returns the node that answered.
+    pub fn wait_reachable(&self, ip: &str, limit: Duration) -> Option<String> {
+        wait(limit, || {
+            Some(self.connect(ip, Duration::from_millis(500)))
+                .filter(|n| NODES.contains(&n.as_str()))
+        })
+    }
+
+    /// Cuts (runs `cut`) and measures, from the client, the time until a node other than
+    /// `old` answers on `ip`: `(seconds, node)`.
+    pub fn failover(&self, ip: &str, old: &str, cut: &[&str]) -> Result<(f64, String), String> {
+        let mut args = vec!["-c", FAILOVER, ip];
+        let port = PORT.to_string();
+        args.extend([port.as_str(), old]);
+        args.extend_from_slice(cut);
+        let out = self.lab.exec(&self.client, "python3", &args)?;
+        let (secs, node) = out
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| format!("failover probe said {out:?}"))?;
+        Ok((
+            secs.parse()
+                .map_err(|_| format!("failover probe said {out:?}"))?,
+            node.to_owned(),
+        ))
+    }
+
+    /// The path of node `i`'s latest agent log.
+    pub fn agent_log(&self, i: usize) -> PathBuf {
+        self.dir
+            .join(format!("agent-{}-{}.log", NODES[i], self.restarts))
+    }
+
+    /// Every agent log, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            let mut paths: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            paths.sort();
+            for p in paths
+                .iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            {
+                out.push_str(&format!("--- {}\n{}\n", p.display(), tail(p, 40)));
+            }
+        }
+        out
+    }
+}
+
+fn tail(p: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Polls `f` every 50 ms until it gives a value or `limit` passes.
+pub fn wait<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,183 @@
+//! The agent's Layer2 announcement on a real Ethernet segment: three node namespaces and a
+//! client on one bridge. The client resolves the EIPs (ARP and NDP) to the owner's MAC only,
+//! TCP reaches the owner; SIGKILL of the owner's agent or a cut of its link moves the IPs to
+//! another node, whose gratuitous ARP / unsolicited NA repoints the client's neighbour entry.
+//! Needs root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use berth_e2e::lab_unavailable;
+use berth_e2e::layer2::{EIP4, EIP6, NODES, Segment, wait};
+
+/// The agent binary; `BERTH_AGENT_BIN` overrides the one next to this test (a shared target
+/// directory may hold another branch's build).
+static AGENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("BERTH_AGENT_BIN").unwrap_or_else(|_| berth_e2e::binary("berth-agent"))
+});
+
+/// Exactly one MAC answers who-has `ip`; returns the node it belongs to.
+fn single_answer(seg: &Segment, ip: &str) -> usize {
+    // Settling: the first answer may come before every agent has applied its first plan.
+    let answers = wait(Duration::from_secs(10), || {
+        seg.who_answers(ip).ok().filter(|a| a.len() == 1)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{ip}: not exactly one MAC answers: {:?}\n{}",
+            seg.who_answers(ip),
+            seg.logs()
+        )
+    });
+    // And again, with everything settled: still one.
+    let again = seg.who_answers(ip).unwrap();
+    assert_eq!(again.len(), 1, "{ip}: two nodes answer: {again:?}");
+    assert_eq!(again[0].0, answers[0].0);
+    seg.node_of(&answers[0].0)
+        .unwrap_or_else(|| panic!("{ip} answered by {answers:?}, not a node's MAC"))
+}
+
+/// The client's neighbour entry for `ip` turns to node `i`'s MAC without the client asking.
+fn neighbour_becomes(seg: &Segment, ip: &str, i: usize) {
+    let got = wait(Duration::from_secs(10), || {
+        seg.client_neighbour(ip)
+            .filter(|m| m.eq_ignore_ascii_case(&seg.macs[i]))
+    });
+    assert!(
+        got.is_some(),
+        "{ip}: the client's entry is {:?}, not {} ({}): gratuitous announcement missing\n{}",
+        seg.client_neighbour(ip),
+        NODES[i],
+        seg.macs[i],
+        seg.logs()
+    );
+}
+
+fn reaches(seg: &Segment, ip: &str, i: usize) {
+    let got = wait(Duration::from_secs(10), || {
+        Some(seg.connect(ip, Duration::from_millis(500))).filter(|n| n == NODES[i])
+    });
+    assert!(
+        got.is_some(),
+        "TCP to {ip} does not reach {}: {}\n{}",
+        NODES[i],
+        seg.connect(ip, Duration::from_secs(1)),
+        seg.logs()
+    );
+}
+
+fn elected(ip: &str, alive: &[&str]) -> usize {
+    let candidates = NODES.iter().map(|s| s.to_string()).collect();
+    let live = alive.iter().map(|s| s.to_string()).collect();
+    let name = berth_agent::owner::owner(ip.parse().unwrap(), &candidates, &live).unwrap();
+    NODES.iter().position(|n| *n == name).unwrap()
+}
+
+/// For each EIP (IPv4, IPv6), checked from the client: ARP or NDP names one node alone, the
+/// one rendezvous hashing elects among `alive`; the client's entry holds its MAC; TCP reaches
+/// it. Returns the owners.
+fn owners_serve(seg: &Segment, alive: &[&str]) -> [usize; 2] {
+    [EIP4, EIP6].map(|ip| {
+        let by_mac = single_answer(seg, ip);
+        let want = elected(ip, alive);
+        assert_eq!(
+            by_mac, want,
+            "{ip}: answered by {} but {} is elected",
+            NODES[by_mac], NODES[want]
+        );
+        reaches(seg, ip, by_mac);
+        assert_eq!(
+            seg.client_neighbour(ip).map(|m| m.to_lowercase()),
+            Some(seg.macs[by_mac].to_lowercase()),
+            "{ip}: the client resolved it to another MAC"
+        );
+        by_mac
+    })
+}
+
+#[test]
+fn one_node_answers_and_only_the_owner() {
+    if let Some(why) = lab_unavailable(&[]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut seg = Segment::start("l2a", &AGENT, false).unwrap();
+    let [v4, v6] = owners_serve(&seg, &NODES);
+    // Only the owner routes a Layer2 IP (so no other kernel can claim it): one route each.
+    for (i, node) in NODES.iter().enumerate() {
+        let entries = seg.berth_entries(i);
+        let has = |ip: &str| {
+            entries
+                .iter()
+                .filter(|l| l.contains(&format!("{ip} ")))
+                .count()
+        };
+        assert_eq!(has(EIP4), usize::from(i == v4), "{node}: {entries:?}");
+        // IPv6: a rule and a route on the owner.
+        assert_eq!(
+            has(EIP6),
+            2 * usize::from(i == v6),
+            "{}: {entries:?}",
+            NODES[i]
+        );
+    }
+    // SIGKILL and restart of the IPv4 owner's agent: its leftovers are reused, not doubled,
+    // and it answers again, alone.
+    let before = seg.berth_entries(v4);
+    seg.kill_agent(v4);
+    seg.start_agent(v4).unwrap();
+    assert_eq!(owners_serve(&seg, &NODES), [v4, v6]);
+    let mut after = seg.berth_entries(v4);
+    let mut before = before;
+    before.sort();
+    after.sort();
+    assert_eq!(before, after, "entries changed across a crash and restart");
+    // SIGTERM removes everything the agent added, and it stops answering.
+    seg.terminate_agent(v4);
+    assert_eq!(seg.berth_entries(v4), Vec::<String>::new());
+    let answers = seg.who_answers(EIP4).unwrap();
+    assert!(
+        answers
+            .iter()
+            .all(|(m, _)| !m.eq_ignore_ascii_case(&seg.macs[v4])),
+        "a stopped agent's node still answers: {answers:?}"
+    );
+}
+
+/// Takes node `gone` away with `cut`, then checks every EIP it owned moved to the node elected
+/// among the rest, announced (the client's entry changes with no question asked), alone.
+fn fail(seg: &mut Segment, alive: &mut Vec<&str>, gone: usize, cut: impl FnOnce(&mut Segment)) {
+    let before = owners_serve(seg, alive);
+    cut(seg);
+    alive.retain(|n| *n != NODES[gone]);
+    for (k, ip) in [EIP4, EIP6].into_iter().enumerate() {
+        let next = elected(ip, alive);
+        if before[k] == gone {
+            assert_ne!(next, gone);
+            neighbour_becomes(seg, ip, next);
+        } else {
+            assert_eq!(next, before[k], "{ip} moved although its owner stayed");
+        }
+    }
+    owners_serve(seg, alive);
+}
+
+#[test]
+fn failover_on_agent_kill_and_on_link_cut() {
+    if let Some(why) = lab_unavailable(&[]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut seg = Segment::start("l2f", &AGENT, true).unwrap();
+    let mut alive: Vec<&str> = NODES.to_vec();
+    // SIGKILL of the IPv4 owner's agent.
+    let first = owners_serve(&seg, &alive)[0];
+    fail(&mut seg, &mut alive, first, |s| s.kill_agent(first));
+    // Link cut of the new IPv4 owner.
+    let second = owners_serve(&seg, &alive)[0];
+    assert_ne!(second, first);
+    fail(&mut seg, &mut alive, second, |s| {
+        s.set_link(second, false).unwrap()
+    });
+}
