@@ -307,7 +307,29 @@ mod tests {
         assert_eq!(mutate(57, 0x74), None, "bad checksum");
         assert_eq!(mutate(20, 17), None, "not ICMPv6");
         assert_eq!(mutate(79, 0), None, "zero-length option");
-        assert_eq!(mutate(62, 0xff), None, "multicast target (checksum aside)");
+        // A multicast target, with a correct checksum so only the target check can refuse it.
+        let mut f = good.clone();
+        f[62] = 0xff;
+        f[56..58].copy_from_slice(&[0, 0]);
+        let sum = checksum(
+            Ipv6Addr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap()),
+            Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap()),
+            &f[54..],
+        );
+        f[56..58].copy_from_slice(&sum.to_be_bytes());
+        assert_eq!(parse_solicitation(&f), None, "multicast target");
+        f[62] = 0xfd;
+        f[56..58].copy_from_slice(&[0, 0]);
+        let sum = checksum(
+            Ipv6Addr::from(<[u8; 16]>::try_from(&f[22..38]).unwrap()),
+            Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap()),
+            &f[54..],
+        );
+        f[56..58].copy_from_slice(&sum.to_be_bytes());
+        assert!(
+            parse_solicitation(&f).is_some(),
+            "the same frame with its target restored"
+        );
     }
 
     proptest::proptest! {
