@@ -408,15 +408,15 @@ fn restarts_do_not_disturb_the_router() {
     r.start_speaker().unwrap();
     // The router shows the route fresh again (not stale) once the speaker re-announced and
     // sent End-of-RIB.
+    let mut last = String::new();
     let fresh = wait_for(Duration::from_secs(30), || {
-        let out = r
-            .lab
-            .exec(
-                &r.ns.router,
-                "vtysh",
-                &["-c", &format!("show bgp ipv4 unicast {ip}/32")],
-            )
+        let lab::Router::Frr(frr) = &r.router else {
+            return None;
+        };
+        let out = frr
+            .vtysh(&r.lab, &format!("show bgp ipv4 unicast {ip}/32"))
             .unwrap_or_default();
+        last = out.clone();
         let fresh = (out.contains("multipath") || out.contains("best"))
             && !out.to_lowercase().contains("stale");
         fresh.then_some(())
@@ -424,7 +424,7 @@ fn restarts_do_not_disturb_the_router() {
     let (samples, bad) = watch.finish();
     assert!(
         fresh.is_some(),
-        "the route to {ip} was not re-announced fresh after the speaker restart\n{}",
+        "the route to {ip} was not re-announced fresh after the speaker restart; FRR says:\n{last}\n{}",
         logs(&dir)
     );
     assert_eq!(
