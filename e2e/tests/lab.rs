@@ -494,4 +494,23 @@ fn layer2_service_fails_over() {
         )
     });
     assert_ne!(new_owner, owner);
+    // The new owner says so on the Service.
+    let want = format!("node {new_owner} now answers ARP/NDP for {ip}");
+    let event = wait_for(Duration::from_secs(20), || {
+        r.kubectl(&[
+            "get",
+            "events.v1.events.k8s.io",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={range .items[*]}{.regarding.name}: {.note}{\"\\n\"}{end}",
+        ])
+        .ok()
+        .filter(|notes| notes.lines().any(|l| l == format!("office: {want}")))
+    });
+    assert!(
+        event.is_some(),
+        "no Event \"{want}\" on demo/office\n{}",
+        logs(&dir)
+    );
 }

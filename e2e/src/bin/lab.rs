@@ -192,6 +192,13 @@ fn main() -> anyhow::Result<()> {
             let _ = berth_e2e::frr::wait_for(Duration::from_secs(60), || {
                 (running.router_next_hops(&ip).len() == lab::NODES.len()).then_some(())
             });
+            // The Eip status writer runs right after the allocations; show filled columns.
+            let _ = berth_e2e::frr::wait_for(Duration::from_secs(10), || {
+                running
+                    .kubectl(&["get", "eip", "-o", "jsonpath={.items[*].status.usage}"])
+                    .ok()
+                    .filter(|u| u.split_whitespace().count() >= 2)
+            });
             print!("{}", running.report());
             let pids = running.lab.keep();
             lab::save_pids(&spec, &pids).map_err(anyhow::Error::msg)?;
