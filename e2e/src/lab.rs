@@ -535,6 +535,19 @@ fn agent_args(spec: &Spec, addr: &str) -> Vec<String> {
 /// The agents' gossip (membership) port.
 pub const GOSSIP_PORT: u16 = 7946;
 
+/// The next hops (`via a.b.c.d`) of an `ip route show` output, sorted.
+pub fn next_hops(ip_route_output: &str) -> Vec<String> {
+    let mut hops: Vec<String> = ip_route_output
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "via")
+        .map(|w| w[1].to_owned())
+        .collect();
+    hops.sort();
+    hops
+}
+
 /// Answers every connection with the node's name (argv 1) on port argv 2, on every address.
 pub const SERVER: &str = "import socket,sys
 s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', int(sys.argv[2]))); s.listen(256)
@@ -647,15 +660,7 @@ impl Running {
             .lab
             .exec(&self.ns.router, "ip", &["route", "show", ip])
             .unwrap_or_default();
-        let mut hops: Vec<String> = out
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .windows(2)
-            .filter(|w| w[0] == "via")
-            .map(|w| w[1].to_owned())
-            .collect();
-        hops.sort();
-        hops
+        next_hops(&out)
     }
 
     /// The router's route for `ip` as `ip route` prints it.

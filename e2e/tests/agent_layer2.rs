@@ -122,6 +122,20 @@ fn one_node_answers_and_only_the_owner() {
             NODES[i]
         );
     }
+    // The IPv6 owner (alone) joined the solicited-node group of its IP, so the kernel reports
+    // it by MLD and snooping switches forward the solicitations (fd00::240 -> ff02::1:ff00:240).
+    for (i, node) in seg.nodes.iter().enumerate() {
+        let groups = seg
+            .lab
+            .exec(node, "ip", &["-6", "maddr", "show", "dev", "eth0"])
+            .unwrap_or_default();
+        assert_eq!(
+            groups.contains("ff02::1:ff00:240"),
+            i == v6,
+            "{}: {groups}",
+            NODES[i]
+        );
+    }
     // SIGKILL and restart of the IPv4 owner's agent: its leftovers are reused, not doubled,
     // and it answers again, alone.
     let before = seg.berth_entries(v4);

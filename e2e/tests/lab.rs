@@ -322,14 +322,7 @@ impl RouteWatch {
             while !s.load(Ordering::Relaxed) {
                 let out = berth_e2e::netns::run("ip", &["-n", &ns, "route", "show", &ip])
                     .unwrap_or_default();
-                let mut hops: Vec<String> = out
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .windows(2)
-                    .filter(|w| w[0] == "via")
-                    .map(|w| w[1].to_owned())
-                    .collect();
-                hops.sort();
+                let hops = lab::next_hops(&out);
                 n.fetch_add(1, Ordering::Relaxed);
                 if hops != want {
                     b.fetch_add(1, Ordering::Relaxed);

@@ -4,8 +4,8 @@
 //! The owned set lives in a `watch` channel: every request is checked against its current
 //! value, so the moment [`Announcer::set_owned`] drops an IP, no further answer for it leaves.
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,6 +140,7 @@ impl Announcer {
         let nd_fd = AsyncPacketSocket::new(nd_socket)?;
         let (owned, owned_rx) = watch::channel(BTreeSet::new());
         let again = Arc::new(Notify::new());
+        let groups = Groups::new(interface.index, &interface.name);
         let task = tokio::spawn(run(
             Io {
                 arp: arp_fd,
@@ -147,6 +148,7 @@ impl Announcer {
                 mac: interface.mac,
                 metrics,
                 interface: interface.name.clone(),
+                groups: std::sync::Mutex::new(groups),
             },
             owned_rx,
             again.clone(),
@@ -197,6 +199,8 @@ impl Drop for Announcer {
 }
 
 struct Io {
+    /// Solicited-node memberships of the owned IPv6 IPs.
+    groups: std::sync::Mutex<Groups>,
     arp: AsyncPacketSocket,
     nd: AsyncPacketSocket,
     mac: Mac,
@@ -299,6 +303,9 @@ async fn run(io: Io, mut owned: watch::Receiver<BTreeSet<IpAddr>>, again: Arc<No
                 }
                 let now: BTreeSet<IpAddr> = owned.borrow_and_update().clone();
                 let gained: Vec<IpAddr> = now.difference(&announced).copied().collect();
+                if let Ok(mut g) = io.groups.lock() {
+                    g.follow(&now);
+                }
                 // Takeover: the first announcement goes out before anything else happens.
                 for ip in &gained {
                     io.announce(*ip);
@@ -332,5 +339,54 @@ async fn run(io: Io, mut owned: watch::Receiver<BTreeSet<IpAddr>>, again: Arc<No
                 }
             }
         }
+    }
+}
+
+/// The solicited-node multicast groups of the owned IPv6 IPs, joined through an ordinary UDP
+/// socket: the kernel then sends MLD reports for them, so a switch doing MLD snooping forwards
+/// the Neighbor Solicitations for our IPs to this port (the packet socket's all-multicast mode
+/// only opens the NIC's filter, it reports nothing). Several IPs can share one group
+/// (same low 24 bits): joined once, left with the last of them.
+struct Groups {
+    socket: Option<std::net::UdpSocket>,
+    index: u32,
+    joined: BTreeMap<Ipv6Addr, usize>,
+}
+
+impl Groups {
+    fn new(index: u32, interface: &str) -> Groups {
+        let socket = std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
+            .map_err(|e| {
+                // No IPv6 on this node: nothing to join, IPv4 is unaffected.
+                tracing::debug!(interface, error = %e, "no IPv6 socket: MLD reports disabled");
+            })
+            .ok();
+        Groups {
+            socket,
+            index,
+            joined: BTreeMap::new(),
+        }
+    }
+
+    /// Joins the groups of `owned`'s IPv6 IPs, leaves the others.
+    fn follow(&mut self, owned: &BTreeSet<IpAddr>) {
+        let Some(socket) = &self.socket else { return };
+        let mut want: BTreeMap<Ipv6Addr, usize> = BTreeMap::new();
+        for ip in owned {
+            if let IpAddr::V6(v6) = ip {
+                *want.entry(ndp::solicited_node(*v6)).or_default() += 1;
+            }
+        }
+        for group in self.joined.keys().filter(|g| !want.contains_key(g)) {
+            if let Err(e) = socket.leave_multicast_v6(group, self.index) {
+                tracing::debug!(%group, error = %e, "leaving a solicited-node group failed");
+            }
+        }
+        for group in want.keys().filter(|g| !self.joined.contains_key(g)) {
+            if let Err(e) = socket.join_multicast_v6(group, self.index) {
+                tracing::warn!(%group, error = %e, "joining a solicited-node group failed: switches with MLD snooping may not forward Neighbor Solicitations here");
+            }
+        }
+        self.joined = want;
     }
 }
