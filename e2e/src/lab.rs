@@ -333,6 +333,13 @@ pub fn up(spec: Spec) -> Result<Running, String> {
         }
     }
     std::fs::create_dir_all(&spec.dir).map_err(e)?;
+    // kubectl must reach this lab, not another one still holding the port.
+    let host_addr = format!("127.0.0.1:{}", spec.host_port);
+    if TcpStream::connect(&host_addr).is_ok() {
+        return Err(format!(
+            "{host_addr} is already in use (another lab?): run `lab down`, or pick another --api-port"
+        ));
+    }
     let mut lab = Lab::fixed(&spec.prefix);
     let ns = topology(&mut lab)?;
 
@@ -377,7 +384,6 @@ pub fn up(spec: Spec) -> Result<Running, String> {
         ],
         &spec.dir.join("forward-ctl.log"),
     )?;
-    let host_addr = format!("127.0.0.1:{}", spec.host_port);
     lab.spawn_here(
         &lab_bin,
         &[

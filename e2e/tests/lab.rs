@@ -31,8 +31,17 @@ fn spec(tag: &str) -> Spec {
         router: RouterKind::Frr,
         bin_dir,
         repo,
-        host_port: 20_000 + (pid % 20_000) as u16 + if tag == "a" { 0 } else { 1 },
+        host_port: free_port(),
     }
+}
+
+/// A loopback port nobody listens on now (the OS picks it; the tests run in parallel, so
+/// ports derived from PIDs could collide).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
 }
 
 fn up(tag: &str) -> Option<Running> {
