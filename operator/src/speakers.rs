@@ -107,7 +107,10 @@ pub fn desired_state(
                 .unwrap_or(0),
             password: p.password.clone().unwrap_or_default(),
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // The stores iterate in no fixed order: one order makes equal states equal messages.
+    let mut peers = peers;
+    peers.sort_by(|a, b| a.address.cmp(&b.address).then(a.port.cmp(&b.port)));
     let routes = routes
         .iter()
         .filter_map(|(ip, hops)| route_for(*ip, hops, self_mode, &mine))
