@@ -106,6 +106,28 @@ fn apply(r: &Running, name: &str, yaml: &str) {
     .unwrap_or_else(|e| panic!("kubectl apply {name}: {e}"));
 }
 
+/// Sets a Node's Ready condition, as its kubelet (or the node controller) would.
+fn set_ready(r: &Running, node: &str, ready: bool) {
+    let (status, reason, message) = if ready {
+        ("True", "KubeletReady", "lab node")
+    } else {
+        ("False", "KubeletStopped", "lab: node failed")
+    };
+    let patch = format!(
+        r#"{{"status":{{"conditions":[{{"type":"Ready","status":"{status}","reason":"{reason}","message":"{message}"}}]}}}}"#
+    );
+    r.kubectl(&[
+        "patch",
+        "node",
+        node,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ])
+    .unwrap_or_else(|e| panic!("marking {node} Ready={status}: {e}"));
+}
+
 fn landed_on_every_node(counts: &str) -> bool {
     NODES.iter().all(|(n, _)| {
         counts
@@ -204,17 +226,7 @@ endpoints:
     }
 
     // 4. A node that fails (NotReady) loses its next hop; back Ready, it returns.
-    let not_ready = r#"{"status":{"conditions":[{"type":"Ready","status":"False","reason":"KubeletStopped","message":"lab: node failed"}]}}"#;
-    r.kubectl(&[
-        "patch",
-        "node",
-        "node3",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        not_ready,
-    ])
-    .unwrap();
+    set_ready(&r, "node3", false);
     let two = vec![NODES[0].1.to_owned(), NODES[1].1.to_owned()];
     if !hops_become(&r, &ip, &two, 30) {
         fail(&format!(
@@ -222,17 +234,7 @@ endpoints:
             r.router_route(&ip)
         ));
     }
-    let ready = r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","message":"lab node"}]}}"#;
-    r.kubectl(&[
-        "patch",
-        "node",
-        "node3",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        ready,
-    ])
-    .unwrap();
+    set_ready(&r, "node3", true);
     if !hops_become(&r, &ip, &all_nodes(), 30) {
         fail(&format!(
             "node3 Ready again: router has {}",
