@@ -1,43 +1,54 @@
-//! The agent's input from Kubernetes: Berth's Services, watched, turned into [`Desired`].
+//! The agent's input from Kubernetes, turned into [`Desired`]: only what admins and the
+//! operator own is believed.
 //!
-//! A Service is Berth's here when the operator recorded the pool it allocated from
-//! ([`ANNOTATION_ALLOCATED_POOL`]); the agent never decides that itself, so it needs no copy
-//! of the operator's class settings. Every IP in its `status.loadBalancer.ingress` is delivered
-//! locally on every node (a node that is not a next hop simply receives nothing for it),
-//! except Layer2 IPs: the operator's [`ANNOTATION_LAYER2`] names them with their candidate
-//! nodes, and only the elected owner delivers (and answers for) each.
+//! - Which IPs: a Service's `status.loadBalancer.ingress` (the status subresource: tenants
+//!   cannot write it; the API server drops status sent with the object), for Services of
+//!   `type: LoadBalancer` only, and only IPs inside an [`Eip`] (cluster-scoped, admins only).
+//!   An ingress IP outside every Eip is another load balancer's, or forged: ignored.
+//! - BGP or Layer2: the Eip's `spec.protocol`. A BGP IP is delivered locally on every node (a
+//!   node that is not a next hop simply receives nothing for it).
+//! - For a Layer2 IP, who may answer: the operator's assignment ConfigMap in Berth's own
+//!   namespace ([`berth_api::layer2`]), never an annotation; the interface is the Eip's. A
+//!   Layer2 IP without an assignment is answered by nobody until the operator writes one.
+//!
+//! Annotations and labels on Services are never read here: a Service carrying Berth's
+//! annotations without being Berth's gets nothing (the operator records an Event on it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use berth_api::layer2::Layer2Assignment;
-use berth_api::names::{ANNOTATION_ALLOCATED_POOL, ANNOTATION_LAYER2};
+use berth_api::layer2::{DATA_ASSIGNMENT, DATA_SERVICE, LABEL_LAYER2_ASSIGNMENT};
+use berth_api::{Eip, EipProtocol, EipSpec, Layer2Assignment};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
 use crate::desired::{Desired, Layer2Service};
 
-/// What one Service contributes, or why part of it was ignored.
+/// What the agent reads of one Service: its key and the IPs in its status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceView {
-    /// IPs to deliver locally.
+    /// `namespace/name`.
+    pub key: String,
+    /// The IPs of `status.loadBalancer.ingress`.
     pub ips: BTreeSet<IpAddr>,
-    /// Its Layer2 part, if any.
-    pub layer2: Option<Layer2Service>,
-    /// Problems found (bad annotation, unparsable IP), for the log.
+    /// Problems found (unparsable IP), for the log.
     pub problems: Vec<String>,
 }
 
-/// Reads one Service (pure).
+/// Reads one Service (pure): `None` unless it is `type: LoadBalancer`.
 pub fn view(svc: &Service) -> Option<ServiceView> {
-    let annotations = svc.metadata.annotations.as_ref()?;
-    annotations.get(ANNOTATION_ALLOCATED_POOL)?;
-    let key = format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any());
-    let mut out = ServiceView::default();
+    let ty = svc.spec.as_ref().and_then(|s| s.type_.as_deref());
+    if ty != Some("LoadBalancer") {
+        return None;
+    }
+    let mut out = ServiceView {
+        key: key(svc),
+        ..ServiceView::default()
+    };
     let ingress = svc
         .status
         .as_ref()
@@ -50,126 +61,263 @@ pub fn view(svc: &Service) -> Option<ServiceView> {
                     out.ips.insert(ip);
                 }
                 Err(_) => out.problems.push(format!(
-                    "{key}: status.loadBalancer.ingress holds {ip:?}, which is not an IP"
+                    "{}: status.loadBalancer.ingress holds {ip:?}, which is not an IP",
+                    out.key
                 )),
             }
-        }
-    }
-    if let Some(raw) = annotations.get(ANNOTATION_LAYER2) {
-        match Layer2Assignment::from_annotation(raw) {
-            Ok(a) => {
-                let mut ips = Vec::new();
-                for ip in &a.ips {
-                    match ip.parse::<IpAddr>() {
-                        Ok(ip) => ips.push(ip),
-                        Err(_) => out.problems.push(format!(
-                            "{key}: annotation {ANNOTATION_LAYER2} lists {ip:?}, which is not an IP"
-                        )),
-                    }
-                }
-                // A Layer2 IP is delivered only where it is owned: the kernel answers ARP for
-                // every local route, so a route on every candidate would make them all answer.
-                for ip in &ips {
-                    out.ips.remove(ip);
-                }
-                out.layer2 = Some(Layer2Service {
-                    service: key.clone(),
-                    ips,
-                    interface: a.interface,
-                    candidates: a.nodes.into_iter().collect(),
-                });
-            }
-            Err(e) => out.problems.push(format!(
-                "{key}: annotation {ANNOTATION_LAYER2} is not the operator's JSON ({e}); \
-                 it is rewritten by the operator, check the operator's log"
-            )),
         }
     }
     Some(out)
 }
 
-/// The agent's input from all Berth Services' views (pure; deterministic order).
-pub fn desired<'a>(views: impl IntoIterator<Item = &'a ServiceView>) -> Desired {
-    let mut d = Desired::default();
-    for v in views {
-        d.local_ips.extend(v.ips.iter().copied());
-        if let Some(l2) = &v.layer2 {
-            d.layer2.push(l2.clone());
-        }
-    }
-    d.layer2.sort_by(|a, b| a.service.cmp(&b.service));
-    d
+/// Reads one assignment ConfigMap (pure): the Service it is for and the assignment, or why
+/// it cannot be used.
+pub fn assignment(cm: &ConfigMap) -> Result<(String, Layer2Assignment), String> {
+    let name = cm.name_any();
+    let data = cm.data.as_ref();
+    let service = data
+        .and_then(|d| d.get(DATA_SERVICE))
+        .ok_or_else(|| format!("ConfigMap {name} has no {DATA_SERVICE:?} key"))?;
+    let raw = data
+        .and_then(|d| d.get(DATA_ASSIGNMENT))
+        .ok_or_else(|| format!("ConfigMap {name} has no {DATA_ASSIGNMENT:?} key"))?;
+    let a = Layer2Assignment::from_json(raw).map_err(|e| {
+        format!("ConfigMap {name}: {DATA_ASSIGNMENT} is not the operator's JSON ({e}); the operator rewrites it, check its log")
+    })?;
+    Ok((service.clone(), a))
 }
 
-/// Watches Services and publishes the resulting [`Desired`] on `tx` until the watch ends.
-/// Watch errors are logged and retried with back-off; the last good state stays published.
-pub async fn run(client: Client, tx: watch::Sender<Desired>) {
-    let api: Api<Service> = Api::all(client);
-    let mut views: BTreeMap<String, ServiceView> = BTreeMap::new();
-    let mut init: Option<BTreeMap<String, ServiceView>> = None;
-    let stream = watcher(api, watcher::Config::default());
-    let mut stream = std::pin::pin!(kube::runtime::WatchStreamExt::default_backoff(stream));
-    while let Some(ev) = stream.next().await {
-        let changed = match ev {
-            Ok(watcher::Event::Init) => {
-                init = Some(BTreeMap::new());
-                false
-            }
-            Ok(watcher::Event::InitApply(svc)) => {
-                if let (Some(m), Some(v)) = (init.as_mut(), view(&svc)) {
-                    log_problems(&v);
-                    m.insert(key(&svc), v);
+/// The agent's input from the Services, pools and assignments it believes (pure;
+/// deterministic order). Returns what was ignored and why, for the log.
+pub fn desired<'a>(
+    services: impl IntoIterator<Item = &'a ServiceView>,
+    pools: &BTreeMap<String, EipSpec>,
+    assignments: &BTreeMap<String, Layer2Assignment>,
+) -> (Desired, Vec<String>) {
+    let mut d = Desired::default();
+    let mut ignored = Vec::new();
+    for v in services {
+        // Layer2 IPs of this Service by interface (from the pool, not from the assignment).
+        let mut layer2: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for ip in &v.ips {
+            let Some((pool, spec)) = pools
+                .iter()
+                .find(|(_, spec)| spec.contains(*ip) == Some(true))
+            else {
+                ignored.push(format!(
+                    "{}: {ip} is in no Eip: not Berth's, nothing done for it",
+                    v.key
+                ));
+                continue;
+            };
+            match spec.protocol {
+                EipProtocol::Bgp => {
+                    d.local_ips.insert(*ip);
                 }
-                false
-            }
-            Ok(watcher::Event::InitDone) => {
-                views = init.take().unwrap_or_default();
-                // Always published, so a waiting agent learns the first list arrived even
-                // when it holds nothing for this node.
-                tx.send_replace(desired(views.values()));
-                false
-            }
-            Ok(watcher::Event::Apply(svc)) => {
-                let k = key(&svc);
-                match view(&svc) {
-                    Some(v) => {
-                        log_problems(&v);
-                        views.insert(k, v);
+                EipProtocol::Layer2 => match spec.interface.as_deref() {
+                    Some(i) if !i.trim().is_empty() => {
+                        layer2.entry(i.to_owned()).or_default().push(*ip)
                     }
-                    None => {
-                        views.remove(&k);
-                    }
-                }
-                true
+                    _ => ignored.push(format!(
+                        "{}: {ip} is in layer2 Eip {pool}, which names no spec.interface",
+                        v.key
+                    )),
+                },
             }
-            Ok(watcher::Event::Delete(svc)) => views.remove(&key(&svc)).is_some(),
-            Err(e) => {
-                tracing::warn!(error = %e, "watching Services failed; retrying (check the agent's RBAC: list/watch services)");
-                false
-            }
+        }
+        if layer2.is_empty() {
+            continue;
+        }
+        let Some(a) = assignments.get(&v.key) else {
+            ignored.push(format!(
+                "{}: no Layer2 assignment from the operator yet: nobody answers for {:?}",
+                v.key,
+                layer2.values().flatten().collect::<Vec<_>>()
+            ));
+            continue;
         };
-        if changed {
-            let d = desired(views.values());
-            tx.send_if_modified(|cur| {
-                if *cur == d {
-                    false
-                } else {
-                    *cur = d;
-                    true
-                }
+        let assigned: BTreeSet<IpAddr> = a.ips.iter().filter_map(|s| s.parse().ok()).collect();
+        for (interface, ips) in layer2 {
+            let (ips, unassigned): (Vec<IpAddr>, Vec<IpAddr>) =
+                ips.into_iter().partition(|ip| assigned.contains(ip));
+            if !unassigned.is_empty() {
+                ignored.push(format!(
+                    "{}: {unassigned:?} not in the operator's assignment yet: nobody answers for them",
+                    v.key
+                ));
+            }
+            if ips.is_empty() {
+                continue;
+            }
+            d.layer2.push(Layer2Service {
+                service: v.key.clone(),
+                ips,
+                interface,
+                candidates: a.nodes.iter().cloned().collect(),
             });
         }
     }
+    d.layer2
+        .sort_by(|a, b| (&a.service, &a.interface).cmp(&(&b.service, &b.interface)));
+    (d, ignored)
+}
+
+/// One watched resource's objects by key, with the watcher's relist semantics: a relist
+/// replaces everything at once when it is complete.
+struct Table<V> {
+    live: BTreeMap<String, V>,
+    relist: Option<BTreeMap<String, V>>,
+    listed: bool,
+}
+
+impl<V> Default for Table<V> {
+    fn default() -> Self {
+        Table {
+            live: BTreeMap::new(),
+            relist: None,
+            listed: false,
+        }
+    }
+}
+
+impl<V: PartialEq> Table<V> {
+    /// Applies one watch event; `read` gives the key and the value to keep (`None`: the
+    /// object is not of interest). Returns whether the live view changed.
+    fn apply<K>(
+        &mut self,
+        ev: watcher::Event<K>,
+        read: impl Fn(&K) -> (String, Option<V>),
+    ) -> bool {
+        match ev {
+            watcher::Event::Init => {
+                self.relist = Some(BTreeMap::new());
+                false
+            }
+            watcher::Event::InitApply(o) => {
+                if let (Some(m), (k, Some(v))) = (self.relist.as_mut(), read(&o)) {
+                    m.insert(k, v);
+                }
+                false
+            }
+            watcher::Event::InitDone => {
+                self.live = self.relist.take().unwrap_or_default();
+                self.listed = true;
+                true
+            }
+            watcher::Event::Apply(o) => match read(&o) {
+                (k, Some(v)) => {
+                    if self.live.get(&k) == Some(&v) {
+                        false
+                    } else {
+                        self.live.insert(k, v);
+                        true
+                    }
+                }
+                (k, None) => self.live.remove(&k).is_some(),
+            },
+            watcher::Event::Delete(o) => self.live.remove(&read(&o).0).is_some(),
+        }
+    }
+}
+
+enum Input {
+    Services(Result<watcher::Event<Service>, watcher::Error>),
+    Pools(Result<watcher::Event<Eip>, watcher::Error>),
+    Assignments(Result<watcher::Event<ConfigMap>, watcher::Error>),
+}
+
+/// Watches Services (all namespaces), Eips, and the operator's assignment ConfigMaps in
+/// `namespace`, and publishes the resulting [`Desired`] on `tx`: the first time once all
+/// three are listed, then on every change. Watch errors are logged with the resource and
+/// retried with back-off; the last good state stays published.
+pub async fn run(client: Client, namespace: String, tx: watch::Sender<Option<Desired>>) {
+    let services = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(Input::Services);
+    let pools = watcher(Api::<Eip>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .map(Input::Pools);
+    let assignments = watcher(
+        Api::<ConfigMap>::namespaced(client, &namespace),
+        watcher::Config::default().labels(&format!("{LABEL_LAYER2_ASSIGNMENT}=true")),
+    )
+    .default_backoff()
+    .map(Input::Assignments);
+    let mut inputs =
+        futures::stream::select_all([services.boxed(), pools.boxed(), assignments.boxed()]);
+    let mut svc_table: Table<ServiceView> = Table::default();
+    let mut pool_table: Table<EipSpec> = Table::default();
+    let mut assignment_table: Table<Layer2Assignment> = Table::default();
+    let mut reported: BTreeSet<String> = BTreeSet::new();
+    while let Some(input) = inputs.next().await {
+        let changed = match input {
+            Input::Services(Ok(ev)) => svc_table.apply(ev, |s: &Service| {
+                let v = view(s);
+                if let Some(v) = &v {
+                    for p in &v.problems {
+                        tracing::warn!("{p}");
+                    }
+                }
+                (key(s), v)
+            }),
+            Input::Pools(Ok(ev)) => {
+                pool_table.apply(ev, |e: &Eip| (e.name_any(), Some(e.spec.clone())))
+            }
+            Input::Assignments(Ok(ev)) => {
+                assignment_table.apply(ev, |cm: &ConfigMap| match assignment(cm) {
+                    Ok((service, a)) => (service, Some(a)),
+                    Err(why) => {
+                        tracing::warn!("{why}");
+                        (cm.name_any(), None)
+                    }
+                })
+            }
+            Input::Services(Err(e)) => {
+                watch_failed("services", "list/watch services (all namespaces)", &e)
+            }
+            Input::Pools(Err(e)) => watch_failed("eips.berth.dev", "list/watch eips.berth.dev", &e),
+            Input::Assignments(Err(e)) => watch_failed(
+                "configmaps",
+                &format!("list/watch configmaps in namespace {namespace}"),
+                &e,
+            ),
+        };
+        let all_listed = svc_table.listed && pool_table.listed && assignment_table.listed;
+        if !(changed && all_listed) {
+            continue;
+        }
+        let (d, ignored) = desired(
+            svc_table.live.values(),
+            &pool_table.live,
+            &assignment_table.live,
+        );
+        // Each reason once while it lasts, not on every event.
+        let now: BTreeSet<String> = ignored.into_iter().collect();
+        for why in now.difference(&reported) {
+            tracing::info!("ignored: {why}");
+        }
+        reported = now;
+        tx.send_if_modified(|cur| {
+            if cur.as_ref() == Some(&d) {
+                false
+            } else {
+                *cur = Some(d);
+                true
+            }
+        });
+    }
+}
+
+fn watch_failed(resource: &str, verbs: &str, e: &watcher::Error) -> bool {
+    tracing::warn!(resource, error = %e, "watch failed; retrying with back-off (a 403 means the agent's RBAC lacks {verbs})");
+    false
 }
 
 fn key(svc: &Service) -> String {
     format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())
-}
-
-fn log_problems(v: &ServiceView) {
-    for p in &v.problems {
-        tracing::warn!("{p}");
-    }
 }
 
 /// Records ownership moves as Events on the Service, so `kubectl describe svc` shows which
@@ -231,70 +379,168 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    #[test]
-    fn services_without_the_operators_pool_annotation_are_not_berths() {
-        let s = svc(json!({"metadata": {"name": "a", "namespace": "x"},
-            "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.5"}]}}}));
-        assert_eq!(view(&s), None);
+    fn pools() -> BTreeMap<String, EipSpec> {
+        let spec = |v| serde_json::from_value::<EipSpec>(v).unwrap();
+        BTreeMap::from([
+            (
+                "bgp".to_owned(),
+                spec(json!({"address": "198.51.100.0/28"})),
+            ),
+            (
+                "l2".to_owned(),
+                spec(
+                    json!({"address": "10.0.0.240-10.0.0.247", "protocol": "layer2", "interface": "eth0"}),
+                ),
+            ),
+            (
+                "l2v6".to_owned(),
+                spec(
+                    json!({"address": "fd00::240/124", "protocol": "layer2", "interface": "eth1"}),
+                ),
+            ),
+        ])
+    }
+
+    fn assigned(ips: &[&str], nodes: &[&str]) -> Layer2Assignment {
+        Layer2Assignment {
+            ips: ips.iter().map(|s| s.to_string()).collect(),
+            interface: "forged0".into(),
+            nodes: nodes.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn lb(name: &str, ips: &[&str]) -> Service {
+        let ingress: Vec<_> = ips.iter().map(|i| json!({"ip": i})).collect();
+        svc(json!({"metadata": {"name": name, "namespace": "demo"},
+            "spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": ingress}}}))
     }
 
     #[test]
-    fn ingress_ips_are_delivered_and_layer2_is_read_from_the_operators_annotation() {
-        let s = svc(
-            json!({"metadata": {"name": "web", "namespace": "demo", "annotations": {
-                "berth.dev/allocated-pool": "lab-l2",
-                "berth.dev/layer2": r#"{"ips":["10.0.0.240","fd00::5"],"interface":"eth0","nodes":["n1","n2"]}"#}},
-            "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.240"}, {"ip": "fd00::5"}]}}}),
+    fn only_load_balancer_services_are_read_and_annotations_are_not() {
+        // A tenant's ClusterIP Service dressed as Berth's: ignored whatever it says.
+        let forged = svc(
+            json!({"metadata": {"name": "x", "namespace": "t", "annotations": {
+                "berth.dev/allocated-pool": "l2",
+                "berth.dev/layer2": r#"{"ips":["10.0.0.1"],"interface":"eth0","nodes":["n1"]}"#}},
+            "spec": {"type": "ClusterIP"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.241"}]}}}),
         );
-        let v = view(&s).unwrap();
-        assert!(v.problems.is_empty());
-        let d = desired([&v]);
-        assert!(
-            d.local_ips.is_empty(),
-            "Layer2 IPs are local only on their owner"
-        );
-        assert_eq!(d.layer2.len(), 1);
-        let l2 = &d.layer2[0];
-        assert_eq!(l2.service, "demo/web");
-        assert_eq!(l2.interface, "eth0");
-        assert_eq!(
-            l2.candidates.iter().cloned().collect::<Vec<_>>(),
-            ["n1", "n2"]
-        );
-        assert_eq!(
-            l2.ips,
-            [
-                "10.0.0.240".parse::<IpAddr>().unwrap(),
-                "fd00::5".parse().unwrap()
-            ]
-        );
-    }
-
-    #[test]
-    fn a_bad_annotation_is_reported_and_the_ips_still_delivered() {
-        let s = svc(
-            json!({"metadata": {"name": "web", "namespace": "demo", "annotations": {
-                "berth.dev/allocated-pool": "p", "berth.dev/layer2": "eth0"}},
-            "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.9"}, {"ip": "nope"}]}}}),
-        );
-        let v = view(&s).unwrap();
+        assert_eq!(view(&forged), None);
+        let v = view(&lb("web", &["198.51.100.3", "nope"])).unwrap();
+        assert_eq!(v.key, "demo/web");
         assert_eq!(v.ips.len(), 1);
-        assert_eq!(v.layer2, None);
-        assert_eq!(v.problems.len(), 2);
+        assert_eq!(v.problems.len(), 1);
         assert!(v.problems[0].contains("demo/web"), "{:?}", v.problems);
     }
 
     #[test]
+    fn bgp_ips_are_local_everywhere_and_ips_outside_every_pool_are_ignored() {
+        // 10.0.0.1 is the subnet's gateway: in no Eip, so nothing is done for it even on a
+        // LoadBalancer Service (another controller's, or a status written around Berth).
+        let v = view(&lb("web", &["198.51.100.3", "10.0.0.1"])).unwrap();
+        let (d, ignored) = desired([&v], &pools(), &BTreeMap::new());
+        assert_eq!(
+            d.local_ips,
+            BTreeSet::from(["198.51.100.3".parse::<IpAddr>().unwrap()])
+        );
+        assert!(d.layer2.is_empty());
+        assert_eq!(ignored.len(), 1);
+        assert!(ignored[0].contains("10.0.0.1 is in no Eip"), "{ignored:?}");
+    }
+
+    #[test]
+    fn layer2_needs_the_status_the_pool_and_the_operators_assignment() {
+        let v = view(&lb("office", &["10.0.0.241", "fd00::241"])).unwrap();
+        // Without an assignment nobody answers, and the IPs are not local anywhere.
+        let (d, ignored) = desired([&v], &pools(), &BTreeMap::new());
+        assert!(d.local_ips.is_empty() && d.layer2.is_empty());
+        assert!(ignored[0].contains("no Layer2 assignment"), "{ignored:?}");
+
+        // The assignment names candidates; IPs come from the status, the interface from the
+        // pool, whatever the assignment says. An assigned IP the status does not hold (the
+        // gateway) is never answered.
+        let a = BTreeMap::from([(
+            "demo/office".to_owned(),
+            assigned(&["10.0.0.241", "fd00::241", "10.0.0.1"], &["n1", "n2"]),
+        )]);
+        let (d, _) = desired([&v], &pools(), &a);
+        assert!(
+            d.local_ips.is_empty(),
+            "Layer2 IPs are local only on their owner"
+        );
+        assert_eq!(d.layer2.len(), 2);
+        assert_eq!(d.layer2[0].interface, "eth0");
+        assert_eq!(d.layer2[0].ips, ["10.0.0.241".parse::<IpAddr>().unwrap()]);
+        assert_eq!(d.layer2[1].interface, "eth1");
+        assert_eq!(d.layer2[1].ips, ["fd00::241".parse::<IpAddr>().unwrap()]);
+        for l2 in &d.layer2 {
+            assert_eq!(l2.service, "demo/office");
+            assert_eq!(
+                l2.candidates.iter().cloned().collect::<Vec<_>>(),
+                ["n1", "n2"]
+            );
+        }
+
+        // An assignment for another Service gives this one nothing.
+        let other = BTreeMap::from([("demo/other".to_owned(), assigned(&["10.0.0.241"], &["n1"]))]);
+        assert!(desired([&v], &pools(), &other).0.layer2.is_empty());
+    }
+
+    #[test]
+    fn assignments_are_read_from_the_operators_configmap() {
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "berth-l2.demo.office", "namespace": "berth-system"},
+            "data": {"service": "demo/office",
+                     "assignment": r#"{"ips":["10.0.0.241"],"interface":"eth0","nodes":["n1"]}"#}
+        }))
+        .unwrap();
+        let (service, a) = assignment(&cm).unwrap();
+        assert_eq!(service, "demo/office");
+        assert_eq!(a.nodes, ["n1"]);
+        let broken: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "berth-l2.demo.x"}, "data": {"service": "demo/x", "assignment": "eth0"}
+        }))
+        .unwrap();
+        assert!(assignment(&broken).unwrap_err().contains("berth-l2.demo.x"));
+    }
+
+    #[test]
     fn desired_is_ordered_whatever_the_input_order() {
-        let mk = |n: &str| ServiceView {
-            ips: BTreeSet::new(),
-            layer2: Some(Layer2Service {
-                service: n.into(),
-                ..Default::default()
-            }),
-            problems: vec![],
-        };
-        let (a, b) = (mk("a/x"), mk("b/y"));
-        assert_eq!(desired([&a, &b]), desired([&b, &a]));
+        let a = view(&lb("a", &["10.0.0.241"])).unwrap();
+        let b = view(&lb("b", &["10.0.0.242"])).unwrap();
+        let asg = BTreeMap::from([
+            ("demo/a".to_owned(), assigned(&["10.0.0.241"], &["n1"])),
+            ("demo/b".to_owned(), assigned(&["10.0.0.242"], &["n2"])),
+        ]);
+        assert_eq!(
+            desired([&a, &b], &pools(), &asg).0,
+            desired([&b, &a], &pools(), &asg).0
+        );
+    }
+
+    #[test]
+    fn a_relist_replaces_the_table_only_when_complete() {
+        let mut t: Table<u32> = Table::default();
+        let read = |v: &(String, u32)| (v.0.clone(), Some(v.1));
+        assert!(!t.apply(watcher::Event::Init, read));
+        assert!(!t.apply(watcher::Event::InitApply(("a".into(), 1)), read));
+        assert!(!t.listed);
+        assert!(t.apply(watcher::Event::InitDone, read));
+        assert!(t.listed);
+        assert!(
+            !t.apply(watcher::Event::Apply(("a".into(), 1)), read),
+            "no change"
+        );
+        assert!(t.apply(watcher::Event::Apply(("a".into(), 2)), read));
+        assert!(t.apply(watcher::Event::Apply(("b".into(), 1)), read));
+        // A relist that no longer holds "a": it goes when the relist is done.
+        assert!(!t.apply(watcher::Event::Init, read));
+        assert!(!t.apply(watcher::Event::InitApply(("b".into(), 1)), read));
+        assert_eq!(t.live.len(), 2);
+        assert!(t.apply(watcher::Event::InitDone, read));
+        assert_eq!(t.live.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(t.apply(watcher::Event::Delete(("b".into(), 1)), read));
+        assert!(t.live.is_empty());
     }
 }

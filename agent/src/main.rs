@@ -45,10 +45,16 @@ struct Args {
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
     /// Standalone input file (format above); reloaded on SIGHUP. Without it the agent
-    /// watches Berth's Services in the cluster (KUBECONFIG, or the in-cluster service
-    /// account) and records an Event on a Service when this node takes over its Layer2 IP.
+    /// reads the cluster (KUBECONFIG, or the in-cluster service account): the IPs in the
+    /// status of LoadBalancer Services that lie in an Eip, and for Layer2 IPs the operator's
+    /// assignments in --namespace (never annotations, which tenants can write); it records
+    /// an Event on a Service when this node takes over its Layer2 IP.
     #[arg(long = "static", env = "BERTH_AGENT_STATIC")]
     static_file: Option<PathBuf>,
+    /// Berth's namespace: where the operator writes the Layer2 assignments this agent
+    /// believes (RBAC keeps tenants out of it). Cluster mode only.
+    #[arg(long, env = "BERTH_NAMESPACE", default_value = "berth-system")]
+    namespace: String,
     /// Address the membership gossip (UDP) listens on, e.g. 0.0.0.0:7946.
     #[arg(long, env = "BERTH_GOSSIP_LISTEN")]
     gossip_listen: Option<SocketAddr>,
@@ -149,7 +155,7 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
         stop.clone(),
     ));
 
-    let (desired_tx, mut desired) = watch::channel(first);
+    let (desired_tx, desired) = watch::channel(first);
     let events = match &args.static_file {
         Some(f) => {
             tokio::spawn(reload_on_sighup(f.clone(), desired_tx));
@@ -159,17 +165,40 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
             let client = kube::Client::try_default().await.context(
                 "connecting to the Kubernetes API (set KUBECONFIG, or run in a Pod with a service account; or use --static)",
             )?;
-            tokio::spawn(berth_agent::kube_source::run(client.clone(), desired_tx));
-            // The first list decides what this node keeps: until it arrives, leftovers of a
-            // previous run are not removed (a restart must not drop routes for a moment).
-            if tokio::time::timeout(Duration::from_secs(30), desired.changed())
+            let (source_tx, mut source) = watch::channel(None);
+            tokio::spawn(berth_agent::kube_source::run(
+                client.clone(),
+                args.namespace.clone(),
+                source_tx,
+            ));
+            // The first complete list decides what this node keeps: until it arrives nothing
+            // is applied, so leftovers of a previous run stay (an API outage at start must not
+            // drop every route), the node does not join the membership (it would be elected
+            // for IPs it cannot answer yet), and /readyz says not ready.
+            let first = loop {
+                match tokio::time::timeout(
+                    Duration::from_secs(30),
+                    source.wait_for(Option::is_some),
+                )
                 .await
-                .is_err()
-            {
-                tracing::warn!(
-                    "no Service list from the API within 30 s; starting with nothing and waiting for it"
-                );
-            }
+                {
+                    Ok(Ok(d)) => break d.clone().unwrap_or_default(),
+                    Ok(Err(_)) => anyhow::bail!("the Kubernetes source stopped before listing"),
+                    Err(_) => tracing::warn!(
+                        "not ready: no complete list of Services, Eips and Layer2 assignments from the API yet; \
+                         this node's routes stay as they are (check that the API server is reachable and the agent's RBAC)"
+                    ),
+                }
+            };
+            desired_tx.send_replace(first);
+            tokio::spawn(async move {
+                while source.changed().await.is_ok() {
+                    let next = source.borrow_and_update().clone();
+                    if let Some(d) = next {
+                        desired_tx.send_replace(d);
+                    }
+                }
+            });
             Some(Arc::new(berth_agent::kube_source::OwnershipEvents::new(
                 client,
                 &args.node_name,

@@ -676,6 +676,36 @@ impl Running {
             .unwrap_or_default()
     }
 
+    /// Which MACs answer ARP who-has `ip` (IPv4) on the nodes' segment, asked from the
+    /// client's interface there: `(mac, replies)`, sorted by MAC.
+    pub fn who_answers_arp(&self, ip: &str) -> Result<Vec<(String, usize)>, String> {
+        let out = self.lab.exec(
+            &self.ns.client,
+            "python3",
+            &[
+                "-c",
+                crate::layer2::PROBE,
+                "arp",
+                "eth1",
+                ip,
+                CLIENT_L2,
+                "1",
+            ],
+        )?;
+        Ok(out
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(m, n)| (m.to_owned(), n.parse().unwrap_or(0)))
+            .collect())
+    }
+
+    /// The MAC of `ifname` in namespace `ns`.
+    pub fn mac(&self, ns: &str, ifname: &str) -> Result<String, String> {
+        self.lab
+            .exec(ns, "cat", &[&format!("/sys/class/net/{ifname}/address")])
+            .map(|m| m.trim().to_owned())
+    }
+
     /// Opens `n` connections from the client to ip:port; counts by answering node.
     pub fn connect(&self, ip: &str, port: u16, n: usize) -> String {
         self.lab

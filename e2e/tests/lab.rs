@@ -476,6 +476,17 @@ fn layer2_service_fails_over() {
         )
     });
     let i = NODES.iter().position(|(n, _)| *n == owner).unwrap();
+    // Exactly one MAC answers ARP for it: the owner's.
+    let owner_mac = r.mac(&r.ns.nodes[i], "eth0").unwrap();
+    let answers = r.who_answers_arp(&ip).unwrap();
+    assert_eq!(
+        answers.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>(),
+        [owner_mac.as_str()],
+        "{ip}: not answered by the owner alone\n{}",
+        logs(&dir)
+    );
+    forged_claims_get_nothing(&r);
+
     r.lab
         .exec(&r.ns.nodes[i], "ip", &["link", "set", "eth0", "down"])
         .unwrap();
@@ -516,5 +527,91 @@ fn layer2_service_fails_over() {
         event.is_some(),
         "no Event \"{want}\" on demo/office\n{}",
         logs(&dir)
+    );
+}
+
+/// A tenant dresses Services up as Berth's: Berth's annotations naming the subnet's gateway
+/// (the router, 10.0.0.1) and a free address of the Layer2 pool, on a ClusterIP Service and on
+/// a LoadBalancer Service of another class, with a status sent along with the object. No node
+/// answers ARP for either IP or routes it locally, at any time; the gateway keeps answering
+/// alone; the forged status is dropped by the API server; the operator says why on each.
+fn forged_claims_get_nothing(r: &Running) {
+    const FREE: &str = "10.0.0.246";
+    let gateway = lab::ROUTER;
+    let forged = format!(
+        r#"{{"ips":["{gateway}","{FREE}"],"interface":"eth0","nodes":["node1","node2","node3"]}}"#
+    );
+    let mut yaml = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: tenant}\n");
+    for (name, spec) in [
+        ("forged", "type: ClusterIP"),
+        (
+            "other-class",
+            "type: LoadBalancer\n  loadBalancerClass: other.example/lb",
+        ),
+    ] {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: tenant\n  \
+             annotations:\n    berth.dev/allocated-pool: lab-l2\n    berth.dev/layer2: '{forged}'\n\
+             spec:\n  {spec}\n  selector: {{app: x}}\n  ports: [{{port: 8080, protocol: TCP}}]\n\
+             status:\n  loadBalancer:\n    ingress: [{{ip: {FREE}}}, {{ip: {gateway}}}]\n"
+        ));
+    }
+    apply(r, "forged", &yaml);
+    let status = r
+        .kubectl(&[
+            "get", "svc", "-n", "tenant", "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.status.loadBalancer.ingress}{\"\\n\"}{end}",
+        ])
+        .unwrap();
+    assert!(
+        !status.contains(FREE),
+        "the API server kept a status sent with the object: {status}"
+    );
+    let router_mac = r.mac(&r.ns.router, "br0").unwrap();
+    // Several times over a few seconds: the agents had every chance to act on the forgery.
+    for round in 0..4 {
+        std::thread::sleep(Duration::from_millis(750));
+        let free = r.who_answers_arp(FREE).unwrap();
+        assert!(
+            free.is_empty(),
+            "round {round}: ARP for {FREE} (claimed by forged annotations) answered by {free:?}\n{}",
+            logs(&r.spec.dir)
+        );
+        let gw = r.who_answers_arp(gateway).unwrap();
+        assert_eq!(
+            gw.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>(),
+            [router_mac.as_str()],
+            "round {round}: ARP for the gateway {gateway} answered by {gw:?}, not the router ({router_mac}) alone\n{}",
+            logs(&r.spec.dir)
+        );
+    }
+    for (k, ns) in r.ns.nodes.iter().enumerate() {
+        let local = r
+            .lab
+            .exec(ns, "ip", &["route", "show", "table", "local"])
+            .unwrap();
+        assert!(
+            !local.contains(&format!("local {FREE} "))
+                && !local.contains(&format!("local {gateway} ")),
+            "{}: a forged IP is routed locally:\n{local}",
+            NODES[k].0
+        );
+    }
+    let notes = wait_for(Duration::from_secs(20), || {
+        r.kubectl(&[
+            "get",
+            "events.v1.events.k8s.io",
+            "-n",
+            "tenant",
+            "-o",
+            "jsonpath={range .items[*]}{.regarding.name}: {.reason}{\"\\n\"}{end}",
+        ])
+        .ok()
+        .filter(|n| n.contains("forged: NotBerths") && n.contains("other-class: NotBerths"))
+    });
+    assert!(
+        notes.is_some(),
+        "no NotBerths Event on each forged Service\n{}",
+        logs(&r.spec.dir)
     );
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use berth_api::{BgpConf, BgpPeer, Eip};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -102,6 +102,8 @@ pub struct Stores {
     pub pods: Store<Pod>,
     /// Secrets in Berth's namespace.
     pub secrets: Store<Secret>,
+    /// The Layer2 assignment ConfigMaps the operator wrote in Berth's namespace.
+    pub assignments: Store<ConfigMap>,
 }
 
 /// Everything a reconcile needs.
@@ -211,6 +213,26 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         Api::<Secret>::namespaced(client.clone(), &ns),
         watcher::Config::default(),
     );
+    // Only the operator writes these (RBAC keeps tenants out of Berth's namespace); a change
+    // by anyone else (an admin deleting one) reconciles its Service, which writes it back.
+    let (assignments, assignment_events) = reflect(
+        Api::<ConfigMap>::namespaced(client.clone(), &ns),
+        watcher::Config::default().labels(&format!(
+            "{}=true",
+            berth_api::layer2::LABEL_LAYER2_ASSIGNMENT
+        )),
+    );
+    // Consumed from now on (a reflector's store fills only while its stream is polled); each
+    // touched ConfigMap names its Service.
+    let (assignment_tx, assignment_rx) = mpsc::unbounded_channel::<ConfigMap>();
+    let assignment_task = tokio::spawn(async move {
+        let mut events = std::pin::pin!(assignment_events);
+        while let Some(ev) = events.next().await {
+            if let Ok(cm) = ev {
+                let _ = assignment_tx.send(cm);
+            }
+        }
+    });
     let stores = Stores {
         nodes,
         eips,
@@ -218,6 +240,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         peers,
         pods,
         secrets,
+        assignments,
     };
 
     // Node, pool and BGP-settings changes touch every Service; peers, pods and Secrets only
@@ -283,6 +306,10 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         ("bgppeers", stores.peers.wait_until_ready().await.is_ok()),
         ("pods", stores.pods.wait_until_ready().await.is_ok()),
         ("secrets", stores.secrets.wait_until_ready().await.is_ok()),
+        (
+            "configmaps",
+            stores.assignments.wait_until_ready().await.is_ok(),
+        ),
     ] {
         if !ready {
             return Err(Error::StoreNotReady(what).into());
@@ -323,12 +350,18 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         move |cx| rx.poll_recv(cx)
     })
     .map(Ok);
-    let services = service::run(ctx.clone(), slice_events, all_rx);
+    let assignment_events = futures::stream::poll_fn({
+        let mut rx = assignment_rx;
+        move |cx| rx.poll_recv(cx)
+    })
+    .map(Ok);
+    let services = service::run(ctx.clone(), slice_events, assignment_events, all_rx);
     tokio::select! {
         r = services => r,
         r = speakers => Err(anyhow::anyhow!("speaker sync stopped: {r:?}")),
         r = eip_status => Err(anyhow::anyhow!("Eip status writer stopped: {r:?}")),
         r = drive => Err(anyhow::anyhow!("watches stopped: {r:?}")),
         r = slice_task => Err(anyhow::anyhow!("EndpointSlice watch stopped: {r:?}")),
+        r = assignment_task => Err(anyhow::anyhow!("ConfigMap watch stopped: {r:?}")),
     }
 }

@@ -130,6 +130,33 @@ pub fn plan(svc: &Service, take_unclassed: bool, ipam: &mut Ipam) -> Plan {
             // Our status entries go when we let go; a Service of another class is not ours
             // to touch unless we held its IPs.
             let clear_status = has_finalizer || !released.is_empty();
+            // Berth's own annotations on a Service Berth never held: written by someone
+            // else (a tenant forging a claim, or a copy-paste). Nothing acts on them; say so.
+            if !clear_status && !deleting {
+                let forged: Vec<&str> =
+                    [names::ANNOTATION_ALLOCATED_POOL, names::ANNOTATION_LAYER2]
+                        .into_iter()
+                        .filter(|a| {
+                            svc.metadata
+                                .annotations
+                                .as_ref()
+                                .is_some_and(|m| m.contains_key(*a))
+                        })
+                        .collect();
+                if !forged.is_empty() {
+                    notes.push(Note::warning(
+                        "NotBerths",
+                        format!(
+                            "annotation {} is written by Berth's operator on its own Services; \
+                             this Service is not Berth's (it needs type LoadBalancer and \
+                             loadBalancerClass {}), so no IP is assigned, announced or \
+                             answered for it: remove the annotation",
+                            forged.join(" and "),
+                            names::LOAD_BALANCER_CLASS
+                        ),
+                    ));
+                }
+            }
             return Plan {
                 key,
                 finalizer: if has_finalizer {

@@ -37,8 +37,10 @@ pub const ANNOTATION_WEIGHTED_ECMP: &str = "berth.dev/weighted-ecmp";
 /// Read-only for users; Berth rewrites it if edited.
 pub const ANNOTATION_ALLOCATED_POOL: &str = "berth.dev/allocated-pool";
 
-/// Annotation the operator writes on a Service holding Layer2 IPs: the
-/// [`Layer2Assignment`](crate::layer2::Layer2Assignment) the agents elect an owner from.
+/// Annotation earlier versions of the operator wrote on a Service holding Layer2 IPs. Nothing
+/// reads it any more (a tenant can write annotations, so they cannot say who answers ARP);
+/// the operator removes it from its Services and reports it on others. The assignment now
+/// lives in Berth's namespace: see [`crate::layer2`].
 pub const ANNOTATION_LAYER2: &str = "berth.dev/layer2";
 
 /// Finalizer the operator puts on every Service it assigned an IP to, so the IP is released

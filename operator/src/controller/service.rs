@@ -7,11 +7,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use berth_api::layer2::{self, DATA_ASSIGNMENT, DATA_SERVICE, LABEL_LAYER2_ASSIGNMENT};
 use berth_api::{EipProtocol, Layer2Assignment, names};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -114,6 +115,7 @@ pub fn prime_routes(ctx: &Context, services: &[Service]) {
 pub async fn run(
     ctx: Arc<Context>,
     slice_events: impl Stream<Item = Result<EndpointSlice, watcher::Error>> + Send + 'static,
+    assignment_events: impl Stream<Item = Result<ConfigMap, watcher::Error>> + Send + 'static,
     all: mpsc::UnboundedReceiver<()>,
 ) -> anyhow::Result<()> {
     let api: Api<Service> = Api::all(ctx.client.clone());
@@ -127,6 +129,11 @@ pub async fn run(
                 .labels()
                 .get(names::LABEL_SERVICE_NAME)
                 .map(|svc| ObjectRef::<Service>::new(svc).within(ns.as_deref().unwrap_or("")))
+        })
+        .watches_stream(assignment_events, |cm| {
+            let service = cm.data.as_ref()?.get(DATA_SERVICE)?;
+            let (ns, name) = service.split_once('/')?;
+            Some(ObjectRef::<Service>::new(name).within(ns))
         })
         .reconcile_all_on(all)
         .run(reconcile, error_policy, ctx)
@@ -168,6 +175,10 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
         .notes
         .iter()
         .any(|n| matches!(n.reason, "IPAllocated" | "IPReleased"));
+    if !plan.ours {
+        // Agents stop answering before the IP is released.
+        set_assignment(ctx, &plan.key, None).await?;
+    }
     carry_out(svc, &plan, ctx).await?;
     if changed_ipam {
         ctx.shared.eip_dirty.notify_one();
@@ -315,7 +326,61 @@ pub fn compute(svc: &Service, held: &[IpAddr], ctx: &Context) -> Computed {
     announce::compute(svc, held, conf.as_ref(), &nodes, &slices, layer2_interface)
 }
 
-/// The BGP routes of a Service's IPs; for its Layer2 IPs, the candidate annotation is
+/// The Layer2 assignment of `key` as the operator last wrote it (from the store).
+fn current_assignment(ctx: &Context, key: &ServiceKey) -> Option<String> {
+    let name = layer2::configmap_name(&key.namespace, &key.name);
+    ctx.stores
+        .assignments
+        .get(&ObjectRef::new(&name).within(&ctx.settings.namespace))
+        .and_then(|cm| cm.data.as_ref()?.get(DATA_ASSIGNMENT).cloned())
+}
+
+/// Writes (or, for `None`, deletes) the Layer2 assignment ConfigMap of `key` in Berth's
+/// namespace, only when it differs from what the store holds: no API call when nothing
+/// changed.
+async fn set_assignment(
+    ctx: &Context,
+    key: &ServiceKey,
+    wanted: Option<&Layer2Assignment>,
+) -> Result<(), Error> {
+    let wanted = wanted.map(Layer2Assignment::to_json);
+    if current_assignment(ctx, key) == wanted {
+        return Ok(());
+    }
+    let name = layer2::configmap_name(&key.namespace, &key.name);
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    match wanted {
+        Some(value) => {
+            let cm = json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": name,
+                    "namespace": ctx.settings.namespace,
+                    "labels": {
+                        LABEL_LAYER2_ASSIGNMENT: "true",
+                        "app.kubernetes.io/managed-by": names::MANAGED_BY,
+                    },
+                },
+                "data": { DATA_SERVICE: key.to_string(), DATA_ASSIGNMENT: value },
+            });
+            api.patch(
+                &name,
+                &PatchParams::apply("berth-operator").force(),
+                &Patch::Apply(cm),
+            )
+            .await?;
+        }
+        None => match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        },
+    }
+    Ok(())
+}
+
+/// The BGP routes of a Service's IPs; for its Layer2 IPs, the assignment ConfigMap is
 /// written instead.
 async fn next_hops_of(
     svc: &Service,
@@ -325,15 +390,19 @@ async fn next_hops_of(
     let c = compute(svc, &plan.held, ctx);
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
-    let current = svc.annotations().get(names::ANNOTATION_LAYER2).cloned();
-    let wanted = c.layer2.as_ref().map(Layer2Assignment::to_annotation);
-    if current != wanted && svc.metadata.deletion_timestamp.is_none() {
+    let current = current_assignment(ctx, &plan.key);
+    let wanted = c.layer2.as_ref().map(Layer2Assignment::to_json);
+    if svc.metadata.deletion_timestamp.is_none() {
+        set_assignment(ctx, &plan.key, c.layer2.as_ref()).await?;
+    }
+    // Earlier versions kept the assignment in this annotation; nothing reads it now.
+    if svc.annotations().contains_key(names::ANNOTATION_LAYER2) {
         let api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
         api.patch(
             &name,
             &PatchParams::default(),
             &Patch::Merge(
-                json!({ "metadata": { "annotations": { names::ANNOTATION_LAYER2: wanted } } }),
+                json!({ "metadata": { "annotations": { names::ANNOTATION_LAYER2: null } } }),
             ),
         )
         .await?;
@@ -418,6 +487,27 @@ async fn sweeper(ctx: Arc<Context>, store: kube::runtime::reflector::Store<Servi
         for k in sweep(&ctx, &present) {
             info!(service = %k, "released the IPs of a Service that no longer exists");
             ctx.shared.eip_dirty.notify_one();
+        }
+        // Assignments whose Service vanished without a reconcile (finalizer forced off).
+        let orphans: Vec<ServiceKey> = ctx
+            .stores
+            .assignments
+            .state()
+            .iter()
+            .filter_map(|cm| cm.data.as_ref()?.get(DATA_SERVICE).cloned())
+            .filter_map(|s| {
+                let (ns, name) = s.split_once('/')?;
+                Some(ServiceKey::new(ns.to_owned(), name.to_owned()))
+            })
+            .filter(|k| present.binary_search(k).is_err())
+            .collect();
+        for k in orphans {
+            match set_assignment(&ctx, &k, None).await {
+                Ok(()) => {
+                    info!(service = %k, "removed the Layer2 assignment of a Service that no longer exists")
+                }
+                Err(e) => warn!(service = %k, %e, "could not remove an orphaned Layer2 assignment"),
+            }
         }
     }
 }

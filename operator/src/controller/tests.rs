@@ -122,6 +122,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
     let (peers, peer_w) = store::<BgpPeer>();
     let (pods, _pod_w) = store::<Pod>();
     let (secrets, secret_w) = store::<Secret>();
+    let (assignments, _assignment_w) = store::<k8s_openapi::api::core::v1::ConfigMap>();
     let settings = Settings {
         take_unclassed: false,
         namespace: "berth-system".into(),
@@ -151,6 +152,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
             peers,
             pods,
             secrets,
+            assignments,
         },
         recorder,
     });

@@ -271,6 +271,35 @@ fn another_class_is_left_alone() {
 }
 
 #[test]
+fn berths_annotations_on_a_service_that_is_not_berths_are_reported_and_change_nothing() {
+    let mut ipam = engine(vec![pool("blue", "10.0.0.0/28", true)]);
+    let forged = svc("forged", |s| {
+        spec(s).type_ = Some("ClusterIP".into());
+        annotate(s, names::ANNOTATION_ALLOCATED_POOL, "blue");
+        annotate(
+            s,
+            names::ANNOTATION_LAYER2,
+            r#"{"ips":["10.0.0.1"],"interface":"eth0","nodes":["n1"]}"#,
+        );
+    });
+    let p = plan(&forged, false, &mut ipam);
+    assert!(!p.ours);
+    assert_eq!(reasons(&p), ["NotBerths"]);
+    assert!(p.notes[0].message.contains(names::ANNOTATION_LAYER2));
+    assert_eq!(p.ingress, None);
+    assert_eq!(
+        p.allocated_pool, None,
+        "another's annotation is not ours to remove"
+    );
+    assert_eq!(p.finalizer, Finalizer::Keep);
+    assert!(p.held.is_empty());
+    assert!(ipam.services().next().is_none(), "nothing allocated");
+    // A plain Service of another kind says nothing.
+    let plain = svc("plain", |s| spec(s).type_ = Some("ClusterIP".into()));
+    assert!(plan(&plain, false, &mut ipam).notes.is_empty());
+}
+
+#[test]
 fn a_bad_annotation_later_keeps_the_ip() {
     let mut ipam = engine(vec![pool("blue", "10.0.0.0/24", true)]);
     let mut s = svc("web", |_| {});
