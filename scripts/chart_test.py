@@ -647,6 +647,120 @@ def check_lint(chart: Path, values: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Generated material: certificates that verify, kept across upgrades.
+
+
+class FakeCluster:
+    """Just enough of an API server for Helm's `lookup` (discovery and GET of one Secret),
+    so an upgrade can be rendered against the Secrets of an earlier install."""
+
+    def __init__(self):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.secrets: dict[str, dict] = {}
+        cluster = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                body = None
+                if path == "/version":
+                    body = {"major": "1", "minor": "32", "gitVersion": "v1.32.0", "platform": "linux/amd64"}
+                elif path == "/api":
+                    body = {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+                elif path == "/apis":
+                    body = {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
+                elif path == "/api/v1":
+                    body = {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                        {"name": "secrets", "singularName": "secret", "namespaced": True, "kind": "Secret", "verbs": ["get"]}]}
+                elif path.startswith(f"/api/v1/namespaces/{NAMESPACE}/secrets/"):
+                    body = cluster.secrets.get(path.rsplit("/", 1)[1])
+                if body is None:
+                    self.send_response(404)
+                    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(json.dumps(body).encode())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def render(self, chart: Path, values: dict) -> list[dict]:
+        import helm_python as helm
+
+        with helm.Config(kube_apiserver=self.url, namespace=NAMESPACE, storage_driver="memory") as cfg, helm.Chart.load(str(chart)) as ch:
+            manifests = cfg.render(ch, values, name=RELEASE, namespace=NAMESPACE, is_upgrade=True)
+        return [d for k, v in manifests.items() if not k.endswith("NOTES.txt") for d in yaml.safe_load_all(v) if d]
+
+    def close(self):
+        self.server.shutdown()
+
+
+def _secrets(objects):
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
+
+
+def check_upgrade_keeps_secrets(chart: Path) -> list[str]:
+    """An upgrade keeps the generated CA, certificates and gossip key (`lookup`); with one
+    TLS Secret gone, both are made anew (a half-old pair would not verify)."""
+    values = load_values(chart / "ci" / "default-values.yaml")
+    cluster = FakeCluster()
+    try:
+        first = _secrets(cluster.render(chart, values))
+        cluster.secrets = first
+        again = _secrets(cluster.render(chart, values))
+        problems = [f"Secret {n}: changed by an upgrade" for n in first if again.get(n, {}).get("data") != first[n]["data"]]
+        fresh = _secrets(render(chart, values))
+        problems += [f"Secret {n}: two installs made the same material" for n in first if fresh[n]["data"] == first[n]["data"]]
+        tls = [n for n in first if n.endswith("-tls")]
+        cluster.secrets = {n: s for n, s in first.items() if n != tls[0]}
+        half = _secrets(cluster.render(chart, values))
+        if any(half[n]["data"] == first[n]["data"] for n in tls):
+            problems.append("with one TLS Secret missing, the other was kept: the pair must be made anew")
+        return problems
+    finally:
+        cluster.close()
+
+
+def check_generated_certificates(objects: list[dict], server_name: str) -> list[str]:
+    """The generated server and client certificates verify against their CA (openssl), with
+    the server name the operator checks and the right key usages."""
+    import base64
+    import subprocess
+
+    if not shutil.which("openssl"):
+        return ["openssl is missing: apt-get install -y openssl"]
+    problems = []
+    secrets = _secrets(objects)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, purpose in ((f"{RELEASE}-bgp-server-tls", "sslserver"), (f"{RELEASE}-operator-tls", "sslclient")):
+            data = secrets[name]["data"]
+            files = {}
+            for k in ("tls.crt", "tls.key", "ca.crt"):
+                files[k] = Path(tmp) / f"{name}-{k}"
+                files[k].write_bytes(base64.b64decode(data[k]))
+            args = ["openssl", "verify", "-purpose", purpose, "-CAfile", str(files["ca.crt"])]
+            if purpose == "sslserver":
+                args += ["-verify_hostname", server_name]
+            r = subprocess.run(args + [str(files["tls.crt"])], capture_output=True, text=True)
+            if r.returncode != 0:
+                problems.append(f"{name}: {r.stdout.strip()} {r.stderr.strip()}")
+            pub = [subprocess.run(["openssl", *c], capture_output=True, text=True).stdout
+                   for c in (["x509", "-noout", "-pubkey", "-in", str(files["tls.crt"])], ["pkey", "-pubout", "-in", str(files["tls.key"])])]
+            if not pub[0] or pub[0] != pub[1]:
+                problems.append(f"{name}: tls.key is not the key of tls.crt")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
 # Chart-wide checks.
 
 
@@ -683,12 +797,16 @@ def check_versions() -> list[str]:
 
 
 class Run:
-    def __init__(self, quiet: bool = False):
+    def __init__(self, quiet: bool = False, select: str | None = None):
         self.passed = 0
         self.failed: list[str] = []
         self.quiet = quiet
+        # Only checks whose names start with this (and renders, which the others need).
+        self.select = select
 
     def check(self, name: str, fn: Callable[[], list[str]]) -> bool:
+        if self.select and not name.startswith(self.select) and not name.endswith(": renders"):
+            return True
         try:
             problems = [p for p in fn() if p]
         except Problem as e:
@@ -734,6 +852,13 @@ def run_all(chart: Path, run: Run, only: list[str] | None = None) -> None:
         run.check(f"{f}: Services and monitors find their ports", lambda objs=objs: check_services(objs))
         run.check(f"{f}: RBAC and security contexts", lambda objs=objs: check_rbac(objs))
         run.check(f"{f}: no admission webhooks", lambda objs=objs: check_no_webhooks(objs))
+        merged = values.get("tls", {})
+        if merged.get("mode", "generate") == "generate":
+            server_name = merged.get("serverName", "berth-bgp-server")
+            run.check(f"{f}: generated certificates verify (openssl)",
+                      lambda objs=objs, server_name=server_name: check_generated_certificates(objs, server_name))
+    if not only or "default-values.yaml" in only:
+        run.check("upgrade keeps the generated Secrets (lookup against a fake API server)", lambda: check_upgrade_keeps_secrets(chart))
 
 
 def _edit(path: Path, old: str, new: str) -> None:
@@ -781,6 +906,10 @@ MUTATIONS = [
      lambda c: _edit(c / "values.yaml", "nameOverride: \"\"", "nameOverride: \"\"\nundocumented: 1")),
     ("a values table not regenerated", "values: README table up to date",
      lambda c: _edit(c / "values.yaml", "# -- Override the chart name used in object names.", "# -- Override the chart's name.")),
+    ("generated Secrets not kept on upgrade", "upgrade keeps the generated Secrets",
+     lambda c: _edit(c / "templates/gossip-secret.yaml", "{{- if and $old $old.data", "{{- if and false $old $old.data")),
+    ("a server certificate without the server name", "default-values.yaml: generated certificates",
+     lambda c: _edit(c / "templates/tls.yaml", "(list .Values.tls.serverName)", "(list \"berth\")")),
     ("an admission webhook", "default-values.yaml: no admission webhooks",
      lambda c: (c / "templates/webhook.yaml").write_text(
          "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata:\n  name: berth\nwebhooks: []\n")),
@@ -794,7 +923,7 @@ def run_mutations(chart: Path, run: Run) -> None:
                 copy_ = Path(tmp) / "berth"
                 shutil.copytree(chart, copy_)
                 mutate(copy_)
-                inner = Run(quiet=True)
+                inner = Run(quiet=True, select=must_fail)
                 ci = must_fail.split(":")[0] if must_fail.endswith(("renders", "schemas", "flags, ports", "Services", "RBAC", "no admission webhooks")) else None
                 run_all(copy_, inner, only=[ci] if ci and ci.endswith(".yaml") else ["default-values.yaml"])
                 caught = [n for n in inner.failed if n.startswith(must_fail)]
