@@ -900,6 +900,8 @@ class Run:
 
 def run_all(chart: Path, run: Run, only: list[str] | None = None) -> None:
     run.check("crds: charts/berth/crds equal config/crd", lambda: check_crd_drift(chart))
+    run.check("crds: valid apiextensions.k8s.io/v1 objects (Kubernetes 1.32)",
+              lambda: check_schemas([dict(c, __source=f"crds/{c['metadata']['name']}") for c in crd_objects(chart)], []))
     run.check("values: every value documented", lambda: check_values_documented(chart))
     run.check("values: README table up to date", lambda: check_values_table(chart))
     run.check("ci: every values file present", lambda: check_ci_files(chart))
