@@ -848,10 +848,14 @@ def check_values_documented(chart: Path) -> list[str]:
 
 
 def check_values_table(chart: Path) -> list[str]:
+    problems = []
     readme = (chart / "README.md").read_text()
     if chart_values_table.render_readme(readme, chart / "values.yaml") != readme:
-        return ["README.md: the values table is out of date: run scripts/chart-values-table"]
-    return []
+        problems.append("README.md: the values table is out of date: run scripts/chart-values-table")
+    schema = chart / "values.schema.json"
+    if not schema.exists() or schema.read_text() != chart_values_table.schema_text(chart / "values.yaml"):
+        problems.append("values.schema.json is out of date: run scripts/chart-values-table")
+    return problems
 
 
 def check_ci_files(chart: Path) -> list[str]:
@@ -903,7 +907,7 @@ def run_all(chart: Path, run: Run, only: list[str] | None = None) -> None:
     run.check("crds: valid apiextensions.k8s.io/v1 objects (Kubernetes 1.32)",
               lambda: check_schemas([dict(c, __source=f"crds/{c['metadata']['name']}") for c in crd_objects(chart)], []))
     run.check("values: every value documented", lambda: check_values_documented(chart))
-    run.check("values: README table up to date", lambda: check_values_table(chart))
+    run.check("values: README table and values.schema.json up to date", lambda: check_values_table(chart))
     run.check("ci: every values file present", lambda: check_ci_files(chart))
     run.check("binaries: every one has --version", check_versions)
     crds = crd_objects(chart)
@@ -977,7 +981,7 @@ MUTATIONS = [
      lambda c: _edit(c / "crds/berth.dev_eips.yaml", "kind: Eip", "kind: Eip\n    listKind: EipList")),
     ("a value without a comment", "values: every value documented",
      lambda c: _edit(c / "values.yaml", "nameOverride: \"\"", "nameOverride: \"\"\nundocumented: 1")),
-    ("a values table not regenerated", "values: README table up to date",
+    ("a values table not regenerated", "values: README table and values.schema.json up to date",
      lambda c: _edit(c / "values.yaml", "# -- Override the chart name used in object names.", "# -- Override the chart's name.")),
     ("generated Secrets not kept on upgrade", "upgrade keeps the generated Secrets",
      lambda c: _edit(c / "templates/gossip-secret.yaml", "{{- if and $old $old.data", "{{- if and false $old $old.data")),
@@ -985,6 +989,12 @@ MUTATIONS = [
      lambda c: _edit(c / "templates/tls.yaml", "(list .Values.tls.serverName)", "(list \"berth\")")),
     ("an alert on a metric no binary exports", "cert-manager-values.yaml: alerts",
      lambda c: _edit(c / "templates/prometheusrule.yaml", "berth_operator_leader", "berth_operator_is_leader")),
+    ("a values.schema.json not regenerated", "values: README table and values.schema.json up to date",
+     lambda c: _edit(c / "values.schema.json", '"enum": [\n        "IPv4",', '"enum": [\n        "IPv4", "IPv5",')),
+    ("a misspelt value (refused by values.schema.json)", "default-values.yaml: renders",
+     lambda c: (c / "ci/default-values.yaml").write_text("operator:\n  replica: 3\n")),
+    ("an unknown ipFamily", "ipv6-values.yaml: renders",
+     lambda c: _edit(c / "ci/ipv6-values.yaml", "ipFamily: IPv6", "ipFamily: ipv6")),
     ("an admission webhook", "default-values.yaml: no admission webhooks",
      lambda c: (c / "templates/webhook.yaml").write_text(
          "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata:\n  name: berth\nwebhooks: []\n")),

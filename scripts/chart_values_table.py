@@ -1,4 +1,5 @@
-"""The values table of charts/berth/README.md, generated from values.yaml's `# --` comments.
+"""The values table of charts/berth/README.md and charts/berth/values.schema.json, generated
+from values.yaml's `# --` comments.
 
 Used by `scripts/chart-values-table` (write or check the README) and by `scripts/test-chart`
 (every value documented, table up to date).
@@ -68,9 +69,67 @@ def entries(values_path: Path) -> list[dict]:
     return out
 
 
+def _covered(all_entries: list[dict]) -> set[str]:
+    """Keys under a documented key: described by it, listed with its default."""
+    documented = [e["path"] for e in all_entries if e["description"]]
+    return {e["path"] for e in all_entries for d in documented if e["path"].startswith(d + ".")}
+
+
+def listed(values_path: Path) -> list[dict]:
+    """The table's rows: each documented key not under another documented key (its default
+    is the whole value below it, as helm-docs does)."""
+    es = entries(values_path)
+    covered = _covered(es)
+    return [e for e in es if e["description"] and e["path"] not in covered]
+
+
 def undocumented(values_path: Path) -> list[str]:
-    """Keys that hold a value (leaves) without a `# --` comment."""
-    return [e["path"] for e in entries(values_path) if e["leaf"] and not e["description"]]
+    """Keys that hold a value without a `# --` comment on them or on a key above them."""
+    es = entries(values_path)
+    covered = _covered(es)
+    return [e["path"] for e in es if e["leaf"] and not e["description"] and e["path"] not in covered]
+
+
+# Values with a fixed set of choices (the templates `fail` on others too).
+ENUMS = {
+    "ipFamily": ["IPv4", "IPv6"],
+    "logFormat": ["text", "json"],
+    "image.pullPolicy": ["Always", "IfNotPresent", "Never"],
+    "tls.mode": ["generate", "existing", "certManager"],
+    "bgpServer.state.type": ["hostPath", "pvc", "emptyDir"],
+}
+
+
+def schema(values_path: Path) -> dict:
+    """values.schema.json: every key the chart knows, so `helm install` refuses a misspelt
+    one (objects of settings are closed; documented values are open below them); the
+    choices of ENUMS; descriptions from the comments."""
+    root: dict = {
+        "$schema": "https://json-schema.org/draft-07/schema#",
+        "type": "object",
+        # Helm's values shared with subcharts, when Berth is one.
+        "properties": {"global": {"type": "object"}},
+        "additionalProperties": False,
+    }
+    es = entries(values_path)
+    covered = _covered(es)
+    for e in es:
+        if e["path"] in covered:
+            continue
+        node = root
+        parts = e["path"].split(".")
+        for p in parts[:-1]:
+            node = node["properties"][p]
+        if e["description"] or e["leaf"]:
+            prop: dict = {}
+            if e["description"]:
+                prop["description"] = e["description"]
+            if e["path"] in ENUMS:
+                prop["enum"] = ENUMS[e["path"]]
+        else:
+            prop = {"type": "object", "properties": {}, "additionalProperties": False}
+        node["properties"][parts[-1]] = prop
+    return root
 
 
 def _type(v) -> str:
@@ -95,9 +154,7 @@ def _cell(s: str) -> str:
 
 def table(values_path: Path) -> str:
     rows = ["| Key | Type | Default | Description |", "|---|---|---|---|"]
-    for e in entries(values_path):
-        if not e["leaf"]:
-            continue
+    for e in listed(values_path):
         default = json.dumps(e["value"], separators=(", ", ": "))
         rows.append(
             f"| `{e['path']}` | {_type(e['value'])} | `{_cell(default)}` | {_cell(e['description'] or '')} |"
@@ -124,22 +181,29 @@ def main(argv: list[str]) -> int:
         else:
             print(f"usage: chart-values-table [--check] [--chart=DIR]; unknown {a!r}", file=sys.stderr)
             return 2
-    values, readme_path = chart / "values.yaml", chart / "README.md"
+    values, readme_path, schema_path = chart / "values.yaml", chart / "README.md", chart / "values.schema.json"
     missing = undocumented(values)
     if missing:
         print("values without a `# --` comment: " + ", ".join(missing), file=sys.stderr)
         return 1
     old = readme_path.read_text()
     new = render_readme(old, values)
+    old_schema = schema_path.read_text() if schema_path.exists() else ""
+    new_schema = schema_text(values)
     if check:
-        if new != old:
-            print(f"{readme_path}: the values table is out of date: run scripts/chart-values-table", file=sys.stderr)
-            return 1
-        return 0
-    if new != old:
-        readme_path.write_text(new)
-        print(f"updated {readme_path}")
+        stale = [p for p, o, n in ((readme_path, old, new), (schema_path, old_schema, new_schema)) if o != n]
+        for p in stale:
+            print(f"{p}: out of date with values.yaml: run scripts/chart-values-table", file=sys.stderr)
+        return 1 if stale else 0
+    for p, o, n in ((readme_path, old, new), (schema_path, old_schema, new_schema)):
+        if n != o:
+            p.write_text(n)
+            print(f"updated {p}")
     return 0
+
+
+def schema_text(values_path: Path) -> str:
+    return json.dumps(schema(values_path), indent=2) + "\n"
 
 
 if __name__ == "__main__":
