@@ -699,6 +699,78 @@ def check_alert_metrics(objects: list[dict]) -> list[str]:
     return problems
 
 
+# The Kubernetes types the binaries use through kube::Api, and the resource each is.
+API_TYPES = {
+    "Service": ("", "services"),
+    "Node": ("", "nodes"),
+    "Pod": ("", "pods"),
+    "Secret": ("", "secrets"),
+    "ConfigMap": ("", "configmaps"),
+    "EndpointSlice": ("discovery.k8s.io", "endpointslices"),
+    "Lease": ("coordination.k8s.io", "leases"),
+    "Eip": ("berth.dev", "eips"),
+    "BgpConf": ("berth.dev", "bgpconfs"),
+    "BgpPeer": ("berth.dev", "bgppeers"),
+    "Recorder": ("events.k8s.io", "events"),
+}
+COMPONENT_CRATES = {"operator": ROOT / "operator", "agent": ROOT / "agent", "bgp-server": ROOT / "bgp-server"}
+
+
+def api_uses(crate: Path) -> set[tuple[str, str]]:
+    """The resources a crate's code reaches through kube::Api (and the Event Recorder);
+    test files left out."""
+    used = set()
+    for f in (crate / "src").rglob("*.rs"):
+        if f.name == "tests.rs":
+            continue
+        text = f.read_text()
+        for t in re.findall(r"Api(?:::)?<(\w+)>", text):
+            if t in API_TYPES:
+                used.add(API_TYPES[t])
+            elif t not in ("K",):
+                raise Problem(f"{f}: Api<{t}>: add {t} to API_TYPES in scripts/chart_test.py")
+        if "Recorder::new" in text:
+            used.add(API_TYPES["Recorder"])
+    return used
+
+
+def granted(objects: list[dict], sa: str) -> set[tuple[str, str]]:
+    roles = {(o["kind"], o["metadata"]["name"]): o for o in objects if o["kind"] in ("Role", "ClusterRole")}
+    out = set()
+    for b in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        if any(s.get("kind") == "ServiceAccount" and s.get("name") == sa for s in b.get("subjects", [])):
+            role = roles.get((b["roleRef"]["kind"], b["roleRef"]["name"]))
+            for r in (role or {}).get("rules", []):
+                for g in r.get("apiGroups", []):
+                    for res in r.get("resources", []):
+                        out.add((g, res.split("/")[0]))
+    return out
+
+
+WARNINGS: list[str] = []
+
+
+def check_rbac_covers_code(objects: list[dict]) -> list[str]:
+    """Every resource a component's code uses is granted to its ServiceAccount (a missing one
+    fails); a granted resource the code in this tree does not use is printed as a warning
+    (the rules for the parallel agent/operator changes)."""
+    problems = []
+    for w, spec, labels in _workloads(objects):
+        component = labels.get("app.kubernetes.io/component")
+        crate = COMPONENT_CRATES.get(component)
+        if crate is None:
+            continue
+        used = api_uses(crate)
+        has = granted(objects, spec.get("serviceAccountName"))
+        for g, res in sorted(used - has):
+            problems.append(f"{component}: the code uses {g or 'core'}/{res}, the chart grants nothing on it")
+        for g, res in sorted(has - used):
+            w_ = f"{component}: granted {g or 'core'}/{res}, which the code in this tree does not use"
+            if w_ not in WARNINGS:
+                WARNINGS.append(w_)
+    return problems
+
+
 def check_no_webhooks(objects: list[dict]) -> list[str]:
     return [
         f"{o['__source']}: {o['kind']} {o['metadata']['name']}: no admission webhooks"
@@ -927,6 +999,8 @@ def run_all(chart: Path, run: Run, only: list[str] | None = None) -> None:
         run.check(f"{f}: flags, ports, probes, mounts match the binaries", lambda objs=objs: check_containers(objs))
         run.check(f"{f}: Services and monitors find their ports", lambda objs=objs: check_services(objs))
         run.check(f"{f}: RBAC and security contexts", lambda objs=objs: check_rbac(objs))
+        if (values.get("rbac") or {}).get("create", True):
+            run.check(f"{f}: RBAC grants every resource the code uses", lambda objs=objs: check_rbac_covers_code(objs))
         run.check(f"{f}: no admission webhooks", lambda objs=objs: check_no_webhooks(objs))
         run.check(f"{f}: alerts read metrics the binaries export", lambda objs=objs: check_alert_metrics(objs))
         merged = values.get("tls", {})
@@ -975,6 +1049,8 @@ MUTATIONS = [
      lambda c: _edit(c / "templates/agent/daemonset.yaml", "targetPort: metrics", "targetPort: prometheus")),
     ("Secrets readable cluster-wide", "default-values.yaml: RBAC",
      lambda c: _edit(c / "templates/agent/rbac.yaml", "resources: [services]", "resources: [services, secrets]")),
+    ("a resource the code uses, not granted", "default-values.yaml: RBAC grants",
+     lambda c: _edit(c / "templates/operator/rbac.yaml", "resources: [endpointslices]", "resources: [endpoints]")),
     ("an extra capability", "default-values.yaml: RBAC",
      lambda c: _edit(c / "templates/agent/daemonset.yaml", "add: [NET_ADMIN, NET_RAW]", "add: [NET_ADMIN, NET_RAW, SYS_ADMIN]")),
     ("a CRD copy that drifted", "crds: charts/berth/crds equal",
@@ -1025,6 +1101,8 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     run = Run()
     run_all(chart, run)
+    for w in WARNINGS:
+        print(f"warn {w}")
     if mutations:
         run_mutations(chart, run)
     took = time.monotonic() - started
