@@ -25,7 +25,18 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-import yaml
+try:
+    import helm_python  # noqa: F401
+    import jsonschema  # noqa: F401
+    import kubernetes_validate  # noqa: F401
+    import yaml
+except ImportError as e:
+    print(
+        f"scripts/test-chart: Python package {e.name} is missing; install them with\n"
+        "  python3 -m venv .venv && .venv/bin/pip install -r scripts/ci-python-requirements.txt",
+        file=sys.stderr,
+    )
+    sys.exit(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
