@@ -782,6 +782,34 @@ def check_rbac_covers_code(objects: list[dict]) -> list[str]:
     return problems
 
 
+def _merged(chart: Path, values: dict) -> dict:
+    def merge(a, b):
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return out
+
+    return merge(yaml.safe_load((chart / "values.yaml").read_text()), values)
+
+
+def check_images(chart: Path, values: dict, objects: list[dict]) -> list[str]:
+    """Every container runs the image the values name (registry, repository, tag or digest),
+    with their pull policy and pull secrets."""
+    v = _merged(chart, values)
+    img = v["image"]
+    repo = f"{img['registry']}/{img['repository']}" if img["registry"] else img["repository"]
+    app_version = yaml.safe_load((chart / "Chart.yaml").read_text())["appVersion"]
+    want = f"{repo}@{img['digest']}" if img["digest"] else f"{repo}:{img['tag'] or app_version}"
+    problems = []
+    for w, spec, _ in _workloads(objects):
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            if c.get("image") != want or c.get("imagePullPolicy") != img["pullPolicy"]:
+                problems.append(f"{w['kind']}/{w['metadata']['name']}: image {c.get('image')} ({c.get('imagePullPolicy')}), values say {want} ({img['pullPolicy']})")
+        if (spec.get("imagePullSecrets") or []) != (v["imagePullSecrets"] or []):
+            problems.append(f"{w['kind']}/{w['metadata']['name']}: imagePullSecrets {spec.get('imagePullSecrets')}, values say {v['imagePullSecrets']}")
+    return problems
+
+
 def check_no_webhooks(objects: list[dict]) -> list[str]:
     return [
         f"{o['__source']}: {o['kind']} {o['metadata']['name']}: no admission webhooks"
@@ -1009,6 +1037,7 @@ def run_all(chart: Path, run: Run, only: list[str] | None = None) -> None:
         run.check(f"{f}: schemas (Kubernetes {KUBE_VERSION}, CRDs, third-party)", lambda objs=objs: check_schemas(objs, crds))
         run.check(f"{f}: flags, ports, probes, mounts match the binaries", lambda objs=objs: check_containers(objs))
         run.check(f"{f}: Services and monitors find their ports", lambda objs=objs: check_services(objs))
+        run.check(f"{f}: images and pull secrets from the values", lambda objs=objs, values=values: check_images(chart, values, objs))
         run.check(f"{f}: RBAC and security contexts", lambda objs=objs: check_rbac(objs))
         if (values.get("rbac") or {}).get("create", True):
             run.check(f"{f}: RBAC grants every resource the code uses", lambda objs=objs: check_rbac_covers_code(objs))
@@ -1062,6 +1091,8 @@ MUTATIONS = [
      lambda c: _edit(c / "templates/agent/rbac.yaml", "resources: [services]", "resources: [services, secrets]")),
     ("a resource the code uses, not granted", "default-values.yaml: RBAC grants",
      lambda c: _edit(c / "templates/operator/rbac.yaml", "resources: [endpointslices]", "resources: [endpoints]")),
+    ("a pull secret left out of one workload", "external-certs-values.yaml: images",
+     lambda c: _edit(c / "templates/agent/daemonset.yaml", "{{- with .Values.imagePullSecrets }}", "{{- with .Values.imagePullSecretz }}")),
     ("an extra capability", "default-values.yaml: RBAC",
      lambda c: _edit(c / "templates/agent/daemonset.yaml", "add: [NET_ADMIN, NET_RAW]", "add: [NET_ADMIN, NET_RAW, SYS_ADMIN]")),
     ("a CRD copy that drifted", "crds: charts/berth/crds equal",
