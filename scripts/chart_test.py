@@ -139,6 +139,8 @@ def clap_flags(crate: Path) -> dict[str, dict]:
             "env": env.group(1) if env else None,
             "default": default,
             "bool": ty == "bool",
+            # A value the binary cannot start without: no default, not optional, not a list.
+            "required": default is None and ty != "bool" and not ty.startswith(("Option<", "Vec<")),
         }
     return flags
 
@@ -519,6 +521,9 @@ def check_containers(objects: list[dict]) -> list[str]:
                 for ref in re.findall(r"\$\((\w+)\)", a):
                     if ref not in env_from:
                         problems.append(f"{where}: {a} uses $({ref}), which no env entry defines")
+            for a, spec_ in flags.items():
+                if spec_["required"] and a not in args and spec_["env"] not in env_from:
+                    problems.append(f"{where}: {binary} needs {a} (or env {spec_['env']}), which the container does not give")
             ports = {p["name"]: p for p in c.get("ports", [])}
 
             def port_no(p):
@@ -1093,6 +1098,8 @@ MUTATIONS = [
      lambda c: _edit(c / "templates/operator/rbac.yaml", "resources: [endpointslices]", "resources: [endpoints]")),
     ("a pull secret left out of one workload", "external-certs-values.yaml: images",
      lambda c: _edit(c / "templates/agent/daemonset.yaml", "{{- with .Values.imagePullSecrets }}", "{{- with .Values.imagePullSecretz }}")),
+    ("the agent's node name not given", "default-values.yaml: flags, ports",
+     lambda c: _edit(c / "templates/agent/daemonset.yaml", "- name: NODE_NAME", "- name: NODE")),
     ("an extra capability", "default-values.yaml: RBAC",
      lambda c: _edit(c / "templates/agent/daemonset.yaml", "add: [NET_ADMIN, NET_RAW]", "add: [NET_ADMIN, NET_RAW, SYS_ADMIN]")),
     ("a CRD copy that drifted", "crds: charts/berth/crds equal",
