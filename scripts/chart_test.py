@@ -131,9 +131,11 @@ def clap_flags(crate: Path) -> dict[str, dict]:
             default = d.group(1)
         elif dt:
             v = dt.group(1).strip()
-            default = v.replace("_", "") if re.fullmatch(r"[0-9_]+", v) else None
-            if default is None and re.fullmatch(r"[\w:]+", v) and v[0].isupper() is False:
+            if re.fullmatch(r"[0-9_]+", v):
+                default = v.replace("_", "")
+            elif re.fullmatch(r"[a-z_]+::[A-Z_0-9]+", v):  # module::CONSTANT
                 default = _const(crate, v)
+            # else an enum variant (e.g. LogFormat::Text): not a port, left unknown
         flags["--" + name] = {
             "field": field,
             "env": env.group(1) if env else None,
