@@ -5,7 +5,7 @@
 
 pub mod config;
 pub mod control;
-pub mod fsm;
+pub use berth_bgp_fsm as fsm;
 pub mod metrics;
 pub mod rib;
 pub mod session;

@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use berth_bgp_server::fsm::{Action, Config, Event, Fsm, Notification, PeerOpen, State};
+use berth_bgp_fsm::{Action, Config, Event, Fsm, Notification, PeerOpen, State};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -11,7 +11,17 @@ use std::time::Duration;
 use berth_operator::ipam::{Family, Holder, Ipam, PoolSpec, Request, ServiceKey};
 use criterion::{BatchSize, Criterion, Throughput};
 
-const N: usize = 1_000_000;
+/// Allocations per run: a million under `cargo bench` (which passes `--bench`); a
+/// thousand when the bench runs as a test (`cargo test --benches`, as CI does), where only
+/// "it still runs" is checked and our code is not optimised.
+fn n() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        let full =
+            std::env::args().any(|a| a == "--bench") || std::env::var("BERTH_BENCH_FULL").is_ok();
+        if full { 1_000_000 } else { 1_000 }
+    })
+}
 
 fn engine(address: &str) -> Ipam {
     let mut ipam = Ipam::new();
@@ -26,7 +36,7 @@ fn engine(address: &str) -> Ipam {
 }
 
 fn requests(family: Family) -> Vec<Request> {
-    (0..N)
+    (0..n())
         .map(|i| {
             Request::new(
                 Holder::new(ServiceKey::new("bench", format!("svc-{i}"))),
@@ -56,12 +66,13 @@ fn memory_report(label: &str, address: &str, family: Family) {
     let before = rss();
     let ipam = filled(address, &reqs);
     let after = rss();
-    assert_eq!(ipam.held(), N);
+    assert_eq!(ipam.held(), n());
     match (before, after) {
         (Some(b), Some(a)) => {
             println!(
-                "{label}: {} bytes of resident memory per allocation ({N} held)",
-                a.saturating_sub(b) / N as u64
+                "{label}: {} bytes of resident memory per allocation ({} held)",
+                a.saturating_sub(b) / n() as u64,
+                n()
             )
         }
         _ => println!("{label}: /proc/self/statm unavailable, memory not measured"),
@@ -75,7 +86,7 @@ fn bench(c: &mut Criterion, label: &str, address: &str, family: Family) {
     g.sample_size(10)
         .measurement_time(Duration::from_secs(20))
         .warm_up_time(Duration::from_secs(1));
-    g.throughput(Throughput::Elements(N as u64));
+    g.throughput(Throughput::Elements(n() as u64));
     g.bench_function("allocate 1M", |b| {
         b.iter_batched(
             || engine(address),
@@ -109,6 +120,7 @@ fn memory_in_child(which: &str) {
     let exe = std::env::current_exe().unwrap();
     let out = std::process::Command::new(exe)
         .env("BERTH_BENCH_MEMORY", which)
+        .envs((n() == 1_000_000).then_some(("BERTH_BENCH_FULL", "1")))
         .output()
         .unwrap();
     assert!(

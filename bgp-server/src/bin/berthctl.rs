@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 /// Connects over the speaker's Unix socket (--socket, the default) or over TCP with mutual TLS
 /// (--server with --ca, --cert, --key).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(name = "berthctl", version, about, long_about)]
 struct Args {
     /// The speaker's Unix socket (its --grpc-socket).
     #[arg(
