@@ -15,12 +15,12 @@
 //! annotations without being Berth's gets nothing (the operator records an Event on it).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use berth_api::layer2::{DATA_ASSIGNMENT, DATA_SERVICE, LABEL_LAYER2_ASSIGNMENT};
 use berth_api::{Eip, EipProtocol, EipSpec, Layer2Assignment};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -311,6 +311,69 @@ pub async fn run(client: Client, namespace: String, tx: watch::Sender<Option<Des
     }
 }
 
+/// The gossip seeds of a cluster (pure): every other Node's InternalIP of `advertise`'s
+/// family, at `advertise`'s port, sorted.
+pub fn node_seeds<'a>(
+    nodes: impl IntoIterator<Item = &'a Node>,
+    me: &str,
+    advertise: SocketAddr,
+) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = nodes
+        .into_iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(me))
+        .flat_map(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse::<IpAddr>().ok())
+                .filter(|ip| ip.is_ipv4() == advertise.is_ipv4())
+                .map(|ip| SocketAddr::new(ip, advertise.port()))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Watches Nodes and publishes [`node_seeds`] on `tx` whenever they change (the first time
+/// once the Nodes are listed), so the gossip needs no static seed list in a real cluster.
+pub async fn watch_node_seeds(
+    client: Client,
+    me: String,
+    advertise: SocketAddr,
+    tx: watch::Sender<Option<Vec<SocketAddr>>>,
+) {
+    let mut events = std::pin::pin!(
+        watcher(Api::<Node>::all(client), watcher::Config::default()).default_backoff()
+    );
+    let mut table: Table<Vec<SocketAddr>> = Table::default();
+    while let Some(ev) = events.next().await {
+        let changed = match ev {
+            Ok(ev) => table.apply(ev, |n: &Node| {
+                (n.name_any(), Some(node_seeds([n], &me, advertise)))
+            }),
+            Err(e) => watch_failed("nodes", "list/watch nodes", &e),
+        };
+        if !(changed && table.listed) {
+            continue;
+        }
+        let mut seeds: Vec<SocketAddr> = table.live.values().flatten().copied().collect();
+        seeds.sort();
+        seeds.dedup();
+        tx.send_if_modified(|cur| {
+            if cur.as_ref() == Some(&seeds) {
+                false
+            } else {
+                *cur = Some(seeds);
+                true
+            }
+        });
+    }
+}
+
 fn watch_failed(resource: &str, verbs: &str, e: &watcher::Error) -> bool {
     tracing::warn!(resource, error = %e, "watch failed; retrying with back-off (a 403 means the agent's RBAC lacks {verbs})");
     false
@@ -516,6 +579,44 @@ mod tests {
         assert_eq!(
             desired([&a, &b], &pools(), &asg).0,
             desired([&b, &a], &pools(), &asg).0
+        );
+    }
+
+    #[test]
+    fn seeds_are_the_other_nodes_internal_ips_of_the_gossip_family() {
+        let node = |name: &str, addrs: serde_json::Value| -> Node {
+            serde_json::from_value(json!({"metadata": {"name": name},
+                "status": {"addresses": addrs}}))
+            .unwrap()
+        };
+        let nodes = [
+            node(
+                "n1",
+                json!([{"type": "InternalIP", "address": "10.0.0.11"}]),
+            ),
+            node(
+                "n2",
+                json!([{"type": "Hostname", "address": "n2"},
+                       {"type": "ExternalIP", "address": "203.0.113.2"},
+                       {"type": "InternalIP", "address": "fd00::12"},
+                       {"type": "InternalIP", "address": "10.0.0.12"}]),
+            ),
+            node("n3", json!([])),
+            node(
+                "n4",
+                json!([{"type": "InternalIP", "address": "not-an-ip"}]),
+            ),
+        ];
+        let v4: SocketAddr = "10.0.0.11:7946".parse().unwrap();
+        assert_eq!(
+            node_seeds(&nodes, "n1", v4),
+            ["10.0.0.12:7946".parse::<SocketAddr>().unwrap()],
+            "itself, other families, external IPs and unparsable addresses are left out"
+        );
+        let v6: SocketAddr = "[fd00::11]:7000".parse().unwrap();
+        assert_eq!(
+            node_seeds(&nodes, "n1", v6),
+            ["[fd00::12]:7000".parse::<SocketAddr>().unwrap()]
         );
     }
 

@@ -64,6 +64,15 @@ struct Args {
     /// Another agent's gossip address (IP:port) to join through (repeatable).
     #[arg(long, env = "BERTH_GOSSIP_SEEDS", value_delimiter = ',')]
     gossip_seed: Vec<SocketAddr>,
+    /// Take gossip seeds from the cluster's Nodes (every other Node's InternalIP of the
+    /// advertise address's family, at its port), kept up to date as Nodes come and go; adds
+    /// to --gossip-seed. Cluster mode only; needs list/watch on nodes.
+    #[arg(
+        long,
+        env = "BERTH_GOSSIP_SEEDS_FROM_NODES",
+        requires = "gossip_listen"
+    )]
+    gossip_seeds_from_nodes: bool,
     /// File holding the shared key that authenticates gossip (HMAC-SHA256); the same on
     /// every node. Required with --gossip-listen.
     #[arg(long, env = "BERTH_GOSSIP_KEY_FILE", requires = "gossip_listen")]
@@ -156,6 +165,7 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
     ));
 
     let (desired_tx, desired) = watch::channel(first);
+    let mut cluster = None;
     let events = match &args.static_file {
         Some(f) => {
             tokio::spawn(reload_on_sighup(f.clone(), desired_tx));
@@ -165,6 +175,7 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
             let client = kube::Client::try_default().await.context(
                 "connecting to the Kubernetes API (set KUBECONFIG, or run in a Pod with a service account; or use --static)",
             )?;
+            cluster = Some(client.clone());
             let (source_tx, mut source) = watch::channel(None);
             tokio::spawn(berth_agent::kube_source::run(
                 client.clone(),
@@ -212,7 +223,8 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
     })
     .await
     .context("local routes")?;
-    let (membership, alive) = membership(&args, desired.clone(), membership_metrics).await?;
+    let (membership, alive) =
+        membership(&args, desired.clone(), membership_metrics, cluster).await?;
     let mut agent = Agent {
         routes,
         me: args.node_name.clone(),
@@ -240,6 +252,7 @@ async fn membership(
     args: &Args,
     mut desired: watch::Receiver<Desired>,
     metrics: MembershipMetrics,
+    cluster: Option<kube::Client>,
 ) -> anyhow::Result<(Option<Membership>, watch::Receiver<BTreeSet<String>>)> {
     if let Some(listen) = args.gossip_listen {
         let key_file = args.gossip_key_file.as_ref().context(
@@ -247,18 +260,66 @@ async fn membership(
         )?;
         let key =
             berth_agent::membership::AuthKey::read_file(key_file).context("--gossip-key-file")?;
+        let advertise = args.gossip_advertise.unwrap_or(listen);
+        let mut seeds = args.gossip_seed.clone();
+        let mut node_seeds = None;
+        if args.gossip_seeds_from_nodes {
+            let client = cluster.context(
+                "--gossip-seeds-from-nodes reads the cluster's Nodes: it cannot be used with --static",
+            )?;
+            if advertise.ip().is_unspecified() {
+                anyhow::bail!(
+                    "--gossip-seeds-from-nodes needs --gossip-advertise (this node's address, e.g. from status.hostIP): {advertise} tells the other agents nothing"
+                );
+            }
+            let (tx, mut rx) = watch::channel(None);
+            tokio::spawn(berth_agent::kube_source::watch_node_seeds(
+                client,
+                args.node_name.clone(),
+                advertise,
+                tx,
+            ));
+            let from_nodes = loop {
+                match tokio::time::timeout(Duration::from_secs(30), rx.wait_for(Option::is_some))
+                    .await
+                {
+                    Ok(Ok(s)) => break s.clone().unwrap_or_default(),
+                    Ok(Err(_)) => anyhow::bail!("the Node watch stopped before listing"),
+                    Err(_) => tracing::warn!(
+                        "not ready: no Node list from the API yet, so no gossip seeds (check the agent's RBAC: list/watch nodes)"
+                    ),
+                }
+            };
+            tracing::info!(
+                seeds = from_nodes.len(),
+                "gossip seeds from the cluster's Nodes"
+            );
+            seeds.extend(from_nodes);
+            node_seeds = Some(rx);
+        }
         let (m, mut alive) = Membership::start(MembershipConfig {
             node: args.node_name.clone(),
             listen,
-            advertise: args.gossip_advertise.unwrap_or(listen),
-            seeds: args.gossip_seed.clone(),
+            advertise,
+            seeds: seeds.clone(),
             key,
             timing: Timing::default(),
             metrics,
         })
         .await
         .context("starting the membership")?;
-        if !args.gossip_seed.is_empty() {
+        if let Some(mut rx) = node_seeds {
+            let (handle, fixed) = (m.seeds(), args.gossip_seed.clone());
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let from_nodes = rx.borrow_and_update().clone().unwrap_or_default();
+                    let mut all = fixed.clone();
+                    all.extend(from_nodes);
+                    handle.set(all).await;
+                }
+            });
+        }
+        if !seeds.is_empty() {
             let joined =
                 tokio::time::timeout(args.join_timeout, alive.wait_for(|a| a.len() > 1)).await;
             match joined {

@@ -177,6 +177,17 @@ pub enum MembershipError {
     Random(String),
 }
 
+/// Replaces a running membership's seeds (see [`Membership::seeds`]).
+#[derive(Clone)]
+pub struct SeedsHandle(mpsc::Sender<runner::Command>);
+
+impl SeedsHandle {
+    /// Replaces the seed list; announced to at once while this agent is alone.
+    pub async fn set(&self, seeds: Vec<SocketAddr>) {
+        let _ = self.0.send(runner::Command::SetSeeds(seeds)).await;
+    }
+}
+
 /// A running membership; dropping it stops the protocol abruptly (like a crash: the others
 /// notice after the detection time). Call [`Membership::leave`] to stop gracefully.
 #[derive(Debug)]
@@ -282,6 +293,11 @@ impl Membership {
     /// agent sees nobody, it announces to them at once.
     pub async fn set_seeds(&self, seeds: Vec<SocketAddr>) {
         let _ = self.commands.send(runner::Command::SetSeeds(seeds)).await;
+    }
+
+    /// A handle that replaces the seed list from another task (the Node watch).
+    pub fn seeds(&self) -> SeedsHandle {
+        SeedsHandle(self.commands.clone())
     }
 
     /// Registers this membership's metrics (names start with `membership_`).

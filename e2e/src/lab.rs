@@ -520,22 +520,19 @@ fn agent_supported(spec: &Spec) -> bool {
         .unwrap_or(false)
 }
 
-/// The agent's flags on the node with `addr`: gossip among the three nodes with a key made
-/// for the run (production mounts it from a Secret), metrics on the node address.
+/// The agent's flags on the node with `addr`: gossip among the nodes with a key made for the
+/// run (production mounts it from a Secret), seeds from the Node objects' InternalIPs (as in
+/// a real cluster: no static list), metrics on the node address.
 fn agent_args(spec: &Spec, addr: &str) -> Vec<String> {
-    let mut args = vec![
+    vec![
         "--gossip-listen".to_owned(),
         format!("{addr}:{GOSSIP_PORT}"),
         "--gossip-key-file".to_owned(),
         spec.dir.join("gossip.key").display().to_string(),
+        "--gossip-seeds-from-nodes".to_owned(),
         "--metrics-listen".to_owned(),
         format!("{addr}:9473"),
-    ];
-    for (_, peer) in NODES {
-        args.push("--gossip-seed".to_owned());
-        args.push(format!("{peer}:{GOSSIP_PORT}"));
-    }
-    args
+    ]
 }
 
 /// The agents' gossip (membership) port.

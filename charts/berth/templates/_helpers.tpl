@@ -104,7 +104,7 @@ claim every Layer2 IP it is a candidate for. When the agent learns its seeds fro
 objects, this becomes `.Values.agent.gossip.enabled` alone.
 */}}
 {{- define "berth.gossipOn" -}}
-{{- if and .Values.agent.gossip.enabled .Values.agent.gossip.seeds -}}true{{- end -}}
+{{- if .Values.agent.gossip.enabled -}}true{{- end -}}
 {{- end -}}
 
 {{- define "berth.validate" -}}
