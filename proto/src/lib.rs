@@ -60,20 +60,39 @@ pub struct ClientTls {
     pub server_name: String,
 }
 
+/// How long opening a TCP connection to a speaker may take: a replica whose node is down
+/// (packets dropped) must not hold the caller for the kernel's minutes of SYN retries.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long one call may take, a full `Apply` of a large table included.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// HTTP/2 keepalive: a PING this often, also while idle, and the connection is dropped when
+/// one goes unanswered for [`KEEPALIVE_TIMEOUT`] (a replica that vanished without a FIN).
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// See [`KEEPALIVE_INTERVAL`].
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A TCP endpoint with the timeouts and keepalive every speaker connection uses.
+fn tcp_endpoint(uri: String) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(uri)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .tcp_keepalive(Some(std::time::Duration::from_secs(30))))
+}
+
 /// A client of the speaker's control API over TCP with mutual TLS (`https://host:port`).
 pub async fn connect_tls(
     uri: String,
     tls: &ClientTls,
 ) -> Result<v1::speaker_client::SpeakerClient<tonic::transport::Channel>, tonic::transport::Error> {
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
     let config = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&tls.ca))
         .identity(Identity::from_pem(&tls.cert, &tls.key))
         .domain_name(tls.server_name.clone());
-    let channel = Endpoint::from_shared(uri)?
-        .tls_config(config)?
-        .connect()
-        .await?;
+    let channel = tcp_endpoint(uri)?.tls_config(config)?.connect().await?;
     Ok(v1::speaker_client::SpeakerClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
@@ -83,9 +102,7 @@ pub async fn connect_tls(
 pub async fn connect_plain(
     uri: String,
 ) -> Result<v1::speaker_client::SpeakerClient<tonic::transport::Channel>, tonic::transport::Error> {
-    let channel = tonic::transport::Endpoint::from_shared(uri)?
-        .connect()
-        .await?;
+    let channel = tcp_endpoint(uri)?.connect().await?;
     Ok(v1::speaker_client::SpeakerClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))

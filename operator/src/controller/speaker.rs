@@ -1,8 +1,11 @@
 //! The speaker sync: pushes each bgp-server replica its desired state over gRPC, and reads
 //! their sessions back into BgpPeer status and Events.
 //!
-//! One task owns every connection. A replica that is new, reconnected or restarted (its
-//! reported generation is behind ours) gets the full state with `Apply`; after that a route
+//! Each replica has a task of its own, with bounded calls (connect and request timeouts,
+//! HTTP/2 keepalive), so a replica that is slow or unreachable (node down, Pod still
+//! Running) delays only itself: the metric `berth_operator_speaker_sync_errors_total` and the
+//! BgpPeer status name it. A replica that is new, reconnected or restarted gets the full
+//! state with `Apply`; after that a route
 //! change goes out as `UpdateRoutes` with just the changed IPs, so an endpoint change reaches
 //! the router as one UPDATE. Everything is re-applied every resync interval (the speaker
 //! diffs, so an unchanged state sends nothing to the routers).
@@ -12,7 +15,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_api::{BgpPeer, BgpPeerStatus, PeerSession, SessionState, names};
@@ -53,24 +57,60 @@ struct Conn {
     sessions: BTreeMap<String, v1::PeerState>,
 }
 
-/// Runs the sync until the channel closes.
+/// What the status writer knows of one replica: its sessions as last read, and the sync
+/// error while it is out of reach.
+#[derive(Debug, Clone)]
+struct View {
+    target: Target,
+    sessions: BTreeMap<String, v1::PeerState>,
+    error: Option<String>,
+}
+
+/// Shared between the replica tasks and the status writer.
+#[derive(Default)]
+struct Board {
+    views: BTreeMap<String, View>,
+    /// Session transitions not yet recorded as Events: (peer address, type, reason, note).
+    events: Vec<(String, EventType, &'static str, String)>,
+}
+
+/// The longest one push or read may take, connection included: an outer bound over the
+/// channel's own timeouts, so a replica's task never waits longer whatever the network does.
+const CALL_BOUND: Duration = Duration::from_secs(75);
+/// How soon a replica whose push failed is tried again.
+const RETRY: Duration = Duration::from_secs(2);
+/// How often each replica's sessions are read.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// One replica's task and what it is sent.
+struct Worker {
+    target: Target,
+    tx: mpsc::UnboundedSender<SyncEvent>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the sync until the channel closes: one task per replica, so a slow or unreachable
+/// replica delays only itself; this task fans the changes out and writes BgpPeer status.
 pub async fn run(ctx: Arc<Context>, mut rx: mpsc::UnboundedReceiver<SyncEvent>) {
-    let mut generation = u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or(1),
-    )
-    .unwrap_or(1);
-    let mut conns: BTreeMap<String, Conn> = BTreeMap::new();
+    let generation = Arc::new(AtomicU64::new(
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros())
+                .unwrap_or(1),
+        )
+        .unwrap_or(1),
+    ));
+    let board = Arc::new(Mutex::new(Board::default()));
+    let mut workers: BTreeMap<String, Worker> = BTreeMap::new();
     let mut resync = tokio::time::interval(ctx.settings.resync);
-    let mut status = tokio::time::interval(Duration::from_secs(10));
+    let mut status = tokio::time::interval(STATUS_EVERY);
     loop {
         let mut full = false;
         let mut changed: BTreeSet<IpAddr> = BTreeSet::new();
         tokio::select! {
             ev = rx.recv() => {
-                let Some(ev) = ev else { return };
+                let Some(ev) = ev else { break };
                 absorb(ev, &mut full, &mut changed);
                 // Everything queued meanwhile goes out in the same round.
                 while let Ok(ev) = rx.try_recv() {
@@ -79,48 +119,32 @@ pub async fn run(ctx: Arc<Context>, mut rx: mpsc::UnboundedReceiver<SyncEvent>) 
             }
             _ = resync.tick() => full = true,
             _ = status.tick() => {
-                collect_status(&ctx, &mut conns).await;
+                write_status(&ctx, &board).await;
                 continue;
             }
         }
-        refresh_targets(&ctx, &mut conns);
-        for conn in conns.values_mut() {
-            generation += 1;
-            let r = if full || !conn.synced {
-                push_full(&ctx, conn, generation).await
-            } else if !changed.is_empty() {
-                push_routes(&ctx, conn, generation, &changed).await
-            } else {
-                Ok(())
-            };
-            if let Err(e) = r {
-                warn!(speaker = %conn.target.pod, endpoint = %conn.target.endpoint, error = %e,
-                    "speaker sync failed; reconnecting and resending everything next round");
-                ctx.shared.metrics.speaker_sync_error(&conn.target.pod);
-                conn.client = None;
-                conn.synced = false;
-            }
+        refresh_workers(&ctx, &mut workers, &board, &generation);
+        let ev = if full {
+            SyncEvent::Full
+        } else {
+            SyncEvent::Routes(changed.into_iter().collect())
+        };
+        for w in workers.values() {
+            let _ = w.tx.send(ev.clone());
         }
-        // A replica that failed is retried soon, not at the next resync.
-        if conns.values().any(|c| !c.synced) {
-            let sync = ctx.shared.sync.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let _ = sync.send(SyncEvent::Routes(Vec::new()));
-            });
-        }
+    }
+    for w in workers.into_values() {
+        w.task.abort();
     }
 }
 
-fn absorb(ev: SyncEvent, full: &mut bool, changed: &mut BTreeSet<IpAddr>) {
-    match ev {
-        SyncEvent::Full => *full = true,
-        SyncEvent::Routes(ips) => changed.extend(ips),
-    }
-}
-
-/// The replicas: running bgp-server Pods with an address and a node.
-fn refresh_targets(ctx: &Context, conns: &mut BTreeMap<String, Conn>) {
+/// Starts a task for each new replica, stops the tasks of replicas that are gone or moved.
+fn refresh_workers(
+    ctx: &Arc<Context>,
+    workers: &mut BTreeMap<String, Worker>,
+    board: &Arc<Mutex<Board>>,
+    generation: &Arc<AtomicU64>,
+) {
     let targets: BTreeMap<String, Target> = ctx
         .stores
         .pods
@@ -136,14 +160,145 @@ fn refresh_targets(ctx: &Context, conns: &mut BTreeMap<String, Conn>) {
         })
         .map(|t| (t.pod.clone(), t))
         .collect();
-    conns.retain(|pod, c| targets.get(pod) == Some(&c.target));
+    workers.retain(|pod, w| {
+        let keep = targets.get(pod) == Some(&w.target);
+        if !keep {
+            w.task.abort();
+            if let Ok(mut b) = board.lock() {
+                b.views.remove(pod);
+            }
+        }
+        keep
+    });
     for (pod, t) in targets {
-        conns.entry(pod).or_insert_with(|| Conn {
-            target: t,
-            client: None,
-            synced: false,
-            sessions: BTreeMap::new(),
-        });
+        if workers.contains_key(&pod) {
+            continue;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(replica_task(
+            ctx.clone(),
+            t.clone(),
+            rx,
+            board.clone(),
+            generation.clone(),
+        ));
+        workers.insert(
+            pod,
+            Worker {
+                target: t,
+                tx,
+                task,
+            },
+        );
+    }
+}
+
+/// One replica: the full state first (and after any failure), then route deltas; its
+/// sessions read every [`STATUS_EVERY`]. Every call is bounded by [`CALL_BOUND`].
+async fn replica_task(
+    ctx: Arc<Context>,
+    target: Target,
+    mut rx: mpsc::UnboundedReceiver<SyncEvent>,
+    board: Arc<Mutex<Board>>,
+    generation: Arc<AtomicU64>,
+) {
+    let pod = target.pod.clone();
+    let mut conn = Conn {
+        target,
+        client: None,
+        synced: false,
+        sessions: BTreeMap::new(),
+    };
+    let mut changed: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut status = tokio::time::interval(STATUS_EVERY);
+    let mut retry_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+    loop {
+        let mut full = false;
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { return };
+                absorb(ev, &mut full, &mut changed);
+                while let Ok(ev) = rx.try_recv() {
+                    absorb(ev, &mut full, &mut changed);
+                }
+            }
+            () = sleep_until(retry_at) => retry_at = None,
+            _ = status.tick() => {
+                let r = bounded(read_state(&ctx, &mut conn, &board)).await;
+                if let Err(e) = r {
+                    fail(&ctx, &mut conn, &board, &e);
+                    retry_at.get_or_insert_with(|| tokio::time::Instant::now() + RETRY);
+                }
+                continue;
+            }
+        }
+        let generation = generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let r = if full || !conn.synced {
+            bounded(push_full(&ctx, &mut conn, generation)).await
+        } else if !changed.is_empty() {
+            bounded(push_routes(&ctx, &mut conn, generation, &changed)).await
+        } else {
+            Ok(())
+        };
+        match r {
+            Ok(()) => {
+                changed.clear();
+                if let Ok(mut b) = board.lock()
+                    && let Some(v) = b.views.get_mut(&pod)
+                {
+                    v.error = None;
+                }
+            }
+            Err(e) => {
+                fail(&ctx, &mut conn, &board, &e);
+                // The full state sent on reconnect covers every route changed meanwhile.
+                changed.clear();
+                retry_at = Some(tokio::time::Instant::now() + RETRY);
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn bounded(
+    call: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    tokio::time::timeout(CALL_BOUND, call)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", CALL_BOUND.as_secs())))
+}
+
+/// A push or read to `conn` failed: drop the connection, count it, and let the BgpPeer
+/// status name the replica.
+fn fail(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>, error: &str) {
+    warn!(speaker = %conn.target.pod, endpoint = %conn.target.endpoint, error,
+        "speaker sync failed; reconnecting and resending everything in 2 s (other replicas are not affected)");
+    ctx.shared.metrics.speaker_sync_error(&conn.target.pod);
+    conn.client = None;
+    conn.synced = false;
+    if let Ok(mut b) = board.lock() {
+        let view = b
+            .views
+            .entry(conn.target.pod.clone())
+            .or_insert_with(|| View {
+                target: conn.target.clone(),
+                sessions: conn.sessions.clone(),
+                error: None,
+            });
+        view.error = Some(error.to_owned());
+    }
+}
+
+fn absorb(ev: SyncEvent, full: &mut bool, changed: &mut BTreeSet<IpAddr>) {
+    match ev {
+        SyncEvent::Full => *full = true,
+        SyncEvent::Routes(ips) => changed.extend(ips),
     }
 }
 
@@ -331,72 +486,85 @@ async fn push_routes(
     Ok(())
 }
 
-/// Reads every replica's sessions and writes them into the BgpPeers' status; a session that
-/// comes up or goes down is an Event on its BgpPeer.
-async fn collect_status(ctx: &Context, conns: &mut BTreeMap<String, Conn>) {
-    let mut events: Vec<(String, EventType, &'static str, String)> = Vec::new();
-    for conn in conns.values_mut() {
-        let Ok(mut c) = client(ctx, conn).await else {
-            continue;
-        };
-        let state = match c.get_state(v1::GetStateRequest::default()).await {
-            Ok(r) => r.into_inner(),
-            Err(s) => {
-                warn!(speaker = %conn.target.pod, error = %s.message(), "GetState failed");
-                conn.client = None;
-                conn.synced = false;
-                continue;
-            }
-        };
-        let now: BTreeMap<String, v1::PeerState> = state
-            .peers
-            .into_iter()
-            .map(|p| (p.address.clone(), p))
-            .collect();
-        for (addr, p) in &now {
-            let was = conn.sessions.get(addr).map(|o| o.state.as_str());
-            let up = p.state == "Established";
-            let was_up = was == Some("Established");
-            if up && !was_up {
-                events.push((
-                    addr.clone(),
-                    EventType::Normal,
-                    "SessionEstablished",
-                    format!(
-                        "{} (node {}) established a session with {addr}{}",
-                        conn.target.pod,
-                        conn.target.node,
-                        if p.add_path_ipv4 || p.add_path_ipv6 {
-                            ", ADD-PATH negotiated"
-                        } else {
-                            ""
-                        }
-                    ),
-                ));
-            } else if was_up && !up {
-                events.push((
-                    addr.clone(),
-                    EventType::Warning,
-                    "SessionDown",
-                    format!(
-                        "{} (node {}) lost its session with {addr}: {}",
-                        conn.target.pod,
-                        conn.target.node,
-                        if p.last_error.is_empty() {
-                            "no error reported"
-                        } else {
-                            p.last_error.as_str()
-                        }
-                    ),
-                ));
-            }
+/// Reads one replica's sessions onto the board; a session that came up or went down since
+/// the last read becomes a pending Event on its BgpPeer.
+async fn read_state(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>) -> Result<(), String> {
+    let mut c = client(ctx, conn).await?;
+    let state = c
+        .get_state(v1::GetStateRequest::default())
+        .await
+        .map_err(|s| format!("GetState from {}: {}", conn.target.endpoint, s.message()))?
+        .into_inner();
+    let now: BTreeMap<String, v1::PeerState> = state
+        .peers
+        .into_iter()
+        .map(|p| (p.address.clone(), p))
+        .collect();
+    let mut events = Vec::new();
+    for (addr, p) in &now {
+        let was = conn.sessions.get(addr).map(|o| o.state.as_str());
+        let up = p.state == "Established";
+        let was_up = was == Some("Established");
+        if up && !was_up {
+            events.push((
+                addr.clone(),
+                EventType::Normal,
+                "SessionEstablished",
+                format!(
+                    "{} (node {}) established a session with {addr}{}",
+                    conn.target.pod,
+                    conn.target.node,
+                    if p.add_path_ipv4 || p.add_path_ipv6 {
+                        ", ADD-PATH negotiated"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        } else if was_up && !up {
+            events.push((
+                addr.clone(),
+                EventType::Warning,
+                "SessionDown",
+                format!(
+                    "{} (node {}) lost its session with {addr}: {}",
+                    conn.target.pod,
+                    conn.target.node,
+                    if p.last_error.is_empty() {
+                        "no error reported"
+                    } else {
+                        p.last_error.as_str()
+                    }
+                ),
+            ));
         }
-        conn.sessions = now;
     }
+    conn.sessions = now;
+    if let Ok(mut b) = board.lock() {
+        b.events.extend(events);
+        let view = b
+            .views
+            .entry(conn.target.pod.clone())
+            .or_insert_with(|| View {
+                target: conn.target.clone(),
+                sessions: BTreeMap::new(),
+                error: None,
+            });
+        view.sessions = conn.sessions.clone();
+        view.error = None;
+    }
+    Ok(())
+}
 
+/// Writes the BgpPeers' status from the board and records the pending session Events.
+async fn write_status(ctx: &Context, board: &Mutex<Board>) {
+    let (views, events) = match board.lock() {
+        Ok(mut b) => (b.views.clone(), std::mem::take(&mut b.events)),
+        Err(_) => return,
+    };
     let api: Api<BgpPeer> = Api::all(ctx.client.clone());
     for peer in ctx.stores.peers.state() {
-        let wanted = peer_status(ctx, &peer, conns);
+        let wanted = peer_status(ctx, &peer, &views);
         if peer.status.as_ref() != Some(&wanted) {
             let r = api
                 .patch_status(
@@ -427,7 +595,7 @@ async fn collect_status(ctx: &Context, conns: &mut BTreeMap<String, Conn>) {
 }
 
 /// A BgpPeer's status from the sessions last read.
-fn peer_status(ctx: &Context, peer: &BgpPeer, conns: &BTreeMap<String, Conn>) -> BgpPeerStatus {
+fn peer_status(ctx: &Context, peer: &BgpPeer, views: &BTreeMap<String, View>) -> BgpPeerStatus {
     let selector = peer
         .spec
         .node_selector
@@ -435,7 +603,7 @@ fn peer_status(ctx: &Context, peer: &BgpPeer, conns: &BTreeMap<String, Conn>) ->
         .and_then(|s| convert::selector(s, "spec.nodeSelector").ok());
     let previous = peer.status.clone().unwrap_or_default();
     let mut sessions = Vec::new();
-    for conn in conns.values() {
+    for conn in views.values() {
         let r = replica(ctx, &conn.target.node);
         if selector.as_ref().is_some_and(|s| !s.matches(&r.labels)) {
             continue;
@@ -468,7 +636,11 @@ fn peer_status(ctx: &Context, peer: &BgpPeer, conns: &BTreeMap<String, Conn>) ->
                 .map(|p| i64::try_from(p.prefixes_announced).unwrap_or(i64::MAX))
                 .unwrap_or(0),
             add_path: seen.is_some_and(|p| p.add_path_ipv4 || p.add_path_ipv6),
-            last_error: seen.map(|p| p.last_error.clone()).filter(|e| !e.is_empty()),
+            // While the operator cannot reach the replica, that is the error to read.
+            last_error: match &conn.error {
+                Some(e) => Some(format!("the operator cannot reach this speaker: {e}")),
+                None => seen.map(|p| p.last_error.clone()).filter(|e| !e.is_empty()),
+            },
         });
     }
     let up = sessions
