@@ -109,6 +109,8 @@ pub enum Event {
     UpdateMsg,
     /// Event 28: an UPDATE error that requires a session reset (RFC 7606 leaves few).
     UpdateMsgErr(Notification),
+    /// RFC 9687: the peer took no data for the send-hold time while some was waiting.
+    SendHoldTimerExpires,
 }
 
 /// Why a session went down, for status and metrics.
@@ -118,6 +120,8 @@ pub enum DownReason {
     Stopped,
     /// The peer's hold timer ran out.
     HoldTimerExpired,
+    /// The peer took no data for the send-hold time (RFC 9687).
+    SendHoldTimerExpired,
     /// The TCP connection failed.
     ConnectionFailed,
     /// We sent a NOTIFICATION.
@@ -313,6 +317,8 @@ impl Fsm {
                 self.start_timer(&mut out, Timer::ConnectRetry, self.cfg.connect_retry);
                 self.state = S::Active;
             }
+            // No connection to be stuck on: a late report of a closed one.
+            (S::Connect | S::Active, E::SendHoldTimerExpires) => {}
             (S::Connect | S::Active, _) => self.fail(&mut out, None, DownReason::ConnectionFailed),
 
             // ---- OpenSent ----
@@ -361,6 +367,11 @@ impl Fsm {
             (S::Established, E::KeepAliveMsg | E::UpdateMsg) => self.restart_hold(&mut out),
 
             // ---- errors common to OpenSent, OpenConfirm, Established ----
+            // RFC 9687 §4: Send Hold Timer Expired (8), sent best effort, then close.
+            (_, E::SendHoldTimerExpires) => {
+                let n = Notification::bare(8, 0);
+                self.fail(&mut out, Some(n), DownReason::SendHoldTimerExpired);
+            }
             (_, E::HoldTimerExpires) => {
                 let n = Notification::hold_timer_expired();
                 self.fail(&mut out, Some(n), DownReason::HoldTimerExpired);

@@ -12,7 +12,7 @@ use berth_bgp_server::control::service::{self, Applied, Control};
 use berth_bgp_server::control::store::{self, Store};
 use berth_bgp_server::control::tls;
 use berth_bgp_server::rib::Snapshot;
-use berth_bgp_server::speaker::StatusBoard;
+use berth_bgp_server::speaker::{Health, Listeners, StatusBoard};
 use berth_proto::v1::speaker_server::SpeakerServer;
 
 /// Berth's BGP speaker: announces each Service IP to the configured routers with one path per
@@ -22,7 +22,12 @@ use berth_proto::v1::speaker_server::SpeakerServer;
 /// the `berth.bgp.v1.Speaker` API, and `--state-dir` keeps the last accepted state so that a
 /// restart announces it at once, before any client connects. Standalone: `--config FILE`
 /// (global ASN and router ID, peers, static routes; the format is in the README); SIGHUP
-/// reloads the routes from the file. Either way SIGTERM closes every session with a Cease.
+/// reloads the routes from the file. Either way SIGTERM closes every session with a Cease,
+/// within a second whatever the peers do.
+///
+/// Input never makes it exit: an Apply that cannot be run (a listen port held by another
+/// process, say) is refused, and a persisted state that cannot be applied at start is reported
+/// (log, `berth_bgp_settings_unapplied`, `/readyz` with the reason) while the API serves.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
@@ -55,6 +60,11 @@ struct Args {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:9473", env = "BERTH_METRICS_ADDR")]
     metrics_addr: std::net::SocketAddr,
+    /// RFC 9687 send-hold time in seconds: a session whose peer has taken no data for this
+    /// long while some was waiting is closed (NOTIFICATION 8). Default: 480 s or twice the
+    /// negotiated hold time, whichever is longer.
+    #[arg(long, env = "BERTH_SEND_HOLD_TIME", value_parser = clap::value_parser!(u64).range(1..))]
+    send_hold_time: Option<u64>,
     /// Log filter in tracing's syntax (e.g. `info`, `berth_bgp_server=debug`); RUST_LOG also works.
     #[arg(long, default_value = "info", env = "BERTH_LOG")]
     log: String,
@@ -161,7 +171,7 @@ async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
-    let (_ready_tx, ready) = watch::channel(true);
+    let (ready_tx, ready) = watch::channel(Ok(()));
     tokio::spawn(berth_bgp_server::metrics::serve(
         listener,
         metrics.clone(),
@@ -169,6 +179,7 @@ async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
         stop.clone(),
     ));
     let board = StatusBoard::default();
+    let listeners = Listeners::default();
     if let Some(path) = &args.config {
         tokio::spawn(reload_on_sighup(
             path.clone(),
@@ -183,6 +194,7 @@ async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
             args.state_dir.as_ref().map(Store::new),
             board.clone(),
             metrics.clone(),
+            listeners.clone(),
         );
         let svc = SpeakerServer::new(control)
             .max_decoding_message_size(berth_proto::MAX_MESSAGE_BYTES)
@@ -254,9 +266,18 @@ async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
             }
         }
     }
-    berth_bgp_server::speaker::run(settings, desired, stop, metrics, board)
-        .await
-        .context("running the speaker")
+    berth_bgp_server::speaker::run(
+        settings,
+        desired,
+        stop,
+        metrics,
+        board,
+        listeners,
+        Health { ready: ready_tx },
+        args.send_hold_time.map(std::time::Duration::from_secs),
+    )
+    .await;
+    Ok(())
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
             chunk.get(1).copied().unwrap_or(0),
             chunk.get(2).copied().unwrap_or(0),
         );
-        let event = match a % 19 {
+        let event = match a % 20 {
             0 => Event::ManualStart,
             1 => Event::ManualStop,
             2 => Event::AutomaticStart,
@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
             15 => Event::NotifMsg(Notification::bare(b, c)),
             16 => Event::KeepAliveMsg,
             17 => Event::UpdateMsg,
+            18 => Event::SendHoldTimerExpires,
             _ => Event::UpdateMsgErr(Notification::bare(3, b)),
         };
         let before = fsm.state();

@@ -16,7 +16,7 @@ use super::store::Store;
 use crate::config::SpeakerConfig;
 use crate::metrics::Metrics;
 use crate::rib::{Desired, Paths, Snapshot};
-use crate::speaker::StatusBoard;
+use crate::speaker::{Listeners, StatusBoard};
 
 /// What the speaker runs now.
 #[derive(Debug, Clone)]
@@ -109,6 +109,8 @@ pub struct Control {
     store: Option<Store>,
     board: StatusBoard,
     metrics: Arc<Metrics>,
+    /// The BGP listener, bound while an Apply is validated.
+    listeners: Listeners,
     /// Accepted changes, for Watch streams.
     events: tokio::sync::broadcast::Sender<v1::StateApplied>,
 }
@@ -122,6 +124,7 @@ impl Control {
         store: Option<Store>,
         board: StatusBoard,
         metrics: Arc<Metrics>,
+        listeners: Listeners,
     ) -> Control {
         Control {
             applied: Arc::new(Mutex::new(applied)),
@@ -130,6 +133,7 @@ impl Control {
             store,
             board,
             metrics,
+            listeners,
             events: tokio::sync::broadcast::channel(256).0,
         }
     }
@@ -217,11 +221,21 @@ impl Control {
         }
         let routes_changed = changed_prefixes(&applied.desired, &new_desired);
         let peers_changed = *applied.settings != cfg;
+        // What the state needs from the system (the listener, MD5 keys) is checked here, before
+        // it is accepted and persisted: a state that cannot run must never be restored at the
+        // next start.
+        let rebound = self.listeners.prepare(&cfg).map_err(|e| {
+            self.reject(
+                "apply",
+                "cannot_apply",
+                Status::failed_precondition(e.to_string()),
+            )
+        })?;
         let generation = state.generation;
         self.persist("apply", state).await?;
         applied.journaled = 0;
         applied.generation = generation;
-        if peers_changed {
+        if peers_changed || rebound {
             applied.settings = Arc::new(cfg);
             self.settings.send_replace(applied.settings.clone());
         }
@@ -301,7 +315,13 @@ impl Control {
 
     async fn do_get(&self, req: v1::GetStateRequest) -> v1::GetStateResponse {
         let applied = self.applied.lock().await.clone();
-        let api = to_api(applied.generation, &applied.settings, &applied.desired);
+        // The routes only when asked for: converting the whole table on every poll made
+        // GetState cost seconds with 250,000 routes (a status poll must stay O(peers)).
+        let api = if req.include_routes {
+            to_api(applied.generation, &applied.settings, &applied.desired)
+        } else {
+            convert::to_api(applied.generation, &applied.settings)
+        };
         let board = self.board.lock().unwrap_or_else(PoisonError::into_inner);
         let peers = board
             .iter()
@@ -332,11 +352,7 @@ impl Control {
             global: api.global,
             peers,
             route_count: applied.desired.len() as u64,
-            routes: if req.include_routes {
-                api.routes
-            } else {
-                Vec::new()
-            },
+            routes: api.routes,
         }
     }
 }

@@ -409,3 +409,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn send_hold_expiry_sends_code_8_and_closes_only_a_connected_session() {
+    let mut fsm = established(cfg());
+    let a = fsm.handle(Event::SendHoldTimerExpires);
+    assert_eq!(
+        a.first(),
+        Some(&Action::SendNotification(Notification::bare(8, 0)))
+    );
+    assert!(a.contains(&Action::Disconnect), "{a:?}");
+    assert!(
+        a.contains(&Action::Down(DownReason::SendHoldTimerExpired)),
+        "{a:?}"
+    );
+    assert_eq!(fsm.state(), State::Idle);
+
+    // A late report after the connection is gone changes nothing.
+    let mut fsm = Fsm::new(cfg());
+    fsm.handle(Event::ManualStart);
+    assert_eq!(fsm.state(), State::Connect);
+    assert!(fsm.handle(Event::SendHoldTimerExpires).is_empty());
+    assert_eq!(fsm.state(), State::Connect);
+}
