@@ -73,8 +73,10 @@ pub struct PeerOpen {
 pub enum Event {
     /// Event 1: the operator configured the peer.
     ManualStart,
-    /// Event 2: the operator removed or disabled the peer.
+    /// Event 2: the operator stopped the session (Cease, Administrative Shutdown).
     ManualStop,
+    /// Event 2 with the reason, which decides the Cease subcode (RFC 4486) or none.
+    Stop(StopReason),
     /// Event 3: restart after an idle hold.
     AutomaticStart,
     /// Event 9.
@@ -111,6 +113,32 @@ pub enum Event {
     UpdateMsgErr(Notification),
     /// RFC 9687: the peer took no data for the send-hold time while some was waiting.
     SendHoldTimerExpires,
+}
+
+/// Why the operator stops a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// The speaker shuts down and withdraws: Cease, Administrative Shutdown (6/2).
+    Shutdown,
+    /// The peer was removed from the settings: Cease, Peer De-configured (6/3).
+    Deconfigured,
+    /// The session restarts with other settings: Cease, Other Configuration Change (6/6).
+    ConfigChanged,
+    /// A planned restart with graceful restart negotiated: close without a NOTIFICATION, so
+    /// the peer keeps our routes until we are back (RFC 4724 §4).
+    Restart,
+}
+
+impl StopReason {
+    /// The NOTIFICATION this stop sends, if any.
+    pub fn notification(self) -> Option<Notification> {
+        match self {
+            StopReason::Shutdown => Some(Notification::admin_shutdown()),
+            StopReason::Deconfigured => Some(Notification::bare(6, 3)),
+            StopReason::ConfigChanged => Some(Notification::bare(6, 6)),
+            StopReason::Restart => None,
+        }
+    }
 }
 
 /// Why a session went down, for status and metrics.
@@ -287,7 +315,7 @@ impl Fsm {
             (_, E::ManualStart | E::AutomaticStart) => {}
 
             // ---- any state: stop ----
-            (S::Connect | S::Active, E::ManualStop) => {
+            (S::Connect | S::Active, E::ManualStop | E::Stop(_)) => {
                 self.stop(&mut out, None, DownReason::Stopped)
             }
             (S::OpenSent | S::OpenConfirm | S::Established, E::ManualStop) => self.stop(
@@ -295,6 +323,9 @@ impl Fsm {
                 Some(Notification::admin_shutdown()),
                 DownReason::Stopped,
             ),
+            (S::OpenSent | S::OpenConfirm | S::Established, E::Stop(reason)) => {
+                self.stop(&mut out, reason.notification(), DownReason::Stopped)
+            }
 
             // ---- Connect and Active ----
             (S::Connect | S::Active, E::ConnectRetryTimerExpires) => {

@@ -12,7 +12,7 @@ use berth_bgp_server::control::service::{self, Applied, Control};
 use berth_bgp_server::control::store::{self, Store};
 use berth_bgp_server::control::tls;
 use berth_bgp_server::rib::Snapshot;
-use berth_bgp_server::speaker::{Health, Listeners, StatusBoard};
+use berth_bgp_server::speaker::{Health, Listeners, Options, StatusBoard};
 use berth_proto::v1::speaker_server::SpeakerServer;
 
 /// Berth's BGP speaker: announces each Service IP to the configured routers with one path per
@@ -22,8 +22,10 @@ use berth_proto::v1::speaker_server::SpeakerServer;
 /// the `berth.bgp.v1.Speaker` API, and `--state-dir` keeps the last accepted state so that a
 /// restart announces it at once, before any client connects. Standalone: `--config FILE`
 /// (global ASN and router ID, peers, static routes; the format is in the README); SIGHUP
-/// reloads the routes from the file. Either way SIGTERM closes every session with a Cease,
-/// within a second whatever the peers do.
+/// reloads the routes from the file. Either way SIGTERM closes every session within a second,
+/// whatever the peers do: without a NOTIFICATION where graceful restart is negotiated (the
+/// routers keep the routes until the speaker is back), with a Cease elsewhere or with
+/// --withdraw-on-shutdown.
 ///
 /// Input never makes it exit: an Apply that cannot be run (a listen port held by another
 /// process, say) is refused, and a persisted state that cannot be applied at start is reported
@@ -65,6 +67,12 @@ struct Args {
     /// negotiated hold time, whichever is longer.
     #[arg(long, env = "BERTH_SEND_HOLD_TIME", value_parser = clap::value_parser!(u64).range(1..))]
     send_hold_time: Option<u64>,
+    /// On SIGTERM, close every session with a Cease so the routers withdraw Berth's routes
+    /// (decommissioning). Without it, a peer with graceful restart negotiated is left without
+    /// a NOTIFICATION and keeps the routes (stale) until the speaker is back or its restart
+    /// time runs out: a rollout is not an outage.
+    #[arg(long, env = "BERTH_WITHDRAW_ON_SHUTDOWN")]
+    withdraw_on_shutdown: bool,
     /// Log filter in tracing's syntax (e.g. `info`, `berth_bgp_server=debug`); RUST_LOG also works.
     #[arg(long, default_value = "info", env = "BERTH_LOG")]
     log: String,
@@ -92,6 +100,8 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    // Restarting from persisted state: the first OPENs carry the graceful restart R bit.
+    let mut restored_from_disk = false;
     let applied = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -132,6 +142,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 None => None,
             };
+            restored_from_disk = restored.is_some();
             restored.unwrap_or_else(|| Applied {
                 generation: 0,
                 settings: Arc::new(SpeakerConfig {
@@ -152,10 +163,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args, applied))
+    runtime.block_on(serve(args, applied, restored_from_disk))
 }
 
-async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
+async fn serve(args: Args, applied: Applied, restored: bool) -> anyhow::Result<()> {
     let (desired_tx, desired) = watch::channel(Snapshot {
         routes: applied.desired.clone(),
         ..Snapshot::default()
@@ -164,7 +175,7 @@ async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutting down: closing sessions with a Cease");
+        tracing::info!("shutting down: closing every session");
         let _ = stop_tx.send(true);
     });
     let metrics = Arc::new(berth_bgp_server::metrics::Metrics::new());
@@ -274,7 +285,11 @@ async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
         board,
         listeners,
         Health { ready: ready_tx },
-        args.send_hold_time.map(std::time::Duration::from_secs),
+        Options {
+            send_hold: args.send_hold_time.map(std::time::Duration::from_secs),
+            withdraw_on_shutdown: args.withdraw_on_shutdown,
+            restarting: restored,
+        },
     )
     .await;
     Ok(())

@@ -30,7 +30,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::{GracefulRestartConfig, PeerConfig};
-use crate::fsm::{self, Action, Config as FsmConfig, Event, Fsm, Inbound, PeerOpen, State, Timer};
+use crate::fsm::{
+    self, Action, Config as FsmConfig, Event, Fsm, Inbound, PeerOpen, State, StopReason, Timer,
+};
 use crate::metrics::{Metrics, PeerLabels};
 use crate::rib::{AdjRibOut, Change, Desired, PathAttrs, Scope, Snapshot};
 pub use writer::{LINGER, default_send_hold, send_hold_time};
@@ -114,14 +116,15 @@ fn ribs(add_path: [bool; 2], send_max: Option<usize>) -> [AdjRibOut; 2] {
     ]
 }
 
-/// Runs the session until `shutdown` turns true; then says goodbye with a Cease and returns
-/// within [`LINGER`] whatever the peer does.
+/// Runs the session until `shutdown` names a reason; then says goodbye as that reason says (a
+/// Cease with its subcode, or for a restart under negotiated graceful restart no NOTIFICATION
+/// at all, so the peer keeps our routes) and returns within [`LINGER`] whatever the peer does.
 pub async fn run(
     local: Local,
     peer: PeerConfig,
     mut desired: watch::Receiver<Snapshot>,
     mut inbound: mpsc::Receiver<TcpStream>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Option<StopReason>>,
     status: watch::Sender<Status>,
     metrics: Arc<Metrics>,
 ) {
@@ -175,8 +178,15 @@ pub async fn run(
                 .map(Writer::room);
         drop(want);
         tokio::select! {
-            _ = shutdown.changed() => {
-                s.apply(&mut fsm, Event::ManualStop);
+            Ok(()) = shutdown.changed() => {
+                let Some(mut reason) = *shutdown.borrow_and_update() else {
+                    continue;
+                };
+                if reason == StopReason::Restart && !s.graceful_restart_negotiated() {
+                    reason = StopReason::Shutdown;
+                }
+                info!(?reason, "stopping the session");
+                s.apply(&mut fsm, Event::Stop(reason));
                 s.publish(&fsm, &status);
                 s.finish().await;
                 return;
@@ -322,8 +332,15 @@ impl Session {
         match fsm::on_inbound(fsm.state(), self.local.router_id, remote, self.io.outbound) {
             Inbound::Wait => self.io.pending = Some(stream),
             Inbound::Refuse => {
-                debug!(state = ?fsm.state(), "refusing an inbound connection (collision)");
-                refuse(&stream);
+                // In Idle there is nothing to collide with: Connection Rejected (6/5); else
+                // Connection Collision Resolution (6/7), RFC 4486.
+                let n = if fsm.state() == State::Idle {
+                    fsm::Notification::bare(6, 5)
+                } else {
+                    fsm::Notification::collision()
+                };
+                debug!(state = ?fsm.state(), code = n.code, subcode = n.subcode, "refusing an inbound connection");
+                refuse(&stream, n);
             }
             Inbound::Adopt => {
                 self.io.connecting = None;
@@ -359,6 +376,17 @@ impl Session {
             self.io.closing.push(old.close());
         }
         self.io.buf.clear();
+    }
+
+    /// Whether both sides advertised graceful restart: the peer then keeps our routes when
+    /// the connection closes without a NOTIFICATION (RFC 4724 §4.2).
+    fn graceful_restart_negotiated(&self) -> bool {
+        self.local.graceful_restart.enabled
+            && self.peer_open.as_ref().is_some_and(|o| {
+                o.capabilities
+                    .iter()
+                    .any(|c| matches!(c, Capability::GracefulRestart { .. }))
+            })
     }
 
     /// Waits for closed connections to flush (each within [`LINGER`]).
@@ -522,6 +550,8 @@ impl Session {
                     w.set_send_hold(send_hold_time(self.local.send_hold, hold_time));
                 }
                 self.established = true;
+                // The R bit belongs to the first session after our restart only.
+                self.local.restarting = false;
                 self.eor_due = true;
                 self.established_at = Some(Instant::now());
                 self.last_error = None;
@@ -807,9 +837,9 @@ async fn connect(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
-/// Closes a connection we will not use with a Cease (Connection Collision Resolution).
-fn refuse(stream: &TcpStream) {
-    let n = Message::Notification(fsm::Notification::collision());
+/// Closes a connection we will not use with a Cease.
+fn refuse(stream: &TcpStream, n: fsm::Notification) {
+    let n = Message::Notification(n);
     // Best effort on a fresh socket: a NOTIFICATION fits its send buffer.
     let _ = stream.try_write(&n.to_bytes(&EncodeContext::default()));
 }

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, error, info, warn};
 
 use crate::config::{PeerConfig, SpeakerConfig};
+use crate::fsm::StopReason;
 use crate::metrics::Metrics;
 use crate::rib::Snapshot;
 use crate::session::{self, Local, Status};
@@ -36,7 +37,7 @@ type Routing = Arc<Mutex<BTreeMap<IpAddr, mpsc::Sender<tokio::net::TcpStream>>>>
 
 struct Running {
     peer: PeerConfig,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Option<StopReason>>,
     task: JoinHandle<()>,
 }
 
@@ -148,6 +149,19 @@ fn bind(port: u16) -> Result<Bound, Unapplicable> {
     })
 }
 
+/// How the speaker runs its sessions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The RFC 9687 send-hold time; `None`: 8 minutes or twice the hold time.
+    pub send_hold: Option<Duration>,
+    /// On shutdown, close every session with a Cease (the peers withdraw our routes) even
+    /// where graceful restart would let them keep the routes: for decommissioning.
+    pub withdraw_on_shutdown: bool,
+    /// The settings were restored from disk: the first sessions set the graceful restart R
+    /// bit (RFC 4724).
+    pub restarting: bool,
+}
+
 /// What the speaker reports about settings it could not apply.
 pub struct Health {
     /// `/readyz`: `Err` with the reason while the settings in force are not fully applied.
@@ -155,8 +169,9 @@ pub struct Health {
 }
 
 /// Runs sessions as `settings` says (its `routes` are ignored) until `shutdown` turns true,
-/// then closes each with a Cease; returns within about [`session::LINGER`] of `shutdown`
-/// whatever the peers do. `send_hold` is the RFC 9687 send-hold time (`None`: the default).
+/// then closes each (without a NOTIFICATION where graceful restart lets the peer keep our
+/// routes, unless `options.withdraw_on_shutdown`); returns within about
+/// [`session::LINGER`] of `shutdown` whatever the peers do.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut settings: watch::Receiver<Arc<SpeakerConfig>>,
@@ -166,7 +181,7 @@ pub async fn run(
     board: StatusBoard,
     listeners: Listeners,
     health: Health,
-    send_hold: Option<Duration>,
+    options: Options,
 ) {
     let routing: Routing = Arc::default();
     let mut sessions: BTreeMap<IpAddr, Running> = BTreeMap::new();
@@ -185,7 +200,11 @@ pub async fn run(
                 if applied.is_some() {
                     info!("global settings changed: restarting every session");
                 }
-                stop_all(std::mem::take(&mut sessions).into_values()).await;
+                stop_all(
+                    std::mem::take(&mut sessions).into_values(),
+                    StopReason::ConfigChanged,
+                )
+                .await;
                 if let Some(l) = listener.take() {
                     let _ = l.stop.send(true);
                     let _ = l.task.await;
@@ -195,8 +214,9 @@ pub async fn run(
                 asn: want.asn,
                 router_id: want.router_id,
                 graceful_restart: want.graceful_restart,
-                restarting: false,
-                send_hold,
+                // Only the sessions of the restored settings: later ones follow a change.
+                restarting: options.restarting && applied.is_none(),
+                send_hold: options.send_hold,
             };
             let keep: BTreeMap<IpAddr, &PeerConfig> =
                 want.peers.iter().map(|p| (p.address, p)).collect();
@@ -205,15 +225,23 @@ pub async fn run(
                 .filter(|(a, r)| keep.get(a).is_none_or(|p| **p != r.peer))
                 .map(|(a, _)| *a)
                 .collect();
-            let mut closing = Vec::new();
+            let (mut removed, mut changed) = (Vec::new(), Vec::new());
             for a in &gone {
                 if let Some(r) = sessions.remove(a) {
-                    info!(peer = %a, "peer removed or changed: closing its session");
-                    closing.push(r);
+                    if keep.contains_key(a) {
+                        info!(peer = %a, "peer changed: restarting its session");
+                        changed.push(r);
+                    } else {
+                        info!(peer = %a, "peer removed: closing its session");
+                        removed.push(r);
+                    }
                 }
             }
             // All at once: each ends within the linger time whatever its peer does.
-            stop_all(closing).await;
+            tokio::join!(
+                stop_all(removed, StopReason::Deconfigured),
+                stop_all(changed, StopReason::ConfigChanged)
+            );
             for a in gone {
                 lock(&routing).remove(&a);
                 lock(&board).remove(&a);
@@ -265,7 +293,12 @@ pub async fn run(
             changed = settings.changed() => if changed.is_err() { break },
         }
     }
-    stop_all(sessions.into_values()).await;
+    let reason = if options.withdraw_on_shutdown {
+        StopReason::Shutdown
+    } else {
+        StopReason::Restart
+    };
+    stop_all(sessions.into_values(), reason).await;
     if let Some(l) = listener {
         let _ = l.stop.send(true);
         let _ = l.task.await;
@@ -288,7 +321,7 @@ fn start(
     lock(routing).insert(peer.address, tx);
     let (status_tx, status_rx) = watch::channel(Status::idle());
     lock(board).insert(peer.address, (peer.clone(), status_rx));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(None);
     let span = tracing::info_span!("session", peer = %peer.address, asn = peer.asn);
     let task = tokio::spawn(
         session::run(
@@ -309,12 +342,12 @@ fn start(
     }
 }
 
-/// Closes sessions with a Cease, all at once, and waits for them (each ends within the
+/// Stops sessions for `reason`, all at once, and waits for them (each ends within the
 /// linger time, whatever its peer does).
-async fn stop_all(running: impl IntoIterator<Item = Running>) {
+async fn stop_all(running: impl IntoIterator<Item = Running>, reason: StopReason) {
     let running: Vec<Running> = running.into_iter().collect();
     for r in &running {
-        let _ = r.stop.send(true);
+        let _ = r.stop.send(Some(reason));
     }
     for r in running {
         let _ = r.task.await;

@@ -1,7 +1,9 @@
 //! The speaker under faults, injected for real in network namespaces (needs root and BIRD 2):
 //! a peer that stops reading (its BIRD is stopped with SIGSTOP and its receive buffer is
 //! small) while a large table is queued must not hold up another peer, the removal of the
-//! stuck peer, SIGTERM, or (with a short send-hold time) the close of the stuck session.
+//! stuck peer, SIGTERM, or (with a short send-hold time) the close of the stuck session. And
+//! a planned restart (SIGTERM, start from the persisted state) never takes the route out of
+//! FRR's kernel (FRR as graceful restart helper).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_e2e::bird::{BIRD, Bird};
-use berth_e2e::frr::wait_for;
+use berth_e2e::frr::{BGPD, Frr, ZEBRA, wait_for};
 use berth_e2e::lab_unavailable;
 use berth_e2e::netns::{Lab, run};
 use berth_proto::v1;
@@ -411,4 +413,176 @@ async fn the_send_hold_timer_closes_a_stuck_session() {
         m.contains(r#"berth_bgp_send_hold_expired_total{peer="10.0.2.1"} 1"#),
         "{m}"
     );
+}
+
+const FRR_CONF: &str = "frr defaults traditional
+hostname r
+router bgp 64513
+ bgp router-id 10.0.0.1
+ no bgp ebgp-requires-policy
+ neighbor 10.0.0.11 remote-as 64512
+ neighbor 10.0.0.11 timers 3 9
+ neighbor 10.0.0.11 timers connect 1
+";
+
+/// SIGTERM, then a start from the persisted state: FRR (graceful restart helper, its default)
+/// keeps the route in its kernel all along, sampled every 10 ms, and the restarted speaker's
+/// OPEN carries the restart (R) bit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_and_restart_keep_the_route_in_the_routers_kernel() {
+    if let Some(why) = lab_unavailable(&[ZEBRA, BGPD]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempdir("gr");
+    let mut lab = Lab::new("bfg-");
+    let router = lab.namespace("r").unwrap();
+    let node = lab.namespace("n").unwrap();
+    lab.link(
+        &router,
+        "veth-r",
+        &["10.0.0.1/24"],
+        &node,
+        "veth-n",
+        &["10.0.0.11/24"],
+    )
+    .unwrap();
+    let frr = Frr::start(&mut lab, &router, &dir, FRR_CONF).unwrap();
+    let state_dir = dir.join("state").display().to_string();
+    let (first, sock) = start_speaker(&mut lab, &node, &dir, &["--state-dir", &state_dir]);
+    let mut api = client(&sock).await;
+    let desired = v1::DesiredState {
+        generation: 1,
+        global: Some(v1::Global {
+            asn: 64512,
+            router_id: "10.0.0.11".into(),
+            ..Default::default()
+        }),
+        peers: vec![v1::Peer {
+            address: "10.0.0.1".into(),
+            asn: 64513,
+            hold_time_seconds: Some(9),
+            connect_retry_seconds: 1,
+            ..Default::default()
+        }],
+        routes: vec![v1::Route {
+            prefix: "198.51.100.10/32".into(),
+            next_hops: ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
+                .iter()
+                .map(|a| v1::NextHop {
+                    address: (*a).into(),
+                    weight: 0,
+                })
+                .collect(),
+            ..Default::default()
+        }],
+    };
+    api.apply(v1::ApplyRequest {
+        state: Some(desired),
+    })
+    .await
+    .unwrap();
+    drop(api);
+    let nexthops = |r: &str| {
+        r.lines()
+            .filter(|l| l.trim_start().starts_with("nexthop via"))
+            .count()
+    };
+    let up = wait_for(Duration::from_secs(30), || {
+        frr.kernel_route(&lab, "198.51.100.10")
+            .ok()
+            .filter(|r| nexthops(r) == 3)
+    });
+    assert!(
+        up.is_some(),
+        "route never installed\n{}",
+        std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default()
+    );
+
+    // Sample FRR's kernel route every 10 ms from before SIGTERM until the restarted speaker
+    // has re-synced.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, router) = (stop.clone(), router.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut samples = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = run(
+                    "ip",
+                    &["-n", &router, "-4", "route", "show", "198.51.100.10"],
+                )
+                .unwrap_or_default();
+                let n = r
+                    .lines()
+                    .filter(|l| l.trim_start().starts_with("nexthop via"))
+                    .count();
+                samples.push((started.elapsed(), n));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            samples
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    run("kill", &["-TERM", &first.to_string()]).unwrap();
+    while !exited(first) {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let exit = t.elapsed();
+    // Down for 2 s (a rollout's image pull is longer; FRR keeps the routes for the restart
+    // time we advertised, 120 s).
+    std::thread::sleep(Duration::from_secs(2));
+    let log2 = dir.join("speaker-2.log");
+    let sock2 = dir.join("api2.sock").display().to_string();
+    lab.spawn(
+        &node,
+        &SPEAKER,
+        &[
+            "--grpc-socket",
+            &sock2,
+            "--state-dir",
+            &state_dir,
+            "--metrics-addr",
+            "127.0.0.1:9474",
+        ],
+        &log2,
+    )
+    .unwrap();
+    let resynced = wait_for(Duration::from_secs(30), || {
+        frr.vtysh(&lab, "show bgp ipv4 unicast 198.51.100.10/32")
+            .ok()
+            .filter(|o| o.contains("10.0.0.13") && !o.contains("stale"))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.join().unwrap();
+    assert!(
+        resynced.is_some(),
+        "the restarted speaker did not re-sync:\n{}",
+        std::fs::read_to_string(&log2).unwrap_or_default()
+    );
+    let missing: Vec<_> = samples.iter().filter(|(_, n)| *n != 3).collect();
+    assert!(
+        missing.is_empty(),
+        "FRR's kernel route lost nexthops {} times, first at {:?}",
+        missing.len(),
+        missing.first()
+    );
+    eprintln!(
+        "SIGTERM to exit {:.0} ms; {} samples of FRR's kernel route over {:.1} s, all with 3 nexthops",
+        exit.as_secs_f64() * 1000.0,
+        samples.len(),
+        samples.last().map_or(0.0, |(t, _)| t.as_secs_f64())
+    );
+    // The restarted speaker said it restarted (RFC 4724 R bit).
+    let gr = frr
+        .vtysh(&lab, "show bgp neighbors 10.0.0.11 json")
+        .unwrap();
+    let compact: String = gr.split_whitespace().collect();
+    assert!(compact.contains("\"rBit\":true"), "{gr}");
 }

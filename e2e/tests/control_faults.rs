@@ -225,3 +225,164 @@ fn wait_readyz(port: u16, want: &str) -> (String, String) {
     }
     last
 }
+
+/// A hand-driven peer on loopback: accepts the speaker's connection and completes the
+/// handshake with an OPEN offering graceful restart or not.
+fn accept_session(listener: &std::net::TcpListener, graceful_restart: bool) -> std::net::TcpStream {
+    use berth_bgp_wire::{Capability, EncodeContext, GracefulRestartFamily, Message, Open};
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut caps = vec![
+        Capability::Multiprotocol { afi: 1, safi: 1 },
+        Capability::FourOctetAs(64513),
+    ];
+    if graceful_restart {
+        caps.push(Capability::GracefulRestart {
+            restarting: false,
+            restart_time: 120,
+            families: vec![GracefulRestartFamily {
+                afi: 1,
+                safi: 1,
+                forwarding_preserved: false,
+            }],
+        });
+    }
+    let enc = EncodeContext {
+        four_octet_as: true,
+        ..Default::default()
+    };
+    let open = Message::Open(Open {
+        asn: 64513,
+        hold_time: 30,
+        router_id: std::net::Ipv4Addr::new(192, 0, 2, 1),
+        capabilities: caps,
+    });
+    s.write_all(&open.to_bytes(&enc)).unwrap();
+    s.write_all(&Message::Keepalive.to_bytes(&enc)).unwrap();
+    assert!(
+        read_messages(&mut s)
+            .iter()
+            .any(|m| matches!(m, Message::Keepalive)),
+        "no KEEPALIVE from the speaker"
+    );
+    s
+}
+
+/// Messages until the first KEEPALIVE or NOTIFICATION, or the end of the stream.
+fn read_messages(s: &mut std::net::TcpStream) -> Vec<berth_bgp_wire::Message> {
+    use berth_bgp_wire::{DecodeContext, Message};
+    let ctx = DecodeContext {
+        four_octet_as: true,
+        ..Default::default()
+    };
+    let (mut buf, mut out, mut chunk) = (Vec::new(), Vec::new(), [0u8; 4096]);
+    loop {
+        while let Ok(Some((m, n))) = Message::decode(&buf, &ctx) {
+            buf.drain(..n);
+            let last = matches!(m, Message::Keepalive | Message::Notification(_));
+            out.push(m);
+            if last {
+                return out;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The NOTIFICATION's (code, subcode) the peer gets next, or `None` if the connection closes
+/// without one.
+fn next_notification(s: &mut std::net::TcpStream) -> Option<(u8, u8)> {
+    loop {
+        let msgs = read_messages(s);
+        if msgs.is_empty() {
+            return None;
+        }
+        for m in msgs {
+            if let berth_bgp_wire::Message::Notification(n) = m {
+                return Some((n.code, n.subcode));
+            }
+        }
+    }
+}
+
+/// RFC 4486 Cease subcodes: a changed peer gets Other Configuration Change (6/6), a removed
+/// one Peer De-configured (6/3); at SIGTERM a peer that negotiated graceful restart gets no
+/// NOTIFICATION at all (it keeps the routes), one that did not gets Administrative Shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cease_subcodes_say_why_and_sigterm_leaves_graceful_restart_peers_alone() {
+    let dir = std::env::temp_dir().join(format!("berth-cease-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = || std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default();
+    let peer_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = peer_listener.local_addr().unwrap().port();
+    let other_listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let other_port = other_listener.local_addr().unwrap().port();
+    let mut speaker = Speaker::start(&dir, free_port(), "speaker.log");
+    let mut api = client(&dir.join("api.sock")).await;
+    let peer = |address: &str, port: u16, hold: u32| v1::Peer {
+        address: address.into(),
+        asn: 64513,
+        port: u32::from(port),
+        hold_time_seconds: Some(hold),
+        connect_retry_seconds: 1,
+        ..Default::default()
+    };
+    let with = |generation, peers: Vec<v1::Peer>| v1::DesiredState {
+        generation,
+        global: Some(v1::Global {
+            asn: 64512,
+            router_id: "10.0.0.11".into(),
+            ..Default::default()
+        }),
+        peers,
+        routes: vec![],
+    };
+    api.apply(v1::ApplyRequest {
+        state: Some(with(1, vec![peer("127.0.0.1", port, 30)])),
+    })
+    .await
+    .unwrap();
+    let mut s = accept_session(&peer_listener, false);
+
+    // A changed hold time restarts the session: Other Configuration Change.
+    api.apply(v1::ApplyRequest {
+        state: Some(with(2, vec![peer("127.0.0.1", port, 60)])),
+    })
+    .await
+    .unwrap();
+    assert_eq!(next_notification(&mut s), Some((6, 6)), "{}", log());
+    let mut s = accept_session(&peer_listener, false);
+
+    // Removed: Peer De-configured.
+    api.apply(v1::ApplyRequest {
+        state: Some(with(3, vec![])),
+    })
+    .await
+    .unwrap();
+    assert_eq!(next_notification(&mut s), Some((6, 3)), "{}", log());
+
+    // Two peers, one with graceful restart: at SIGTERM it gets no NOTIFICATION, the other
+    // an Administrative Shutdown.
+    api.apply(v1::ApplyRequest {
+        state: Some(with(
+            4,
+            vec![
+                peer("127.0.0.1", port, 60),
+                peer("127.0.0.2", other_port, 60),
+            ],
+        )),
+    })
+    .await
+    .unwrap();
+    let mut gr = accept_session(&peer_listener, true);
+    let mut plain = accept_session(&other_listener, false);
+    drop(api);
+    berth_e2e::netns::run("kill", &["-TERM", &speaker.0.id().to_string()]).unwrap();
+    assert_eq!(next_notification(&mut gr), None, "{}", log());
+    assert_eq!(next_notification(&mut plain), Some((6, 2)), "{}", log());
+    let _ = speaker.0.wait();
+}

@@ -432,3 +432,36 @@ fn send_hold_expiry_sends_code_8_and_closes_only_a_connected_session() {
     assert!(fsm.handle(Event::SendHoldTimerExpires).is_empty());
     assert_eq!(fsm.state(), State::Connect);
 }
+
+#[test]
+fn stops_send_the_cease_subcode_of_their_reason_or_none_for_a_restart() {
+    for (reason, sent) in [
+        (StopReason::Shutdown, Some(Notification::bare(6, 2))),
+        (StopReason::Deconfigured, Some(Notification::bare(6, 3))),
+        (StopReason::ConfigChanged, Some(Notification::bare(6, 6))),
+        (StopReason::Restart, None),
+    ] {
+        let mut fsm = established(cfg());
+        let a = fsm.handle(Event::Stop(reason));
+        let notifications: Vec<_> = a
+            .iter()
+            .filter_map(|a| match a {
+                Action::SendNotification(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            notifications,
+            sent.into_iter().collect::<Vec<_>>(),
+            "{reason:?}"
+        );
+        assert!(a.contains(&Action::Disconnect), "{reason:?}: {a:?}");
+        assert!(
+            a.contains(&Action::Down(DownReason::Stopped)),
+            "{reason:?}: {a:?}"
+        );
+        assert_eq!(fsm.state(), State::Idle);
+        // A stop stays stopped.
+        assert!(fsm.handle(Event::IdleHoldTimerExpires).is_empty());
+    }
+}
