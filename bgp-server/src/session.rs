@@ -178,8 +178,13 @@ pub async fn run(
                 .map(Writer::room);
         drop(want);
         tokio::select! {
-            Ok(()) = shutdown.changed() => {
-                let Some(mut reason) = *shutdown.borrow_and_update() else {
+            changed = shutdown.changed() => {
+                // A speaker that went away without a word (its sender dropped) is a shutdown.
+                let reason = match changed {
+                    Ok(()) => *shutdown.borrow_and_update(),
+                    Err(_) => Some(StopReason::Shutdown),
+                };
+                let Some(mut reason) = reason else {
                     continue;
                 };
                 if reason == StopReason::Restart && !s.graceful_restart_negotiated() {
