@@ -102,6 +102,8 @@ fn main() -> anyhow::Result<()> {
     }
     // Restarting from persisted state: the first OPENs carry the graceful restart R bit.
     let mut restored_from_disk = false;
+    // Why a persisted state there is not used: reported on /readyz until an Apply.
+    let mut unused_state = None;
     let applied = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -140,8 +142,12 @@ fn main() -> anyhow::Result<()> {
                     store::usable(dir).context("--state-dir")?;
                     service::restore(&Store::new(dir))
                 }
-                None => None,
+                None => Ok(None),
             };
+            let restored = restored.unwrap_or_else(|why| {
+                unused_state = Some(why);
+                None
+            });
             restored_from_disk = restored.is_some();
             restored.unwrap_or_else(|| Applied {
                 generation: 0,
@@ -163,10 +169,15 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args, applied, restored_from_disk))
+    runtime.block_on(serve(args, applied, restored_from_disk, unused_state))
 }
 
-async fn serve(args: Args, applied: Applied, restored: bool) -> anyhow::Result<()> {
+async fn serve(
+    args: Args,
+    applied: Applied,
+    restored: bool,
+    unused_state: Option<String>,
+) -> anyhow::Result<()> {
     let (desired_tx, desired) = watch::channel(Snapshot {
         routes: applied.desired.clone(),
         ..Snapshot::default()
@@ -182,7 +193,14 @@ async fn serve(args: Args, applied: Applied, restored: bool) -> anyhow::Result<(
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
-    let (ready_tx, ready) = watch::channel(Ok(()));
+    let (readiness, ready) = Health::new();
+    if let Some(why) = unused_state {
+        metrics.persisted_state_unused.set(1);
+        readiness.set(
+            service::PERSISTED,
+            Some(format!("{why}; send a state (Apply)")),
+        );
+    }
     tokio::spawn(berth_bgp_server::metrics::serve(
         listener,
         metrics.clone(),
@@ -206,7 +224,8 @@ async fn serve(args: Args, applied: Applied, restored: bool) -> anyhow::Result<(
             board.clone(),
             metrics.clone(),
             listeners.clone(),
-        );
+        )
+        .with_health(readiness.clone());
         let svc = SpeakerServer::new(control)
             .max_decoding_message_size(berth_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(berth_proto::MAX_MESSAGE_BYTES);
@@ -284,7 +303,7 @@ async fn serve(args: Args, applied: Applied, restored: bool) -> anyhow::Result<(
         metrics,
         board,
         listeners,
-        Health { ready: ready_tx },
+        readiness,
         Options {
             send_hold: args.send_hold_time.map(std::time::Duration::from_secs),
             withdraw_on_shutdown: args.withdraw_on_shutdown,

@@ -110,6 +110,9 @@ pub struct Metrics {
     /// 1 while the settings in force could not be applied (the listener cannot be bound, an
     /// MD5 key cannot be set): `/readyz` says why.
     pub settings_unapplied: Gauge,
+    /// 1 from a start whose persisted state could not be used (damaged, or invalid) until a
+    /// state is accepted.
+    pub persisted_state_unused: Gauge,
 }
 
 const STATES: [State; 6] = [
@@ -144,6 +147,7 @@ impl Metrics {
             api_rejected: Family::default(),
             send_hold_expired: Family::default(),
             settings_unapplied: Gauge::default(),
+            persisted_state_unused: Gauge::default(),
         };
         registry.register(
             "session_state",
@@ -199,6 +203,11 @@ impl Metrics {
             "settings_unapplied",
             "1 while the settings in force cannot be applied (see /readyz for why)",
             m.settings_unapplied.clone(),
+        );
+        registry.register(
+            "persisted_state_unused",
+            "1 when the persisted state could not be used at start, until a state is accepted",
+            m.persisted_state_unused.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -162,10 +162,43 @@ pub struct Options {
     pub restarting: bool,
 }
 
-/// What the speaker reports about settings it could not apply.
+/// Readiness, from several sources: `/readyz` is `Ok` when none of them has a problem, and
+/// otherwise names every problem.
+#[derive(Clone)]
 pub struct Health {
-    /// `/readyz`: `Err` with the reason while the settings in force are not fully applied.
-    pub ready: watch::Sender<Result<(), String>>,
+    ready: Arc<watch::Sender<Result<(), String>>>,
+    problems: Arc<Mutex<BTreeMap<&'static str, String>>>,
+}
+
+impl Health {
+    /// Ready, with the receiver `/readyz` reads.
+    pub fn new() -> (Health, watch::Receiver<Result<(), String>>) {
+        let (tx, rx) = watch::channel(Ok(()));
+        let health = Health {
+            ready: Arc::new(tx),
+            problems: Arc::default(),
+        };
+        (health, rx)
+    }
+
+    /// Records `source`'s problem, or that it has none.
+    pub fn set(&self, source: &'static str, problem: Option<String>) {
+        let mut problems = lock(&self.problems);
+        match problem {
+            Some(p) => problems.insert(source, p),
+            None => problems.remove(source),
+        };
+        let state = if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems
+                .iter()
+                .map(|(s, p)| format!("{s}: {p}"))
+                .collect::<Vec<_>>()
+                .join("; "))
+        };
+        let _ = self.ready.send_replace(state);
+    }
 }
 
 /// Runs sessions as `settings` says (its `routes` are ignored) until `shutdown` turns true,
@@ -270,11 +303,11 @@ pub async fn run(
                 Some(e) => {
                     error!(error = %e, "settings not fully applied: sessions that need no listener run; send a corrected state");
                     metrics.settings_unapplied.set(1);
-                    let _ = health.ready.send_replace(Err(e.to_string()));
+                    health.set("settings", Some(e.to_string()));
                 }
                 None => {
                     metrics.settings_unapplied.set(0);
-                    let _ = health.ready.send_replace(Ok(()));
+                    health.set("settings", None);
                 }
             }
             for peer in &want.peers {

@@ -386,3 +386,37 @@ async fn cease_subcodes_say_why_and_sigterm_leaves_graceful_restart_peers_alone(
     assert_eq!(next_notification(&mut plain), Some((6, 2)), "{}", log());
     let _ = speaker.0.wait();
 }
+
+/// A damaged persisted state is not used: the speaker starts empty, serves the API, and says
+/// on `/readyz` (and `berth_bgp_persisted_state_unused`) that it waits for a state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_persisted_state_keeps_the_speaker_unready_until_an_apply() {
+    let dir = std::env::temp_dir().join(format!("berth-damaged-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    std::fs::write(dir.join("state/desired-state.pb"), b"not a state").unwrap();
+    let metrics_port = free_port();
+    let mut speaker = Speaker::start(&dir, metrics_port, "speaker.log");
+    let mut api = client(&dir.join("api.sock")).await;
+    let (status, body) = wait_readyz(metrics_port, "503");
+    assert!(status.contains("503"), "{status} {body}");
+    assert!(body.contains("persisted state: not used"), "{body}");
+    assert!(
+        get(metrics_port, "/metrics")
+            .1
+            .contains("berth_bgp_persisted_state_unused 1")
+    );
+    api.apply(v1::ApplyRequest {
+        state: Some(state(1, 0)),
+    })
+    .await
+    .unwrap();
+    let (status, body) = wait_readyz(metrics_port, "200");
+    assert!(status.contains("200"), "{status} {body}");
+    assert!(
+        get(metrics_port, "/metrics")
+            .1
+            .contains("berth_bgp_persisted_state_unused 0")
+    );
+    assert!(speaker.running());
+}

@@ -16,7 +16,10 @@ use super::store::Store;
 use crate::config::SpeakerConfig;
 use crate::metrics::Metrics;
 use crate::rib::{Desired, Paths, Snapshot};
-use crate::speaker::{Listeners, StatusBoard};
+use crate::speaker::{Health, Listeners, StatusBoard};
+
+/// The readiness source of a persisted state that could not be used at start.
+pub const PERSISTED: &str = "persisted state";
 
 /// What the speaker runs now.
 #[derive(Debug, Clone)]
@@ -111,6 +114,8 @@ pub struct Control {
     metrics: Arc<Metrics>,
     /// The BGP listener, bound while an Apply is validated.
     listeners: Listeners,
+    /// Readiness: an accepted Apply clears a persisted state that could not be used.
+    health: Option<Health>,
     /// Accepted changes, for Watch streams.
     events: tokio::sync::broadcast::Sender<v1::StateApplied>,
 }
@@ -134,8 +139,15 @@ impl Control {
             board,
             metrics,
             listeners,
+            health: None,
             events: tokio::sync::broadcast::channel(256).0,
         }
+    }
+
+    /// Reports readiness here: an accepted Apply clears the "persisted state" problem.
+    pub fn with_health(mut self, health: Health) -> Control {
+        self.health = Some(health);
+        self
     }
 
     fn announce(&self, call: &str, generation: u64, routes_changed: usize) {
@@ -235,6 +247,10 @@ impl Control {
         self.persist("apply", state).await?;
         applied.journaled = 0;
         applied.generation = generation;
+        if let Some(h) = &self.health {
+            h.set(PERSISTED, None);
+            self.metrics.persisted_state_unused.set(0);
+        }
         if peers_changed || rebound {
             applied.settings = Arc::new(cfg);
             self.settings.send_replace(applied.settings.clone());
@@ -526,15 +542,15 @@ impl v1::speaker_server::Speaker for Control {
     }
 }
 
-/// Applied state from a persisted file, when there is a usable one: reported and ignored
-/// otherwise.
-pub fn restore(store: &Store) -> Option<Applied> {
+/// Applied state from a persisted file, when there is a usable one; otherwise why the file
+/// there is not used (logged too), or nothing when there is none.
+pub fn restore(store: &Store) -> Result<Option<Applied>, String> {
     let state = match store.load() {
         Ok(Some(s)) => s,
-        Ok(None) => return None,
+        Ok(None) => return Ok(None),
         Err(e) => {
             tracing::error!(error = %e, "persisted state not used");
-            return None;
+            return Err(format!("not used: {e}"));
         }
     };
     match convert::desired_state(&state) {
@@ -567,16 +583,19 @@ pub fn restore(store: &Store) -> Option<Applied> {
                 file = %store.path().display(),
                 "announcing the persisted state"
             );
-            Some(Applied {
+            Ok(Some(Applied {
                 generation,
                 settings: Arc::new(cfg),
                 desired: Arc::new(desired),
                 journaled,
-            })
+            }))
         }
         Err(e) => {
             tracing::error!(file = %store.path().display(), error = %e, "persisted state is invalid; ignored");
-            None
+            Err(format!(
+                "{} is invalid ({e}); ignored",
+                store.path().display()
+            ))
         }
     }
 }
