@@ -214,8 +214,8 @@ fn exited(pid: u32) -> bool {
 }
 
 fn metrics(lab: &Lab, node: &str) -> String {
-    lab.exec(node, "curl", &["-s", "http://127.0.0.1:9473/metrics"])
-        .unwrap_or_default()
+    let get = "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9473/metrics').read().decode())";
+    lab.exec(node, "python3", &["-c", get]).unwrap_or_default()
 }
 
 /// Two peers stop reading while 1,000,000 paths are queued; a third (healthy) BIRD gets every
