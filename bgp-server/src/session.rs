@@ -251,7 +251,11 @@ pub async fn run(
                     s.deadlines.remove(&t);
                     let ev = match t {
                         Timer::ConnectRetry => Event::ConnectRetryTimerExpires,
-                        Timer::Hold => Event::HoldTimerExpires,
+                        Timer::Hold => {
+                            // Said here too: with a full queue the NOTIFICATION may not go out.
+                            s.last_error = Some("hold timer expired: nothing from the peer".to_owned());
+                            Event::HoldTimerExpires
+                        }
                         Timer::Keepalive => Event::KeepaliveTimerExpires,
                         Timer::IdleHold => Event::IdleHoldTimerExpires,
                     };

@@ -72,20 +72,25 @@ struct Bound {
 
 impl Listeners {
     /// Makes sure `cfg` can be run here: binds its listen port unless already bound, and sets
-    /// every peer's MD5 key on that socket. Returns whether a new socket was bound (the
-    /// speaker must be told to pick it up). A listen port of 0 releases the socket.
-    pub fn prepare(&self, cfg: &SpeakerConfig) -> Result<bool, Unapplicable> {
-        let mut slot = lock(&self.0);
-        if cfg.listen_port == 0 {
-            *slot = None;
-            return Ok(false);
+    /// every peer's MD5 key on that socket. Nothing changes until [`Prepared::commit`]: a
+    /// state refused later (its persisting failed) leaves the listener as it was.
+    pub fn prepare(&self, cfg: &SpeakerConfig) -> Result<Prepared, Unapplicable> {
+        let port = cfg.listen_port;
+        let prepared = |fresh| Prepared {
+            listeners: self.clone(),
+            port,
+            fresh,
+        };
+        if port == 0 {
+            return Ok(prepared(None));
         }
+        let slot = lock(&self.0);
         let fresh = match slot.as_ref() {
-            Some(b) if b.port == cfg.listen_port => None,
-            _ => Some(bind(cfg.listen_port)?),
+            Some(b) if b.port == port => None,
+            _ => Some(bind(port)?),
         };
         let Some(bound) = fresh.as_ref().or(slot.as_ref()) else {
-            return Ok(false);
+            return Ok(prepared(None));
         };
         for (i, peer) in cfg.peers.iter().enumerate() {
             md5_on_listener(bound, peer).map_err(|e| Unapplicable {
@@ -93,11 +98,8 @@ impl Listeners {
                 why: format!("the TCP MD5 key cannot be set on the listener: {e}"),
             })?;
         }
-        let new = fresh.is_some();
-        if let Some(b) = fresh {
-            *slot = Some(b);
-        }
-        Ok(new)
+        drop(slot);
+        Ok(prepared(fresh))
     }
 
     /// A handle on the bound socket for `port`, for the accept loop.
@@ -110,6 +112,30 @@ impl Listeners {
                 .and_then(TcpListener::from_std)
                 .map(|l| (l, b.dual_stack)),
         )
+    }
+}
+
+/// A checked listener, not yet in use: dropping it closes a socket bound for it.
+pub struct Prepared {
+    listeners: Listeners,
+    port: u16,
+    fresh: Option<Bound>,
+}
+
+impl Prepared {
+    /// Makes it the listener the speaker uses (a port of 0 releases the socket); returns
+    /// whether a new socket was bound, which the speaker must be told to pick up.
+    pub fn commit(self) -> bool {
+        let mut slot = lock(&self.listeners.0);
+        if self.port == 0 {
+            *slot = None;
+            return false;
+        }
+        let new = self.fresh.is_some();
+        if let Some(b) = self.fresh {
+            *slot = Some(b);
+        }
+        new
     }
 }
 
@@ -281,7 +307,7 @@ pub async fn run(
             }
             // Listen before connecting out: a peer answering our connection with its own must
             // find the port open. What cannot be applied is reported, never fatal.
-            let problem = match listeners.prepare(&want) {
+            let problem = match listeners.prepare(&want).map(Prepared::commit) {
                 Err(e) => Some(e),
                 Ok(_) if want.listen_port > 0 && listener.is_none() => {
                     match listeners.socket(want.listen_port) {

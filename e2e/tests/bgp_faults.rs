@@ -54,6 +54,19 @@ fn tempdir(name: &str) -> PathBuf {
 /// A BIRD peer in its own namespace on its own link to the speaker's namespace:
 /// router 10.0.`net`.1, speaker 10.0.`net`.11.
 fn bird_peer(lab: &mut Lab, node: &str, dir: &Path, net: u8, asn: u32, stuck: bool) -> (Bird, u32) {
+    bird_peer_hold(lab, node, dir, net, asn, stuck, 240)
+}
+
+/// [`bird_peer`] with the hold time BIRD proposes.
+fn bird_peer_hold(
+    lab: &mut Lab,
+    node: &str,
+    dir: &Path,
+    net: u8,
+    asn: u32,
+    stuck: bool,
+    hold: u32,
+) -> (Bird, u32) {
     let ns = lab.namespace(&format!("p{net}")).unwrap();
     lab.link(
         node,
@@ -75,7 +88,7 @@ protocol device {{}}
 protocol bgp berth {{
   local 10.0.{net}.1 as {asn};
   neighbor 10.0.{net}.11 as 64512;
-  hold time 240;
+  hold time {hold};
   ipv4 {{ import all; export none; add paths rx; }};
 }}
 "
@@ -92,10 +105,14 @@ protocol bgp berth {{
 }
 
 fn peer(net: u8, asn: u32) -> v1::Peer {
+    peer_hold(net, asn, 240)
+}
+
+fn peer_hold(net: u8, asn: u32, hold: u32) -> v1::Peer {
     v1::Peer {
         address: format!("10.0.{net}.1"),
         asn,
-        hold_time_seconds: Some(240),
+        hold_time_seconds: Some(hold),
         connect_retry_seconds: 1,
         ..Default::default()
     }
@@ -585,4 +602,63 @@ async fn sigterm_and_restart_keep_the_route_in_the_routers_kernel() {
         .unwrap();
     let compact: String = gr.split_whitespace().collect();
     assert!(compact.contains("\"rBit\":true"), "{gr}");
+}
+
+/// The hold timer still runs while a write is stuck: a peer stopped (SIGSTOP) with a table
+/// queued sends no KEEPALIVE, and the session goes down after the 9 s hold time (the send-hold
+/// time is the default 480 s, so it is the hold timer that acts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hold_timer_fires_while_a_write_is_stuck() {
+    if let Some(why) = lab_unavailable(&[BIRD]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempdir("hold");
+    let log = dir.join("speaker.log");
+    let mut lab = Lab::new("bfk-");
+    let node = lab.namespace("n").unwrap();
+    lab.exec(
+        &node,
+        "sysctl",
+        &["-qw", "net.ipv4.tcp_wmem=4096 16384 65536"],
+    )
+    .unwrap();
+    let (_b2, stuck) = bird_peer_hold(&mut lab, &node, &dir, 2, 64514, true, 9);
+    let mut stopped = Stopped(Vec::new());
+    let (_speaker, sock) = start_speaker(&mut lab, &node, &dir, &[]);
+    let mut api = client(&sock).await;
+    api.apply(v1::ApplyRequest {
+        state: Some(state(1, vec![peer_hold(2, 64514, 9)], 0)),
+    })
+    .await
+    .unwrap();
+    wait_established(&mut api, 1, &log).await;
+    stopped.stop(stuck);
+    let t = Instant::now();
+    api.apply(v1::ApplyRequest {
+        state: Some(state(2, vec![peer_hold(2, 64514, 9)], 25_000)),
+    })
+    .await
+    .unwrap();
+    let down = loop {
+        let p = peers(&mut api).await;
+        if let Some(p) = p.iter().find(|p| p.state != "Established") {
+            break p.clone();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the session of a silent, stuck peer is still up after {:?}: {p:?}\n{}",
+            t.elapsed(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "hold timer closed the stuck session {:.1} s after the table was queued",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        down.last_error.contains("hold timer expired") || down.last_error.contains("4/0"),
+        "{down:?}"
+    );
 }

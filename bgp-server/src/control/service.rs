@@ -236,7 +236,7 @@ impl Control {
         // What the state needs from the system (the listener, MD5 keys) is checked here, before
         // it is accepted and persisted: a state that cannot run must never be restored at the
         // next start.
-        let rebound = self.listeners.prepare(&cfg).map_err(|e| {
+        let prepared = self.listeners.prepare(&cfg).map_err(|e| {
             self.reject(
                 "apply",
                 "cannot_apply",
@@ -245,6 +245,7 @@ impl Control {
         })?;
         let generation = state.generation;
         self.persist("apply", state).await?;
+        let rebound = prepared.commit();
         applied.journaled = 0;
         applied.generation = generation;
         if let Some(h) = &self.health {
