@@ -12,7 +12,7 @@ use berth_bgp_server::control::service::{self, Applied, Control};
 use berth_bgp_server::control::store::{self, Store};
 use berth_bgp_server::control::tls;
 use berth_bgp_server::rib::Snapshot;
-use berth_bgp_server::speaker::StatusBoard;
+use berth_bgp_server::speaker::{Health, Listeners, Options, StatusBoard};
 use berth_proto::v1::speaker_server::SpeakerServer;
 
 /// Berth's BGP speaker: announces each Service IP to the configured routers with one path per
@@ -22,7 +22,14 @@ use berth_proto::v1::speaker_server::SpeakerServer;
 /// the `berth.bgp.v1.Speaker` API, and `--state-dir` keeps the last accepted state so that a
 /// restart announces it at once, before any client connects. Standalone: `--config FILE`
 /// (global ASN and router ID, peers, static routes; the format is in the README); SIGHUP
-/// reloads the routes from the file. Either way SIGTERM closes every session with a Cease.
+/// reloads the routes from the file. Either way SIGTERM closes every session within a second,
+/// whatever the peers do: without a NOTIFICATION where graceful restart is negotiated (the
+/// routers keep the routes until the speaker is back), with a Cease elsewhere or with
+/// --withdraw-on-shutdown.
+///
+/// Input never makes it exit: an Apply that cannot be run (a listen port held by another
+/// process, say) is refused, and a persisted state that cannot be applied at start is reported
+/// (log, `berth_bgp_settings_unapplied`, `/readyz` with the reason) while the API serves.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
@@ -55,6 +62,17 @@ struct Args {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:9473", env = "BERTH_METRICS_ADDR")]
     metrics_addr: std::net::SocketAddr,
+    /// RFC 9687 send-hold time in seconds: a session whose peer has taken no data for this
+    /// long while some was waiting is closed (NOTIFICATION 8). Default: 480 s or twice the
+    /// negotiated hold time, whichever is longer.
+    #[arg(long, env = "BERTH_SEND_HOLD_TIME", value_parser = clap::value_parser!(u64).range(1..))]
+    send_hold_time: Option<u64>,
+    /// On SIGTERM, close every session with a Cease so the routers withdraw Berth's routes
+    /// (decommissioning). Without it, a peer with graceful restart negotiated is left without
+    /// a NOTIFICATION and keeps the routes (stale) until the speaker is back or its restart
+    /// time runs out: a rollout is not an outage.
+    #[arg(long, env = "BERTH_WITHDRAW_ON_SHUTDOWN")]
+    withdraw_on_shutdown: bool,
     /// Log filter in tracing's syntax (e.g. `info`, `berth_bgp_server=debug`); RUST_LOG also works.
     #[arg(long, default_value = "info", env = "BERTH_LOG")]
     log: String,
@@ -82,6 +100,10 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    // Restarting from persisted state: the first OPENs carry the graceful restart R bit.
+    let mut restored_from_disk = false;
+    // Why a persisted state there is not used: reported on /readyz until an Apply.
+    let mut unused_state = None;
     let applied = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -120,8 +142,13 @@ fn main() -> anyhow::Result<()> {
                     store::usable(dir).context("--state-dir")?;
                     service::restore(&Store::new(dir))
                 }
-                None => None,
+                None => Ok(None),
             };
+            let restored = restored.unwrap_or_else(|why| {
+                unused_state = Some(why);
+                None
+            });
+            restored_from_disk = restored.is_some();
             restored.unwrap_or_else(|| Applied {
                 generation: 0,
                 settings: Arc::new(SpeakerConfig {
@@ -142,10 +169,15 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args, applied))
+    runtime.block_on(serve(args, applied, restored_from_disk, unused_state))
 }
 
-async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
+async fn serve(
+    args: Args,
+    applied: Applied,
+    restored: bool,
+    unused_state: Option<String>,
+) -> anyhow::Result<()> {
     let (desired_tx, desired) = watch::channel(Snapshot {
         routes: applied.desired.clone(),
         ..Snapshot::default()
@@ -154,14 +186,21 @@ async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutting down: closing sessions with a Cease");
+        tracing::info!("shutting down: closing every session");
         let _ = stop_tx.send(true);
     });
     let metrics = Arc::new(berth_bgp_server::metrics::Metrics::new());
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
-    let (_ready_tx, ready) = watch::channel(true);
+    let (readiness, ready) = Health::new();
+    if let Some(why) = unused_state {
+        metrics.persisted_state_unused.set(1);
+        readiness.set(
+            service::PERSISTED,
+            Some(format!("{why}; send a state (Apply)")),
+        );
+    }
     tokio::spawn(berth_bgp_server::metrics::serve(
         listener,
         metrics.clone(),
@@ -169,6 +208,7 @@ async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
         stop.clone(),
     ));
     let board = StatusBoard::default();
+    let listeners = Listeners::default();
     if let Some(path) = &args.config {
         tokio::spawn(reload_on_sighup(
             path.clone(),
@@ -183,7 +223,9 @@ async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
             args.state_dir.as_ref().map(Store::new),
             board.clone(),
             metrics.clone(),
-        );
+            listeners.clone(),
+        )
+        .with_health(readiness.clone());
         let svc = SpeakerServer::new(control)
             .max_decoding_message_size(berth_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(berth_proto::MAX_MESSAGE_BYTES);
@@ -254,9 +296,22 @@ async fn serve(args: Args, applied: Applied) -> anyhow::Result<()> {
             }
         }
     }
-    berth_bgp_server::speaker::run(settings, desired, stop, metrics, board)
-        .await
-        .context("running the speaker")
+    berth_bgp_server::speaker::run(
+        settings,
+        desired,
+        stop,
+        metrics,
+        board,
+        listeners,
+        readiness,
+        Options {
+            send_hold: args.send_hold_time.map(std::time::Duration::from_secs),
+            withdraw_on_shutdown: args.withdraw_on_shutdown,
+            restarting: restored,
+        },
+    )
+    .await;
+    Ok(())
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

@@ -66,7 +66,7 @@ pub struct CallLabels {
 pub struct RejectLabels {
     /// apply or update_routes.
     pub call: String,
-    /// invalid_argument, stale_generation or persist_failed.
+    /// invalid_argument, stale_generation, cannot_apply or persist_failed.
     pub reason: String,
 }
 
@@ -105,6 +105,14 @@ pub struct Metrics {
     pub api_duration: Family<CallName, Histogram, fn() -> Histogram>,
     /// Refused calls, by reason.
     pub api_rejected: Family<RejectLabels, Counter>,
+    /// Sessions closed because the peer took no data for the send-hold time (RFC 9687).
+    pub send_hold_expired: Family<PeerLabels, Counter>,
+    /// 1 while the settings in force could not be applied (the listener cannot be bound, an
+    /// MD5 key cannot be set): `/readyz` says why.
+    pub settings_unapplied: Gauge,
+    /// 1 from a start whose persisted state could not be used (damaged, or invalid) until a
+    /// state is accepted.
+    pub persisted_state_unused: Gauge,
 }
 
 const STATES: [State; 6] = [
@@ -137,6 +145,9 @@ impl Metrics {
             api_calls: Family::default(),
             api_duration: Family::new_with_constructor(latency_histogram),
             api_rejected: Family::default(),
+            send_hold_expired: Family::default(),
+            settings_unapplied: Gauge::default(),
+            persisted_state_unused: Gauge::default(),
         };
         registry.register(
             "session_state",
@@ -182,6 +193,21 @@ impl Metrics {
             "api_rejected",
             "Control API calls refused, by reason",
             m.api_rejected.clone(),
+        );
+        registry.register(
+            "send_hold_expired",
+            "Sessions closed because the peer took no data for the send-hold time (RFC 9687)",
+            m.send_hold_expired.clone(),
+        );
+        registry.register(
+            "settings_unapplied",
+            "1 while the settings in force cannot be applied (see /readyz for why)",
+            m.settings_unapplied.clone(),
+        );
+        registry.register(
+            "persisted_state_unused",
+            "1 when the persisted state could not be used at start, until a state is accepted",
+            m.persisted_state_unused.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -238,6 +264,14 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Counts a session closed by its send-hold timer.
+    pub fn send_hold_expired(&self, peer: &str) {
+        let labels = PeerLabels {
+            peer: peer.to_owned(),
+        };
+        self.send_hold_expired.get_or_create(&labels).inc();
+    }
+
     /// Records a refused API call.
     pub fn rejected(&self, call: &str, reason: &str) {
         let labels = RejectLabels {
@@ -256,13 +290,14 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` (the process runs) and `/readyz` (its desired state is
-/// loaded and sessions are started) until `shutdown` turns true. A deliberately small HTTP/1.0
+/// Serves `/metrics`, `/healthz` (the process runs) and `/readyz` (`ready` is `Ok`: the
+/// desired state is loaded and applied; otherwise 503 with the reason) until `shutdown` turns
+/// true. A deliberately small HTTP/1.0
 /// responder: these three GETs are all it is for.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    ready: watch::Receiver<bool>,
+    ready: watch::Receiver<Result<(), String>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -274,7 +309,7 @@ pub async fn serve(
             continue;
         };
         let metrics = metrics.clone();
-        let ready = *ready.borrow();
+        let ready = ready.borrow().clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let n = match tokio::time::timeout(
@@ -295,12 +330,14 @@ pub async fn serve(
                     metrics.render(),
                 ),
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
-                "/readyz" if ready => ("200 OK", "text/plain", "ready\n".to_owned()),
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "not ready: sessions not started\n".to_owned(),
-                ),
+                "/readyz" => match ready {
+                    Ok(()) => ("200 OK", "text/plain", "ready\n".to_owned()),
+                    Err(why) => (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        format!("not ready: {why}\n"),
+                    ),
+                },
                 _ => (
                     "404 Not Found",
                     "text/plain",
@@ -348,7 +385,7 @@ mod tests {
     async fn endpoints_answer_over_http() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (ready_tx, ready) = watch::channel(false);
+        let (ready_tx, ready) = watch::channel(Err("sessions not started".to_owned()));
         let (_stop_tx, stop) = watch::channel(false);
         let metrics = Arc::new(Metrics::new());
         metrics.set_state("10.0.0.1", State::Active);
@@ -363,8 +400,13 @@ mod tests {
             out
         };
         assert!(get("/healthz").await.starts_with("HTTP/1.0 200"));
-        assert!(get("/readyz").await.starts_with("HTTP/1.0 503"));
-        ready_tx.send(true).unwrap();
+        let not_ready = get("/readyz").await;
+        assert!(not_ready.starts_with("HTTP/1.0 503"), "{not_ready}");
+        assert!(
+            not_ready.ends_with("not ready: sessions not started\n"),
+            "{not_ready}"
+        );
+        ready_tx.send(Ok(())).unwrap();
         assert!(get("/readyz").await.starts_with("HTTP/1.0 200"));
         let body = get("/metrics").await;
         assert!(

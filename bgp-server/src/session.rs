@@ -1,7 +1,14 @@
 //! One peer's session: the I/O around the [`Fsm`], the codec and the per-family RIB-out.
 //!
-//! One task per peer owns the TCP connection, the timers and what was sent to that peer; the
-//! desired state arrives on a watch channel, inbound connections on an mpsc channel.
+//! One task per peer owns the TCP connection's read side, the timers and what was sent to that
+//! peer; the desired state arrives on a watch channel, inbound connections on an mpsc channel.
+//! Writes go through the connection's [`writer`]: the session only ever puts bytes on a
+//! bounded queue when it has room and never awaits a write, so a peer that stops reading
+//! cannot hold up its reads, its timers, a settings change or shutdown. The RIB-out, not the
+//! queue, remembers what is still to send: the session produces the next batch only when the
+//! queue has room.
+
+mod writer;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,17 +21,22 @@ use berth_bgp_wire::{
     EncodeContext, ExtCommunity, Family, GracefulRestartFamily, Message, NextHop, Nlri, Open,
     Origin, pack_updates,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::config::{GracefulRestartConfig, PeerConfig};
-use crate::fsm::{self, Action, Config as FsmConfig, Event, Fsm, Inbound, PeerOpen, State, Timer};
+use crate::fsm::{
+    self, Action, Config as FsmConfig, Event, Fsm, Inbound, PeerOpen, State, StopReason, Timer,
+};
 use crate::metrics::{Metrics, PeerLabels};
 use crate::rib::{AdjRibOut, Change, Desired, PathAttrs, Scope, Snapshot};
+pub use writer::{LINGER, default_send_hold, send_hold_time};
+use writer::{WriteFailure, Writer};
 
 /// What a session needs to know about the speaker.
 #[derive(Debug, Clone)]
@@ -37,6 +49,8 @@ pub struct Local {
     pub graceful_restart: GracefulRestartConfig,
     /// We are restarting (state was restored): set the R bit in our OPEN.
     pub restarting: bool,
+    /// The RFC 9687 send-hold time; `None`: 8 minutes or twice the hold time.
+    pub send_hold: Option<Duration>,
 }
 
 /// A snapshot of the session for status and logs.
@@ -78,7 +92,9 @@ type Connecting = Pin<Box<dyn std::future::Future<Output = std::io::Result<TcpSt
 
 struct Io {
     read: Option<OwnedReadHalf>,
-    write: Option<OwnedWriteHalf>,
+    write: Option<Writer>,
+    /// Closed connections still flushing (each ends within [`LINGER`]).
+    closing: Vec<JoinHandle<()>>,
     connecting: Option<Connecting>,
     buf: Vec<u8>,
     /// Whether the current connection is the one we opened.
@@ -100,13 +116,15 @@ fn ribs(add_path: [bool; 2], send_max: Option<usize>) -> [AdjRibOut; 2] {
     ]
 }
 
-/// Runs the session until `shutdown` turns true; then says goodbye with a Cease.
+/// Runs the session until `shutdown` names a reason; then says goodbye as that reason says (a
+/// Cease with its subcode, or for a restart under negotiated graceful restart no NOTIFICATION
+/// at all, so the peer keeps our routes) and returns within [`LINGER`] whatever the peer does.
 pub async fn run(
     local: Local,
     peer: PeerConfig,
     mut desired: watch::Receiver<Snapshot>,
     mut inbound: mpsc::Receiver<TcpStream>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Option<StopReason>>,
     status: watch::Sender<Status>,
     metrics: Arc<Metrics>,
 ) {
@@ -125,6 +143,7 @@ pub async fn run(
         io: Io {
             read: None,
             write: None,
+            closing: Vec::new(),
             connecting: None,
             buf: Vec::with_capacity(8192),
             outbound: false,
@@ -137,21 +156,44 @@ pub async fn run(
         synced: [None; 2],
         nothing: Arc::new(Desired::new()),
         established: false,
+        eor_due: false,
         established_at: None,
         last_error: None,
         peer_open: None,
     };
-    s.apply(&mut fsm, Event::ManualStart, &snapshot(&desired))
-        .await;
+    s.apply(&mut fsm, Event::ManualStart);
     let mut read_buf = vec![0u8; 65536];
     loop {
-        s.settle_inbound(&mut fsm, &snapshot(&desired)).await;
+        s.settle_inbound(&mut fsm);
+        let want = snapshot(&desired);
+        s.pump(&want);
         s.publish(&fsm, &status);
         let next_deadline = s.deadlines.values().min().copied();
+        // Wait for room on the queue only when there is something to put there: a full
+        // queue is a slow peer, and waiting on it goes on beside reads and timers.
+        let room =
+            s.io.write
+                .as_ref()
+                .filter(|_| s.has_work(&want))
+                .map(Writer::room);
+        drop(want);
         tokio::select! {
-            _ = shutdown.changed() => {
-                s.apply(&mut fsm, Event::ManualStop, &snapshot(&desired)).await;
+            changed = shutdown.changed() => {
+                // A speaker that went away without a word (its sender dropped) is a shutdown.
+                let reason = match changed {
+                    Ok(()) => *shutdown.borrow_and_update(),
+                    Err(_) => Some(StopReason::Shutdown),
+                };
+                let Some(mut reason) = reason else {
+                    continue;
+                };
+                if reason == StopReason::Restart && !s.graceful_restart_negotiated() {
+                    reason = StopReason::Shutdown;
+                }
+                info!(?reason, "stopping the session");
+                s.apply(&mut fsm, Event::Stop(reason));
                 s.publish(&fsm, &status);
+                s.finish().await;
                 return;
             }
             res = async { match s.io.connecting.as_mut() { Some(c) => c.await, None => std::future::pending().await } } => {
@@ -167,19 +209,40 @@ pub async fn run(
                         Event::TcpConnectionFails
                     }
                 };
-                s.apply(&mut fsm, ev, &snapshot(&desired)).await;
+                s.apply(&mut fsm, ev);
             }
             n = async { match s.io.read.as_mut() { Some(r) => r.read(&mut read_buf).await, None => std::future::pending().await } } => {
                 match n {
                     Ok(0) | Err(_) => {
                         s.last_error.get_or_insert_with(|| "connection closed by peer".to_owned());
-                        s.apply(&mut fsm, Event::TcpConnectionFails, &snapshot(&desired)).await;
+                        s.apply(&mut fsm, Event::TcpConnectionFails);
                     }
                     Ok(n) => {
                         s.io.buf.extend_from_slice(read_buf.get(..n).unwrap_or_default());
-                        s.drain_messages(&mut fsm, &snapshot(&desired)).await;
+                        s.drain_messages(&mut fsm);
                     }
                 }
+            }
+            failure = async { match s.io.write.as_mut() { Some(w) => w.failed().await, None => std::future::pending().await } } => {
+                let ev = match failure {
+                    WriteFailure::Io(e) => {
+                        s.last_error = Some(format!("write to {}: {e}", s.peer.address));
+                        Event::TcpConnectionFails
+                    }
+                    WriteFailure::SendHoldExpired(d) => {
+                        warn!(seconds = d.as_secs_f64(), "send hold timer expired: the peer takes no data");
+                        s.metrics.send_hold_expired(&s.label);
+                        s.last_error = Some(format!(
+                            "send hold timer expired: the peer took no data for {} s",
+                            d.as_secs()
+                        ));
+                        Event::SendHoldTimerExpires
+                    }
+                };
+                s.apply(&mut fsm, ev);
+            }
+            () = async { match room { Some(r) => r.await, None => std::future::pending().await } } => {
+                // Room on the queue: the next turn fills it.
             }
             _ = async { match next_deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
                 let now = Instant::now();
@@ -188,11 +251,15 @@ pub async fn run(
                     s.deadlines.remove(&t);
                     let ev = match t {
                         Timer::ConnectRetry => Event::ConnectRetryTimerExpires,
-                        Timer::Hold => Event::HoldTimerExpires,
+                        Timer::Hold => {
+                            // Said here too: with a full queue the NOTIFICATION may not go out.
+                            s.last_error = Some("hold timer expired: nothing from the peer".to_owned());
+                            Event::HoldTimerExpires
+                        }
                         Timer::Keepalive => Event::KeepaliveTimerExpires,
                         Timer::IdleHold => Event::IdleHoldTimerExpires,
                     };
-                    s.apply(&mut fsm, ev, &snapshot(&desired)).await;
+                    s.apply(&mut fsm, ev);
                 }
             }
             Some(stream) = inbound.recv() => {
@@ -202,11 +269,9 @@ pub async fn run(
                 }
             }
             Ok(()) = desired.changed() => {
-                let d = desired.borrow_and_update().clone();
+                // Produced at the top of the loop, as the queue has room.
+                let d = desired.borrow_and_update();
                 debug!(version = d.version, delta = ?d.delta.as_ref().map(|x| x.prefixes.len()), "desired state changed");
-                if s.established {
-                    s.send_changes(&mut fsm, &d).await;
-                }
             }
         }
     }
@@ -227,6 +292,8 @@ struct Session {
     /// The empty state, for a family the peer did not negotiate.
     nothing: Arc<Desired>,
     established: bool,
+    /// End-of-RIB is still to follow the initial sync.
+    eor_due: bool,
     established_at: Option<Instant>,
     last_error: Option<String>,
     peer_open: Option<Open>,
@@ -266,7 +333,7 @@ impl Session {
     }
 
     /// Connection collision detection (RFC 4271 §6.8) for a connection the peer opened.
-    async fn settle_inbound(&mut self, fsm: &mut Fsm, desired: &Snapshot) {
+    fn settle_inbound(&mut self, fsm: &mut Fsm) {
         let Some(stream) = self.io.pending.take() else {
             return;
         };
@@ -274,23 +341,28 @@ impl Session {
         match fsm::on_inbound(fsm.state(), self.local.router_id, remote, self.io.outbound) {
             Inbound::Wait => self.io.pending = Some(stream),
             Inbound::Refuse => {
-                debug!(state = ?fsm.state(), "refusing an inbound connection (collision)");
-                refuse(&stream);
+                // In Idle there is nothing to collide with: Connection Rejected (6/5); else
+                // Connection Collision Resolution (6/7), RFC 4486.
+                let n = if fsm.state() == State::Idle {
+                    fsm::Notification::bare(6, 5)
+                } else {
+                    fsm::Notification::collision()
+                };
+                debug!(state = ?fsm.state(), code = n.code, subcode = n.subcode, "refusing an inbound connection");
+                refuse(&stream, n);
             }
             Inbound::Adopt => {
                 self.io.connecting = None;
                 self.attach(stream, false);
-                self.apply(fsm, Event::TcpConnectionConfirmed, desired)
-                    .await;
+                self.apply(fsm, Event::TcpConnectionConfirmed);
             }
             Inbound::Replace => {
                 info!("connection collision: continuing on the connection the peer opened");
-                self.apply(fsm, Event::OpenCollisionDump, desired).await;
-                self.apply(fsm, Event::AutomaticStart, desired).await;
+                self.apply(fsm, Event::OpenCollisionDump);
+                self.apply(fsm, Event::AutomaticStart);
                 self.io.connecting = None;
                 self.attach(stream, false);
-                self.apply(fsm, Event::TcpConnectionConfirmed, desired)
-                    .await;
+                self.apply(fsm, Event::TcpConnectionConfirmed);
             }
         }
     }
@@ -301,10 +373,112 @@ impl Session {
         if let Some(ttl) = self.ttl() {
             let _ = stream.set_ttl(ttl);
         }
+        let send_hold = send_hold_time(self.local.send_hold, self.peer.hold_time);
+        // The kernel's own bound on unacknowledged data (a peer that vanished); the
+        // send-hold timer covers the peer that acknowledges but takes nothing (zero window).
+        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(send_hold)) {
+            debug!(error = %e, "TCP_USER_TIMEOUT not set");
+        }
         let (r, w) = stream.into_split();
         self.io.read = Some(r);
-        self.io.write = Some(w);
+        if let Some(old) = self.io.write.replace(Writer::spawn(w, send_hold)) {
+            self.io.closing.push(old.close());
+        }
         self.io.buf.clear();
+    }
+
+    /// Whether both sides advertised graceful restart: the peer then keeps our routes when
+    /// the connection closes without a NOTIFICATION (RFC 4724 §4.2).
+    fn graceful_restart_negotiated(&self) -> bool {
+        self.local.graceful_restart.enabled
+            && self.peer_open.as_ref().is_some_and(|o| {
+                o.capabilities
+                    .iter()
+                    .any(|c| matches!(c, Capability::GracefulRestart { .. }))
+            })
+    }
+
+    /// Waits for closed connections to flush (each within [`LINGER`]).
+    async fn finish(&mut self) {
+        for h in std::mem::take(&mut self.io.closing) {
+            let _ = h.await;
+        }
+    }
+
+    /// Whether there is something to queue for the peer: a sync to the desired state under
+    /// way or due, or the End-of-RIB that follows the first one.
+    fn has_work(&self, desired: &Snapshot) -> bool {
+        self.established
+            && (self.eor_due || self.synced.iter().any(|v| *v != Some(desired.version)))
+    }
+
+    /// Fills the queue from the RIB-out while it has room; never waits.
+    fn pump(&mut self, desired: &Snapshot) {
+        while self.has_work(desired) && self.io.write.as_ref().is_some_and(Writer::has_room) {
+            let Some(bytes) = self.next_item(desired) else {
+                return;
+            };
+            // One producer: the room checked above is still there.
+            if !self.io.write.as_ref().is_some_and(|w| w.try_send(bytes)) {
+                return;
+            }
+        }
+    }
+
+    /// The next batch towards `desired` (about [`SYNC_BATCH`] changes), encoded; then the
+    /// End-of-RIB after the first sync; `None` when the peer holds `desired`.
+    fn next_item(&mut self, desired: &Snapshot) -> Option<Vec<u8>> {
+        let negotiated = self.families_negotiated();
+        for (i, fam) in FAMILIES.iter().enumerate() {
+            if self.synced[i] == Some(desired.version) {
+                continue;
+            }
+            let target = if negotiated.contains(fam) {
+                desired.routes.clone()
+            } else {
+                self.nothing.clone()
+            };
+            // A small change on top of the version this peer holds: only its prefixes.
+            let delta = desired
+                .delta
+                .as_ref()
+                .filter(|d| self.synced[i] == Some(d.from))
+                .and_then(|d| self.ribs[i].sync_delta(&target, &d.prefixes));
+            let changes = match delta {
+                Some(changes) => {
+                    debug!(family = i, changes = changes.len(), "delta sync");
+                    self.synced[i] = Some(desired.version);
+                    changes
+                }
+                None => {
+                    // Bounded batches: a large table never exists as one list of changes.
+                    let changes = self.ribs[i].sync(&target, SYNC_BATCH);
+                    if changes.is_empty() {
+                        self.synced[i] = Some(desired.version);
+                    }
+                    changes
+                }
+            };
+            if changes.is_empty() {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            for msg in self.encode_changes(*fam, &changes) {
+                self.metrics.message(&self.label, "update", true);
+                bytes.extend_from_slice(&msg);
+            }
+            return Some(bytes);
+        }
+        if std::mem::take(&mut self.eor_due) {
+            let mut bytes = Vec::new();
+            for fam in self.families_negotiated() {
+                let eor = Message::Update(berth_bgp_wire::Update::end_of_rib(fam));
+                self.metrics.message(&self.label, "update", true);
+                bytes.extend_from_slice(&eor.to_bytes(&self.enc));
+            }
+            return Some(bytes);
+        }
+        None
     }
 
     fn ttl(&self) -> Option<u32> {
@@ -317,51 +491,57 @@ impl Session {
     }
 
     /// Feeds one event and carries out the actions, feeding back events they cause.
-    async fn apply(&mut self, fsm: &mut Fsm, event: Event, desired: &Snapshot) {
-        let mut queue = vec![event];
-        while let Some(ev) = queue.pop() {
-            debug!(state = ?fsm.state(), event = ?ev, "fsm");
-            for action in fsm.handle(ev) {
-                if let Some(ev) = self.act(action, desired).await {
-                    queue.push(ev);
-                }
-            }
+    /// Feeds one event and carries out the actions. Never waits: writes only queue bytes.
+    fn apply(&mut self, fsm: &mut Fsm, event: Event) {
+        debug!(state = ?fsm.state(), event = ?event, "fsm");
+        for action in fsm.handle(event) {
+            self.act(action);
         }
     }
 
-    async fn act(&mut self, action: Action, desired: &Snapshot) -> Option<Event> {
+    fn act(&mut self, action: Action) {
         match action {
             Action::Connect => {
                 let addr = SocketAddr::new(self.peer.address, self.peer.port);
                 let source = self.peer.source_address;
                 let key = self.peer.password.clone();
                 self.io.connecting = Some(Box::pin(connect(addr, source, key)));
-                None
             }
             Action::Disconnect => {
                 self.io.connecting = None;
                 self.io.read = None;
-                if let Some(mut w) = self.io.write.take() {
-                    let _ = w.shutdown().await;
+                self.io.closing.retain(|h| !h.is_finished());
+                if let Some(w) = self.io.write.take() {
+                    self.io.closing.push(w.close());
                 }
                 self.io.buf.clear();
-                None
             }
-            Action::SendOpen => self.send(&Message::Open(self.our_open())).await,
-            Action::SendKeepalive => self.send(&Message::Keepalive).await,
+            Action::SendOpen => {
+                let open = Message::Open(self.our_open());
+                self.send(&open);
+            }
+            Action::SendKeepalive => {
+                // A full queue holds messages that reach the peer before a KEEPALIVE would,
+                // and any message restarts its hold timer: skipping one loses nothing.
+                if !self.send(&Message::Keepalive) {
+                    debug!("queue full: KEEPALIVE skipped");
+                }
+            }
             Action::SendNotification(n) => {
                 warn!(code = n.code, subcode = n.subcode, "sending NOTIFICATION");
-                self.last_error = Some(format!("sent NOTIFICATION {}/{}", n.code, n.subcode));
-                self.send(&Message::Notification(n)).await
+                let (code, subcode) = (n.code, n.subcode);
+                // Best effort: a peer whose queue is full (or whose writer gave up) does not
+                // take it either, and the close that follows must not wait for it.
+                if self.send(&Message::Notification(n)) {
+                    self.last_error = Some(format!("sent NOTIFICATION {code}/{subcode}"));
+                }
             }
             Action::StartTimer(t, secs) => {
                 self.deadlines
                     .insert(t, Instant::now() + Duration::from_secs(u64::from(secs)));
-                None
             }
             Action::StopTimer(t) => {
                 self.deadlines.remove(&t);
-                None
             }
             Action::Established {
                 hold_time,
@@ -375,18 +555,23 @@ impl Session {
                     add_path_v6 = self.enc.add_path[1],
                     "session established"
                 );
+                if let Some(w) = &self.io.write {
+                    w.set_send_hold(send_hold_time(self.local.send_hold, hold_time));
+                }
                 self.established = true;
+                // The R bit belongs to the first session after our restart only.
+                self.local.restarting = false;
+                self.eor_due = true;
                 self.established_at = Some(Instant::now());
                 self.last_error = None;
-                self.send_changes_initial(desired).await
             }
             Action::Down(reason) => {
                 info!(?reason, "session down");
                 self.established = false;
+                self.eor_due = false;
                 self.established_at = None;
                 self.ribs = ribs([false; 2], None);
                 self.synced = [None; 2];
-                None
             }
         }
     }
@@ -482,72 +667,6 @@ impl Session {
         }
     }
 
-    async fn send_changes_initial(&mut self, desired: &Snapshot) -> Option<Event> {
-        if let Some(ev) = self.send_changes_inner(desired).await {
-            return Some(ev);
-        }
-        for fam in self.families_negotiated() {
-            let eor = Message::Update(berth_bgp_wire::Update::end_of_rib(fam));
-            if let Some(ev) = self.send(&eor).await {
-                return Some(ev);
-            }
-        }
-        None
-    }
-
-    async fn send_changes(&mut self, fsm: &mut Fsm, desired: &Snapshot) {
-        if let Some(ev) = self.send_changes_inner(desired).await {
-            self.apply(fsm, ev, desired).await;
-        }
-    }
-
-    async fn send_changes_inner(&mut self, desired: &Snapshot) -> Option<Event> {
-        let negotiated = self.families_negotiated();
-        for (i, fam) in FAMILIES.iter().enumerate() {
-            let target = if negotiated.contains(fam) {
-                desired.routes.clone()
-            } else {
-                self.nothing.clone()
-            };
-            // A small change on top of the version this peer holds: only its prefixes.
-            let delta = desired
-                .delta
-                .as_ref()
-                .filter(|d| self.synced[i] == Some(d.from))
-                .and_then(|d| self.ribs[i].sync_delta(&target, &d.prefixes));
-            if let Some(changes) = delta {
-                debug!(family = i, changes = changes.len(), "delta sync");
-                if let Some(ev) = self.send_encoded(*fam, &changes).await {
-                    return Some(ev);
-                }
-            } else {
-                debug!(family = i, synced = ?self.synced[i], "full sync");
-                // Bounded batches: a 100,000-prefix table never exists as one list of changes.
-                loop {
-                    let changes = self.ribs[i].sync(&target, SYNC_BATCH);
-                    if changes.is_empty() {
-                        break;
-                    }
-                    if let Some(ev) = self.send_encoded(*fam, &changes).await {
-                        return Some(ev);
-                    }
-                }
-            }
-            self.synced[i] = Some(desired.version);
-        }
-        None
-    }
-
-    async fn send_encoded(&mut self, fam: Family, changes: &[Change]) -> Option<Event> {
-        for msg in self.encode_changes(fam, changes) {
-            self.metrics.message(&self.label, "update", true);
-            if let Some(ev) = self.send_raw(&msg).await {
-                return Some(ev);
-            }
-        }
-        None
-    }
-
     /// Groups changes by attribute set and next hop, and packs them.
     fn encode_changes(&self, fam: Family, changes: &[Change]) -> Vec<Vec<u8>> {
         let ap = self.enc.add_path(fam);
@@ -631,7 +750,7 @@ impl Session {
         out
     }
 
-    async fn drain_messages(&mut self, fsm: &mut Fsm, desired: &Snapshot) {
+    fn drain_messages(&mut self, fsm: &mut Fsm) {
         loop {
             let decoded = Message::decode(&self.io.buf, &self.dec);
             let ev = match decoded {
@@ -660,12 +779,11 @@ impl Session {
                             Event::NotifMsg(n)
                         }
                         Message::RouteRefresh(_) => {
-                            // Resend everything: forget what was sent, then sync.
+                            // Resend everything: forget what was sent; the loop syncs again.
                             if self.established {
                                 let aps = [self.enc.add_path[0], self.enc.add_path[1]];
                                 self.ribs = ribs(aps, self.peer.send_max);
                                 self.synced = [None; 2];
-                                self.send_changes(fsm, desired).await;
                             }
                             continue;
                         }
@@ -681,32 +799,28 @@ impl Session {
                     }
                 }
             };
-            self.apply(fsm, ev, desired).await;
+            self.apply(fsm, ev);
             if self.io.read.is_none() {
                 return;
             }
         }
     }
 
-    async fn send(&mut self, msg: &Message) -> Option<Event> {
+    /// Queues one message without waiting; `false` when it could not be queued (no
+    /// connection, or the queue is full).
+    fn send(&mut self, msg: &Message) -> bool {
+        let Some(w) = &self.io.write else {
+            return false;
+        };
+        if !w.try_send(msg.to_bytes(&self.enc)) {
+            return false;
+        }
         self.metrics.message(&self.label, kind(msg), true);
         if let Message::Notification(n) = msg {
             self.metrics
                 .notification(&self.label, true, n.code, n.subcode);
         }
-        let bytes = msg.to_bytes(&self.enc);
-        self.send_raw(&bytes).await
-    }
-
-    async fn send_raw(&mut self, bytes: &[u8]) -> Option<Event> {
-        let w = self.io.write.as_mut()?;
-        match w.write_all(bytes).await {
-            Ok(()) => None,
-            Err(e) => {
-                self.last_error = Some(format!("write to {}: {e}", self.peer.address));
-                Some(Event::TcpConnectionFails)
-            }
-        }
+        true
     }
 }
 
@@ -732,9 +846,9 @@ async fn connect(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
-/// Closes a connection we will not use with a Cease (Connection Collision Resolution).
-fn refuse(stream: &TcpStream) {
-    let n = Message::Notification(fsm::Notification::collision());
+/// Closes a connection we will not use with a Cease.
+fn refuse(stream: &TcpStream, n: fsm::Notification) {
+    let n = Message::Notification(n);
     // Best effort on a fresh socket: a NOTIFICATION fits its send buffer.
     let _ = stream.try_write(&n.to_bytes(&EncodeContext::default()));
 }

@@ -6,17 +6,25 @@
 //! is closed with a Cease, a changed one is restarted, and a change of ASN, router ID, listen
 //! port or graceful restart restarts everything. Routes never pass through here: sessions read
 //! the desired-state channel themselves.
+//!
+//! Nothing here can make the process exit: settings that cannot be applied (a listen port
+//! another process holds, an MD5 key the kernel refuses) are reported (log, the
+//! `settings_unapplied` metric, `/readyz` with the reason) while the sessions that can run do.
+//! The control service checks the same with [`Listeners::prepare`] before it accepts a state,
+//! so only a persisted state or the standalone file can get this far.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use crate::config::{PeerConfig, SpeakerConfig};
+use crate::fsm::StopReason;
 use crate::metrics::Metrics;
 use crate::rib::Snapshot;
 use crate::session::{self, Local, Status};
@@ -29,27 +37,211 @@ type Routing = Arc<Mutex<BTreeMap<IpAddr, mpsc::Sender<tokio::net::TcpStream>>>>
 
 struct Running {
     peer: PeerConfig,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Option<StopReason>>,
     task: JoinHandle<()>,
 }
 
 struct Listening {
-    /// Bound to `::` (IPv4 peers appear as ::ffff:a.b.c.d).
-    dual_stack: bool,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
-    fd: Option<std::os::fd::OwnedFd>,
+}
+
+/// Settings that cannot be applied, with the field to change (the control API's name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {why}")]
+pub struct Unapplicable {
+    /// The field, e.g. `global.listen_port`.
+    pub field: String,
+    /// Why, and what to do.
+    pub why: String,
+}
+
+/// The BGP listener's socket, bound before it is needed: the control service binds it (and
+/// sets the MD5 keys on it) while it validates an Apply, so a port that cannot be bound is
+/// refused before the state is accepted and persisted; the speaker then listens on the same
+/// socket.
+#[derive(Clone, Default)]
+pub struct Listeners(Arc<Mutex<Option<Bound>>>);
+
+struct Bound {
+    port: u16,
+    socket: std::net::TcpListener,
+    /// Bound to `::` (IPv4 peers appear as ::ffff:a.b.c.d).
+    dual_stack: bool,
+}
+
+impl Listeners {
+    /// Makes sure `cfg` can be run here: binds its listen port unless already bound, and sets
+    /// every peer's MD5 key on that socket. Nothing changes until [`Prepared::commit`]: a
+    /// state refused later (its persisting failed) leaves the listener as it was.
+    pub fn prepare(&self, cfg: &SpeakerConfig) -> Result<Prepared, Unapplicable> {
+        let port = cfg.listen_port;
+        let prepared = |fresh| Prepared {
+            listeners: self.clone(),
+            port,
+            fresh,
+        };
+        if port == 0 {
+            return Ok(prepared(None));
+        }
+        let slot = lock(&self.0);
+        let fresh = match slot.as_ref() {
+            Some(b) if b.port == port => None,
+            _ => Some(bind(port)?),
+        };
+        let Some(bound) = fresh.as_ref().or(slot.as_ref()) else {
+            return Ok(prepared(None));
+        };
+        for (i, peer) in cfg.peers.iter().enumerate() {
+            md5_on_listener(bound, peer).map_err(|e| Unapplicable {
+                field: format!("peers[{i}].password"),
+                why: format!("the TCP MD5 key cannot be set on the listener: {e}"),
+            })?;
+        }
+        drop(slot);
+        Ok(prepared(fresh))
+    }
+
+    /// A handle on the bound socket for `port`, for the accept loop.
+    fn socket(&self, port: u16) -> Option<std::io::Result<(TcpListener, bool)>> {
+        let slot = lock(&self.0);
+        let b = slot.as_ref().filter(|b| b.port == port)?;
+        Some(
+            b.socket
+                .try_clone()
+                .and_then(TcpListener::from_std)
+                .map(|l| (l, b.dual_stack)),
+        )
+    }
+}
+
+/// A checked listener, not yet in use: dropping it closes a socket bound for it.
+pub struct Prepared {
+    listeners: Listeners,
+    port: u16,
+    fresh: Option<Bound>,
+}
+
+impl Prepared {
+    /// Makes it the listener the speaker uses (a port of 0 releases the socket); returns
+    /// whether a new socket was bound, which the speaker must be told to pick up.
+    pub fn commit(self) -> bool {
+        let mut slot = lock(&self.listeners.0);
+        if self.port == 0 {
+            *slot = None;
+            return false;
+        }
+        let new = self.fresh.is_some();
+        if let Some(b) = self.fresh {
+            *slot = Some(b);
+        }
+        new
+    }
+}
+
+fn bind(port: u16) -> Result<Bound, Unapplicable> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let (socket, dual_stack) = match std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)) {
+        Ok(l) => (l, true),
+        // No IPv6 on this host: IPv4 only.
+        Err(_) => match std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
+            Ok(l) => (l, false),
+            Err(e) => {
+                let why = match e.kind() {
+                    std::io::ErrorKind::AddrInUse => "address in use".to_owned(),
+                    std::io::ErrorKind::PermissionDenied => {
+                        "permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)".to_owned()
+                    }
+                    _ => e.to_string(),
+                };
+                return Err(Unapplicable {
+                    field: "global.listen_port".into(),
+                    why: format!(
+                        "{port} cannot be bound: {why}; choose another port or 0 to only \
+                         connect out"
+                    ),
+                });
+            }
+        },
+    };
+    socket.set_nonblocking(true).map_err(|e| Unapplicable {
+        field: "global.listen_port".into(),
+        why: format!("{port}: {e}"),
+    })?;
+    Ok(Bound {
+        port,
+        socket,
+        dual_stack,
+    })
+}
+
+/// How the speaker runs its sessions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The RFC 9687 send-hold time; `None`: 8 minutes or twice the hold time.
+    pub send_hold: Option<Duration>,
+    /// On shutdown, close every session with a Cease (the peers withdraw our routes) even
+    /// where graceful restart would let them keep the routes: for decommissioning.
+    pub withdraw_on_shutdown: bool,
+    /// The settings were restored from disk: the first sessions set the graceful restart R
+    /// bit (RFC 4724).
+    pub restarting: bool,
+}
+
+/// Readiness, from several sources: `/readyz` is `Ok` when none of them has a problem, and
+/// otherwise names every problem.
+#[derive(Clone)]
+pub struct Health {
+    ready: Arc<watch::Sender<Result<(), String>>>,
+    problems: Arc<Mutex<BTreeMap<&'static str, String>>>,
+}
+
+impl Health {
+    /// Ready, with the receiver `/readyz` reads.
+    pub fn new() -> (Health, watch::Receiver<Result<(), String>>) {
+        let (tx, rx) = watch::channel(Ok(()));
+        let health = Health {
+            ready: Arc::new(tx),
+            problems: Arc::default(),
+        };
+        (health, rx)
+    }
+
+    /// Records `source`'s problem, or that it has none.
+    pub fn set(&self, source: &'static str, problem: Option<String>) {
+        let mut problems = lock(&self.problems);
+        match problem {
+            Some(p) => problems.insert(source, p),
+            None => problems.remove(source),
+        };
+        let state = if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems
+                .iter()
+                .map(|(s, p)| format!("{s}: {p}"))
+                .collect::<Vec<_>>()
+                .join("; "))
+        };
+        let _ = self.ready.send_replace(state);
+    }
 }
 
 /// Runs sessions as `settings` says (its `routes` are ignored) until `shutdown` turns true,
-/// then closes each with a Cease.
+/// then closes each (without a NOTIFICATION where graceful restart lets the peer keep our
+/// routes, unless `options.withdraw_on_shutdown`); returns within about
+/// [`session::LINGER`] of `shutdown` whatever the peers do.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut settings: watch::Receiver<Arc<SpeakerConfig>>,
     desired: watch::Receiver<Snapshot>,
     mut shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     board: StatusBoard,
-) -> std::io::Result<()> {
+    listeners: Listeners,
+    health: Health,
+    options: Options,
+) {
     let routing: Routing = Arc::default();
     let mut sessions: BTreeMap<IpAddr, Running> = BTreeMap::new();
     let mut listener: Option<Listening> = None;
@@ -67,9 +259,11 @@ pub async fn run(
                 if applied.is_some() {
                     info!("global settings changed: restarting every session");
                 }
-                for (_, r) in std::mem::take(&mut sessions) {
-                    stop(r).await;
-                }
+                stop_all(
+                    std::mem::take(&mut sessions).into_values(),
+                    StopReason::ConfigChanged,
+                )
+                .await;
                 if let Some(l) = listener.take() {
                     let _ = l.stop.send(true);
                     let _ = l.task.await;
@@ -79,7 +273,9 @@ pub async fn run(
                 asn: want.asn,
                 router_id: want.router_id,
                 graceful_restart: want.graceful_restart,
-                restarting: false,
+                // Only the sessions of the restored settings: later ones follow a change.
+                restarting: options.restarting && applied.is_none(),
+                send_hold: options.send_hold,
             };
             let keep: BTreeMap<IpAddr, &PeerConfig> =
                 want.peers.iter().map(|p| (p.address, p)).collect();
@@ -88,22 +284,56 @@ pub async fn run(
                 .filter(|(a, r)| keep.get(a).is_none_or(|p| **p != r.peer))
                 .map(|(a, _)| *a)
                 .collect();
-            for a in gone {
-                if let Some(r) = sessions.remove(&a) {
-                    info!(peer = %a, "peer removed or changed: closing its session");
-                    stop(r).await;
+            let (mut removed, mut changed) = (Vec::new(), Vec::new());
+            for a in &gone {
+                if let Some(r) = sessions.remove(a) {
+                    if keep.contains_key(a) {
+                        info!(peer = %a, "peer changed: restarting its session");
+                        changed.push(r);
+                    } else {
+                        info!(peer = %a, "peer removed: closing its session");
+                        removed.push(r);
+                    }
                 }
+            }
+            // All at once: each ends within the linger time whatever its peer does.
+            tokio::join!(
+                stop_all(removed, StopReason::Deconfigured),
+                stop_all(changed, StopReason::ConfigChanged)
+            );
+            for a in gone {
                 lock(&routing).remove(&a);
                 lock(&board).remove(&a);
             }
             // Listen before connecting out: a peer answering our connection with its own must
-            // find the port open.
-            if want.listen_port > 0 && listener.is_none() {
-                listener = Some(listen(want.listen_port, routing.clone()).await?);
-            }
-            if let Some(l) = &listener {
-                for peer in want.peers.iter().filter(|p| p.password.is_some()) {
-                    md5_on_listener(l, peer)?;
+            // find the port open. What cannot be applied is reported, never fatal.
+            let problem = match listeners.prepare(&want).map(Prepared::commit) {
+                Err(e) => Some(e),
+                Ok(_) if want.listen_port > 0 && listener.is_none() => {
+                    match listeners.socket(want.listen_port) {
+                        Some(Ok((l, dual_stack))) => {
+                            listener =
+                                Some(listen(l, dual_stack, want.listen_port, routing.clone()));
+                            None
+                        }
+                        Some(Err(e)) => Some(Unapplicable {
+                            field: "global.listen_port".into(),
+                            why: format!("{}: {e}", want.listen_port),
+                        }),
+                        None => None,
+                    }
+                }
+                Ok(_) => None,
+            };
+            match &problem {
+                Some(e) => {
+                    error!(error = %e, "settings not fully applied: sessions that need no listener run; send a corrected state");
+                    metrics.settings_unapplied.set(1);
+                    health.set("settings", Some(e.to_string()));
+                }
+                None => {
+                    metrics.settings_unapplied.set(0);
+                    health.set("settings", None);
                 }
             }
             for peer in &want.peers {
@@ -122,14 +352,16 @@ pub async fn run(
             changed = settings.changed() => if changed.is_err() { break },
         }
     }
-    for (_, r) in sessions {
-        stop(r).await;
-    }
+    let reason = if options.withdraw_on_shutdown {
+        StopReason::Shutdown
+    } else {
+        StopReason::Restart
+    };
+    stop_all(sessions.into_values(), reason).await;
     if let Some(l) = listener {
         let _ = l.stop.send(true);
         let _ = l.task.await;
     }
-    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -148,7 +380,7 @@ fn start(
     lock(routing).insert(peer.address, tx);
     let (status_tx, status_rx) = watch::channel(Status::idle());
     lock(board).insert(peer.address, (peer.clone(), status_rx));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(None);
     let span = tracing::info_span!("session", peer = %peer.address, asn = peer.asn);
     let task = tokio::spawn(
         session::run(
@@ -169,35 +401,20 @@ fn start(
     }
 }
 
-/// Closes a session with a Cease and waits for it to finish.
-async fn stop(r: Running) {
-    let _ = r.stop.send(true);
-    let _ = r.task.await;
+/// Stops sessions for `reason`, all at once, and waits for them (each ends within the
+/// linger time, whatever its peer does).
+async fn stop_all(running: impl IntoIterator<Item = Running>, reason: StopReason) {
+    let running: Vec<Running> = running.into_iter().collect();
+    for r in &running {
+        let _ = r.stop.send(Some(reason));
+    }
+    for r in running {
+        let _ = r.task.await;
+    }
 }
 
-async fn listen(port: u16, routing: Routing) -> std::io::Result<Listening> {
-    let listener = match TcpListener::bind(SocketAddr::new(
-        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-        port,
-    ))
-    .await
-    {
-        Ok(l) => l,
-        Err(_) => {
-            TcpListener::bind(SocketAddr::new(
-                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-                port,
-            ))
-            .await?
-        }
-    };
-    info!(port, "listening for BGP connections");
-    let dual_stack = listener.local_addr().is_ok_and(|a| a.is_ipv6());
-    // A duplicate of the socket, so MD5 keys can be added for peers configured later.
-    let fd = {
-        use std::os::fd::AsFd;
-        listener.as_fd().try_clone_to_owned().ok()
-    };
+fn listen(listener: TcpListener, dual_stack: bool, port: u16, routing: Routing) -> Listening {
+    info!(port, dual_stack, "listening for BGP connections");
     let (stop_tx, mut stop) = watch::channel(false);
     let task = tokio::spawn(async move {
         loop {
@@ -217,19 +434,18 @@ async fn listen(port: u16, routing: Routing) -> std::io::Result<Listening> {
             }
         }
     });
-    Ok(Listening {
-        dual_stack,
+    Listening {
         stop: stop_tx,
         task,
-        fd,
-    })
+    }
 }
 
-fn md5_on_listener(l: &Listening, peer: &PeerConfig) -> std::io::Result<()> {
+fn md5_on_listener(l: &Bound, peer: &PeerConfig) -> std::io::Result<()> {
     use std::os::fd::AsFd;
-    let (Some(fd), Some(key)) = (&l.fd, &peer.password) else {
+    let Some(key) = &peer.password else {
         return Ok(());
     };
+    let fd = &l.socket;
     // An IPv4 peer reaches a dual-stack listener as ::ffff:a.b.c.d.
     let addr = match peer.address {
         IpAddr::V4(v4) if l.dual_stack => IpAddr::V6(v4.to_ipv6_mapped()),

@@ -78,7 +78,15 @@ fn frr_installs_one_nexthop_per_node_and_withdraws_on_stop() {
         .spawn(
             &node,
             &SPEAKER,
-            &["--config", &conf, "--log", "debug"],
+            // Decommissioning: the routes must go at SIGTERM (the default keeps them at a
+            // graceful-restart helper such as FRR).
+            &[
+                "--config",
+                &conf,
+                "--log",
+                "debug",
+                "--withdraw-on-shutdown",
+            ],
             &dir.join("speaker.log"),
         )
         .unwrap();
@@ -171,7 +179,7 @@ fn frr_installs_one_nexthop_per_node_and_withdraws_on_stop() {
     });
     assert!(
         gone.is_some(),
-        "route still installed after the speaker stopped with a Cease"
+        "route still installed after the speaker stopped with --withdraw-on-shutdown"
     );
 }
 

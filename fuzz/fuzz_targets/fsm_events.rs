@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use berth_bgp_fsm::{Action, Config, Event, Fsm, Notification, PeerOpen, State};
+use berth_bgp_fsm::{Action, Config, Event, Fsm, Notification, PeerOpen, State, StopReason};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
             chunk.get(1).copied().unwrap_or(0),
             chunk.get(2).copied().unwrap_or(0),
         );
-        let event = match a % 19 {
+        let event = match a % 21 {
             0 => Event::ManualStart,
             1 => Event::ManualStop,
             2 => Event::AutomaticStart,
@@ -43,6 +43,13 @@ fuzz_target!(|data: &[u8]| {
             15 => Event::NotifMsg(Notification::bare(b, c)),
             16 => Event::KeepAliveMsg,
             17 => Event::UpdateMsg,
+            18 => Event::SendHoldTimerExpires,
+            19 => Event::Stop(match b % 4 {
+                0 => StopReason::Shutdown,
+                1 => StopReason::Deconfigured,
+                2 => StopReason::ConfigChanged,
+                _ => StopReason::Restart,
+            }),
             _ => Event::UpdateMsgErr(Notification::bare(3, b)),
         };
         let before = fsm.state();

@@ -73,8 +73,10 @@ pub struct PeerOpen {
 pub enum Event {
     /// Event 1: the operator configured the peer.
     ManualStart,
-    /// Event 2: the operator removed or disabled the peer.
+    /// Event 2: the operator stopped the session (Cease, Administrative Shutdown).
     ManualStop,
+    /// Event 2 with the reason, which decides the Cease subcode (RFC 4486) or none.
+    Stop(StopReason),
     /// Event 3: restart after an idle hold.
     AutomaticStart,
     /// Event 9.
@@ -109,6 +111,34 @@ pub enum Event {
     UpdateMsg,
     /// Event 28: an UPDATE error that requires a session reset (RFC 7606 leaves few).
     UpdateMsgErr(Notification),
+    /// RFC 9687: the peer took no data for the send-hold time while some was waiting.
+    SendHoldTimerExpires,
+}
+
+/// Why the operator stops a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// The speaker shuts down and withdraws: Cease, Administrative Shutdown (6/2).
+    Shutdown,
+    /// The peer was removed from the settings: Cease, Peer De-configured (6/3).
+    Deconfigured,
+    /// The session restarts with other settings: Cease, Other Configuration Change (6/6).
+    ConfigChanged,
+    /// A planned restart with graceful restart negotiated: close without a NOTIFICATION, so
+    /// the peer keeps our routes until we are back (RFC 4724 §4).
+    Restart,
+}
+
+impl StopReason {
+    /// The NOTIFICATION this stop sends, if any.
+    pub fn notification(self) -> Option<Notification> {
+        match self {
+            StopReason::Shutdown => Some(Notification::admin_shutdown()),
+            StopReason::Deconfigured => Some(Notification::bare(6, 3)),
+            StopReason::ConfigChanged => Some(Notification::bare(6, 6)),
+            StopReason::Restart => None,
+        }
+    }
 }
 
 /// Why a session went down, for status and metrics.
@@ -118,6 +148,8 @@ pub enum DownReason {
     Stopped,
     /// The peer's hold timer ran out.
     HoldTimerExpired,
+    /// The peer took no data for the send-hold time (RFC 9687).
+    SendHoldTimerExpired,
     /// The TCP connection failed.
     ConnectionFailed,
     /// We sent a NOTIFICATION.
@@ -283,7 +315,7 @@ impl Fsm {
             (_, E::ManualStart | E::AutomaticStart) => {}
 
             // ---- any state: stop ----
-            (S::Connect | S::Active, E::ManualStop) => {
+            (S::Connect | S::Active, E::ManualStop | E::Stop(_)) => {
                 self.stop(&mut out, None, DownReason::Stopped)
             }
             (S::OpenSent | S::OpenConfirm | S::Established, E::ManualStop) => self.stop(
@@ -291,6 +323,9 @@ impl Fsm {
                 Some(Notification::admin_shutdown()),
                 DownReason::Stopped,
             ),
+            (S::OpenSent | S::OpenConfirm | S::Established, E::Stop(reason)) => {
+                self.stop(&mut out, reason.notification(), DownReason::Stopped)
+            }
 
             // ---- Connect and Active ----
             (S::Connect | S::Active, E::ConnectRetryTimerExpires) => {
@@ -313,6 +348,8 @@ impl Fsm {
                 self.start_timer(&mut out, Timer::ConnectRetry, self.cfg.connect_retry);
                 self.state = S::Active;
             }
+            // No connection to be stuck on: a late report of a closed one.
+            (S::Connect | S::Active, E::SendHoldTimerExpires) => {}
             (S::Connect | S::Active, _) => self.fail(&mut out, None, DownReason::ConnectionFailed),
 
             // ---- OpenSent ----
@@ -361,6 +398,11 @@ impl Fsm {
             (S::Established, E::KeepAliveMsg | E::UpdateMsg) => self.restart_hold(&mut out),
 
             // ---- errors common to OpenSent, OpenConfirm, Established ----
+            // RFC 9687 §4: Send Hold Timer Expired (8), sent best effort, then close.
+            (_, E::SendHoldTimerExpires) => {
+                let n = Notification::bare(8, 0);
+                self.fail(&mut out, Some(n), DownReason::SendHoldTimerExpired);
+            }
             (_, E::HoldTimerExpires) => {
                 let n = Notification::hold_timer_expired();
                 self.fail(&mut out, Some(n), DownReason::HoldTimerExpired);

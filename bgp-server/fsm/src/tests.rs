@@ -409,3 +409,59 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn send_hold_expiry_sends_code_8_and_closes_only_a_connected_session() {
+    let mut fsm = established(cfg());
+    let a = fsm.handle(Event::SendHoldTimerExpires);
+    assert_eq!(
+        a.first(),
+        Some(&Action::SendNotification(Notification::bare(8, 0)))
+    );
+    assert!(a.contains(&Action::Disconnect), "{a:?}");
+    assert!(
+        a.contains(&Action::Down(DownReason::SendHoldTimerExpired)),
+        "{a:?}"
+    );
+    assert_eq!(fsm.state(), State::Idle);
+
+    // A late report after the connection is gone changes nothing.
+    let mut fsm = Fsm::new(cfg());
+    fsm.handle(Event::ManualStart);
+    assert_eq!(fsm.state(), State::Connect);
+    assert!(fsm.handle(Event::SendHoldTimerExpires).is_empty());
+    assert_eq!(fsm.state(), State::Connect);
+}
+
+#[test]
+fn stops_send_the_cease_subcode_of_their_reason_or_none_for_a_restart() {
+    for (reason, sent) in [
+        (StopReason::Shutdown, Some(Notification::bare(6, 2))),
+        (StopReason::Deconfigured, Some(Notification::bare(6, 3))),
+        (StopReason::ConfigChanged, Some(Notification::bare(6, 6))),
+        (StopReason::Restart, None),
+    ] {
+        let mut fsm = established(cfg());
+        let a = fsm.handle(Event::Stop(reason));
+        let notifications: Vec<_> = a
+            .iter()
+            .filter_map(|a| match a {
+                Action::SendNotification(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            notifications,
+            sent.into_iter().collect::<Vec<_>>(),
+            "{reason:?}"
+        );
+        assert!(a.contains(&Action::Disconnect), "{reason:?}: {a:?}");
+        assert!(
+            a.contains(&Action::Down(DownReason::Stopped)),
+            "{reason:?}: {a:?}"
+        );
+        assert_eq!(fsm.state(), State::Idle);
+        // A stop stays stopped.
+        assert!(fsm.handle(Event::IdleHoldTimerExpires).is_empty());
+    }
+}

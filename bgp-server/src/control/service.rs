@@ -16,7 +16,10 @@ use super::store::Store;
 use crate::config::SpeakerConfig;
 use crate::metrics::Metrics;
 use crate::rib::{Desired, Paths, Snapshot};
-use crate::speaker::StatusBoard;
+use crate::speaker::{Health, Listeners, StatusBoard};
+
+/// The readiness source of a persisted state that could not be used at start.
+pub const PERSISTED: &str = "persisted state";
 
 /// What the speaker runs now.
 #[derive(Debug, Clone)]
@@ -109,6 +112,10 @@ pub struct Control {
     store: Option<Store>,
     board: StatusBoard,
     metrics: Arc<Metrics>,
+    /// The BGP listener, bound while an Apply is validated.
+    listeners: Listeners,
+    /// Readiness: an accepted Apply clears a persisted state that could not be used.
+    health: Option<Health>,
     /// Accepted changes, for Watch streams.
     events: tokio::sync::broadcast::Sender<v1::StateApplied>,
 }
@@ -122,6 +129,7 @@ impl Control {
         store: Option<Store>,
         board: StatusBoard,
         metrics: Arc<Metrics>,
+        listeners: Listeners,
     ) -> Control {
         Control {
             applied: Arc::new(Mutex::new(applied)),
@@ -130,8 +138,16 @@ impl Control {
             store,
             board,
             metrics,
+            listeners,
+            health: None,
             events: tokio::sync::broadcast::channel(256).0,
         }
+    }
+
+    /// Reports readiness here: an accepted Apply clears the "persisted state" problem.
+    pub fn with_health(mut self, health: Health) -> Control {
+        self.health = Some(health);
+        self
     }
 
     fn announce(&self, call: &str, generation: u64, routes_changed: usize) {
@@ -217,11 +233,26 @@ impl Control {
         }
         let routes_changed = changed_prefixes(&applied.desired, &new_desired);
         let peers_changed = *applied.settings != cfg;
+        // What the state needs from the system (the listener, MD5 keys) is checked here, before
+        // it is accepted and persisted: a state that cannot run must never be restored at the
+        // next start.
+        let prepared = self.listeners.prepare(&cfg).map_err(|e| {
+            self.reject(
+                "apply",
+                "cannot_apply",
+                Status::failed_precondition(e.to_string()),
+            )
+        })?;
         let generation = state.generation;
         self.persist("apply", state).await?;
+        let rebound = prepared.commit();
         applied.journaled = 0;
         applied.generation = generation;
-        if peers_changed {
+        if let Some(h) = &self.health {
+            h.set(PERSISTED, None);
+            self.metrics.persisted_state_unused.set(0);
+        }
+        if peers_changed || rebound {
             applied.settings = Arc::new(cfg);
             self.settings.send_replace(applied.settings.clone());
         }
@@ -301,7 +332,13 @@ impl Control {
 
     async fn do_get(&self, req: v1::GetStateRequest) -> v1::GetStateResponse {
         let applied = self.applied.lock().await.clone();
-        let api = to_api(applied.generation, &applied.settings, &applied.desired);
+        // The routes only when asked for: converting the whole table on every poll made
+        // GetState cost seconds with 250,000 routes (a status poll must stay O(peers)).
+        let api = if req.include_routes {
+            to_api(applied.generation, &applied.settings, &applied.desired)
+        } else {
+            convert::to_api(applied.generation, &applied.settings)
+        };
         let board = self.board.lock().unwrap_or_else(PoisonError::into_inner);
         let peers = board
             .iter()
@@ -332,11 +369,7 @@ impl Control {
             global: api.global,
             peers,
             route_count: applied.desired.len() as u64,
-            routes: if req.include_routes {
-                api.routes
-            } else {
-                Vec::new()
-            },
+            routes: api.routes,
         }
     }
 }
@@ -510,15 +543,15 @@ impl v1::speaker_server::Speaker for Control {
     }
 }
 
-/// Applied state from a persisted file, when there is a usable one: reported and ignored
-/// otherwise.
-pub fn restore(store: &Store) -> Option<Applied> {
+/// Applied state from a persisted file, when there is a usable one; otherwise why the file
+/// there is not used (logged too), or nothing when there is none.
+pub fn restore(store: &Store) -> Result<Option<Applied>, String> {
     let state = match store.load() {
         Ok(Some(s)) => s,
-        Ok(None) => return None,
+        Ok(None) => return Ok(None),
         Err(e) => {
             tracing::error!(error = %e, "persisted state not used");
-            return None;
+            return Err(format!("not used: {e}"));
         }
     };
     match convert::desired_state(&state) {
@@ -551,16 +584,19 @@ pub fn restore(store: &Store) -> Option<Applied> {
                 file = %store.path().display(),
                 "announcing the persisted state"
             );
-            Some(Applied {
+            Ok(Some(Applied {
                 generation,
                 settings: Arc::new(cfg),
                 desired: Arc::new(desired),
                 journaled,
-            })
+            }))
         }
         Err(e) => {
             tracing::error!(file = %store.path().display(), error = %e, "persisted state is invalid; ignored");
-            None
+            Err(format!(
+                "{} is invalid ({e}); ignored",
+                store.path().display()
+            ))
         }
     }
 }

@@ -9,10 +9,17 @@
 //!
 //! Single-route changes (UpdateRoutes) are appended to a journal beside it instead of
 //! rewriting 100,000 routes each time: records of length (u32), checksum (u64) and an
-//! `UpdateRoutesRequest`, each fsynced. A full save empties the journal; loading replays the
-//! records after the state, and stops at the first torn one (an interrupted last append).
+//! `UpdateRoutesRequest`, each fsynced. A full save empties the journal (durably: the
+//! directory is fsynced after the removal); loading replays the records after the state, stops
+//! at the first torn one (an interrupted last append) and cuts the file there, so the changes
+//! appended after a restart are not stranded behind it. An append that fails part-way is cut
+//! off the same way at once.
+//!
+//! Both files are created mode 0600: they hold the peers' MD5 passwords.
 
+use std::fs::Permissions;
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use berth_proto::v1;
@@ -92,20 +99,50 @@ impl Store {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io)?;
-        f.write_all(&rec).map_err(io)?;
-        f.sync_data().map_err(io)
+        // A journal written by an older version may have the default mode.
+        f.set_permissions(Permissions::from_mode(0o600))
+            .map_err(io)?;
+        let before = f.metadata().map_err(io)?.len();
+        let written = f.write_all(&rec).and_then(|()| f.sync_data());
+        if let Err(e) = written {
+            // Cut off what part of the record reached the file: a torn record in the middle
+            // would hide every later change from the replay.
+            let _ = f.set_len(before).and_then(|()| f.sync_data());
+            return Err(io(e));
+        }
+        Ok(())
     }
 
     /// The journal's changes in order; a torn or damaged tail ends the list (it was never
-    /// acknowledged) and is reported in the second value.
+    /// acknowledged), is reported in the second value and is cut off the file, so the next
+    /// append follows the last good record.
     pub fn changes(&self) -> (Vec<v1::UpdateRoutesRequest>, Option<StoreError>) {
+        let (changes, good, err) = self.read_journal();
+        if err.is_some() {
+            let path = self.journal_path();
+            let cut = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(good).and_then(|()| f.sync_all()));
+            if let Err(source) = cut {
+                // The replay is still right; the next append would be lost behind the tail,
+                // but the next full save removes the journal.
+                return (changes, Some(StoreError::Io { path, source }));
+            }
+        }
+        (changes, err)
+    }
+
+    /// The journal's good records, the length they span, and what ended the read early.
+    fn read_journal(&self) -> (Vec<v1::UpdateRoutesRequest>, u64, Option<StoreError>) {
         let path = self.journal_path();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), None),
-            Err(source) => return (Vec::new(), Some(StoreError::Io { path, source })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), 0, None),
+            Err(source) => return (Vec::new(), 0, Some(StoreError::Io { path, source })),
         };
         let mut out = Vec::new();
         let mut rest = bytes.as_slice();
@@ -117,20 +154,21 @@ impl Store {
                 let (body, r) = r.split_at_checked(len)?;
                 (fnv1a(body) == u64::from_be_bytes(sum.try_into().ok()?)).then_some((body, r))
             })();
+            let good = (bytes.len() - rest.len()) as u64;
             let Some((body, r)) = record else {
                 let why = format!("torn or damaged record after {} good ones", out.len());
-                return (out, Some(StoreError::Corrupt { path, why }));
+                return (out, good, Some(StoreError::Corrupt { path, why }));
             };
             match v1::UpdateRoutesRequest::decode(body) {
                 Ok(c) => out.push(c),
                 Err(e) => {
                     let why = format!("record {}: {e}", out.len());
-                    return (out, Some(StoreError::Corrupt { path, why }));
+                    return (out, good, Some(StoreError::Corrupt { path, why }));
                 }
             }
             rest = r;
         }
-        (out, None)
+        (out, bytes.len() as u64, None)
     }
 
     /// Replaces the saved state, atomically, and empties the journal.
@@ -149,19 +187,28 @@ impl Store {
         bytes.extend_from_slice(&body);
         let tmp = self.dir.join(format!(".{FILE}.tmp"));
         {
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            // A leftover of a crash keeps its mode through `create`: start afresh.
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io)?;
             f.write_all(&bytes).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
         std::fs::rename(&tmp, &path).map_err(io)?;
         // The rename itself must survive a crash.
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+        let sync_dir = || std::fs::File::open(&self.dir).and_then(|d| d.sync_all());
+        sync_dir().map_err(io)?;
         // Everything journaled is in the state now.
         match std::fs::remove_file(self.journal_path()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
-            _ => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(e)),
+            // Durable too: a journal that came back after a crash would replay old changes
+            // over the new state (those of a generation at least the state's).
+            Ok(()) => sync_dir().map_err(io),
         }
     }
 
@@ -269,6 +316,55 @@ mod tests {
         // A full save empties the journal.
         s.save(&state(4)).unwrap();
         assert!(s.changes().0.is_empty());
+        let _ = std::fs::remove_dir_all(&s.dir);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_so_later_changes_survive() {
+        let s = Store::new(dir("torn"));
+        s.save(&state(1)).unwrap();
+        let change = |g| v1::UpdateRoutesRequest {
+            generation: g,
+            upsert: vec![],
+            remove: vec![format!("198.51.100.{g}/32")],
+        };
+        s.append(&change(2)).unwrap();
+        // A crash in the middle of the next append leaves half a record.
+        let mut bytes = std::fs::read(s.journal_path()).unwrap();
+        let good = bytes.len() as u64;
+        bytes.extend_from_slice(&[0, 0, 0, 40, 9, 9, 9]);
+        std::fs::write(s.journal_path(), bytes).unwrap();
+        // The restart reads the journal (and cuts the tail), then more changes are accepted.
+        let (got, err) = s.changes();
+        assert_eq!(got, vec![change(2)]);
+        assert!(err.is_some());
+        assert_eq!(std::fs::metadata(s.journal_path()).unwrap().len(), good);
+        s.append(&change(3)).unwrap();
+        s.append(&change(4)).unwrap();
+        // The next restart sees every acknowledged change.
+        let (got, err) = s.changes();
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(got, vec![change(2), change(3), change(4)]);
+        let _ = std::fs::remove_dir_all(&s.dir);
+    }
+
+    #[test]
+    fn files_are_readable_by_the_owner_only() {
+        let s = Store::new(dir("mode"));
+        s.save(&state(1)).unwrap();
+        // A journal left by an older version with the default mode is tightened too.
+        std::fs::write(s.journal_path(), b"").unwrap();
+        std::fs::set_permissions(s.journal_path(), Permissions::from_mode(0o644)).unwrap();
+        s.append(&v1::UpdateRoutesRequest {
+            generation: 2,
+            upsert: vec![],
+            remove: vec!["198.51.100.2/32".into()],
+        })
+        .unwrap();
+        for p in [s.path(), s.journal_path()] {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
         let _ = std::fs::remove_dir_all(&s.dir);
     }
 
