@@ -44,6 +44,8 @@ struct World {
     nodes: Writer<Node>,
     peers: Writer<BgpPeer>,
     secrets: Writer<Secret>,
+    confs: Writer<BgpConf>,
+    pods: Writer<Pod>,
 }
 
 fn store<K>() -> (reflector::Store<K>, Writer<K>)
@@ -118,9 +120,9 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
     });
     let (nodes, node_w) = store::<Node>();
     let (eips, _eip_w) = store::<Eip>();
-    let (confs, _conf_w) = store::<BgpConf>();
+    let (confs, conf_w) = store::<BgpConf>();
     let (peers, peer_w) = store::<BgpPeer>();
-    let (pods, _pod_w) = store::<Pod>();
+    let (pods, pod_w) = store::<Pod>();
     let (secrets, secret_w) = store::<Secret>();
     let (assignments, _assignment_w) = store::<k8s_openapi::api::core::v1::ConfigMap>();
     let settings = Settings {
@@ -163,6 +165,8 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
         nodes: node_w,
         peers: peer_w,
         secrets: secret_w,
+        confs: conf_w,
+        pods: pod_w,
     }
 }
 
@@ -577,4 +581,161 @@ async fn a_peer_whose_secret_is_missing_is_left_out_and_its_condition_says_what_
         "{}",
         c.message
     );
+}
+
+/// A speaker replica standing in for berth-bgp-server: records the calls it answers.
+#[derive(Clone, Default)]
+struct FakeSpeaker {
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl berth_proto::v1::speaker_server::Speaker for FakeSpeaker {
+    type WatchStream =
+        tokio_stream::wrappers::ReceiverStream<Result<berth_proto::v1::WatchEvent, tonic::Status>>;
+
+    async fn apply(
+        &self,
+        _r: tonic::Request<berth_proto::v1::ApplyRequest>,
+    ) -> Result<tonic::Response<berth_proto::v1::ApplyResponse>, tonic::Status> {
+        self.calls.lock().unwrap().push("apply".into());
+        Ok(tonic::Response::new(Default::default()))
+    }
+
+    async fn update_routes(
+        &self,
+        r: tonic::Request<berth_proto::v1::UpdateRoutesRequest>,
+    ) -> Result<tonic::Response<berth_proto::v1::UpdateRoutesResponse>, tonic::Status> {
+        let r = r.into_inner();
+        let prefixes: Vec<String> = r
+            .upsert
+            .iter()
+            .map(|u| u.prefix.clone())
+            .chain(r.remove.iter().cloned())
+            .collect();
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("update {}", prefixes.join(",")));
+        Ok(tonic::Response::new(Default::default()))
+    }
+
+    async fn get_state(
+        &self,
+        _r: tonic::Request<berth_proto::v1::GetStateRequest>,
+    ) -> Result<tonic::Response<berth_proto::v1::GetStateResponse>, tonic::Status> {
+        Ok(tonic::Response::new(Default::default()))
+    }
+
+    async fn watch(
+        &self,
+        _r: tonic::Request<berth_proto::v1::WatchRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+}
+
+fn speaker_pod(name: &str, ip: &str, node: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "berth-system",
+                     "labels": {"app.kubernetes.io/name": "berth-bgp-server"}},
+        "spec": {"nodeName": node, "containers": []},
+        "status": {"phase": "Running", "podIP": ip},
+    }))
+    .unwrap()
+}
+
+/// A replica whose address accepts TCP and never answers (a hung node: the kernel completes
+/// the handshake, nothing reads) must not hold up another replica: the healthy one gets the
+/// full state and then every route change, while the dead one keeps failing on its own.
+#[tokio::test]
+async fn a_blackholed_replica_does_not_hold_up_the_others() {
+    // The healthy replica on 127.0.0.1, the blackhole on 127.0.0.2 at the same port (the
+    // operator dials every replica at --speaker-port).
+    let healthy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = healthy.local_addr().unwrap().port();
+    let blackhole = std::net::TcpListener::bind(("127.0.0.2", port)).unwrap();
+    let fake = FakeSpeaker::default();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(berth_proto::v1::speaker_server::SpeakerServer::new(
+                fake.clone(),
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(healthy)),
+    );
+
+    let mut w = world(vec![], &[]);
+    // The speaker port is a setting: rebuild the context with this test's port.
+    let ctx = Arc::get_mut(&mut w.ctx).unwrap();
+    ctx.settings.speaker_port = port;
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.add_node("n2", "10.0.0.12", true, json!({}));
+    w.confs.apply_watcher_event(&watcher::Event::Apply(
+        serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "BgpConf",
+            "metadata": {"name": "default"}, "spec": {"asn": 64512},
+        }))
+        .unwrap(),
+    ));
+    // "a-dead" sorts first: a sync that pushed replicas in turn would be stuck on it.
+    w.pods
+        .apply_watcher_event(&watcher::Event::Apply(speaker_pod(
+            "a-dead",
+            "127.0.0.2",
+            "n2",
+        )));
+    w.pods
+        .apply_watcher_event(&watcher::Event::Apply(speaker_pod(
+            "b-live",
+            "127.0.0.1",
+            "n1",
+        )));
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sync = tokio::spawn(super::speaker::run(w.ctx.clone(), rx));
+    tx.send(SyncEvent::Full).unwrap();
+    let calls = || fake.calls.lock().unwrap().clone();
+    let until = |want: &str| {
+        let want = want.to_owned();
+        let calls = &calls;
+        async move {
+            for _ in 0..100 {
+                if calls().iter().any(|c| *c == want) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        }
+    };
+    assert!(
+        until("apply").await,
+        "the healthy replica got no Apply: {:?}",
+        calls()
+    );
+    // Route changes keep flowing to it while the other replica never answers.
+    for i in 1..=3 {
+        let ip: IpAddr = format!("198.51.100.{i}").parse().unwrap();
+        w.ctx.shared.routes.lock().unwrap().set(
+            &ServiceKey::new("shop", format!("web{i}")),
+            vec![(
+                ip,
+                vec![crate::nexthops::NextHop {
+                    node: "n1".into(),
+                    address: "10.0.0.11".parse().unwrap(),
+                    weight: None,
+                }],
+            )],
+        );
+        tx.send(SyncEvent::Routes(vec![ip])).unwrap();
+        let want = format!("update 198.51.100.{i}/32");
+        assert!(
+            until(&want).await,
+            "route change {i} did not reach the healthy replica within 5 s: {:?}",
+            calls()
+        );
+    }
+    sync.abort();
+    server.abort();
+    drop(blackhole);
 }
