@@ -700,7 +700,7 @@ async fn a_blackholed_replica_does_not_hold_up_the_others() {
         let calls = &calls;
         async move {
             for _ in 0..100 {
-                if calls().iter().any(|c| *c == want) {
+                if calls().contains(&want) {
                     return true;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
