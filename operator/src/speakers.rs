@@ -166,5 +166,85 @@ pub fn prefix_of(ip: IpAddr) -> String {
     format!("{ip}/{len}")
 }
 
+/// The longest TCP MD5 key the kernel takes (RFC 2385 keys; Linux `TCP_MD5SIG_MAXKEYLEN`).
+pub const MAX_PASSWORD_BYTES: usize = 80;
+
+/// One peer the speakers would refuse, and why: the condition reason and a message naming
+/// the field, the conflicting object and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// CamelCase reason for the `Configured=False` condition.
+    pub reason: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// The rules a speaker applies across peers and settings, checked before anything is sent:
+/// a peer that breaks one is left out (its condition says why) instead of making the speaker
+/// refuse the whole desired state, which would freeze BGP for every peer. `peers` are
+/// `(name, created, spec)`; of peers sharing an address the oldest (then the first by name)
+/// keeps it.
+pub fn refusals(
+    peers: &[(String, Option<String>, BgpPeerSpec)],
+    conf: Option<&BgpConfSpec>,
+) -> BTreeMap<String, Refusal> {
+    let mut out = BTreeMap::new();
+    let mut order: Vec<&(String, Option<String>, BgpPeerSpec)> = peers.iter().collect();
+    order.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+    let mut owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
+    for (name, _, spec) in order {
+        // An address that does not parse is the schema's to refuse; compare it as written.
+        let Ok(addr) = spec.address.trim().parse::<IpAddr>() else {
+            continue;
+        };
+        match owner.get(&addr) {
+            Some(first) => {
+                out.insert(
+                    name.clone(),
+                    Refusal {
+                        reason: "DuplicateAddress",
+                        message: format!(
+                            "spec.address {addr} is already the address of BgpPeer {first}: a speaker has one session per neighbor address; delete one of the two or change its address"
+                        ),
+                    },
+                );
+            }
+            None => {
+                owner.insert(addr, name);
+            }
+        }
+    }
+    for (name, _, spec) in peers {
+        if out.contains_key(name) {
+            continue;
+        }
+        if spec.passive && conf.is_some_and(|c| c.listen_port == 0) {
+            out.insert(
+                name.clone(),
+                Refusal {
+                    reason: "PassiveWithoutListener",
+                    message: "spec.passive is true but BgpConf default has listenPort 0 (the speakers never listen), so this session could never come up: set passive to false or give BgpConf a listenPort".into(),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Whether a password read from a Secret can be a TCP MD5 key; the reason and message when
+/// it cannot.
+pub fn password_problem(password: &str) -> Option<Refusal> {
+    if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
+        return Some(Refusal {
+            reason: "SecretKeyInvalid",
+            message: format!(
+                "the password in spec.passwordSecretRef is {} bytes; a TCP MD5 key is 1-{MAX_PASSWORD_BYTES} bytes: store a shorter one",
+                password.len()
+            ),
+        });
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests;

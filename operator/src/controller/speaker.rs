@@ -374,6 +374,31 @@ fn resolve(ctx: &Context, p: &BgpPeer) -> Result<Peer, (&'static str, String)> {
         None => None,
         Some(r) => Some(password(ctx, r)?),
     };
+    if let Some(refusal) = password.as_deref().and_then(speakers::password_problem) {
+        return Err((refusal.reason, refusal.message));
+    }
+    // Rules across objects: a peer the speakers would refuse must not take the others down.
+    let all: Vec<(String, Option<String>, berth_api::BgpPeerSpec)> = ctx
+        .stores
+        .peers
+        .state()
+        .iter()
+        .map(|o| {
+            (
+                o.name_any(),
+                o.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string()),
+                o.spec.clone(),
+            )
+        })
+        .collect();
+    let conf = ctx.stores.confs.get(&ObjectRef::new(names::BGPCONF_NAME));
+    if let Some(r) = speakers::refusals(&all, conf.as_ref().map(|c| &c.spec)).remove(&p.name_any())
+    {
+        return Err((r.reason, r.message));
+    }
     Ok(Peer {
         name: p.name_any(),
         spec: p.spec.clone(),

@@ -739,3 +739,69 @@ async fn a_blackholed_replica_does_not_hold_up_the_others() {
     server.abort();
     drop(blackhole);
 }
+
+/// One bad BgpPeer (an address another peer already has, passive while the speakers never
+/// listen, an over-long password) is left out with `Configured=False` naming the field and
+/// the other object; the good peer is still in every replica's desired state, which the
+/// speaker would otherwise refuse whole.
+#[tokio::test]
+async fn a_bad_bgppeer_is_left_out_and_the_others_stay_configured() {
+    let mut w = world(vec![], &[]);
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.confs.apply_watcher_event(&watcher::Event::Apply(
+        serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "BgpConf",
+            "metadata": {"name": "default"}, "spec": {"asn": 64512, "listenPort": 0},
+        }))
+        .unwrap(),
+    ));
+    let mut first = peer("tor", "10.0.0.1", None, None);
+    first.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-01-01T00:00:00Z".parse().unwrap(),
+    ));
+    let mut copy = peer("tor-copy", "10.0.0.1", None, None);
+    copy.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-02-01T00:00:00Z".parse().unwrap(),
+    ));
+    let mut waiting = peer("waits", "10.0.0.3", None, None);
+    waiting.spec.passive = true;
+    let long = peer("long-pw", "10.0.0.4", None, Some("long"));
+    w.secrets.apply_watcher_event(&watcher::Event::Apply(
+        serde_json::from_value(json!({
+            "metadata": {"name": "long", "namespace": "berth-system"},
+            "data": {"password": k8s_openapi::ByteString(vec![b'x'; 81])},
+        }))
+        .unwrap(),
+    ));
+    for p in [&first, &copy, &waiting, &long] {
+        w.peers
+            .apply_watcher_event(&watcher::Event::Apply(p.clone()));
+    }
+    let names: Vec<String> = peers_for_tests(&w.ctx)
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    assert_eq!(names, ["tor"]);
+    let state = speakers::desired_state(
+        1,
+        &serde_json::from_value(json!({"asn": 64512, "listenPort": 0})).unwrap(),
+        &super::speaker::replica_for_tests(&w.ctx, "n1"),
+        &peers_for_tests(&w.ctx),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    assert_eq!(state.peers.len(), 1);
+    let condition = |p: &BgpPeer| peer_status_for_tests(&w.ctx, p).conditions[0].clone();
+    assert_eq!(condition(&first).status, "True");
+    let c = condition(&copy);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "DuplicateAddress")
+    );
+    assert!(c.message.contains("BgpPeer tor"), "{}", c.message);
+    let c = condition(&waiting);
+    assert_eq!(c.reason, "PassiveWithoutListener");
+    let c = condition(&long);
+    assert_eq!(c.reason, "SecretKeyInvalid");
+    assert!(c.message.contains("81 bytes"), "{}", c.message);
+}

@@ -145,3 +145,69 @@ fn a_router_id_is_required_somewhere() {
     .unwrap();
     assert_eq!(s.global.unwrap().router_id, "10.1.1.1");
 }
+
+fn spec(yaml: &str) -> BgpPeerSpec {
+    serde_yaml_ng::from_str(yaml).unwrap()
+}
+
+#[test]
+fn peers_the_speaker_would_refuse_are_named_with_the_conflicting_object() {
+    let peers = vec![
+        (
+            "b-new".to_owned(),
+            Some("2026-02-01T00:00:00Z".to_owned()),
+            spec("{address: 10.0.0.1, peerAsn: 65001}"),
+        ),
+        (
+            "a-old".to_owned(),
+            Some("2026-01-01T00:00:00Z".to_owned()),
+            spec("{address: 10.0.0.1, peerAsn: 65002}"),
+        ),
+        (
+            "fine".to_owned(),
+            None,
+            spec("{address: 10.0.0.2, peerAsn: 65001}"),
+        ),
+        (
+            "waits".to_owned(),
+            None,
+            spec("{address: 10.0.0.3, peerAsn: 65001, passive: true}"),
+        ),
+    ];
+    let listening = conf("{asn: 64512, listenPort: 179}");
+    let r = refusals(&peers, Some(&listening));
+    assert_eq!(
+        r.keys().collect::<Vec<_>>(),
+        ["b-new"],
+        "the older peer keeps the address"
+    );
+    assert_eq!(r["b-new"].reason, "DuplicateAddress");
+    assert!(
+        r["b-new"].message.contains("BgpPeer a-old"),
+        "{}",
+        r["b-new"].message
+    );
+
+    let connect_only = conf("{asn: 64512, listenPort: 0}");
+    let r = refusals(&peers, Some(&connect_only));
+    assert_eq!(r.keys().collect::<Vec<_>>(), ["b-new", "waits"]);
+    assert_eq!(r["waits"].reason, "PassiveWithoutListener");
+    assert!(r["waits"].message.contains("listenPort"));
+    // Input order does not matter.
+    let mut reversed = peers.clone();
+    reversed.reverse();
+    assert_eq!(refusals(&reversed, Some(&connect_only)), r);
+}
+
+#[test]
+fn passwords_must_fit_a_tcp_md5_key() {
+    assert_eq!(password_problem("s3cret"), None);
+    assert_eq!(password_problem(&"x".repeat(80)), None);
+    assert!(
+        password_problem(&"x".repeat(81))
+            .unwrap()
+            .message
+            .contains("81 bytes")
+    );
+    assert!(password_problem("").is_some());
+}
