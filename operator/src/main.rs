@@ -73,9 +73,10 @@ struct Args {
     #[arg(long, env = "BERTH_RESYNC_SECONDS", default_value_t = 60)]
     resync_seconds: u64,
 
-    /// This replica's identity in the Lease and in Events (the Pod name).
-    #[arg(long, env = "POD_NAME", default_value = "berth-operator")]
-    identity: String,
+    /// This replica's identity in the Lease and in Events: the Pod name (downward API).
+    /// Without it, the host name with the process id and start time: unique per replica.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 
     /// The leader Lease's name.
     #[arg(long, env = "BERTH_LEASE_NAME", default_value = "berth-operator")]
@@ -138,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
         speaker_port: args.speaker_port,
         speaker_tls,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
-        identity: args.identity.clone(),
+        identity: controller::leader::identity(args.identity.as_deref()),
         lease_name: args.lease_name.clone(),
         lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
     };
@@ -161,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
     };
     metrics.set_leader(true);
     metrics.set_ready(false);
-    tokio::select! {
+    let result = tokio::select! {
         r = controller::run(client, settings, metrics.clone()) => {
             if let Err(e) = &r {
                 error!(error = %e, "controllers stopped");
@@ -176,7 +177,10 @@ async fn main() -> anyhow::Result<()> {
             info!("shutting down");
             Ok(())
         }
-    }
+    };
+    // Whatever stopped us, a standby need not wait for the Lease to expire.
+    lead.release().await;
+    result
 }
 
 async fn shutdown() {

@@ -1,16 +1,19 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease: only the holder runs the controllers.
 //!
 //! The decision is pure ([`decide`]); the I/O around it takes the Lease with an optimistic
-//! `replace` (a conflict means another replica won the race), renews it at a third of its
-//! duration, and reports the loss when a renewal has not succeeded for a whole duration. A
-//! replica that loses leadership exits: its successor rebuilds the IPAM state from the API,
-//! which is the only state that matters.
+//! `replace` (a conflict means another replica won the race), renews it every fifth of its
+//! duration with every call bounded in time, and reports the loss when no renewal has
+//! succeeded for the renew deadline (two thirds of the duration, so the leader stops before a
+//! standby may take over). Expiry is judged on the standby's own clock. On SIGTERM the
+//! leader releases the Lease so a standby takes over at once. A replica that loses
+//! leadership exits: its successor rebuilds the IPAM state from the API, which is the only
+//! state that matters.
 
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use tracing::{info, warn};
 
@@ -25,8 +28,12 @@ pub enum Decision {
     Wait(Duration),
 }
 
-/// Decides from the Lease's spec (`None`: there is no Lease yet).
-pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
+/// Decides from the Lease's spec (`None`: there is no Lease yet). `unchanged_for` is how long
+/// this replica has seen the Lease's record (holder, renew time) stay the same, on its own
+/// monotonic clock: another holder's lease counts as expired only after a whole duration
+/// without a renewal *seen here*, so a holder whose clock runs ahead cannot keep it, and one
+/// whose clock runs behind cannot lose it early (client-go's rule).
+pub fn decide(spec: Option<&LeaseSpec>, me: &str, unchanged_for: Duration) -> Decision {
     let Some(spec) = spec else {
         return Decision::Take;
     };
@@ -37,17 +44,37 @@ pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
     if holder.is_empty() {
         return Decision::Take;
     }
-    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
-    let Some(renewed) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
-        return Decision::Take;
-    };
-    let expires = renewed.0.checked_add(duration).unwrap_or(renewed.0);
-    if expires <= now {
+    let duration =
+        Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15));
+    if unchanged_for >= duration {
         Decision::Take
     } else {
-        let left = now.duration_until(expires).unsigned_abs();
-        Decision::Wait(left.min(Duration::from_secs(5)))
+        Decision::Wait((duration - unchanged_for).min(Duration::from_secs(1)))
     }
+}
+
+/// The part of a Lease whose change shows its holder is alive.
+fn record(spec: Option<&LeaseSpec>) -> Option<(Option<String>, Option<MicroTime>)> {
+    spec.map(|s| (s.holder_identity.clone(), s.renew_time.clone()))
+}
+
+/// This replica's identity: the Pod name when given, else the host name with this process's
+/// id and start time, so two replicas never share one (two replicas both called
+/// `berth-operator` would both renew "their" Lease and both lead).
+pub fn identity(pod_name: Option<&str>) -> String {
+    if let Some(p) = pod_name.map(str::trim).filter(|p| !p.is_empty()) {
+        return p.to_owned();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "berth-operator".to_owned());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{host}-{}-{nanos:08x}", std::process::id())
 }
 
 /// A Lease held by this replica.
@@ -56,6 +83,31 @@ pub struct Leadership {
     name: String,
     me: String,
     duration: Duration,
+}
+
+/// What a replica last saw of the Lease, and since when (its own clock).
+struct Observed {
+    record: Option<(Option<String>, Option<MicroTime>)>,
+    since: tokio::time::Instant,
+}
+
+impl Observed {
+    fn new() -> Self {
+        Observed {
+            record: None,
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Notes the record just read; returns how long it has been unchanged.
+    fn see(&mut self, spec: Option<&LeaseSpec>) -> Duration {
+        let r = record(spec);
+        if r != self.record {
+            self.record = r;
+            self.since = tokio::time::Instant::now();
+        }
+        self.since.elapsed()
+    }
 }
 
 fn spec_for(
@@ -84,15 +136,28 @@ fn spec_for(
     }
 }
 
+/// How long one Lease call may take: well inside the renew deadline.
+fn call_timeout(duration: Duration) -> Duration {
+    (duration / 5).max(Duration::from_millis(500))
+}
+
+/// The leader stops leading when it has not renewed for this long: before the Lease can
+/// expire for a standby (a whole duration), so there is never a moment with two leaders.
+pub fn renew_deadline(duration: Duration) -> Duration {
+    duration * 2 / 3
+}
+
 impl Leadership {
     /// Waits until this replica holds Lease `name` in `api`'s namespace.
     pub async fn acquire(api: Api<Lease>, name: &str, me: &str, duration: Duration) -> Self {
         let mut logged = false;
+        let mut observed = Observed::new();
         loop {
-            match Self::try_once(&api, name, me, duration).await {
+            match Self::try_once(&api, name, me, duration, &mut observed).await {
                 Ok(Decision::Take | Decision::Renew) => {
                     info!(
                         lease = name,
+                        identity = me,
                         "leader: this replica now runs the controllers"
                     );
                     return Leadership {
@@ -104,70 +169,131 @@ impl Leadership {
                 }
                 Ok(Decision::Wait(d)) => {
                     if !logged {
-                        info!(lease = name, "standing by: another replica leads");
+                        info!(
+                            lease = name,
+                            identity = me,
+                            "standing by: another replica leads"
+                        );
                         logged = true;
                     }
                     tokio::time::sleep(d).await;
                 }
                 Err(e) => {
                     warn!(lease = name, %e, "Lease not taken; retrying");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }
     }
 
-    /// One look at the Lease; takes or renews it when [`decide`] says so.
+    /// One look at the Lease, bounded in time; takes or renews it when [`decide`] says so.
     async fn try_once(
         api: &Api<Lease>,
         name: &str,
         me: &str,
         duration: Duration,
-    ) -> Result<Decision, kube::Error> {
-        let now = Timestamp::now();
-        let current = api.get_opt(name).await?;
-        let decision = decide(current.as_ref().and_then(|l| l.spec.as_ref()), me, now);
-        match (&decision, current) {
-            (Decision::Wait(_), _) => {}
-            (_, None) => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(name.to_owned()),
-                        ..Default::default()
-                    },
-                    spec: Some(spec_for(me, duration, None, now)),
-                };
-                api.create(&PostParams::default(), &lease).await?;
+        observed: &mut Observed,
+    ) -> Result<Decision, String> {
+        let call = async {
+            let current = api.get_opt(name).await?;
+            let spec = current.as_ref().and_then(|l| l.spec.as_ref());
+            let decision = decide(spec, me, observed.see(spec));
+            let now = Timestamp::now();
+            match (&decision, current) {
+                (Decision::Wait(_), _) => {}
+                (_, None) => {
+                    let lease = Lease {
+                        metadata: ObjectMeta {
+                            name: Some(name.to_owned()),
+                            ..Default::default()
+                        },
+                        spec: Some(spec_for(me, duration, None, now)),
+                    };
+                    api.create(&PostParams::default(), &lease).await?;
+                }
+                (_, Some(mut lease)) => {
+                    // The resourceVersion we read makes this a compare-and-swap.
+                    lease.spec = Some(spec_for(me, duration, lease.spec.as_ref(), now));
+                    api.replace(name, &PostParams::default(), &lease).await?;
+                }
             }
-            (_, Some(mut lease)) => {
-                // The resourceVersion we read makes this a compare-and-swap.
-                lease.spec = Some(spec_for(me, duration, lease.spec.as_ref(), now));
-                api.replace(name, &PostParams::default(), &lease).await?;
-            }
+            Ok::<_, kube::Error>(decision)
+        };
+        match tokio::time::timeout(call_timeout(duration), call).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "no answer from the API server within {:?}",
+                call_timeout(duration)
+            )),
         }
-        Ok(decision)
     }
 
-    /// Renews until a renewal has failed for a whole Lease duration or another replica took
-    /// the Lease; then returns, and the caller must stop writing.
-    pub async fn hold(self) -> String {
+    /// Renews until a renewal has failed for the renew deadline or another replica took the
+    /// Lease; then returns, and the caller must stop writing.
+    pub async fn hold(&self) -> String {
         let mut last_ok = tokio::time::Instant::now();
+        let mut observed = Observed::new();
+        let deadline = renew_deadline(self.duration);
         loop {
-            tokio::time::sleep(self.duration / 3).await;
-            match Self::try_once(&self.api, &self.name, &self.me, self.duration).await {
+            tokio::time::sleep(self.duration / 5).await;
+            match Self::try_once(
+                &self.api,
+                &self.name,
+                &self.me,
+                self.duration,
+                &mut observed,
+            )
+            .await
+            {
                 Ok(Decision::Renew | Decision::Take) => last_ok = tokio::time::Instant::now(),
                 Ok(Decision::Wait(_)) => {
                     return format!("Lease {} was taken by another replica", self.name);
                 }
                 Err(e) => {
                     warn!(lease = %self.name, %e, "Lease renewal failed");
-                    if last_ok.elapsed() >= self.duration {
+                    if last_ok.elapsed() >= deadline {
                         return format!(
-                            "Lease {} not renewed for {:?}: {e}",
-                            self.name, self.duration
+                            "Lease {} not renewed for {deadline:?} (the renew deadline): {e}",
+                            self.name
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// Gives the Lease up (on SIGTERM), so a standby takes over at once instead of after
+    /// the Lease's duration. Best effort, bounded in time.
+    pub async fn release(&self) {
+        let call = async {
+            let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+                return Ok(());
+            };
+            let ours = lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_deref())
+                == Some(self.me.as_str());
+            if !ours {
+                return Ok(());
+            }
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.holder_identity = None;
+                spec.lease_duration_seconds = Some(1);
+                spec.renew_time = Some(MicroTime(Timestamp::now()));
+            }
+            self.api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+                .map(|_| ())
+        };
+        match tokio::time::timeout(Duration::from_secs(2), call).await {
+            Ok(Ok(())) => info!(lease = %self.name, "Lease released for a standby"),
+            Ok(Err(e)) => {
+                warn!(lease = %self.name, %e, "could not release the Lease; a standby takes over when it expires")
+            }
+            Err(_) => {
+                warn!(lease = %self.name, "releasing the Lease timed out; a standby takes over when it expires")
             }
         }
     }
@@ -191,27 +317,51 @@ mod tests {
         }
     }
 
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
     #[test]
-    fn a_missing_free_or_expired_lease_is_taken() {
-        assert_eq!(decide(None, "a", at(100)), Decision::Take);
+    fn a_missing_or_free_lease_is_taken() {
+        assert_eq!(decide(None, "a", S(0)), Decision::Take);
         assert_eq!(
-            decide(Some(&LeaseSpec::default()), "a", at(100)),
+            decide(Some(&LeaseSpec::default()), "a", S(0)),
             Decision::Take
         );
-        assert_eq!(decide(Some(&held("b", 80)), "a", at(100)), Decision::Take);
     }
 
     #[test]
-    fn a_live_lease_of_another_is_waited_for_and_ours_is_renewed() {
+    fn another_holders_lease_expires_only_after_a_duration_unchanged_here() {
+        // The holder's renew time says nothing: only how long this replica saw it unchanged.
+        // A holder whose clock is an hour behind is not taken over while it renews...
         assert_eq!(
-            decide(Some(&held("b", 95)), "a", at(100)),
-            Decision::Wait(Duration::from_secs(5))
+            decide(Some(&held("b", -3600)), "a", S(2)),
+            Decision::Wait(S(1))
+        );
+        // ...and one whose clock is ahead does not keep a lease it stopped renewing.
+        assert_eq!(
+            decide(Some(&held("b", 1 << 33)), "a", S(15)),
+            Decision::Take
         );
         assert_eq!(
-            decide(Some(&held("b", 86)), "a", at(100)),
-            Decision::Wait(Duration::from_secs(1))
+            decide(Some(&held("b", 95)), "a", Duration::from_millis(14_500)),
+            Decision::Wait(Duration::from_millis(500))
         );
-        assert_eq!(decide(Some(&held("a", 10)), "a", at(100)), Decision::Renew);
+        assert_eq!(decide(Some(&held("a", 10)), "a", S(100)), Decision::Renew);
+    }
+
+    #[test]
+    fn the_renew_deadline_ends_before_a_standby_may_take_over() {
+        for d in [3, 5, 15, 60] {
+            assert!(renew_deadline(S(d)) < S(d));
+            assert!(call_timeout(S(d)) < renew_deadline(S(d)) / 2);
+        }
+    }
+
+    #[test]
+    fn identities_are_unique_without_a_pod_name() {
+        assert_eq!(identity(Some("berth-operator-7d9f")), "berth-operator-7d9f");
+        let a = identity(None);
+        assert!(a.contains(&std::process::id().to_string()), "{a}");
+        assert_ne!(identity(Some("  ")), "");
     }
 
     #[test]
@@ -223,6 +373,5 @@ mod tests {
         let renewed = spec_for("a", Duration::from_secs(15), Some(&taken), at(105));
         assert_eq!(renewed.lease_transitions, Some(1));
         assert_eq!(renewed.acquire_time, Some(MicroTime(at(100))));
-        assert_eq!(renewed.renew_time, Some(MicroTime(at(105))));
     }
 }
