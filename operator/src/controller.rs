@@ -79,6 +79,9 @@ pub struct Shared {
     pub sync: mpsc::UnboundedSender<SyncEvent>,
     /// Wakes the Eip status writer.
     pub eip_dirty: Notify,
+    /// Asks for a reconcile of every Service: after a release, a Service waiting for an IP
+    /// may get the freed one.
+    pub reconcile_all: mpsc::UnboundedSender<()>,
     /// EndpointSlices by Service.
     pub slices: Mutex<SliceIndex>,
     /// Nodes as the next-hop rules read them.
@@ -152,15 +155,89 @@ where
     (store, stream)
 }
 
+/// The API server refuses an Event whose note is longer than 1 KiB (events.k8s.io/v1), and
+/// a refused Event says nothing: long notes (a list of Services, a peer's error) are cut at
+/// a character boundary with a mark that they were.
+pub fn event_note(note: &str) -> String {
+    const MAX: usize = 1024;
+    if note.len() <= MAX {
+        return note.to_owned();
+    }
+    const MARK: &str = " [...]";
+    let mut end = MAX - MARK.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &note[..end])
+}
+
+/// Passes a watch event on; an error is logged with the resource and what to check (a
+/// 403 is a missing RBAC verb, a 404 a missing CRD), never dropped silently.
+fn logged<K>(resource: &'static str, e: Result<K, watcher::Error>) -> Option<K> {
+    match e {
+        Ok(k) => Some(k),
+        Err(err) => {
+            tracing::warn!(resource, error = %err, "watch failed; retrying with back-off (403: the operator's RBAC lacks list/watch on it; 404: its CRD is not installed)");
+            None
+        }
+    }
+}
+
+/// Names, generations and deletion marks of a store's objects: they change when a spec
+/// changes or an object comes or goes, not when only its status is written.
+fn generations<K>(store: &Store<K>) -> Vec<(String, Option<i64>, bool)>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let mut v: Vec<_> = store
+        .state()
+        .iter()
+        .map(|o| {
+            let m = o.meta();
+            (
+                m.name.clone().unwrap_or_default(),
+                m.generation,
+                m.deletion_timestamp.is_some(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// One item per change of [`generations`] of `store` seen through its reflector's events.
+fn spec_changes<K>(
+    resource: &'static str,
+    store: Store<K>,
+    events: impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = ()> + Send
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let mut last: Option<Vec<(String, Option<i64>, bool)>> = None;
+    events.filter_map(move |e| {
+        let ok = logged(resource, e).is_some();
+        let now = generations(&store);
+        let changed = last.as_ref() != Some(&now);
+        last = Some(now);
+        async move { (ok && changed).then_some(()) }
+    })
+}
+
 /// Runs the operator's controllers until one of them fails or the Lease is lost.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let (sync_tx, sync_rx) = mpsc::unbounded_channel();
+    // Node, pool and BGP-settings changes, and releases, reconcile every Service.
+    let (all_tx, all_rx) = mpsc::unbounded_channel::<()>();
     let shared = Arc::new(Shared {
         ipam: Mutex::new(Ipam::new()),
         routes: Mutex::new(RouteTable::new()),
         pool_errors: Mutex::new(BTreeMap::new()),
         sync: sync_tx,
         eip_dirty: Notify::new(),
+        reconcile_all: all_tx.clone(),
         slices: Mutex::new(SliceIndex::default()),
         nodes: Mutex::new(Arc::new(Vec::new())),
         metrics: metrics.clone(),
@@ -182,7 +259,9 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         .boxed();
         tokio::spawn(async move {
             while let Some(ev) = events.next().await {
-                let Ok(ev) = ev else { continue };
+                let Some(ev) = logged("endpointslices.discovery.k8s.io", ev) else {
+                    continue;
+                };
                 let changed = shared.slices.lock().ok().and_then(|mut i| i.apply(&ev));
                 match ev {
                     watcher::Event::InitDone => {
@@ -228,7 +307,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     let assignment_task = tokio::spawn(async move {
         let mut events = std::pin::pin!(assignment_events);
         while let Some(ev) = events.next().await {
-            if let Ok(cm) = ev {
+            if let Some(cm) = logged("configmaps", ev) {
                 let _ = assignment_tx.send(cm);
             }
         }
@@ -245,42 +324,51 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
 
     // Node, pool and BGP-settings changes touch every Service; peers, pods and Secrets only
     // the speakers.
-    let (all_tx, all_rx) = mpsc::unbounded_channel::<()>();
     let drive = {
         let shared = shared.clone();
         let all_tx = all_tx.clone();
         let nodes_store = stores.nodes.clone();
+        let eip_store = stores.eips.clone();
         let node_shared = shared.clone();
+        // Only what the decisions read (readiness, schedulability, labels, InternalIPs):
+        // kubelet status updates that change nothing of it reconcile nothing.
         let node_nudge = node_events.filter_map(move |e| {
             let views = node_views(nodes_store.state().iter().map(|n| &**n));
-            if let Ok(mut n) = node_shared.nodes.lock() {
-                *n = views;
-            }
-            async move { e.ok().map(|_| ()) }
+            let changed = match node_shared.nodes.lock() {
+                Ok(mut n) => {
+                    let changed = **n != *views;
+                    *n = views;
+                    changed
+                }
+                Err(_) => true,
+            };
+            let pass = logged("nodes", e).is_some() && changed;
+            async move { pass.then_some(()) }
         });
-        let eip_nudge = eip_events.filter_map(|e| async move { e.ok().map(|_| ()) });
-        let conf_nudge = conf_events.filter_map(|e| async move { e.ok().map(|_| ()) });
+        // Spec changes, creations and deletions only: the operator's own status writes
+        // (after every allocation, every 10 s for peers) must not reconcile everything.
+        let eip_nudge = spec_changes("eips.berth.dev", stores.eips.clone(), eip_events);
+        let conf_nudge = spec_changes("bgpconfs.berth.dev", stores.confs.clone(), conf_events);
         let speaker_nudge = futures::stream::select_all([
-            peer_events
-                .filter_map(|e| async move { e.ok().map(|_| ()) })
-                .boxed(),
+            spec_changes("bgppeers.berth.dev", stores.peers.clone(), peer_events).boxed(),
             pod_events
-                .filter_map(|e| async move { e.ok().map(|_| ()) })
+                .filter_map(|e| async move { logged("pods", e).map(|_| ()) })
                 .boxed(),
             secret_events
-                .filter_map(|e| async move { e.ok().map(|_| ()) })
+                .filter_map(|e| async move { logged("secrets", e).map(|_| ()) })
                 .boxed(),
         ]);
         async move {
             let mut everyone = futures::stream::select_all([
                 node_nudge.boxed(),
-                eip_nudge.map(|()| ()).boxed(),
+                eip_nudge.boxed(),
                 conf_nudge.boxed(),
             ]);
             let mut speakers = speaker_nudge;
             loop {
                 tokio::select! {
                     Some(()) = everyone.next() => {
+                        eip::sync_pools_of(&eip_store, &shared);
                         let _ = all_tx.send(());
                         let _ = shared.sync.send(SyncEvent::Full);
                         shared.eip_dirty.notify_one();

@@ -111,6 +111,27 @@ mod tests {
     }
 
     #[test]
+    fn a_kubelet_heartbeat_changes_no_node_view_and_readiness_does() {
+        let node = |ready: &str, beat: &str, alloc: &str| -> Node {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "n1", "labels": {"rack": "a"}, "resourceVersion": beat},
+                "status": {
+                    "conditions": [{"type": "Ready", "status": ready,
+                                    "lastHeartbeatTime": beat, "reason": "KubeletReady"}],
+                    "addresses": [{"type": "InternalIP", "address": "10.0.0.11"}],
+                    "allocatable": {"cpu": alloc},
+                }
+            }))
+            .unwrap()
+        };
+        let before = node("True", "2026-12-03T10:00:00Z", "4");
+        let beat = node("True", "2026-12-03T10:00:10Z", "3900m");
+        assert_eq!(node_views([&before]), node_views([&beat]));
+        let down = node("False", "2026-12-03T10:00:20Z", "4");
+        assert_ne!(node_views([&before]), node_views([&down]));
+    }
+
+    #[test]
     fn slices_follow_their_service_through_changes_and_relists() {
         let mut idx = SliceIndex::default();
         let web = ServiceKey::new("shop", "web");

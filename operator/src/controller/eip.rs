@@ -17,11 +17,18 @@ use crate::pools::{Facts, status};
 /// Brings the engine's pools in line with the Eips in the store. An edit the engine refuses
 /// (it would strand IPs in use) leaves the pool as it was and is remembered for the status.
 pub fn sync_pools(ctx: &Context) {
-    let eips = ctx.stores.eips.state();
-    let Ok(mut ipam) = ctx.shared.ipam.lock() else {
+    sync_pools_of(&ctx.stores.eips, &ctx.shared);
+}
+
+/// [`sync_pools`] from the store and the shared state alone: the watch task calls it before
+/// it asks for a reconcile of every Service, so a Service waiting for a new or grown pool
+/// finds it in the engine (pool changes are applied before the reconcile that uses them).
+pub fn sync_pools_of(store: &kube::runtime::reflector::Store<Eip>, shared: &super::Shared) {
+    let eips = store.state();
+    let Ok(mut ipam) = shared.ipam.lock() else {
         return;
     };
-    let Ok(mut errors) = ctx.shared.pool_errors.lock() else {
+    let Ok(mut errors) = shared.pool_errors.lock() else {
         return;
     };
     errors.retain(|name, _| eips.iter().any(|e| &e.name_any() == name));
@@ -60,7 +67,7 @@ pub fn sync_pools(ctx: &Context) {
             warn!(pool = %name, held = kept.len(), "pool deleted; its IPs stay with their Services");
         }
     }
-    ctx.shared.metrics.pools(&ipam);
+    shared.metrics.pools(&ipam);
 }
 
 /// The status every Eip should have now.

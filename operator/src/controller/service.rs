@@ -1,7 +1,9 @@
 //! The Service controller: rebuilds the IPAM state from every Service's status, then
 //! reconciles each Service by carrying out its [`plan`](crate::plan::plan) and recomputing its
-//! next hops. An EndpointSlice change reconciles its one Service; a Node, Eip or BgpConf
-//! change reconciles them all (each is cheap when nothing changed: no write, no Event).
+//! next hops. An EndpointSlice change reconciles its one Service; a change of what the
+//! decisions read of Nodes (readiness, labels, addresses: not heartbeats), of an Eip's or
+//! BgpConf's spec (not their status), or a release reconciles them all (each is cheap when
+//! nothing changed: no write, no Event).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -183,6 +185,10 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
     if changed_ipam {
         ctx.shared.eip_dirty.notify_one();
     }
+    if plan.notes.iter().any(|n| n.reason == "IPReleased") {
+        // A Service waiting for an IP of that pool may get it now.
+        let _ = ctx.shared.reconcile_all.send(());
+    }
     let routes = if plan.ours {
         next_hops_of(svc, &plan, ctx).await?
     } else {
@@ -282,7 +288,7 @@ async fn publish(ctx: &Context, svc: &Service, t: EventType, reason: &str, note:
     let ev = Event {
         type_: t,
         reason: reason.to_owned(),
-        note: Some(note),
+        note: Some(super::event_note(&note)),
         action: "Reconcile".into(),
         secondary: None,
     };
@@ -487,6 +493,7 @@ async fn sweeper(ctx: Arc<Context>, store: kube::runtime::reflector::Store<Servi
         for k in sweep(&ctx, &present) {
             info!(service = %k, "released the IPs of a Service that no longer exists");
             ctx.shared.eip_dirty.notify_one();
+            let _ = ctx.shared.reconcile_all.send(());
         }
         // Assignments whose Service vanished without a reconcile (finalizer forced off).
         let orphans: Vec<ServiceKey> = ctx

@@ -608,7 +608,7 @@ async fn write_status(ctx: &Context, board: &Mutex<Board>) {
             let ev = Event {
                 type_: *t,
                 reason: (*reason).to_owned(),
-                note: Some(note.clone()),
+                note: Some(super::event_note(note)),
                 action: "Peer".into(),
                 secondary: None,
             };

@@ -114,6 +114,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
         pool_errors: Mutex::new(BTreeMap::new()),
         sync: tx,
         eip_dirty: Notify::new(),
+        reconcile_all: mpsc::unbounded_channel().0,
         slices: Mutex::new(SliceIndex::default()),
         nodes: Mutex::new(Arc::new(Vec::new())),
         metrics: Arc::new(Metrics::default()),
@@ -804,4 +805,43 @@ async fn a_bad_bgppeer_is_left_out_and_the_others_stay_configured() {
     let c = condition(&long);
     assert_eq!(c.reason, "SecretKeyInvalid");
     assert!(c.message.contains("81 bytes"), "{}", c.message);
+}
+
+/// The operator's own status writes (same generation) change nothing that would make it
+/// reconcile everything; a spec change, a new object or a deletion does.
+#[test]
+fn status_writes_are_not_spec_changes() {
+    let (store, mut w) = store::<Eip>();
+    let eip = |generation: i64, usage: &str| -> Eip {
+        serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Eip",
+            "metadata": {"name": "blue", "generation": generation},
+            "spec": {"address": "10.0.0.0/28"},
+            "status": {"usage": usage, "poolSize": "14"},
+        }))
+        .unwrap()
+    };
+    w.apply_watcher_event(&watcher::Event::Apply(eip(1, "0")));
+    let first = super::generations(&store);
+    w.apply_watcher_event(&watcher::Event::Apply(eip(1, "5")));
+    assert_eq!(
+        super::generations(&store),
+        first,
+        "a status write is no change"
+    );
+    w.apply_watcher_event(&watcher::Event::Apply(eip(2, "5")));
+    assert_ne!(super::generations(&store), first, "a spec edit is");
+    let edited = super::generations(&store);
+    w.apply_watcher_event(&watcher::Event::Delete(eip(2, "5")));
+    assert_ne!(super::generations(&store), edited, "so is a deletion");
+}
+
+#[test]
+fn event_notes_fit_the_apis_limit() {
+    assert_eq!(super::event_note("short"), "short");
+    let long = "é".repeat(700); // 1,400 bytes, two per character
+    let cut = super::event_note(&long);
+    assert!(cut.len() <= 1024, "{}", cut.len());
+    assert!(cut.ends_with(" [...]"));
+    assert!(long.starts_with(cut.trim_end_matches(" [...]")));
 }
