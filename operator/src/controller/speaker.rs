@@ -64,6 +64,97 @@ struct View {
     target: Target,
     sessions: BTreeMap<String, v1::PeerState>,
     error: Option<String>,
+    /// The BgpConf generation this replica last accepted in a full state.
+    applied_conf: Option<i64>,
+}
+
+impl View {
+    fn new(target: &Target) -> Self {
+        View {
+            target: target.clone(),
+            sessions: BTreeMap::new(),
+            error: None,
+            applied_conf: None,
+        }
+    }
+}
+
+/// The generation of BgpConf `default`, if there is one.
+fn conf_generation(ctx: &Context) -> Option<i64> {
+    ctx.stores
+        .confs
+        .get(&ObjectRef::new(names::BGPCONF_NAME))
+        .and_then(|c| c.metadata.generation)
+}
+
+/// BgpConf `default`'s status from the replicas' views (pure): Ready when every replica
+/// accepted its current generation, else which ones did not and why.
+fn conf_status(
+    generation: Option<i64>,
+    views: &BTreeMap<String, View>,
+    previous: Option<&berth_api::BgpConfStatus>,
+) -> berth_api::BgpConfStatus {
+    let runs =
+        |v: &View| v.error.is_none() && v.applied_conf.is_some() && v.applied_conf == generation;
+    let running: Vec<&str> = views
+        .values()
+        .filter(|v| runs(v))
+        .map(|v| v.target.pod.as_str())
+        .collect();
+    let behind: Vec<String> = views
+        .values()
+        .filter(|v| !runs(v))
+        .map(|v| match &v.error {
+            Some(e) => format!("{} ({e})", v.target.pod),
+            None => format!("{} (not applied yet)", v.target.pod),
+        })
+        .collect();
+    let (status, reason, message) = if views.is_empty() {
+        (
+            "False",
+            "NoSpeakers",
+            "no running bgp-server replica was found (--speaker-selector in Berth's namespace)"
+                .to_owned(),
+        )
+    } else if behind.is_empty() {
+        (
+            "True",
+            "Applied",
+            format!("applied by every speaker: {}", running.join(", ")),
+        )
+    } else {
+        (
+            "False",
+            "SpeakersBehind",
+            format!(
+                "applied by {} of {} speakers ({}); not by {}",
+                running.len(),
+                views.len(),
+                running.join(", "),
+                behind.join(", ")
+            ),
+        )
+    };
+    let since = previous
+        .and_then(|p| {
+            p.conditions
+                .iter()
+                .find(|c| c.type_ == names::CONDITION_READY)
+        })
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    berth_api::BgpConfStatus {
+        observed_generation: generation,
+        conditions: vec![Condition {
+            type_: names::CONDITION_READY.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message: super::event_note(&message),
+            observed_generation: generation,
+            last_transition_time: since,
+        }],
+    }
 }
 
 /// Shared between the replica tasks and the status writer.
@@ -233,7 +324,8 @@ async fn replica_task(
             }
         }
         let generation = generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let r = if full || !conn.synced {
+        let pushing_full = full || !conn.synced;
+        let r = if pushing_full {
             bounded(push_full(&ctx, &mut conn, generation)).await
         } else if !changed.is_empty() {
             bounded(push_routes(&ctx, &mut conn, generation, &changed)).await
@@ -243,10 +335,16 @@ async fn replica_task(
         match r {
             Ok(()) => {
                 changed.clear();
-                if let Ok(mut b) = board.lock()
-                    && let Some(v) = b.views.get_mut(&pod)
-                {
+                let conf_generation = conf_generation(&ctx);
+                if let Ok(mut b) = board.lock() {
+                    let v = b
+                        .views
+                        .entry(pod.clone())
+                        .or_insert_with(|| View::new(&conn.target));
                     v.error = None;
+                    if pushing_full {
+                        v.applied_conf = conf_generation;
+                    }
                 }
             }
             Err(e) => {
@@ -286,11 +384,7 @@ fn fail(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>, error: &str) {
         let view = b
             .views
             .entry(conn.target.pod.clone())
-            .or_insert_with(|| View {
-                target: conn.target.clone(),
-                sessions: conn.sessions.clone(),
-                error: None,
-            });
+            .or_insert_with(|| View::new(&conn.target));
         view.error = Some(error.to_owned());
     }
 }
@@ -570,11 +664,7 @@ async fn read_state(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>) -> Res
         let view = b
             .views
             .entry(conn.target.pod.clone())
-            .or_insert_with(|| View {
-                target: conn.target.clone(),
-                sessions: BTreeMap::new(),
-                error: None,
-            });
+            .or_insert_with(|| View::new(&conn.target));
         view.sessions = conn.sessions.clone();
         view.error = None;
     }
@@ -587,6 +677,22 @@ async fn write_status(ctx: &Context, board: &Mutex<Board>) {
         Ok(mut b) => (b.views.clone(), std::mem::take(&mut b.events)),
         Err(_) => return,
     };
+    if let Some(conf) = ctx.stores.confs.get(&ObjectRef::new(names::BGPCONF_NAME)) {
+        let wanted = conf_status(conf.metadata.generation, &views, conf.status.as_ref());
+        if conf.status.as_ref() != Some(&wanted) {
+            let r = Api::<berth_api::BgpConf>::all(ctx.client.clone())
+                .patch_status(
+                    names::BGPCONF_NAME,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "status": wanted })),
+                )
+                .await;
+            ctx.shared.metrics.reconciled("bgpconf", 0.0, r.is_err());
+            if let Err(e) = r {
+                warn!(%e, "could not write BgpConf status");
+            }
+        }
+    }
     let api: Api<BgpPeer> = Api::all(ctx.client.clone());
     for peer in ctx.stores.peers.state() {
         let wanted = peer_status(ctx, &peer, &views);
@@ -717,4 +823,26 @@ pub(super) fn replica_for_tests(ctx: &Context, node: &str) -> Replica {
 #[cfg(test)]
 pub(super) fn peer_status_for_tests(ctx: &Context, peer: &BgpPeer) -> BgpPeerStatus {
     peer_status(ctx, peer, &BTreeMap::new())
+}
+
+/// BgpConf status from views (for the controller tests).
+#[cfg(test)]
+pub(super) fn conf_status_for_tests(
+    generation: Option<i64>,
+    replicas: &[(&str, Option<i64>, Option<&str>)],
+) -> berth_api::BgpConfStatus {
+    let views = replicas
+        .iter()
+        .map(|(pod, applied, error)| {
+            let mut v = View::new(&Target {
+                pod: (*pod).to_owned(),
+                node: "n".into(),
+                endpoint: String::new(),
+            });
+            v.applied_conf = *applied;
+            v.error = error.map(str::to_owned);
+            ((*pod).to_owned(), v)
+        })
+        .collect();
+    conf_status(generation, &views, None)
 }

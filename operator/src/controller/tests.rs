@@ -845,3 +845,33 @@ fn event_notes_fit_the_apis_limit() {
     assert!(cut.ends_with(" [...]"));
     assert!(long.starts_with(cut.trim_end_matches(" [...]")));
 }
+
+/// BgpConf's status says which replicas run its current generation, and names the others
+/// with their error.
+#[test]
+fn bgpconf_status_names_the_replicas_that_run_it() {
+    use super::speaker::conf_status_for_tests as status;
+    let ready = |s: &berth_api::BgpConfStatus| {
+        let c = &s.conditions[0];
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    };
+    let all = status(
+        Some(3),
+        &[("bgp-0", Some(3), None), ("bgp-1", Some(3), None)],
+    );
+    assert_eq!(all.observed_generation, Some(3));
+    let (st, reason, msg) = ready(&all);
+    assert_eq!((st.as_str(), reason.as_str()), ("True", "Applied"));
+    assert!(msg.contains("bgp-0, bgp-1"), "{msg}");
+    let (st, reason, msg) = ready(&status(
+        Some(4),
+        &[
+            ("bgp-0", Some(4), None),
+            ("bgp-1", Some(3), Some("no answer within 75 s")),
+        ],
+    ));
+    assert_eq!((st.as_str(), reason.as_str()), ("False", "SpeakersBehind"));
+    assert!(msg.contains("applied by 1 of 2 speakers (bgp-0)"), "{msg}");
+    assert!(msg.contains("bgp-1 (no answer within 75 s)"), "{msg}");
+    assert_eq!(ready(&status(Some(1), &[])).1, "NoSpeakers");
+}
