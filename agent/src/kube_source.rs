@@ -81,6 +81,15 @@ pub fn assignment(cm: &ConfigMap) -> Result<(String, Layer2Assignment), String> 
     let raw = data
         .and_then(|d| d.get(DATA_ASSIGNMENT))
         .ok_or_else(|| format!("ConfigMap {name} has no {DATA_ASSIGNMENT:?} key"))?;
+    // The operator names each ConfigMap after its Service; one that does not match is not
+    // the operator's (or was edited by hand) and is not believed.
+    let (ns, svc) = service.split_once('/').unwrap_or_default();
+    if name != berth_api::layer2::configmap_name(ns, svc) {
+        return Err(format!(
+            "ConfigMap {name} names Service {service:?}, whose assignment would be {}: ignored",
+            berth_api::layer2::configmap_name(ns, svc)
+        ));
+    }
     let a = Layer2Assignment::from_json(raw).map_err(|e| {
         format!("ConfigMap {name}: {DATA_ASSIGNMENT} is not the operator's JSON ({e}); the operator rewrites it, check its log")
     })?;
@@ -566,6 +575,13 @@ mod tests {
         }))
         .unwrap();
         assert!(assignment(&broken).unwrap_err().contains("berth-l2.demo.x"));
+        let misnamed: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "berth-l2.demo.other"},
+            "data": {"service": "demo/office",
+                     "assignment": r#"{"ips":["10.0.0.241"],"interface":"eth0","nodes":["n1"]}"#}
+        }))
+        .unwrap();
+        assert!(assignment(&misnamed).unwrap_err().contains("ignored"));
     }
 
     #[test]

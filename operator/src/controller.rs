@@ -134,24 +134,23 @@ pub enum Error {
     StoreNotReady(&'static str),
 }
 
-/// A reflector for `api`, run as a task; its store, and a stream of the objects it touched
-/// (for triggers).
+/// A reflector for `api`; its store, and the stream of watch events (already applied to the
+/// store when they come out). The events, not just the touched objects: a relist is applied
+/// to the store only at its end (`InitDone`), which is when a change made during a watch gap
+/// becomes visible, and triggers must look then too.
 fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
 ) -> (
     Store<K>,
-    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 )
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
+    let stream = watcher(api, config).default_backoff().reflect(writer);
     (store, stream)
 }
 
@@ -210,7 +209,7 @@ where
 fn spec_changes<K>(
     resource: &'static str,
     store: Store<K>,
-    events: impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 ) -> impl Stream<Item = ()> + Send
 where
     K: Resource + Clone + Send + Sync + 'static,
@@ -302,16 +301,30 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         )),
     );
     // Consumed from now on (a reflector's store fills only while its stream is polled); each
-    // touched ConfigMap names its Service.
+    // touched ConfigMap names its Service. After a relist, whose deletions name no object,
+    // every Service is reconciled (each rewrites its assignment if it went missing).
     let (assignment_tx, assignment_rx) = mpsc::unbounded_channel::<ConfigMap>();
-    let assignment_task = tokio::spawn(async move {
-        let mut events = std::pin::pin!(assignment_events);
-        while let Some(ev) = events.next().await {
-            if let Some(cm) = logged("configmaps", ev) {
-                let _ = assignment_tx.send(cm);
+    let assignment_task = {
+        let all_tx = all_tx.clone();
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(assignment_events);
+            while let Some(ev) = events.next().await {
+                match logged("configmaps", ev) {
+                    Some(
+                        watcher::Event::Apply(cm)
+                        | watcher::Event::InitApply(cm)
+                        | watcher::Event::Delete(cm),
+                    ) => {
+                        let _ = assignment_tx.send(cm);
+                    }
+                    Some(watcher::Event::InitDone) => {
+                        let _ = all_tx.send(());
+                    }
+                    Some(watcher::Event::Init) | None => {}
+                }
             }
-        }
-    });
+        })
+    };
     let stores = Stores {
         nodes,
         eips,

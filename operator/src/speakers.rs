@@ -78,6 +78,10 @@ pub fn desired_state(
     };
     let self_mode = conf.ecmp_mode == EcmpMode::SelfNextHop;
     let mine: Vec<IpAddr> = replica.addresses.clone();
+    // One session per neighbor address on a replica: when two peers with overlapping node
+    // selectors name one address, the first (the caller orders peers oldest first) keeps it,
+    // so the speaker never refuses the whole state for it.
+    let mut addresses = std::collections::BTreeSet::new();
     let peers = peers
         .iter()
         .filter(|p| {
@@ -85,6 +89,7 @@ pub fn desired_state(
                 .as_ref()
                 .is_none_or(|s| s.matches(&replica.labels))
         })
+        .filter(|p| addresses.insert(p.spec.address.trim().to_owned()))
         .map(|p| v1::Peer {
             address: p.spec.address.clone(),
             asn: p.spec.peer_asn,
@@ -182,8 +187,11 @@ pub struct Refusal {
 /// The rules a speaker applies across peers and settings, checked before anything is sent:
 /// a peer that breaks one is left out (its condition says why) instead of making the speaker
 /// refuse the whole desired state, which would freeze BGP for every peer. `peers` are
-/// `(name, created, spec)`; of peers sharing an address the oldest (then the first by name)
-/// keeps it.
+/// `(name, created, spec)`. Two peers naming one address conflict only when they select
+/// the same nodes (both no selector, or equal selectors): one BgpPeer per rack with the
+/// same ToR address and its own rack selector is fine. Of conflicting peers the oldest
+/// (then the first by name) keeps the address; selectors that merely overlap are settled
+/// per replica by [`desired_state`] the same way.
 pub fn refusals(
     peers: &[(String, Option<String>, BgpPeerSpec)],
     conf: Option<&BgpConfSpec>,
@@ -191,13 +199,14 @@ pub fn refusals(
     let mut out = BTreeMap::new();
     let mut order: Vec<&(String, Option<String>, BgpPeerSpec)> = peers.iter().collect();
     order.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
-    let mut owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
+    let mut owner: BTreeMap<(IpAddr, String), &str> = BTreeMap::new();
     for (name, _, spec) in order {
         // An address that does not parse is the schema's to refuse; compare it as written.
         let Ok(addr) = spec.address.trim().parse::<IpAddr>() else {
             continue;
         };
-        match owner.get(&addr) {
+        let selects = serde_json::to_string(&spec.node_selector).unwrap_or_default();
+        match owner.get(&(addr, selects.clone())) {
             Some(first) => {
                 out.insert(
                     name.clone(),
@@ -210,7 +219,7 @@ pub fn refusals(
                 );
             }
             None => {
-                owner.insert(addr, name);
+                owner.insert((addr, selects), name);
             }
         }
     }

@@ -228,36 +228,45 @@ impl Leadership {
         }
     }
 
-    /// Renews until a renewal has failed for the renew deadline or another replica took the
-    /// Lease; then returns, and the caller must stop writing.
+    /// Renews until no renewal has succeeded for the renew deadline or another replica took
+    /// the Lease; then returns, and the caller must stop writing. The deadline counts from
+    /// the *start* of the last successful call (the earliest the API server can have stored
+    /// it), and no call or sleep runs past it, so the leader has stopped a third of a Lease
+    /// duration before a standby, which waits a whole duration from when it saw that
+    /// renewal, can take over.
     pub async fn hold(&self) -> String {
         let mut last_ok = tokio::time::Instant::now();
         let mut observed = Observed::new();
         let deadline = renew_deadline(self.duration);
         loop {
-            tokio::time::sleep(self.duration / 5).await;
-            match Self::try_once(
-                &self.api,
-                &self.name,
-                &self.me,
-                self.duration,
-                &mut observed,
+            let until_deadline = deadline.saturating_sub(last_ok.elapsed());
+            tokio::time::sleep((self.duration / 5).min(until_deadline)).await;
+            let remaining = deadline.saturating_sub(last_ok.elapsed());
+            if remaining.is_zero() {
+                return format!(
+                    "Lease {} not renewed for {deadline:?} (the renew deadline)",
+                    self.name
+                );
+            }
+            let started = tokio::time::Instant::now();
+            let attempt = tokio::time::timeout(
+                remaining,
+                Self::try_once(
+                    &self.api,
+                    &self.name,
+                    &self.me,
+                    self.duration,
+                    &mut observed,
+                ),
             )
             .await
-            {
-                Ok(Decision::Renew | Decision::Take) => last_ok = tokio::time::Instant::now(),
+            .unwrap_or_else(|_| Err("no answer before the renew deadline".to_owned()));
+            match attempt {
+                Ok(Decision::Renew | Decision::Take) => last_ok = started,
                 Ok(Decision::Wait(_)) => {
                     return format!("Lease {} was taken by another replica", self.name);
                 }
-                Err(e) => {
-                    warn!(lease = %self.name, %e, "Lease renewal failed");
-                    if last_ok.elapsed() >= deadline {
-                        return format!(
-                            "Lease {} not renewed for {deadline:?} (the renew deadline): {e}",
-                            self.name
-                        );
-                    }
-                }
+                Err(e) => warn!(lease = %self.name, %e, "Lease renewal failed"),
             }
         }
     }
@@ -354,6 +363,29 @@ mod tests {
             assert!(renew_deadline(S(d)) < S(d));
             assert!(call_timeout(S(d)) < renew_deadline(S(d)) / 2);
         }
+    }
+
+    /// An API server that takes requests and never answers (a partition): the leader gives
+    /// up by the renew deadline, never later, whatever the calls do.
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_cut_off_from_the_api_stops_by_the_renew_deadline() {
+        let (svc, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let client = kube::Client::new(svc, "berth-system");
+        let lead = Leadership {
+            api: Api::namespaced(client, "berth-system"),
+            name: "berth-operator".into(),
+            me: "a".into(),
+            duration: S(15),
+        };
+        let start = tokio::time::Instant::now();
+        let why = lead.hold().await;
+        let took = start.elapsed();
+        assert!(took <= renew_deadline(S(15)), "{took:?}: {why}");
+        assert!(took >= renew_deadline(S(15)) - S(1), "{took:?}: {why}");
+        assert!(why.contains("renew deadline"), "{why}");
     }
 
     #[test]

@@ -201,7 +201,9 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
     if !changed.is_empty() {
         let _ = ctx.shared.sync.send(SyncEvent::Routes(changed));
     }
-    let failed = plan.notes.iter().any(|n| n.severity == Severity::Warning);
+    // Only Berth's own Services wait for something; another's (NotBerths) is said once per
+    // change of it, not every minute.
+    let failed = plan.ours && plan.notes.iter().any(|n| n.severity == Severity::Warning);
     // A Service still waiting for an IP is retried even without a trigger, in case the
     // pool it waits for frees up by a path we do not watch.
     Ok(if failed {

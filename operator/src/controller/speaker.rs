@@ -446,12 +446,15 @@ fn replica(ctx: &Context, node: &str) -> Replica {
 /// The BgpPeers with selectors read and passwords resolved; peers whose configuration cannot
 /// be used are left out (their `Configured` condition says why).
 fn peers(ctx: &Context) -> Vec<Peer> {
-    ctx.stores
-        .peers
-        .state()
-        .iter()
-        .filter_map(|p| resolve(ctx, p).ok())
-        .collect()
+    let mut all = ctx.stores.peers.state();
+    // Oldest first: of two peers a replica would get for one address, the older keeps it.
+    all.sort_by_key(|p| {
+        (
+            p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            p.name_any(),
+        )
+    });
+    all.iter().filter_map(|p| resolve(ctx, p).ok()).collect()
 }
 
 /// A BgpPeer as the desired state needs it, or the condition reason and message saying what

@@ -188,6 +188,21 @@ fn peers_the_speaker_would_refuse_are_named_with_the_conflicting_object() {
         r["b-new"].message
     );
 
+    // One BgpPeer per rack, same ToR address, disjoint selectors: no conflict.
+    let racks = vec![
+        (
+            "rack-a".to_owned(),
+            None,
+            spec("{address: 169.254.0.1, peerAsn: 65001, nodeSelector: {matchLabels: {rack: a}}}"),
+        ),
+        (
+            "rack-b".to_owned(),
+            None,
+            spec("{address: 169.254.0.1, peerAsn: 65001, nodeSelector: {matchLabels: {rack: b}}}"),
+        ),
+    ];
+    assert!(refusals(&racks, Some(&listening)).is_empty());
+
     let connect_only = conf("{asn: 64512, listenPort: 0}");
     let r = refusals(&peers, Some(&connect_only));
     assert_eq!(r.keys().collect::<Vec<_>>(), ["b-new", "waits"]);
@@ -210,4 +225,34 @@ fn passwords_must_fit_a_tcp_md5_key() {
             .contains("81 bytes")
     );
     assert!(password_problem("").is_some());
+}
+
+#[test]
+fn a_replica_gets_one_peer_per_address_when_selectors_overlap() {
+    let rack = Selector {
+        match_labels: [("rack".to_owned(), "a".to_owned())].into(),
+        requirements: vec![],
+    };
+    let peers = vec![
+        peer("older", "{address: 10.0.0.1, peerAsn: 65001}", None, None),
+        peer(
+            "newer",
+            "{address: 10.0.0.1, peerAsn: 65002}",
+            Some(rack),
+            None,
+        ),
+    ];
+    let state = desired_state(
+        1,
+        &conf("{asn: 64512}"),
+        &replica("n1", "a", "10.0.0.11"),
+        &peers,
+        &routes(),
+    )
+    .unwrap();
+    assert_eq!(state.peers.len(), 1);
+    assert_eq!(
+        state.peers[0].asn, 65001,
+        "the first (oldest) keeps the address"
+    );
 }
