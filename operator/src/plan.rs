@@ -216,7 +216,20 @@ pub fn plan(svc: &Service, take_unclassed: bool, ipam: &mut Ipam) -> Plan {
             .iter()
             .copied()
             .find(|ip| Family::of(*ip) == req.family);
-        match ipam.allocate(req) {
+        // The IP the Service's status already shows comes first: the engine may not hold it
+        // (a Service written by the previous leader after this one's rebuild, a Service
+        // restored with its status), and handing out another would move a working IP.
+        let from_status = status_ips
+            .iter()
+            .copied()
+            .find(|ip| Family::of(*ip) == req.family)
+            .filter(|_| before.is_none() && req.requested.is_none());
+        let kept = from_status.and_then(|ip| {
+            let mut preferred = req.clone();
+            preferred.requested = Some(ip);
+            ipam.allocate(&preferred).ok()
+        });
+        match kept.map(Ok).unwrap_or_else(|| ipam.allocate(req)) {
             Ok(a) => {
                 if before.is_none() {
                     notes.push(Note::normal(

@@ -300,6 +300,36 @@ fn berths_annotations_on_a_service_that_is_not_berths_are_reported_and_change_no
 }
 
 #[test]
+fn the_ip_in_status_is_kept_when_the_engine_does_not_hold_it() {
+    // The engine knows nothing of the Service (it was written after the rebuild, or restored
+    // with its status): it keeps the IP its status shows, not the pool's first free one.
+    let mut ipam = engine(vec![pool("blue", "10.0.0.0/28", true)]);
+    let restored = svc("web", |s| {
+        s.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![LoadBalancerIngress {
+                    ip: Some("10.0.0.9".into()),
+                    ..Default::default()
+                }]),
+            }),
+            ..Default::default()
+        });
+    });
+    let p = plan(&restored, false, &mut ipam);
+    assert_eq!(p.held, [ip("10.0.0.9")]);
+    assert_eq!(p.ingress, None, "the status is already right");
+    // Held by another Service meanwhile: a fresh IP, as before.
+    let mut ipam = engine(vec![pool("blue", "10.0.0.0/28", true)]);
+    let other = svc("other", |s| {
+        spec(s).load_balancer_ip = Some("10.0.0.9".into());
+    });
+    assert_eq!(plan(&other, false, &mut ipam).held, [ip("10.0.0.9")]);
+    let p = plan(&restored, false, &mut ipam);
+    assert_eq!(p.held.len(), 1);
+    assert_ne!(p.held[0], ip("10.0.0.9"));
+}
+
+#[test]
 fn a_bad_annotation_later_keeps_the_ip() {
     let mut ipam = engine(vec![pool("blue", "10.0.0.0/24", true)]);
     let mut s = svc("web", |_| {});
