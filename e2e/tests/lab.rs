@@ -311,6 +311,68 @@ spec: {{address: 203.0.113.7}}
             r.router_route(&lip)
         ));
     }
+
+    // 7. Deleting the pool demo/web draws from, while it holds an IP: held by the pool's
+    // finalizer, the IP stays, the router keeps its route, the Eip says who holds it.
+    let has_finalizer = wait_for(Duration::from_secs(20), || {
+        r.kubectl(&[
+            "get",
+            "eip",
+            "lab-bgp",
+            "-o",
+            "jsonpath={.metadata.finalizers}",
+        ])
+        .ok()
+        .filter(|f| f.contains("berth.dev/pool-in-use"))
+    });
+    if has_finalizer.is_none() {
+        fail("Eip lab-bgp never got the berth.dev/pool-in-use finalizer");
+    }
+    r.kubectl(&["delete", "eip", "lab-bgp", "--wait=false"])
+        .unwrap_or_else(|e| fail(&format!("deleting Eip lab-bgp: {e}")));
+    let held = wait_for(Duration::from_secs(20), || {
+        r.kubectl(&[
+            "get",
+            "eip",
+            "lab-bgp",
+            "-o",
+            "jsonpath={.status.conditions[0].reason}: {.status.conditions[0].message}",
+        ])
+        .ok()
+        .filter(|m| m.starts_with("DeletionHeld") && m.contains("demo/web"))
+    });
+    if held.is_none() {
+        fail("the deleted Eip lab-bgp does not say that demo/web holds it");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        r.service_ip("demo", "web", Duration::from_secs(5))
+            .as_deref(),
+        Some(ip.as_str()),
+        "demo/web's IP changed when its pool was deleted"
+    );
+    if !hops_become(&r, &ip, &all_nodes(), 5) {
+        fail(&format!(
+            "the pool's deletion withdrew demo/web: router has {}",
+            r.router_route(&ip)
+        ));
+    }
+    let counts = r.connect(&ip, SERVICE_PORT, 30);
+    assert!(
+        !counts.contains("error"),
+        "connections failed after the pool's deletion: {counts}"
+    );
+    // Releasing the last holder lets the deletion finish.
+    r.kubectl(&["delete", "svc", "web", "-n", "demo", "--timeout=30s"])
+        .unwrap_or_else(|e| fail(&format!("deleting demo/web: {e}")));
+    let gone = wait_for(Duration::from_secs(20), || {
+        r.kubectl(&["get", "eip", "lab-bgp"])
+            .err()
+            .filter(|e| e.contains("NotFound") || e.contains("not found"))
+    });
+    if gone.is_none() {
+        fail("Eip lab-bgp was not deleted after its last Service went");
+    }
 }
 
 /// Watches the router's route to `ip` every 20 ms in the background; counts the samples in

@@ -25,11 +25,26 @@ pub struct Facts<'a> {
     pub defaults: &'a [String],
     /// The conditions now in the status, to keep `lastTransitionTime` when nothing changed.
     pub previous: &'a [Condition],
+    /// The Eip is being deleted: the Services still holding its IPs (empty: none).
+    pub deleting_held_by: Option<&'a [String]>,
 }
 
 /// The status of pool `name`.
 pub fn status(name: &str, ipam: &Ipam, facts: &Facts<'_>, now: Time) -> EipStatus {
     let mut problems: Vec<(&'static str, String)> = Vec::new();
+    if let Some(held) = facts.deleting_held_by.filter(|h| !h.is_empty()) {
+        const SHOWN: usize = 10;
+        let more = held.len().saturating_sub(SHOWN);
+        problems.push((
+            "DeletionHeld",
+            format!(
+                "deleted, but {} Service(s) still hold IPs from it ({}{}): the pool and their IPs stay until they are deleted or moved to another pool; no new IP is given",
+                held.len(),
+                held.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() }
+            ),
+        ));
+    }
     if let Some(e) = facts.edit_error {
         let reason = match e {
             PoolEditError::WouldStrand { .. } => "ShrinkRefused",
@@ -204,6 +219,24 @@ mod tests {
     }
 
     #[test]
+    fn a_deleted_pool_in_use_names_its_holders() {
+        let ipam = Ipam::new();
+        let held: Vec<String> = (0..12).map(|i| format!("shop/web{i}")).collect();
+        let facts = Facts {
+            deleting_held_by: Some(&held),
+            ..Default::default()
+        };
+        let s = status("blue", &ipam, &facts, now(1));
+        assert_eq!(s.conditions[0].status, "False");
+        assert_eq!(s.conditions[0].reason, "DeletionHeld");
+        let m = &s.conditions[0].message;
+        assert!(
+            m.contains("12 Service(s)") && m.contains("shop/web0") && m.contains("and 2 more"),
+            "{m}"
+        );
+    }
+
+    #[test]
     fn a_refused_shrink_is_a_condition_and_transition_time_is_kept() {
         let (ipam, _) = Ipam::rebuild([pool("blue", "10.0.0.0/24")], []);
         let err = PoolEditError::WouldStrand {
@@ -229,6 +262,7 @@ mod tests {
             &ipam,
             &Facts {
                 previous: &first.conditions,
+                deleting_held_by: None,
                 ..facts.clone()
             },
             now(50),
@@ -239,6 +273,7 @@ mod tests {
             &ipam,
             &Facts {
                 previous: &first.conditions,
+                deleting_held_by: None,
                 ..Default::default()
             },
             now(60),

@@ -47,6 +47,11 @@ pub const ANNOTATION_LAYER2: &str = "berth.dev/layer2";
 /// (and withdrawn from routers) before the Service disappears.
 pub const FINALIZER_SERVICE: &str = "berth.dev/release-ip";
 
+/// Finalizer the operator puts on every Eip: a pool whose IPs are still held by Services is
+/// not deleted until they are released or moved (deleting it would make the agents stop
+/// delivering and answering for those IPs), and its status says which Services hold it.
+pub const FINALIZER_POOL: &str = "berth.dev/pool-in-use";
+
 /// Standard Kubernetes label: nodes carrying it are never next hops nor Layer2 owners.
 pub const LABEL_EXCLUDE_FROM_LB: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use berth_api::{Eip, EipStatus};
+use berth_api::{Eip, EipStatus, names};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -35,7 +35,11 @@ pub fn sync_pools_of(store: &kube::runtime::reflector::Store<Eip>, shared: &supe
     for eip in &eips {
         let name = eip.name_any();
         let spec = match convert::pool_spec(eip) {
-            Ok(s) => s,
+            // A pool being deleted (held by its finalizer) gives nothing new.
+            Ok(mut s) => {
+                s.disabled |= eip.metadata.deletion_timestamp.is_some();
+                s
+            }
             Err(e) => {
                 // Admission rejects malformed selectors; one that slips through is logged
                 // and the pool left as it was.
@@ -68,6 +72,72 @@ pub fn sync_pools_of(store: &kube::runtime::reflector::Store<Eip>, shared: &supe
         }
     }
     shared.metrics.pools(&ipam);
+}
+
+/// The Services holding IPs from pool `name`, as `namespace/name`, sorted.
+fn holders(ipam: &crate::ipam::Ipam, name: &str) -> Vec<String> {
+    let mut out: Vec<String> = ipam
+        .services()
+        .filter(|k| {
+            ipam.ips_of(k)
+                .iter()
+                .any(|ip| ipam.pool_of(*ip) == Some(name))
+        })
+        .map(ToString::to_string)
+        .collect();
+    out.sort();
+    out
+}
+
+/// What to do with an Eip's finalizer (pure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalizerStep {
+    /// Nothing to do.
+    Keep,
+    /// Put it on (a live Eip without it).
+    Add,
+    /// Take it off (deleted, and no Service holds its IPs any more).
+    Remove,
+}
+
+/// The finalizer step of an Eip given whether it is being deleted, whether it carries the
+/// finalizer, and how many Services hold its IPs.
+pub fn finalizer_step(deleting: bool, has_finalizer: bool, held: usize) -> FinalizerStep {
+    match (deleting, has_finalizer) {
+        (false, false) => FinalizerStep::Add,
+        (true, true) if held == 0 => FinalizerStep::Remove,
+        _ => FinalizerStep::Keep,
+    }
+}
+
+/// Adds or removes the pool finalizer of every Eip as [`finalizer_step`] says.
+async fn finalizers(ctx: &Context) {
+    let api: Api<Eip> = Api::all(ctx.client.clone());
+    for eip in ctx.stores.eips.state() {
+        let name = eip.name_any();
+        let held = ctx
+            .shared
+            .ipam
+            .lock()
+            .map(|i| holders(&i, &name).len())
+            .unwrap_or(1);
+        let mut list: Vec<String> = eip.finalizers().to_vec();
+        let has = list.iter().any(|f| f == names::FINALIZER_POOL);
+        match finalizer_step(eip.metadata.deletion_timestamp.is_some(), has, held) {
+            FinalizerStep::Keep => continue,
+            FinalizerStep::Add => list.push(names::FINALIZER_POOL.to_owned()),
+            FinalizerStep::Remove => list.retain(|f| f != names::FINALIZER_POOL),
+        }
+        // The resourceVersion read makes the list replacement a compare-and-swap.
+        let patch = json!({ "metadata": {
+            "finalizers": list, "resourceVersion": eip.resource_version() } });
+        if let Err(e) = api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            warn!(pool = %name, %e, "could not update the Eip's finalizer; retrying at the next change");
+        }
+    }
 }
 
 /// The status every Eip should have now.
@@ -109,12 +179,18 @@ pub fn statuses(ctx: &Context) -> Vec<(String, Option<EipStatus>, EipStatus)> {
                 .as_ref()
                 .map(|s| s.conditions.clone())
                 .unwrap_or_default();
+            let held_by = eip
+                .metadata
+                .deletion_timestamp
+                .is_some()
+                .then(|| holders(&ipam, &name));
             let facts = Facts {
                 generation: eip.metadata.generation,
                 edit_error: errors.get(&name),
                 node_addresses: &node_addresses,
                 defaults: &defaults,
                 previous: &conditions,
+                deleting_held_by: held_by.as_deref(),
             };
             let s = status(&name, &ipam, &facts, now.clone());
             (name, previous, s)
@@ -132,6 +208,7 @@ pub async fn status_writer(ctx: Arc<Context>) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         sync_pools(&ctx);
+        finalizers(&ctx).await;
         for (name, previous, wanted) in statuses(&ctx) {
             if previous.as_ref() == Some(&wanted) {
                 continue;

@@ -875,3 +875,13 @@ fn bgpconf_status_names_the_replicas_that_run_it() {
     assert!(msg.contains("bgp-1 (no answer within 75 s)"), "{msg}");
     assert_eq!(ready(&status(Some(1), &[])).1, "NoSpeakers");
 }
+
+#[test]
+fn a_pool_in_use_keeps_its_finalizer_until_its_last_service_goes() {
+    use super::eip::{FinalizerStep, finalizer_step};
+    assert_eq!(finalizer_step(false, false, 0), FinalizerStep::Add);
+    assert_eq!(finalizer_step(false, true, 3), FinalizerStep::Keep);
+    assert_eq!(finalizer_step(true, true, 2), FinalizerStep::Keep, "held");
+    assert_eq!(finalizer_step(true, true, 0), FinalizerStep::Remove);
+    assert_eq!(finalizer_step(true, false, 0), FinalizerStep::Keep);
+}
