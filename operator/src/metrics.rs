@@ -45,6 +45,7 @@ pub struct Metrics {
     reconcile_errors: Family<ControllerLabels, Counter>,
     speaker_sync_errors: Family<SpeakerLabels, Counter>,
     leader: Gauge,
+    without_next_hop: Gauge,
     ready: AtomicBool,
 }
 
@@ -61,6 +62,12 @@ impl Metrics {
         let reconcile_errors = Family::default();
         let speaker_sync_errors = Family::default();
         let leader = Gauge::default();
+        let without_next_hop = Gauge::default();
+        registry.register(
+            "berth_services_without_next_hop",
+            "Berth's Services holding IPs that nothing announces: no eligible node (NoNextHop Event on each)",
+            without_next_hop.clone(),
+        );
         registry.register(
             "berth_ipam_addresses_total",
             "Addresses a pool can hand out (a float: exact up to 2^53, a /64 is approximate)",
@@ -99,6 +106,7 @@ impl Metrics {
             reconcile_errors,
             speaker_sync_errors,
             leader,
+            without_next_hop,
             ready: AtomicBool::new(false),
         }
     }
@@ -142,6 +150,12 @@ impl Metrics {
                 speaker: speaker.to_owned(),
             })
             .inc();
+    }
+
+    /// How many Services hold IPs with no next hop.
+    pub fn set_without_next_hop(&self, n: usize) {
+        self.without_next_hop
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Whether this replica leads.

@@ -180,6 +180,11 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
     if !plan.ours {
         // Agents stop answering before the IP is released.
         set_assignment(ctx, &plan.key, None).await?;
+        if let Ok(mut set) = ctx.shared.without_next_hop.lock()
+            && set.remove(&plan.key)
+        {
+            ctx.shared.metrics.set_without_next_hop(set.len());
+        }
     }
     carry_out(svc, &plan, ctx).await?;
     if changed_ipam {
@@ -398,8 +403,6 @@ async fn next_hops_of(
     let c = compute(svc, &plan.held, ctx);
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
-    let current = current_assignment(ctx, &plan.key);
-    let wanted = c.layer2.as_ref().map(Layer2Assignment::to_json);
     if svc.metadata.deletion_timestamp.is_none() {
         set_assignment(ctx, &plan.key, c.layer2.as_ref()).await?;
     }
@@ -415,16 +418,24 @@ async fn next_hops_of(
         )
         .await?;
     }
-    let before = ctx
-        .shared
-        .routes
-        .lock()
-        .map(|t| c.bgp.iter().all(|(ip, _)| t.get(*ip).is_some()))
-        .unwrap_or(true);
     let none_now = c.bgp.iter().any(|(_, h)| h.is_empty())
         || c.layer2.as_ref().is_some_and(|l| l.nodes.is_empty());
-    // Said once when it happens, not on every reconcile while it lasts.
-    if none_now && (before || current != wanted) {
+    // Said once when it starts (also for a Service that never had a route), not on every
+    // reconcile while it lasts; counted while it lasts.
+    let started = match ctx.shared.without_next_hop.lock() {
+        Ok(mut set) => {
+            let started = if none_now {
+                set.insert(plan.key.clone())
+            } else {
+                set.remove(&plan.key);
+                false
+            };
+            ctx.shared.metrics.set_without_next_hop(set.len());
+            started
+        }
+        Err(_) => false,
+    };
+    if started {
         let why = match c.policy {
             TrafficPolicy::Local => {
                 "no Ready node holds a ready endpoint of this Service (externalTrafficPolicy: Local)"

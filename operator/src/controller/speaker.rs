@@ -3,7 +3,7 @@
 //!
 //! Each replica has a task of its own, with bounded calls (connect and request timeouts,
 //! HTTP/2 keepalive), so a replica that is slow or unreachable (node down, Pod still
-//! Running) delays only itself: the metric `berth_operator_speaker_sync_errors_total` and the
+//! Running) delays only itself: the metric `berth_speaker_sync_errors_total` and the
 //! BgpPeer status name it. A replica that is new, reconnected or restarted gets the full
 //! state with `Apply`; after that a route
 //! change goes out as `UpdateRoutes` with just the changed IPs, so an endpoint change reaches

@@ -115,6 +115,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
         sync: tx,
         eip_dirty: Notify::new(),
         reconcile_all: mpsc::unbounded_channel().0,
+        without_next_hop: Mutex::new(Default::default()),
         slices: Mutex::new(SliceIndex::default()),
         nodes: Mutex::new(Arc::new(Vec::new())),
         metrics: Arc::new(Metrics::default()),
@@ -884,4 +885,43 @@ fn a_pool_in_use_keeps_its_finalizer_until_its_last_service_goes() {
     assert_eq!(finalizer_step(true, true, 2), FinalizerStep::Keep, "held");
     assert_eq!(finalizer_step(true, true, 0), FinalizerStep::Remove);
     assert_eq!(finalizer_step(true, false, 0), FinalizerStep::Keep);
+}
+
+/// A Service that never had a next hop (every node NotReady from the start) is told so once,
+/// and counted while it lasts; a second reconcile says nothing new; a Ready node ends it.
+#[tokio::test]
+async fn no_next_hop_is_said_once_also_for_a_service_that_never_had_one() {
+    let svc = allocated("Cluster", "198.51.100.9");
+    let mut w = world(
+        vec![pool("blue", "198.51.100.8/30")],
+        std::slice::from_ref(&svc),
+    );
+    w.add_node("n1", "10.0.0.11", false, json!({}));
+    let no_next_hop = |w: &World| {
+        events(&w.seen.lock().unwrap())
+            .iter()
+            .filter(|(r, _)| r == "NoNextHop")
+            .count()
+    };
+    w.reconcile(svc.clone()).await;
+    assert_eq!(no_next_hop(&w), 1);
+    assert!(
+        w.ctx
+            .shared
+            .metrics
+            .render()
+            .contains("berth_services_without_next_hop 1")
+    );
+    w.reconcile(svc.clone()).await;
+    assert_eq!(no_next_hop(&w), 1, "said once, not on every reconcile");
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.reconcile(svc).await;
+    assert_eq!(w.route("198.51.100.9"), ["n1"]);
+    assert!(
+        w.ctx
+            .shared
+            .metrics
+            .render()
+            .contains("berth_services_without_next_hop 0")
+    );
 }
