@@ -47,7 +47,7 @@ pub struct Settings {
     /// The speakers' gRPC port.
     pub speaker_port: u16,
     /// mTLS material for the speakers; `None`: plaintext (loopback labs only).
-    pub speaker_tls: Option<berth_proto::ClientTls>,
+    pub speaker_tls: Option<TlsFiles>,
     /// Full resync of every speaker and status at least this often.
     pub resync: Duration,
     /// This replica's identity (Pod name): the Lease holder and the Event reporter.
@@ -56,6 +56,36 @@ pub struct Settings {
     pub lease_name: String,
     /// How long a Lease lasts without renewal.
     pub lease_duration: Duration,
+}
+
+/// Where the operator's mTLS material for the speakers lives. The files are read at every
+/// connection, so a rotated certificate (a Secret update, cert-manager) is used from the
+/// next connection on without a restart.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA that signed the speakers' certificates.
+    pub ca: std::path::PathBuf,
+    /// This operator's client certificate.
+    pub cert: std::path::PathBuf,
+    /// Its key.
+    pub key: std::path::PathBuf,
+    /// The name the speakers' certificates carry.
+    pub server_name: String,
+}
+
+impl TlsFiles {
+    /// Reads the files now.
+    pub fn load(&self) -> Result<berth_proto::ClientTls, String> {
+        let read = |p: &std::path::Path, what: &str| {
+            std::fs::read(p).map_err(|e| format!("cannot read {what} {}: {e}", p.display()))
+        };
+        Ok(berth_proto::ClientTls {
+            ca: read(&self.ca, "--speaker-ca")?,
+            cert: read(&self.cert, "--speaker-cert")?,
+            key: read(&self.key, "--speaker-key")?,
+            server_name: self.server_name.clone(),
+        })
+    }
 }
 
 /// What changed for the speakers.

@@ -95,11 +95,9 @@ struct Args {
     log_json: bool,
 }
 
-fn read(path: &Option<PathBuf>, what: &str) -> anyhow::Result<Vec<u8>> {
-    let Some(p) = path else {
-        anyhow::bail!("{what} is required with --speaker-ca");
-    };
-    std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
+fn path(path: &Option<PathBuf>, what: &str) -> anyhow::Result<PathBuf> {
+    path.clone()
+        .ok_or_else(|| anyhow::anyhow!("{what} is required with --speaker-ca"))
 }
 
 #[tokio::main]
@@ -120,12 +118,17 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let speaker_tls = match (&args.speaker_ca, args.speaker_plaintext) {
-        (Some(_), _) => Some(berth_proto::ClientTls {
-            ca: read(&args.speaker_ca, "--speaker-ca")?,
-            cert: read(&args.speaker_cert, "--speaker-cert")?,
-            key: read(&args.speaker_key, "--speaker-key")?,
-            server_name: args.speaker_server_name.clone(),
-        }),
+        (Some(ca), _) => {
+            let files = controller::TlsFiles {
+                ca: ca.clone(),
+                cert: path(&args.speaker_cert, "--speaker-cert")?,
+                key: path(&args.speaker_key, "--speaker-key")?,
+                server_name: args.speaker_server_name.clone(),
+            };
+            // Read once now, so a wrong path fails at start rather than at every connection.
+            files.load().map_err(anyhow::Error::msg)?;
+            Some(files)
+        }
         (None, true) => None,
         (None, false) => anyhow::bail!(
             "the speakers need mTLS: give --speaker-ca, --speaker-cert and --speaker-key \

@@ -420,7 +420,8 @@ async fn client(ctx: &Context, conn: &mut Conn) -> Result<SpeakerClient<Channel>
     }
     let uri = conn.target.endpoint.clone();
     let c = match &ctx.settings.speaker_tls {
-        Some(tls) => berth_proto::connect_tls(uri.clone(), tls).await,
+        // Read at every connection: a rotated certificate is used from the next one on.
+        Some(files) => berth_proto::connect_tls(uri.clone(), &files.load()?).await,
         None => berth_proto::connect_plain(uri.clone()).await,
     }
     .map_err(|e| format!("cannot connect to {uri}: {e}"))?;

@@ -925,3 +925,29 @@ async fn no_next_hop_is_said_once_also_for_a_service_that_never_had_one() {
             .contains("berth_services_without_next_hop 0")
     );
 }
+
+/// The speaker mTLS files are read at each connection: what is on disk now is used, so a
+/// rotated certificate needs no restart; a missing file names the flag.
+#[test]
+fn tls_files_are_read_anew_at_each_connection() {
+    let dir = std::env::temp_dir().join(format!("berth-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = super::TlsFiles {
+        ca: dir.join("ca.crt"),
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+        server_name: "berth-bgp-server".into(),
+    };
+    assert!(files.load().unwrap_err().contains("--speaker-ca"));
+    for (f, v) in [
+        (&files.ca, "ca-1"),
+        (&files.cert, "cert-1"),
+        (&files.key, "key-1"),
+    ] {
+        std::fs::write(f, v).unwrap();
+    }
+    assert_eq!(files.load().unwrap().cert, b"cert-1");
+    std::fs::write(&files.cert, "cert-2").unwrap();
+    assert_eq!(files.load().unwrap().cert, b"cert-2");
+    let _ = std::fs::remove_dir_all(&dir);
+}
