@@ -31,8 +31,8 @@ use tokio::time::Instant;
 use super::Mac;
 use crate::owner;
 
-/// Least time between two defences of one IP (RFC 5227 `DEFEND_INTERVAL`), so a host that
-/// announces in a loop does not make us flood the segment.
+/// Least time between two defences of one IP against one MAC (RFC 5227 `DEFEND_INTERVAL`),
+/// so a host that announces in a loop does not make us flood the segment.
 pub const DEFEND_INTERVAL: Duration = Duration::from_secs(1);
 /// How long an owner counts as fresh after taking an IP.
 pub const FRESH: Duration = Duration::from_secs(2);
@@ -76,9 +76,11 @@ enum State {
     Answering {
         /// Fresh until then (see [`FRESH`]); `None`: established.
         fresh_until: Option<Instant>,
-        defended: Option<Instant>,
-        /// A challenge running since then, and whether its probe went out.
-        challenge: Option<(Instant, bool)>,
+        /// The last defence, and against whom: the rate limit is per claimant, so a second
+        /// claimant right after the first still hears us.
+        defended: Option<(Instant, Mac)>,
+        /// A challenge of that MAC running since then, and whether its probe went out.
+        challenge: Option<(Instant, Mac, bool)>,
     },
     /// Silent; `heard` is set when someone claimed the IP since the last probe.
     Yielded {
@@ -174,21 +176,33 @@ impl Arbiter {
                     return Some(Action::Yield { ip, winner: mac });
                 }
                 if outranks {
-                    if defended.is_none_or(|t| now.duration_since(t) >= DEFEND_INTERVAL) {
-                        *defended = Some(now);
+                    if defended.is_none_or(|(t, who)| {
+                        who != mac || now.duration_since(t) >= DEFEND_INTERVAL
+                    }) {
+                        *defended = Some((now, mac));
                         return Some(Action::Defend(ip));
                     }
                     return None;
                 }
                 match *challenge {
-                    Some((since, _)) if now.duration_since(since) < CHALLENGE_GRACE => None,
-                    Some((since, _)) if now.duration_since(since) < CHALLENGE_WINDOW => {
-                        *state = yielded;
-                        Some(Action::Yield { ip, winner: mac })
+                    // Only the MAC challenged can make us yield: another fresh claimant that
+                    // shows up meanwhile gets a challenge of its own (and yields to it).
+                    Some((since, who, _)) if who == mac => {
+                        let age = now.duration_since(since);
+                        if age < CHALLENGE_GRACE {
+                            None
+                        } else if age < CHALLENGE_WINDOW {
+                            *state = yielded;
+                            Some(Action::Yield { ip, winner: mac })
+                        } else {
+                            *challenge = Some((now, mac, false));
+                            *defended = Some((now, mac));
+                            Some(Action::Defend(ip))
+                        }
                     }
                     _ => {
-                        *challenge = Some((now, false));
-                        *defended = Some(now);
+                        *challenge = Some((now, mac, false));
+                        *defended = Some((now, mac));
                         Some(Action::Defend(ip))
                     }
                 }
@@ -222,7 +236,7 @@ impl Arbiter {
             .filter_map(|s| match s {
                 State::Yielded { next_probe, .. } => Some(*next_probe),
                 State::Answering {
-                    challenge: Some((since, false)),
+                    challenge: Some((since, _, false)),
                     ..
                 } => Some(*since + CHALLENGE_GRACE),
                 State::Answering { .. } => None,
@@ -237,7 +251,7 @@ impl Arbiter {
         for (ip, state) in &mut self.ips {
             match state {
                 State::Answering {
-                    challenge: Some((since, sent)),
+                    challenge: Some((since, _, sent)),
                     ..
                 } => {
                     if !*sent && now >= *since + CHALLENGE_GRACE {
@@ -455,6 +469,35 @@ mod tests {
     }
 
     #[test]
+    fn a_late_fresh_claimant_does_not_make_a_challenging_incumbent_yield() {
+        // Seen in the namespace test: the incumbent challenges n1's claim, then n2's view
+        // drops too and n2 claims 50 ms later. The incumbent must not yield to n2.
+        for perm in [
+            [1u8, 2, 3],
+            [1, 3, 2],
+            [2, 1, 3],
+            [2, 3, 1],
+            [3, 1, 2],
+            [3, 2, 1],
+        ] {
+            let macs: Vec<Mac> = perm.iter().map(|i| mac(*i)).collect();
+            let t0 = Instant::now();
+            let mut sim = Sim::new(&macs, Duration::from_millis(1));
+            sim.nodes[0].1.set_owned(&[ip()].into(), t0);
+            let t1 = t0 + FRESH + Duration::from_secs(1);
+            sim.elect(1, t1);
+            let mut seen = sim.run(t1, 50);
+            sim.elect(2, t1 + Duration::from_millis(50));
+            seen.extend(sim.run(t1 + Duration::from_millis(50), 5000));
+            for (ms, who) in seen.iter().enumerate().skip(10) {
+                if !(50..60).contains(&ms) {
+                    assert_eq!(who, &vec![0], "{perm:?} at {ms} ms");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn established_owners_keep_the_higher_rank_within_a_challenge() {
         // A link comes back: two owners established for long hear each other.
         let mut macs = [mac(1), mac(2)];
@@ -516,6 +559,12 @@ mod tests {
             Some(Action::Defend(ip))
         );
         assert!(a.answers(ip));
+        // Per claimant: another MAC right after still hears a defence (or a challenge).
+        let third = mac(3);
+        assert_eq!(
+            a.claimed(ip, third, t + DEFEND_INTERVAL + Duration::from_millis(1)),
+            Some(Action::Defend(ip))
+        );
         // Our own frames and IPs we do not own are no conflict.
         assert_eq!(a.claimed(ip, high, t), None);
         assert_eq!(a.claimed("10.0.0.1".parse().unwrap(), low, t), None);
