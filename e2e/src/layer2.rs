@@ -384,14 +384,14 @@ impl Segment {
                 .lab
                 .exec(ns, "nft", &["list", "tables"])
                 .unwrap_or_default();
-            if has.contains("berth_gossip_block") {
-                if let Err(e) = self.lab.exec(
+            if has.contains("berth_gossip_block")
+                && let Err(e) = self.lab.exec(
                     ns,
                     "nft",
                     &["delete", "table", "inet", "berth_gossip_block"],
-                ) {
-                    failed.push(e);
-                }
+                )
+            {
+                failed.push(e);
             }
         }
         if failed.is_empty() {

@@ -252,12 +252,11 @@ fn gossip_partition_leaves_one_answering_node_per_ip() {
         }
     }
     // The partition was real: every agent saw itself alone, and the segment decided.
-    for i in 0..NODES.len() {
+    for (i, node) in NODES.iter().enumerate() {
         assert_eq!(
             seg.metric(i, "berth_agent_membership_size"),
             Some(1.0),
-            "{}: gossip not cut\n{}",
-            NODES[i],
+            "{node}: gossip not cut\n{}",
             seg.logs()
         );
     }
