@@ -446,7 +446,7 @@ impl Agent {
         for (spec, announcer) in &self.announcers {
             let keep = next.answer.get(spec).cloned().unwrap_or_default();
             let current: BTreeSet<IpAddr> = self.last.answer.get(spec).cloned().unwrap_or_default();
-            announcer.set_owned(current.intersection(&keep).copied().collect());
+            announcer.set_owned(current.intersection(&keep).copied().collect(), grew);
         }
         let gone: Vec<String> = self
             .announcers
@@ -498,7 +498,7 @@ impl Agent {
         for (spec, ips) in &next.answer {
             if let Some(a) = self.announcers.get(spec) {
                 owned_total += ips.len();
-                a.set_owned(ips.clone());
+                a.set_owned(ips.clone(), grew);
                 if grew {
                     a.view_grew();
                 }

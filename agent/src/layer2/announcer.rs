@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -142,6 +143,7 @@ pub struct Announcer {
     owned: watch::Sender<BTreeSet<IpAddr>>,
     again: Arc<Notify>,
     grew: Arc<Notify>,
+    grew_with_change: Arc<AtomicBool>,
     yielded: watch::Receiver<BTreeSet<IpAddr>>,
     task: JoinHandle<()>,
 }
@@ -164,6 +166,7 @@ impl Announcer {
         let (yielded_tx, yielded) = watch::channel(BTreeSet::new());
         let again = Arc::new(Notify::new());
         let grew = Arc::new(Notify::new());
+        let grew_with_change = Arc::new(AtomicBool::new(false));
         let groups = Groups::new(interface.index, &interface.name);
         let task = tokio::spawn(run(
             Io {
@@ -181,12 +184,14 @@ impl Announcer {
             owned_rx,
             again.clone(),
             grew.clone(),
+            grew_with_change.clone(),
         ));
         Ok(Announcer {
             interface,
             owned,
             again,
             grew,
+            grew_with_change,
             yielded,
             task,
         })
@@ -200,7 +205,13 @@ impl Announcer {
     /// Answers for exactly `ips` from now on (less those yielded to another MAC on the
     /// segment); IPs new to the set are announced at once (then repeated, see
     /// [`ANNOUNCE_AT`]), IPs gone from it are no longer answered.
-    pub fn set_owned(&self, ips: BTreeSet<IpAddr>) {
+    ///
+    /// `grew`: the membership gained a node with this change; IPs taken then are defended, not
+    /// yielded, for a moment (their previous owner is alive and about to drop them).
+    pub fn set_owned(&self, ips: BTreeSet<IpAddr>, grew: bool) {
+        // Stored before the set, so the task reads it with the change it belongs to.
+        self.grew_with_change
+            .store(grew, std::sync::atomic::Ordering::SeqCst);
         self.owned.send_if_modified(|cur| {
             if *cur == ips {
                 false
@@ -399,6 +410,7 @@ async fn run(
     mut owned: watch::Receiver<BTreeSet<IpAddr>>,
     again: Arc<Notify>,
     grew: Arc<Notify>,
+    grew_with_change: Arc<AtomicBool>,
 ) {
     let mut buf = vec![0u8; 2048];
     let mut buf2 = vec![0u8; 2048];
@@ -431,7 +443,8 @@ async fn run(
                     return;
                 }
                 let now: BTreeSet<IpAddr> = owned.borrow_and_update().clone();
-                lock(&io.arbiter).set_owned(&now, Instant::now());
+                let grown = grew_with_change.load(std::sync::atomic::Ordering::SeqCst);
+                lock(&io.arbiter).set_owned(&now, grown, Instant::now());
                 io.publish();
                 let gained: Vec<IpAddr> = now.difference(&announced).copied().collect();
                 if let Ok(mut g) = io.groups.lock() {
@@ -462,7 +475,7 @@ async fn run(
                 // The owned set main sent before this notification is already in the watch:
                 // apply it first, so only IPs still elected are reclaimed.
                 let current: BTreeSet<IpAddr> = owned.borrow().clone();
-                lock(&io.arbiter).set_owned(&current, Instant::now());
+                lock(&io.arbiter).set_owned(&current, true, Instant::now());
                 let actions = lock(&io.arbiter).view_grew(Instant::now());
                 io.act(actions, &mut lock(&pending));
                 io.publish();

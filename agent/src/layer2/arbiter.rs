@@ -36,6 +36,9 @@ use crate::owner;
 pub const DEFEND_INTERVAL: Duration = Duration::from_secs(1);
 /// How long an owner counts as fresh after taking an IP.
 pub const FRESH: Duration = Duration::from_secs(2);
+/// How long an owner that took an IP because the membership grew defends it against any
+/// claim: the previous owner's view catches up within SWIM's propagation (tens of ms).
+pub const ASSERTIVE: Duration = Duration::from_secs(1);
 /// After a challenge, how long claims are ignored (they may have left before our defence
 /// arrived) before the probe that decides.
 pub const CHALLENGE_GRACE: Duration = Duration::from_millis(50);
@@ -76,6 +79,10 @@ enum State {
     Answering {
         /// Fresh until then (see [`FRESH`]); `None`: established.
         fresh_until: Option<Instant>,
+        /// Taken because the membership grew (a node joined or came back): the previous owner
+        /// is alive and drops the IP as soon as its view catches up, so claims are defended,
+        /// never yielded to, until then (see [`ASSERTIVE`]).
+        assertive_until: Option<Instant>,
         /// The last defence, and against whom: the rate limit is per claimant, so a second
         /// claimant right after the first still hears us.
         defended: Option<(Instant, Mac)>,
@@ -91,9 +98,19 @@ enum State {
 }
 
 impl State {
+    fn assertive(now: Instant) -> State {
+        State::Answering {
+            fresh_until: None,
+            assertive_until: Some(now + ASSERTIVE),
+            defended: None,
+            challenge: None,
+        }
+    }
+
     fn fresh(now: Instant) -> State {
         State::Answering {
             fresh_until: Some(now + FRESH),
+            assertive_until: None,
             defended: None,
             challenge: None,
         }
@@ -102,6 +119,7 @@ impl State {
     fn established() -> State {
         State::Answering {
             fresh_until: None,
+            assertive_until: None,
             defended: None,
             challenge: None,
         }
@@ -124,12 +142,20 @@ impl Arbiter {
         }
     }
 
-    /// Follows the elected set: new IPs are answered (fresh), IPs no longer elected are
-    /// forgotten (a later takeover starts fresh).
-    pub fn set_owned(&mut self, owned: &BTreeSet<IpAddr>, now: Instant) {
+    /// Follows the elected set: IPs no longer elected are forgotten (a later takeover starts
+    /// anew). New IPs are answered: fresh when the membership shrank (a failover, or a
+    /// partition: someone may still answer), assertive when it `grew` (a join or failback:
+    /// the previous owner is alive and about to drop the IP).
+    pub fn set_owned(&mut self, owned: &BTreeSet<IpAddr>, grew: bool, now: Instant) {
         self.ips.retain(|ip, _| owned.contains(ip));
         for ip in owned {
-            self.ips.entry(*ip).or_insert_with(|| State::fresh(now));
+            self.ips.entry(*ip).or_insert_with(|| {
+                if grew {
+                    State::assertive(now)
+                } else {
+                    State::fresh(now)
+                }
+            });
         }
     }
 
@@ -168,9 +194,19 @@ impl Arbiter {
         match state {
             State::Answering {
                 fresh_until,
+                assertive_until,
                 defended,
                 challenge,
             } => {
+                if assertive_until.is_some_and(|t| now < t) {
+                    if defended.is_none_or(|(t, who)| {
+                        who != mac || now.duration_since(t) >= DEFEND_INTERVAL
+                    }) {
+                        *defended = Some((now, mac));
+                        return Some(Action::Defend(ip));
+                    }
+                    return None;
+                }
                 if fresh_until.is_some_and(|t| now < t) {
                     *state = yielded;
                     return Some(Action::Yield { ip, winner: mac });
@@ -336,7 +372,7 @@ mod tests {
 
         /// Node `i` is elected at `now` (it announces at once).
         fn elect(&mut self, i: usize, now: Instant) {
-            self.nodes[i].1.set_owned(&[ip()].into(), now);
+            self.nodes[i].1.set_owned(&[ip()].into(), false, now);
             self.wire.push((now + self.delay, i, true));
         }
 
@@ -408,8 +444,8 @@ mod tests {
             let now = Instant::now();
             let mut x = Arbiter::new(a);
             let mut y = Arbiter::new(b);
-            x.set_owned(&[ip].into(), now);
-            y.set_owned(&[ip].into(), now);
+            x.set_owned(&[ip].into(), false, now);
+            y.set_owned(&[ip].into(), false, now);
             // Established: past FRESH. Each announces; each answers every probe it gets.
             let mut t = now + FRESH;
             let mut queue: Vec<(usize, Action)> = if first == 0 { vec![(0, Action::Defend(ip)), (1, Action::Defend(ip))] } else { vec![(1, Action::Defend(ip)), (0, Action::Defend(ip))] };
@@ -456,7 +492,7 @@ mod tests {
             let macs: Vec<Mac> = perm.iter().map(|i| mac(*i)).collect();
             let t0 = Instant::now();
             let mut sim = Sim::new(&macs, Duration::from_millis(1));
-            sim.nodes[0].1.set_owned(&[ip()].into(), t0);
+            sim.nodes[0].1.set_owned(&[ip()].into(), false, t0);
             let t1 = t0 + FRESH + Duration::from_secs(1);
             sim.elect(1, t1);
             sim.elect(2, t1);
@@ -483,7 +519,7 @@ mod tests {
             let macs: Vec<Mac> = perm.iter().map(|i| mac(*i)).collect();
             let t0 = Instant::now();
             let mut sim = Sim::new(&macs, Duration::from_millis(1));
-            sim.nodes[0].1.set_owned(&[ip()].into(), t0);
+            sim.nodes[0].1.set_owned(&[ip()].into(), false, t0);
             let t1 = t0 + FRESH + Duration::from_secs(1);
             sim.elect(1, t1);
             let mut seen = sim.run(t1, 50);
@@ -505,8 +541,8 @@ mod tests {
         let [low, high] = macs;
         let t0 = Instant::now();
         let mut sim = Sim::new(&[low, high], Duration::from_millis(1));
-        sim.nodes[0].1.set_owned(&[ip()].into(), t0);
-        sim.nodes[1].1.set_owned(&[ip()].into(), t0);
+        sim.nodes[0].1.set_owned(&[ip()].into(), false, t0);
+        sim.nodes[1].1.set_owned(&[ip()].into(), false, t0);
         let t1 = t0 + FRESH;
         sim.wire.push((t1, 0, true));
         let seen = sim.run(t1, 3000);
@@ -542,6 +578,25 @@ mod tests {
     }
 
     #[test]
+    fn a_join_takes_over_from_a_live_owner_without_yielding() {
+        // n1 comes back and is elected; n0 (established, still answering until its view
+        // catches up) defends or challenges: n1 must not yield, n0 drops it 30 ms later.
+        for perm in [[1u8, 2], [2, 1]] {
+            let macs: Vec<Mac> = perm.iter().map(|i| mac(*i)).collect();
+            let t0 = Instant::now();
+            let mut sim = Sim::new(&macs, Duration::from_millis(1));
+            sim.nodes[0].1.set_owned(&[ip()].into(), false, t0);
+            let t1 = t0 + FRESH + Duration::from_secs(1);
+            sim.nodes[1].1.set_owned(&[ip()].into(), true, t1);
+            sim.wire.push((t1 + Duration::from_millis(1), 1, true));
+            let _ = sim.run(t1, 30);
+            sim.nodes[0].1.set_owned(&BTreeSet::new(), false, t1);
+            let seen = sim.run(t1 + Duration::from_millis(30), 3000);
+            assert!(seen.iter().all(|w| w == &vec![1]), "{perm:?}: {seen:?}");
+        }
+    }
+
+    #[test]
     fn defends_at_most_once_per_interval() {
         let ip = ip();
         let mut macs = [mac(1), mac(2)];
@@ -549,7 +604,7 @@ mod tests {
         let [low, high] = macs;
         let t0 = Instant::now();
         let mut a = Arbiter::new(high);
-        a.set_owned(&[ip].into(), t0);
+        a.set_owned(&[ip].into(), false, t0);
         let t = t0 + FRESH;
         assert_eq!(a.claimed(ip, low, t), Some(Action::Defend(ip)));
         assert_eq!(a.claimed(ip, low, t + Duration::from_millis(10)), None);
@@ -575,7 +630,7 @@ mod tests {
         let ip = ip();
         let t0 = Instant::now();
         let mut a = Arbiter::new(mac(1));
-        a.set_owned(&[ip].into(), t0);
+        a.set_owned(&[ip].into(), false, t0);
         assert_eq!(
             a.claimed(ip, mac(2), t0),
             Some(Action::Yield { ip, winner: mac(2) })
@@ -605,7 +660,7 @@ mod tests {
         let ip = ip();
         let t0 = Instant::now();
         let mut a = Arbiter::new(mac(1));
-        a.set_owned(&[ip].into(), t0);
+        a.set_owned(&[ip].into(), false, t0);
         a.claimed(ip, mac(2), t0);
         assert_eq!(a.view_grew(t0), vec![Action::Reclaim(ip)]);
         assert!(a.answers(ip));
@@ -615,9 +670,9 @@ mod tests {
             a.claimed(ip, mac(2), t0),
             Some(Action::Yield { .. })
         ));
-        a.set_owned(&BTreeSet::new(), t0);
+        a.set_owned(&BTreeSet::new(), false, t0);
         assert!(!a.answers(ip) && a.yielded().is_empty());
-        a.set_owned(&[ip].into(), t0);
+        a.set_owned(&[ip].into(), false, t0);
         assert!(a.answers(ip));
     }
 }
