@@ -233,6 +233,8 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
         last: Plan::default(),
         failed_interfaces: BTreeSet::new(),
         events,
+        yields_changed: Arc::new(tokio::sync::Notify::new()),
+        last_alive: BTreeSet::new(),
     };
     let run = agent.run(desired, alive, ready_tx, wait_for_signal());
     let result = run.await;
@@ -368,6 +370,10 @@ struct Agent {
     failed_interfaces: BTreeSet<String>,
     /// Ownership Events on Services (cluster mode only).
     events: Option<Arc<berth_agent::kube_source::OwnershipEvents>>,
+    /// Notified by the announcers when they yield an IP on the segment or take it back.
+    yields_changed: Arc<tokio::sync::Notify>,
+    /// The membership at the last plan, to tell a heal (a node appears) from a loss.
+    last_alive: BTreeSet<String>,
 }
 
 impl Agent {
@@ -386,11 +392,25 @@ impl Agent {
             let d = desired.borrow_and_update().clone();
             let a = alive.borrow_and_update().clone();
             let membership_changed = a.len() as i64 != self.metrics.membership_size.get();
+            // A node appeared (a heal, or a restart): the election decides again, every yield
+            // made on the segment during a partition ends.
+            let grew = a.difference(&self.last_alive).next().is_some();
+            self.last_alive = a.clone();
             self.metrics.membership_size.set(a.len() as i64);
-            self.apply(plan(&self.me, &d, &a), membership_changed).await;
+            let mut next = plan(&self.me, &d, &a);
+            // Yielded IPs lose their route as a lost election would (unless also a local IP).
+            let yielded: BTreeSet<IpAddr> =
+                self.announcers.values().flat_map(|a| a.yielded()).collect();
+            if !grew {
+                next.local
+                    .retain(|ip| !yielded.contains(ip) || d.local_ips.contains(ip));
+            }
+            self.metrics.yielded_ips.set(yielded.len() as i64);
+            self.apply(next, membership_changed, grew).await;
             let _ = ready.send(true);
             tokio::select! {
                 () = &mut stop => return Ok(()),
+                () = self.yields_changed.notified() => {}
                 r = desired.changed() => r.context("the desired state's source stopped")?,
                 r = alive.changed() => r.context("the membership stopped")?,
                 _ = retry.tick() => {}
@@ -398,7 +418,7 @@ impl Agent {
         }
     }
 
-    async fn apply(&mut self, next: Plan, membership_changed: bool) {
+    async fn apply(&mut self, next: Plan, membership_changed: bool, grew: bool) {
         for (ip, e) in &next.elections {
             let before = self.last.elections.get(ip).and_then(|e| e.owner.clone());
             if before != e.owner {
@@ -426,7 +446,7 @@ impl Agent {
         for (spec, announcer) in &self.announcers {
             let keep = next.answer.get(spec).cloned().unwrap_or_default();
             let current: BTreeSet<IpAddr> = self.last.answer.get(spec).cloned().unwrap_or_default();
-            announcer.set_owned(current.intersection(&keep).copied().collect());
+            announcer.set_owned(current.intersection(&keep).copied().collect(), grew);
         }
         let gone: Vec<String> = self
             .announcers
@@ -449,7 +469,7 @@ impl Agent {
                 .map_err(anyhow::Error::from)
                 .and_then(|i| {
                     ensure_arp_ignore(&i.name);
-                    Announcer::start(i, self.metrics.clone())
+                    Announcer::start(i, self.metrics.clone(), self.yields_changed.clone())
                         .with_context(|| format!("opening packet sockets on {spec}"))
                 });
             match started {
@@ -478,7 +498,10 @@ impl Agent {
         for (spec, ips) in &next.answer {
             if let Some(a) = self.announcers.get(spec) {
                 owned_total += ips.len();
-                a.set_owned(ips.clone());
+                a.set_owned(ips.clone(), grew);
+                if grew {
+                    a.view_grew();
+                }
                 if membership_changed {
                     a.announce_again();
                 }

@@ -39,6 +39,14 @@ pub struct Metrics {
     pub gratuitous: Family<IpLabels, Counter>,
     /// Another MAC announced an IP this node owns (two nodes answering, or a foreign host).
     pub conflicts: Family<IpLabels, Counter>,
+    /// This node stopped answering an IP because a higher-ranked MAC claimed it on the segment.
+    pub yields: Family<IpLabels, Counter>,
+    /// Re-announcements of an owned IP after a lower-ranked MAC claimed it.
+    pub defences: Family<IpLabels, Counter>,
+    /// A yielded IP answered again (the winner stopped answering probes, or the view healed).
+    pub reclaims: Family<IpLabels, Counter>,
+    /// Elected IPs this node does not answer because it yielded them on the segment.
+    pub yielded_ips: Gauge,
     /// Times the elected owner of an IP changed, as this agent sees it.
     pub ownership_changes: Family<OwnerLabels, Counter>,
     /// Layer2 IPs this node answers for now.
@@ -70,6 +78,10 @@ impl Metrics {
             replies: Family::default(),
             gratuitous: Family::default(),
             conflicts: Family::default(),
+            yields: Family::default(),
+            defences: Family::default(),
+            reclaims: Family::default(),
+            yielded_ips: Gauge::default(),
             ownership_changes: Family::default(),
             owned_ips: Gauge::default(),
             membership_size: Gauge::default(),
@@ -94,6 +106,26 @@ impl Metrics {
             "conflicts",
             "Announcements from another MAC for an IP this node owns",
             m.conflicts.clone(),
+        );
+        registry.register(
+            "yields",
+            "Owned IPs given up because a higher-ranked MAC claimed them on the segment",
+            m.yields.clone(),
+        );
+        registry.register(
+            "defences",
+            "Re-announcements of an owned IP after a lower-ranked MAC claimed it",
+            m.defences.clone(),
+        );
+        registry.register(
+            "reclaims",
+            "Yielded IPs answered again (winner silent to probes, or the membership healed)",
+            m.reclaims.clone(),
+        );
+        registry.register(
+            "yielded_ips",
+            "Elected Layer2 IPs not answered because another node outranks this one on the segment",
+            m.yielded_ips.clone(),
         );
         registry.register(
             "ownership_changes",

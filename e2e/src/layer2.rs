@@ -321,6 +321,15 @@ impl Segment {
 
     /// Which MACs answer who-has `ip` (ARP or NDP by its family), with reply counts.
     pub fn who_answers(&self, ip: &str) -> Result<Vec<(String, usize)>, String> {
+        self.who_answers_within(ip, Duration::from_secs(1))
+    }
+
+    /// Which MACs answer who-has `ip` within `wait` of the question, with reply counts.
+    pub fn who_answers_within(
+        &self,
+        ip: &str,
+        wait: Duration,
+    ) -> Result<Vec<(String, usize)>, String> {
         let (mode, src) = if ip.contains(':') {
             ("ndp", CLIENT6)
         } else {
@@ -329,13 +338,95 @@ impl Segment {
         let out = self.lab.exec(
             &self.client,
             "python3",
-            &["-c", PROBE, mode, "eth0", ip, src, "1"],
+            &[
+                "-c",
+                PROBE,
+                mode,
+                "eth0",
+                ip,
+                src,
+                &wait.as_secs_f64().to_string(),
+            ],
         )?;
         Ok(out
             .split_whitespace()
             .filter_map(|kv| kv.split_once('='))
             .map(|(m, n)| (m.to_owned(), n.parse().unwrap_or(0)))
             .collect())
+    }
+
+    /// Drops the agents' gossip (UDP 7946, both directions) on every node with an nftables
+    /// table of its own (`inet berth_gossip_block`); the client segment stays up. Undone by
+    /// [`Segment::heal_gossip`], and by the namespaces' removal on drop.
+    pub fn block_gossip(&self) -> Result<(), String> {
+        let rules = self.dir.join("block-gossip.nft");
+        std::fs::write(
+            &rules,
+            "table inet berth_gossip_block {
+  chain input { type filter hook input priority 0; policy accept; udp dport 7946 drop; udp sport 7946 drop; }
+  chain output { type filter hook output priority 0; policy accept; udp dport 7946 drop; udp sport 7946 drop; }
+}
+",
+        )
+        .map_err(|e| e.to_string())?;
+        let rules = rules.display().to_string();
+        for ns in &self.nodes {
+            self.lab.exec(ns, "nft", &["-f", &rules])?;
+        }
+        Ok(())
+    }
+
+    /// Removes what [`Segment::block_gossip`] added (nodes without it are skipped).
+    pub fn heal_gossip(&self) -> Result<(), String> {
+        let mut failed = Vec::new();
+        for ns in &self.nodes {
+            let has = self
+                .lab
+                .exec(ns, "nft", &["list", "tables"])
+                .unwrap_or_default();
+            if has.contains("berth_gossip_block")
+                && let Err(e) = self.lab.exec(
+                    ns,
+                    "nft",
+                    &["delete", "table", "inet", "berth_gossip_block"],
+                )
+            {
+                failed.push(e);
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+
+    /// The sum of node `i`'s agent metric series whose line starts with `name` (e.g.
+    /// `berth_agent_membership_size`), from its /metrics.
+    pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        let text = self
+            .lab
+            .exec(
+                &self.nodes[i],
+                "python3",
+                &[
+                    "-c",
+                    "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9474/metrics',timeout=2).read().decode())",
+                ],
+            )
+            .ok()?;
+        let mut found = None;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                continue;
+            }
+            let v: f64 = line.rsplit(' ').next()?.parse().ok()?;
+            *found.get_or_insert(0.0) += v;
+        }
+        found
     }
 
     /// The MAC in the client's neighbour entry for `ip`, if it has one with an address.

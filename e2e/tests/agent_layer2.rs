@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_e2e::lab_unavailable;
 use berth_e2e::layer2::{EIP4, EIP6, NODES, Segment, wait};
@@ -194,4 +194,120 @@ fn failover_on_agent_kill_and_on_link_cut() {
     fail(&mut seg, &mut alive, second, |s| {
         s.set_link(second, false).unwrap()
     });
+}
+
+/// Removes the gossip block even when the test fails half-way (the namespaces' removal on
+/// drop would too; this keeps the order explicit).
+struct Unblock<'a>(&'a Segment);
+
+impl Drop for Unblock<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.heal_gossip();
+    }
+}
+
+/// Gossip (UDP 7946) blocked between every node while the client segment stays up: each
+/// agent sees itself alone and elects itself for every IP, so before the segment arbitrated
+/// all three answered. Now, sampled from the client from 1 s after the block for 8 s, exactly
+/// one MAC answers each IP every time; after the heal one node answers (the elected one) and
+/// no IP has moved more than once over the whole run.
+#[test]
+fn gossip_partition_leaves_one_answering_node_per_ip() {
+    if let Some(why) = lab_unavailable(&[]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let seg = Segment::start("l2p", &AGENT, true).unwrap();
+    let before = owners_serve(&seg, &NODES);
+    // Every answering MAC seen per IP, in order, to count moves.
+    let mut history: [Vec<String>; 2] = before.map(|i| vec![seg.macs[i].to_lowercase()]);
+    let ips = [EIP4, EIP6];
+    seg.block_gossip().unwrap();
+    let _unblock = Unblock(&seg);
+    let blocked = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut bad = Vec::new();
+    let mut samples = 0;
+    while blocked.elapsed() < Duration::from_secs(9) {
+        for (k, ip) in ips.iter().enumerate() {
+            let at = blocked.elapsed().as_secs_f64();
+            let who = seg
+                .who_answers_within(ip, Duration::from_millis(300))
+                .unwrap();
+            let names: Vec<&str> = who
+                .iter()
+                .map(|(m, _)| seg.node_of(m).map_or("?", |i| NODES[i]))
+                .collect();
+            eprintln!("partition +{at:.2}s {ip}: {names:?}");
+            samples += 1;
+            if who.len() != 1 {
+                bad.push(format!("+{at:.2}s {ip}: {who:?}"));
+            }
+            if let Some((m, _)) = who.first() {
+                let m = m.to_lowercase();
+                if history[k].last() != Some(&m) {
+                    history[k].push(m);
+                }
+            }
+        }
+    }
+    // The partition was real: every agent saw itself alone, and the segment decided.
+    for (i, node) in NODES.iter().enumerate() {
+        assert_eq!(
+            seg.metric(i, "berth_agent_membership_size"),
+            Some(1.0),
+            "{node}: gossip not cut\n{}",
+            seg.logs()
+        );
+    }
+    let yields = 0.0
+        + (0..NODES.len())
+            .filter_map(|i| seg.metric(i, "berth_agent_yields_total"))
+            .sum::<f64>();
+    eprintln!("partition: {samples} samples, {yields} yields");
+    assert!(
+        bad.is_empty(),
+        "not exactly one MAC during the partition: {bad:#?}\n{}",
+        seg.logs()
+    );
+    assert!(yields >= 1.0, "nobody yielded: the partition was not seen");
+    // Heal: the membership comes back, the election decides again.
+    seg.heal_gossip().unwrap();
+    let healed = wait(Duration::from_secs(15), || {
+        (0..NODES.len())
+            .all(|i| seg.metric(i, "berth_agent_membership_size") == Some(3.0))
+            .then_some(())
+    });
+    assert!(healed.is_some(), "membership not healed\n{}", seg.logs());
+    let healed_at = Instant::now();
+    while healed_at.elapsed() < Duration::from_secs(4) {
+        for (k, ip) in ips.iter().enumerate() {
+            let who = seg
+                .who_answers_within(ip, Duration::from_millis(300))
+                .unwrap();
+            eprintln!(
+                "healed +{:.2}s {ip}: {who:?}",
+                healed_at.elapsed().as_secs_f64()
+            );
+            if let Some((m, _)) = who.first() {
+                let m = m.to_lowercase();
+                if history[k].last() != Some(&m) {
+                    history[k].push(m);
+                }
+            }
+        }
+    }
+    let after = owners_serve(&seg, &NODES);
+    for (k, ip) in ips.iter().enumerate() {
+        let m = seg.macs[after[k]].to_lowercase();
+        if history[k].last() != Some(&m) {
+            history[k].push(m);
+        }
+        eprintln!("{ip}: answering MACs over the run {:?}", history[k]);
+        assert!(
+            history[k].len() <= 2,
+            "{ip} moved more than once: {:?}",
+            history[k]
+        );
+    }
 }

@@ -40,9 +40,14 @@ pub struct PacketSocket {
 }
 
 impl PacketSocket {
-    /// Opens a non-blocking, close-on-exec `AF_PACKET`/`SOCK_RAW` socket receiving frames of
-    /// `ethertype` arriving on the interface `ifindex`. Needs `CAP_NET_RAW`.
-    pub fn open(ifindex: u32, ethertype: u16) -> io::Result<PacketSocket> {
+    /// Opens a non-blocking, close-on-exec `AF_PACKET`/`SOCK_RAW` socket receiving the frames
+    /// of `ethertype` arriving on the interface `ifindex` that `filter` accepts. Needs
+    /// `CAP_NET_RAW`.
+    ///
+    /// The socket is created with protocol 0 (it receives nothing), gets its filter, and only
+    /// then is bound to the EtherType and interface: no frame the filter would refuse is ever
+    /// queued, not even in the moment between socket creation and the filter.
+    pub fn open(ifindex: u32, ethertype: u16, filter: &[Instruction]) -> io::Result<PacketSocket> {
         let ifindex = i32::try_from(ifindex).map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidInput, "interface index too large")
         })?;
@@ -53,7 +58,7 @@ impl PacketSocket {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::c_int::from(ethertype.to_be()),
+                0,
             )
         };
         if raw < 0 {
@@ -62,6 +67,9 @@ impl PacketSocket {
         // SAFETY: `raw` is a descriptor we just opened and own exclusively.
         #[allow(unsafe_code)]
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let socket = PacketSocket { fd };
+        socket.attach_filter(filter)?;
+        let fd = socket.fd;
         // struct sockaddr_ll: family u16, protocol u16 (network order), ifindex i32,
         // hatype u16, pkttype u8, halen u8, addr [u8; 8]. Built as bytes so its layout is
         // explicit.
@@ -224,16 +232,15 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        match PacketSocket::open(lo, ETH_P_ARP) {
+        // ret #0: accepts nothing.
+        let nothing = [Instruction {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }];
+        match PacketSocket::open(lo, ETH_P_ARP, &nothing) {
             Ok(s) => {
-                // ret #0: accepts nothing.
-                s.attach_filter(&[Instruction {
-                    code: 0x06,
-                    jt: 0,
-                    jf: 0,
-                    k: 0,
-                }])
-                .unwrap();
                 s.set_all_multicast(lo).unwrap();
                 let _ = s.into_file();
             }

@@ -1,12 +1,14 @@
 //! One announcer per interface: answers ARP requests and Neighbor Solicitations for the IPs
 //! this node owns, and announces IPs it takes over.
 //!
-//! The owned set lives in a `watch` channel: every request is checked against its current
-//! value, so the moment [`Announcer::set_owned`] drops an IP, no further answer for it leaves.
+//! The owned set lives in a `watch` channel and in the task's [`Arbiter`], which every request
+//! is checked against: the moment [`Announcer::set_owned`] drops an IP, or another node that
+//! outranks this one claims it on the segment, no further answer for it leaves.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_packet_socket::{AsyncPacketSocket, ETH_P_ARP, ETH_P_IPV6, Instruction, PacketSocket};
@@ -14,6 +16,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::arbiter::{Action, Arbiter};
 use super::interface::Interface;
 use super::{Mac, arp, ndp};
 use crate::metrics::Metrics;
@@ -27,8 +30,9 @@ pub const ANNOUNCE_AT: [Duration; 4] = [
     Duration::from_millis(1000),
 ];
 
-/// Kernel-side filter for the ARP socket: only ARP requests (`op` = 1) are queued.
-const ARP_FILTER: [Instruction; 6] = [
+/// Kernel-side filter for the ARP socket: only ARP requests (`op` = 1, to answer) and
+/// replies (`op` = 2: other hosts claiming an IP, answers to our probes) are queued.
+const ARP_FILTER: [Instruction; 7] = [
     Instruction {
         code: 0x28,
         jt: 0,
@@ -38,7 +42,7 @@ const ARP_FILTER: [Instruction; 6] = [
     Instruction {
         code: 0x15,
         jt: 0,
-        jf: 3,
+        jf: 4,
         k: 0x0806,
     }, // jeq ARP
     Instruction {
@@ -49,10 +53,16 @@ const ARP_FILTER: [Instruction; 6] = [
     }, // ldh [20]      ARP op
     Instruction {
         code: 0x15,
-        jt: 0,
-        jf: 1,
+        jt: 1,
+        jf: 0,
         k: 1,
     }, // jeq request
+    Instruction {
+        code: 0x15,
+        jt: 0,
+        jf: 1,
+        k: 2,
+    }, // jeq reply
     Instruction {
         code: 0x06,
         jt: 0,
@@ -67,9 +77,10 @@ const ARP_FILTER: [Instruction; 6] = [
     }, // ret drop
 ];
 
-/// Kernel-side filter for the IPv6 socket: only ICMPv6 Neighbor Solicitations without
-/// extension headers are queued, not the interface's data traffic.
-const NS_FILTER: [Instruction; 8] = [
+/// Kernel-side filter for the IPv6 socket: only ICMPv6 Neighbor Solicitations (to answer) and
+/// Advertisements (claims by others, answers to our probes) without extension headers are
+/// queued, not the interface's data traffic.
+const ND_FILTER: [Instruction; 9] = [
     Instruction {
         code: 0x28,
         jt: 0,
@@ -79,7 +90,7 @@ const NS_FILTER: [Instruction; 8] = [
     Instruction {
         code: 0x15,
         jt: 0,
-        jf: 5,
+        jf: 6,
         k: 0x86dd,
     }, // jeq IPv6
     Instruction {
@@ -91,7 +102,7 @@ const NS_FILTER: [Instruction; 8] = [
     Instruction {
         code: 0x15,
         jt: 0,
-        jf: 3,
+        jf: 4,
         k: 58,
     }, // jeq ICMPv6
     Instruction {
@@ -102,10 +113,16 @@ const NS_FILTER: [Instruction; 8] = [
     }, // ldb [54]      ICMPv6 type
     Instruction {
         code: 0x15,
-        jt: 0,
-        jf: 1,
+        jt: 1,
+        jf: 0,
         k: 135,
     }, // jeq NS
+    Instruction {
+        code: 0x15,
+        jt: 0,
+        jf: 1,
+        k: 136,
+    }, // jeq NA
     Instruction {
         code: 0x06,
         jt: 0,
@@ -125,21 +142,31 @@ pub struct Announcer {
     interface: Interface,
     owned: watch::Sender<BTreeSet<IpAddr>>,
     again: Arc<Notify>,
+    grew: Arc<Notify>,
+    grew_with_change: Arc<AtomicBool>,
+    yielded: watch::Receiver<BTreeSet<IpAddr>>,
     task: JoinHandle<()>,
 }
 
 impl Announcer {
     /// Opens the interface's packet sockets and starts answering (for nothing yet).
-    pub fn start(interface: Interface, metrics: Arc<Metrics>) -> std::io::Result<Announcer> {
-        let arp_socket = PacketSocket::open(interface.index, ETH_P_ARP)?;
-        arp_socket.attach_filter(&ARP_FILTER)?;
-        let nd_socket = PacketSocket::open(interface.index, ETH_P_IPV6)?;
-        nd_socket.attach_filter(&NS_FILTER)?;
+    /// `yields_changed` is notified whenever the set of IPs yielded to another MAC on the
+    /// segment changes (see [`Announcer::yielded`]).
+    pub fn start(
+        interface: Interface,
+        metrics: Arc<Metrics>,
+        yields_changed: Arc<Notify>,
+    ) -> std::io::Result<Announcer> {
+        let arp_socket = PacketSocket::open(interface.index, ETH_P_ARP, &ARP_FILTER)?;
+        let nd_socket = PacketSocket::open(interface.index, ETH_P_IPV6, &ND_FILTER)?;
         nd_socket.set_all_multicast(interface.index)?;
         let arp_fd = AsyncPacketSocket::new(arp_socket)?;
         let nd_fd = AsyncPacketSocket::new(nd_socket)?;
         let (owned, owned_rx) = watch::channel(BTreeSet::new());
+        let (yielded_tx, yielded) = watch::channel(BTreeSet::new());
         let again = Arc::new(Notify::new());
+        let grew = Arc::new(Notify::new());
+        let grew_with_change = Arc::new(AtomicBool::new(false));
         let groups = Groups::new(interface.index, &interface.name);
         let task = tokio::spawn(run(
             Io {
@@ -149,14 +176,23 @@ impl Announcer {
                 metrics,
                 interface: interface.name.clone(),
                 groups: std::sync::Mutex::new(groups),
+                arbiter: Mutex::new(Arbiter::new(interface.mac)),
+                owned: owned_rx.clone(),
+                yielded: yielded_tx,
+                yields_changed,
             },
             owned_rx,
             again.clone(),
+            grew.clone(),
+            grew_with_change.clone(),
         ));
         Ok(Announcer {
             interface,
             owned,
             again,
+            grew,
+            grew_with_change,
+            yielded,
             task,
         })
     }
@@ -166,9 +202,16 @@ impl Announcer {
         &self.interface
     }
 
-    /// Answers for exactly `ips` from now on; IPs new to the set are announced at once (then
-    /// repeated, see [`ANNOUNCE_AT`]), IPs gone from it are no longer answered.
-    pub fn set_owned(&self, ips: BTreeSet<IpAddr>) {
+    /// Answers for exactly `ips` from now on (less those yielded to another MAC on the
+    /// segment); IPs new to the set are announced at once (then repeated, see
+    /// [`ANNOUNCE_AT`]), IPs gone from it are no longer answered.
+    ///
+    /// `grew`: the membership gained a node with this change; IPs taken then are defended, not
+    /// yielded, for a moment (their previous owner is alive and about to drop them).
+    pub fn set_owned(&self, ips: BTreeSet<IpAddr>, grew: bool) {
+        // Stored before the set, so the task reads it with the change it belongs to.
+        self.grew_with_change
+            .store(grew, std::sync::atomic::Ordering::SeqCst);
         self.owned.send_if_modified(|cur| {
             if *cur == ips {
                 false
@@ -183,6 +226,18 @@ impl Announcer {
     /// still have the IP in its neighbours' caches).
     pub fn announce_again(&self) {
         self.again.notify_one();
+    }
+
+    /// The membership view gained a node (a partition healed): every yield ends and the
+    /// election alone decides again. Call after [`Announcer::set_owned`] with the new plan.
+    pub fn view_grew(&self) {
+        self.grew.notify_one();
+    }
+
+    /// The owned IPs yielded to a higher-ranked MAC seen on the segment: not answered, and
+    /// their local routes should go.
+    pub fn yielded(&self) -> BTreeSet<IpAddr> {
+        self.yielded.borrow().clone()
     }
 
     /// Stops answering at once.
@@ -206,6 +261,15 @@ struct Io {
     mac: Mac,
     metrics: Arc<Metrics>,
     interface: String,
+    /// Who answers when another MAC claims an owned IP. Only this task touches it, never
+    /// across an await: the lock is never contended (a `Mutex` only because the task's
+    /// future must be `Send`).
+    arbiter: Mutex<Arbiter>,
+    /// The owned set as last sent by [`Announcer::set_owned`].
+    owned: watch::Receiver<BTreeSet<IpAddr>>,
+    /// The arbiter's yielded set, published for the routes.
+    yielded: watch::Sender<BTreeSet<IpAddr>>,
+    yields_changed: Arc<Notify>,
 }
 
 impl Io {
@@ -224,6 +288,12 @@ impl Io {
         }
     }
 
+    /// Whether `ip` is answered now: in the owned set as last sent (read at once, not when
+    /// the task gets to the change) and not yielded.
+    fn answers(&self, ip: IpAddr) -> bool {
+        self.owned.borrow().contains(&ip) && !lock(&self.arbiter).is_yielded(ip)
+    }
+
     fn announce(&self, ip: IpAddr) {
         let frame = match ip {
             IpAddr::V4(a) => arp::gratuitous(a, self.mac),
@@ -237,23 +307,85 @@ impl Io {
         }
     }
 
-    /// Handles one received frame: answers it when it asks for an owned IP.
-    fn handle(&self, frame: &[u8], owned: &BTreeSet<IpAddr>) {
-        let (ip, answer) = if let Some(req) = arp::parse_request(frame) {
-            let ip = IpAddr::V4(req.target);
-            if !owned.contains(&ip) || req.sender_mac == self.mac {
+    /// Carries out the arbiter's decisions; `pending` gets the repeats of a reclaim's
+    /// announcement.
+    fn act(&self, actions: impl IntoIterator<Item = Action>, pending: &mut Vec<(Instant, IpAddr)>) {
+        let mut changed = false;
+        for action in actions {
+            match action {
+                Action::Yield { ip, winner } => {
+                    changed = true;
+                    self.metrics.yields.get_or_create(&Metrics::ip(ip)).inc();
+                    tracing::warn!(interface = %self.interface, %ip, %winner, "another node answers this IP and outranks this one on the segment: yielding (gossip partition?)");
+                }
+                Action::Defend(ip) => {
+                    self.metrics.defences.get_or_create(&Metrics::ip(ip)).inc();
+                    tracing::info!(interface = %self.interface, %ip, "defending an IP another MAC announced");
+                    self.announce(ip);
+                }
+                Action::Probe(ip) => {
+                    let frame = match ip {
+                        IpAddr::V4(a) => arp::probe(a, self.mac),
+                        IpAddr::V6(a) => ndp::probe(a, self.mac),
+                    };
+                    self.send(ip, &frame);
+                }
+                Action::Reclaim(ip) => {
+                    changed = true;
+                    self.metrics.reclaims.get_or_create(&Metrics::ip(ip)).inc();
+                    tracing::info!(interface = %self.interface, %ip, "answering a yielded IP again");
+                    self.announce(ip);
+                    let now = Instant::now();
+                    pending.retain(|(_, p)| *p != ip);
+                    pending.extend(ANNOUNCE_AT.iter().skip(1).map(|d| (now + *d, ip)));
+                }
+            }
+        }
+        if changed {
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        let y = lock(&self.arbiter).yielded();
+        if self.yielded.send_if_modified(|cur| {
+            let changed = *cur != y;
+            *cur = y;
+            changed
+        }) {
+            self.yields_changed.notify_one();
+        }
+    }
+
+    /// Handles one received frame: answers it when it asks for an IP this node answers, and
+    /// hands claims of owned IPs by other MACs to the arbiter.
+    fn handle(&self, frame: &[u8], pending: &mut Vec<(Instant, IpAddr)>) {
+        let claim = if let Some(c) = arp::parse_claim(frame) {
+            Some((IpAddr::V4(c.ip), c.mac))
+        } else {
+            ndp::parse_advertisement(frame).map(|a| (IpAddr::V6(a.target), a.mac))
+        };
+        if let Some((ip, mac)) = claim {
+            if mac == self.mac {
                 return;
             }
-            if req.is_gratuitous() {
-                // Someone else announces an IP we own: count it, never answer it.
+            let action = lock(&self.arbiter).claimed(ip, mac, Instant::now());
+            if action.is_some() || self.answers(ip) {
+                // Another host announces an IP we own (a partition, or a foreign host).
                 self.metrics.conflicts.get_or_create(&Metrics::ip(ip)).inc();
-                tracing::warn!(%ip, mac = %req.sender_mac, "another host announces an IP this node owns");
+            }
+            self.act(action, pending);
+            return;
+        }
+        let (ip, answer) = if let Some(req) = arp::parse_request(frame) {
+            let ip = IpAddr::V4(req.target);
+            if !self.answers(ip) || req.sender_mac == self.mac {
                 return;
             }
             (ip, arp::reply(&req, self.mac))
         } else if let Some(ns) = ndp::parse_solicitation(frame) {
             let ip = IpAddr::V6(ns.target);
-            if !owned.contains(&ip) || ns.source_mac == self.mac {
+            if !self.answers(ip) || ns.source_mac == self.mac {
                 return;
             }
             (ip, ndp::answer(&ns, self.mac))
@@ -267,32 +399,41 @@ impl Io {
     }
 }
 
-async fn run(io: Io, mut owned: watch::Receiver<BTreeSet<IpAddr>>, again: Arc<Notify>) {
+/// Locks a mutex of this task; a panic elsewhere while it was held (there is none: nothing
+/// in the critical sections panics) leaves a usable value, so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn run(
+    io: Io,
+    mut owned: watch::Receiver<BTreeSet<IpAddr>>,
+    again: Arc<Notify>,
+    grew: Arc<Notify>,
+    grew_with_change: Arc<AtomicBool>,
+) {
     let mut buf = vec![0u8; 2048];
     let mut buf2 = vec![0u8; 2048];
-    // Read by the receive paths; `owned` itself is watched for changes.
-    let reader = owned.clone();
     let mut announced: BTreeSet<IpAddr> = BTreeSet::new();
-    // (when, ip): announcements still to send.
-    let mut pending: Vec<(Instant, IpAddr)> = Vec::new();
-    let schedule = |pending: &mut Vec<(Instant, IpAddr)>, ips: &mut dyn Iterator<Item = IpAddr>| {
-        let now = Instant::now();
-        for ip in ips {
-            pending.retain(|(_, p)| *p != ip);
-            pending.extend(ANNOUNCE_AT.iter().map(|d| (now + *d, ip)));
-        }
-    };
+    // (when, ip): announcements still to send. Shared by the receive paths (a reclaim
+    // schedules its repeats) and the timers; never borrowed across an await.
+    let pending: Mutex<Vec<(Instant, IpAddr)>> = Mutex::new(Vec::new());
     loop {
-        let next = pending.iter().map(|(t, _)| *t).min();
+        let next = {
+            let p = lock(&pending);
+            let announce = p.iter().map(|(t, _)| *t).min();
+            let probe = lock(&io.arbiter).next_deadline();
+            announce.into_iter().chain(probe).min()
+        };
         tokio::select! {
-            // The owned set is borrowed per frame: an ownership change between two frames
+            // The arbiter is consulted per frame: an ownership change between two frames
             // takes effect for the second.
-            r = io.arp.recv_all(&mut buf, |f| io.handle(f, &reader.borrow())) => {
+            r = io.arp.recv_all(&mut buf, |f| io.handle(f, &mut lock(&pending))) => {
                 if let Err(e) = r {
                     tracing::debug!(interface = %io.interface, error = %e, "ARP receive failed");
                 }
             }
-            r = io.nd.recv_all(&mut buf2, |f| io.handle(f, &reader.borrow())) => {
+            r = io.nd.recv_all(&mut buf2, |f| io.handle(f, &mut lock(&pending))) => {
                 if let Err(e) = r {
                     tracing::debug!(interface = %io.interface, error = %e, "IPv6 receive failed");
                 }
@@ -302,6 +443,9 @@ async fn run(io: Io, mut owned: watch::Receiver<BTreeSet<IpAddr>>, again: Arc<No
                     return;
                 }
                 let now: BTreeSet<IpAddr> = owned.borrow_and_update().clone();
+                let grown = grew_with_change.load(std::sync::atomic::Ordering::SeqCst);
+                lock(&io.arbiter).set_owned(&now, grown, Instant::now());
+                io.publish();
                 let gained: Vec<IpAddr> = now.difference(&announced).copied().collect();
                 if let Ok(mut g) = io.groups.lock() {
                     g.follow(&now);
@@ -311,15 +455,30 @@ async fn run(io: Io, mut owned: watch::Receiver<BTreeSet<IpAddr>>, again: Arc<No
                     io.announce(*ip);
                 }
                 let start = Instant::now();
-                pending.retain(|(_, ip)| now.contains(ip));
+                let mut p = lock(&pending);
+                p.retain(|(_, ip)| now.contains(ip));
                 for ip in gained {
-                    pending.extend(ANNOUNCE_AT.iter().skip(1).map(|d| (start + *d, ip)));
+                    p.extend(ANNOUNCE_AT.iter().skip(1).map(|d| (start + *d, ip)));
                 }
                 announced = now;
             }
             () = again.notified() => {
                 let all: Vec<IpAddr> = owned.borrow().iter().copied().collect();
-                schedule(&mut pending, &mut all.into_iter());
+                let now = Instant::now();
+                let mut p = lock(&pending);
+                for ip in all {
+                    p.retain(|(_, q)| *q != ip);
+                    p.extend(ANNOUNCE_AT.iter().map(|d| (now + *d, ip)));
+                }
+            }
+            () = grew.notified() => {
+                // The owned set main sent before this notification is already in the watch:
+                // apply it first, so only IPs still elected are reclaimed.
+                let current: BTreeSet<IpAddr> = owned.borrow().clone();
+                lock(&io.arbiter).set_owned(&current, true, Instant::now());
+                let actions = lock(&io.arbiter).view_grew(Instant::now());
+                io.act(actions, &mut lock(&pending));
+                io.publish();
             }
             () = async {
                 match next {
@@ -328,15 +487,20 @@ async fn run(io: Io, mut owned: watch::Receiver<BTreeSet<IpAddr>>, again: Arc<No
                 }
             } => {
                 let now = Instant::now();
-                let current = owned.borrow().clone();
-                let due: Vec<IpAddr> = pending.iter().filter(|(t, _)| *t <= now).map(|(_, ip)| *ip).collect();
-                pending.retain(|(t, _)| *t > now);
+                let due: Vec<IpAddr> = {
+                    let mut p = lock(&pending);
+                    let due = p.iter().filter(|(t, _)| *t <= now).map(|(_, ip)| *ip).collect();
+                    p.retain(|(t, _)| *t > now);
+                    due
+                };
                 for ip in due {
-                    // Never announce an IP lost since it was scheduled.
-                    if current.contains(&ip) {
+                    // Never announce an IP lost or yielded since it was scheduled.
+                    if io.answers(ip) {
                         io.announce(ip);
                     }
                 }
+                let actions = lock(&io.arbiter).tick(now);
+                io.act(actions, &mut lock(&pending));
             }
         }
     }

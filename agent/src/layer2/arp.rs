@@ -51,6 +51,39 @@ pub fn parse_request(frame: &[u8]) -> Option<Request> {
     })
 }
 
+/// A claim seen on the segment: `mac` says it has `ip` (an ARP reply, or a gratuitous ARP
+/// in request form), as [`parse_claim`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The IP claimed (ARP sender protocol address).
+    pub ip: Ipv4Addr,
+    /// The MAC claiming it (ARP sender hardware address).
+    pub mac: Mac,
+}
+
+/// Parses an Ethernet frame holding an ARP reply, or a gratuitous ARP request (sender IP =
+/// target IP), for IPv4 over Ethernet: the sender claims its sender IP. `None` for anything
+/// else, including ordinary requests and RFC 5227 probes (sender IP 0.0.0.0).
+pub fn parse_claim(frame: &[u8]) -> Option<Claim> {
+    if be16(frame, 12)? != ETHERTYPE_ARP {
+        return None;
+    }
+    let arp = frame.get(14..)?;
+    if be16(arp, 0)? != 1 || be16(arp, 2)? != 0x0800 || *arp.get(4)? != 6 || *arp.get(5)? != 4 {
+        return None;
+    }
+    let ip = Ipv4Addr::from(array::<4>(arp, 14)?);
+    let claim = Claim {
+        ip,
+        mac: Mac(array(arp, 8)?),
+    };
+    match be16(arp, 6)? {
+        OP_REPLY if !ip.is_unspecified() => Some(claim),
+        OP_REQUEST if ip == Ipv4Addr::from(array::<4>(arp, 24)?) => Some(claim),
+        _ => None,
+    }
+}
+
 fn frame(dst: Mac, src: Mac, op: u16, sha: Mac, spa: Ipv4Addr, tha: Mac, tpa: Ipv4Addr) -> Vec<u8> {
     let mut f = Vec::with_capacity(FRAME_LEN);
     f.extend_from_slice(&dst.0);
@@ -83,6 +116,20 @@ pub fn reply(req: &Request, mac: Mac) -> Vec<u8> {
 /// broadcast), which Linux, switches and routers all use to update an existing entry.
 pub fn gratuitous(ip: Ipv4Addr, mac: Mac) -> Vec<u8> {
     frame(Mac::BROADCAST, mac, OP_REQUEST, mac, ip, Mac::default(), ip)
+}
+
+/// An RFC 5227 probe for `ip` from `mac` (request, sender IP 0.0.0.0, broadcast): whoever
+/// has `ip` answers it, and no neighbour cache learns anything from it.
+pub fn probe(ip: Ipv4Addr, mac: Mac) -> Vec<u8> {
+    frame(
+        Mac::BROADCAST,
+        mac,
+        OP_REQUEST,
+        mac,
+        Ipv4Addr::UNSPECIFIED,
+        Mac::default(),
+        ip,
+    )
 }
 
 #[cfg(test)]
@@ -155,10 +202,38 @@ mod tests {
         assert_eq!(parse_request(&reply), None);
     }
 
+    #[test]
+    fn claims_are_replies_and_gratuitous_arp_not_questions() {
+        let me = Mac([2, 0, 0, 0, 0, 0x11]);
+        let ip = Ipv4Addr::new(192, 168, 1, 240);
+        let want = Some(Claim { ip, mac: me });
+        let req = parse_request(&hex(REQUEST)).unwrap();
+        assert_eq!(parse_claim(&reply(&req, me)), want);
+        assert_eq!(parse_claim(&gratuitous(ip, me)), want);
+        assert_eq!(parse_claim(&hex(REQUEST)), None);
+        let p = probe(ip, me);
+        assert_eq!(parse_claim(&p), None);
+        // A probe is a request the owner answers (not a gratuitous one), and the answer goes
+        // back to the prober as a claim.
+        let asked = parse_request(&p).unwrap();
+        assert!(!asked.is_gratuitous());
+        assert_eq!(asked.target, ip);
+        let other = Mac([2, 0, 0, 0, 0, 0x22]);
+        assert_eq!(
+            parse_claim(&reply(&asked, other)),
+            Some(Claim { ip, mac: other })
+        );
+        let g = gratuitous(ip, me);
+        for cut in 0..42 {
+            assert_eq!(parse_claim(&g[..cut]), None, "truncated at {cut}");
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128)) {
             let _ = parse_request(&bytes);
+            let _ = parse_claim(&bytes);
         }
     }
 }

@@ -5,6 +5,7 @@
 //! MAC; [`announcer`] does the socket I/O.
 
 pub mod announcer;
+pub mod arbiter;
 pub mod arp;
 pub mod interface;
 pub mod ndp;

@@ -181,6 +181,81 @@ pub fn unsolicited(target: Ipv6Addr, mac: Mac) -> Vec<u8> {
     )
 }
 
+/// A Neighbor Advertisement seen on the segment: `mac` says it has `target`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Advertised {
+    /// The address advertised.
+    pub target: Ipv6Addr,
+    /// Its Target Link-Layer Address option, or else the frame's Ethernet source.
+    pub mac: Mac,
+}
+
+/// Parses an Ethernet frame holding a Neighbor Advertisement that passes RFC 4861 7.1.2's
+/// validity checks (hop limit 255, code 0, correct checksum, length, target not multicast,
+/// no zero-length option); `None` for anything else.
+pub fn parse_advertisement(frame: &[u8]) -> Option<Advertised> {
+    if be16(frame, 12)? != ETHERTYPE_IPV6 {
+        return None;
+    }
+    let ip = frame.get(ETH..)?;
+    if ip.first()? >> 4 != 6 || *ip.get(6)? != NEXT_HEADER_ICMPV6 || *ip.get(7)? != HOP_LIMIT {
+        return None;
+    }
+    let payload = usize::from(be16(ip, 4)?);
+    let source = Ipv6Addr::from(array::<16>(ip, 8)?);
+    let destination = Ipv6Addr::from(array::<16>(ip, 24)?);
+    let icmp = ip.get(IP..IP.checked_add(payload)?)?;
+    if icmp.len() < 24 || *icmp.first()? != NEIGHBOR_ADVERTISEMENT || *icmp.get(1)? != 0 {
+        return None;
+    }
+    if checksum(source, destination, icmp) != 0 {
+        return None;
+    }
+    let target = Ipv6Addr::from(array::<16>(icmp, 8)?);
+    if target.is_multicast() {
+        return None;
+    }
+    let mut mac = Mac(array(frame, 6)?);
+    let mut options = icmp.get(24..)?;
+    while !options.is_empty() {
+        let kind = *options.first()?;
+        let len = usize::from(*options.get(1)?) * 8;
+        if len == 0 {
+            return None;
+        }
+        let option = options.get(..len)?;
+        if kind == OPTION_TARGET_LLA {
+            mac = Mac(array(option, 2)?);
+        }
+        options = options.get(len..)?;
+    }
+    Some(Advertised { target, mac })
+}
+
+/// A Duplicate Address Detection solicitation for `target` from `mac` (source `::`, to the
+/// target's solicited-node group, no source link-layer option): whoever has `target` answers
+/// to all nodes, and no neighbour cache learns anything from it.
+pub fn probe(target: Ipv6Addr, mac: Mac) -> Vec<u8> {
+    let group = solicited_node(target);
+    let mut icmp = Vec::with_capacity(24);
+    icmp.extend_from_slice(&[NEIGHBOR_SOLICITATION, 0, 0, 0, 0, 0, 0, 0]);
+    icmp.extend_from_slice(&target.octets());
+    let sum = checksum(Ipv6Addr::UNSPECIFIED, group, &icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut f = Vec::with_capacity(ETH + IP + icmp.len());
+    f.extend_from_slice(&Mac::ipv6_multicast(group).0);
+    f.extend_from_slice(&mac.0);
+    f.extend_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    // 24 bytes of ICMPv6.
+    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[NEXT_HEADER_ICMPV6, HOP_LIMIT]);
+    f.extend_from_slice(&Ipv6Addr::UNSPECIFIED.octets());
+    f.extend_from_slice(&group.octets());
+    f.extend_from_slice(&icmp);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -332,7 +407,44 @@ mod tests {
         );
     }
 
+    #[test]
+    fn advertisements_are_claims_and_probes_are_dad() {
+        let target: Ipv6Addr = "fd00::240".parse().unwrap();
+        let me = Mac([2, 0, 0, 0, 0, 0x11]);
+        let want = Some(Advertised { target, mac: me });
+        assert_eq!(parse_advertisement(&unsolicited(target, me)), want);
+        let p = probe(target, me);
+        // A valid DAD solicitation: the owner answers it to all nodes, which is a claim.
+        let ns = parse_solicitation(&p).unwrap();
+        assert!(ns.is_dad());
+        assert_eq!(ns.target, target);
+        assert_eq!(ns.source_mac, me);
+        let other = Mac([2, 0, 0, 0, 0, 0x22]);
+        assert_eq!(
+            parse_advertisement(&answer(&ns, other)),
+            Some(Advertised { target, mac: other })
+        );
+        assert_eq!(parse_advertisement(&p), None);
+        let mut bad = unsolicited(target, me);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(parse_advertisement(&bad), None, "checksum");
+        let good = unsolicited(target, me);
+        for cut in 0..good.len() {
+            assert_eq!(
+                parse_advertisement(&good[..cut]),
+                None,
+                "truncated at {cut}"
+            );
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn advertisement_parser_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..160)) {
+            let _ = parse_advertisement(&bytes);
+        }
+
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..160)) {
             let _ = parse_solicitation(&bytes);
