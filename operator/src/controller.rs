@@ -109,8 +109,9 @@ pub struct Shared {
     pub sync: mpsc::UnboundedSender<SyncEvent>,
     /// Wakes the Eip status writer.
     pub eip_dirty: Notify,
-    /// Berth's Services whose IPs have no next hop now (said once per episode).
-    pub without_next_hop: Mutex<std::collections::BTreeSet<crate::ipam::ServiceKey>>,
+    /// What the alerts need of each Service (pending, no next hop: said once per episode,
+    /// Layer2 IPs).
+    pub health: Mutex<crate::health::ServiceHealth>,
     /// Asks for a reconcile of every Service: after a release, a Service waiting for an IP
     /// may get the freed one.
     pub reconcile_all: mpsc::UnboundedSender<()>,
@@ -269,7 +270,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         sync: sync_tx,
         eip_dirty: Notify::new(),
         reconcile_all: all_tx.clone(),
-        without_next_hop: Mutex::new(Default::default()),
+        health: Mutex::new(Default::default()),
         slices: Mutex::new(SliceIndex::default()),
         nodes: Mutex::new(Arc::new(Vec::new())),
         metrics: metrics.clone(),

@@ -5,6 +5,7 @@
 pub mod announce;
 pub mod controller;
 pub mod convert;
+pub mod health;
 pub mod index;
 pub mod ipam;
 pub mod metrics;

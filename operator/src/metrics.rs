@@ -13,7 +13,8 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::ipam::Ipam;
+use crate::health::Totals;
+use crate::ipam::{AllocError, Ipam};
 
 /// Labels naming a pool.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +37,13 @@ pub struct SpeakerLabels {
     pub speaker: String,
 }
 
+/// Labels naming why a Service waits for an IP.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PendingLabels {
+    /// [`crate::ipam::AllocError::reason`] or [`crate::plan::INVALID_SERVICE`].
+    pub reason: String,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -46,6 +54,9 @@ pub struct Metrics {
     speaker_sync_errors: Family<SpeakerLabels, Counter>,
     leader: Gauge,
     without_next_hop: Gauge,
+    pending: Family<PendingLabels, Gauge>,
+    layer2_ips: Gauge,
+    speaker_in_sync: Family<SpeakerLabels, Gauge>,
     ready: AtomicBool,
 }
 
@@ -63,6 +74,35 @@ impl Metrics {
         let speaker_sync_errors = Family::default();
         let leader = Gauge::default();
         let without_next_hop = Gauge::default();
+        let pending = Family::<PendingLabels, Gauge>::default();
+        // Every reason shows from the start (at 0), so an alert's `for:` sees one series.
+        for reason in AllocError::REASONS
+            .iter()
+            .chain(std::iter::once(&crate::plan::INVALID_SERVICE))
+        {
+            pending
+                .get_or_create(&PendingLabels {
+                    reason: (*reason).to_owned(),
+                })
+                .set(0);
+        }
+        let layer2_ips = Gauge::default();
+        let speaker_in_sync = Family::default();
+        registry.register(
+            "berth_services_pending",
+            "Berth's Services waiting for an IP of a family they ask for, by reason (the AllocationFailed Event says more)",
+            pending.clone(),
+        );
+        registry.register(
+            "berth_layer2_ips",
+            "Layer2 IPs with at least one candidate node: each should be answered by exactly one agent (compare berth_agent_owned_ips)",
+            layer2_ips.clone(),
+        );
+        registry.register(
+            "berth_speaker_in_sync",
+            "1 while a bgp-server replica holds the operator's current desired state (its last push succeeded), 0 while it is behind",
+            speaker_in_sync.clone(),
+        );
         registry.register(
             "berth_services_without_next_hop",
             "Berth's Services holding IPs that nothing announces: no eligible node (NoNextHop Event on each)",
@@ -107,6 +147,9 @@ impl Metrics {
             speaker_sync_errors,
             leader,
             without_next_hop,
+            pending,
+            layer2_ips,
+            speaker_in_sync,
             ready: AtomicBool::new(false),
         }
     }
@@ -152,10 +195,39 @@ impl Metrics {
             .inc();
     }
 
-    /// How many Services hold IPs with no next hop.
-    pub fn set_without_next_hop(&self, n: usize) {
-        self.without_next_hop
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    /// Sets the Service gauges from the per-Service health totals.
+    pub fn services(&self, t: &Totals) {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.without_next_hop.set(count(t.without_next_hop));
+        self.layer2_ips.set(count(t.layer2_ips));
+        // Reasons no longer seen go back to 0 rather than vanish.
+        for reason in AllocError::REASONS
+            .iter()
+            .chain(std::iter::once(&crate::plan::INVALID_SERVICE))
+        {
+            let n = t.pending.get(reason).copied().unwrap_or(0);
+            self.pending
+                .get_or_create(&PendingLabels {
+                    reason: (*reason).to_owned(),
+                })
+                .set(count(n));
+        }
+    }
+
+    /// Whether a speaker replica holds the current desired state.
+    pub fn set_speaker_in_sync(&self, speaker: &str, in_sync: bool) {
+        self.speaker_in_sync
+            .get_or_create(&SpeakerLabels {
+                speaker: speaker.to_owned(),
+            })
+            .set(i64::from(in_sync));
+    }
+
+    /// A speaker replica is gone (or this replica stopped syncing): no series for it.
+    pub fn speaker_gone(&self, speaker: &str) {
+        self.speaker_in_sync.remove(&SpeakerLabels {
+            speaker: speaker.to_owned(),
+        });
     }
 
     /// Whether this replica leads.

@@ -83,7 +83,14 @@ pub struct Plan {
     pub held: Vec<IpAddr>,
     /// Whether the Service is Berth's (next hops are computed only then).
     pub ours: bool,
+    /// Why a family the Service asks for got no IP ([`crate::ipam::AllocError::reason`]);
+    /// `None` when it holds an IP of every family it asks for.
+    pub pending: Option<&'static str>,
 }
+
+/// The pending reason of a Service whose spec cannot be read (next to
+/// [`crate::ipam::AllocError::REASONS`]).
+pub const INVALID_SERVICE: &str = "InvalidService";
 
 /// Decides for one Service. `ipam` is changed (allocations, releases) as decided.
 pub fn plan(svc: &Service, take_unclassed: bool, ipam: &mut Ipam) -> Plan {
@@ -170,6 +177,7 @@ pub fn plan(svc: &Service, take_unclassed: bool, ipam: &mut Ipam) -> Plan {
                 notes,
                 held: Vec::new(),
                 ours: false,
+                pending: None,
             };
         }
         Err(e) => {
@@ -188,6 +196,7 @@ pub fn plan(svc: &Service, take_unclassed: bool, ipam: &mut Ipam) -> Plan {
                 },
                 ingress: None,
                 allocated_pool: None,
+                pending: held.is_empty().then_some(INVALID_SERVICE),
                 notes,
                 held,
                 ours: true,
@@ -210,6 +219,7 @@ pub fn plan(svc: &Service, take_unclassed: bool, ipam: &mut Ipam) -> Plan {
     }
 
     let mut allocs: Vec<(IpAddr, String)> = Vec::new();
+    let mut pending = None;
     for req in &requests {
         let before = ipam
             .ips_of(&key)
@@ -240,6 +250,9 @@ pub fn plan(svc: &Service, take_unclassed: bool, ipam: &mut Ipam) -> Plan {
                 allocs.push((a.ip, a.pool));
             }
             Err(e) => {
+                if before.is_none() {
+                    pending.get_or_insert(e.reason());
+                }
                 notes.push(Note::warning("AllocationFailed", e.to_string()));
                 // An IP still held (e.g. a requested IP that differs) stays in use.
                 if let Some(ip) = before {
@@ -269,6 +282,7 @@ pub fn plan(svc: &Service, take_unclassed: bool, ipam: &mut Ipam) -> Plan {
         notes,
         held,
         ours: true,
+        pending,
     }
 }
 

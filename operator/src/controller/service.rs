@@ -180,10 +180,9 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
     if !plan.ours {
         // Agents stop answering before the IP is released.
         set_assignment(ctx, &plan.key, None).await?;
-        if let Ok(mut set) = ctx.shared.without_next_hop.lock()
-            && set.remove(&plan.key)
-        {
-            ctx.shared.metrics.set_without_next_hop(set.len());
+        if let Ok(mut health) = ctx.shared.health.lock() {
+            health.remove(&plan.key);
+            ctx.shared.metrics.services(&health.totals());
         }
     }
     carry_out(svc, &plan, ctx).await?;
@@ -422,16 +421,20 @@ async fn next_hops_of(
         || c.layer2.as_ref().is_some_and(|l| l.nodes.is_empty());
     // Said once when it starts (also for a Service that never had a route), not on every
     // reconcile while it lasts; counted while it lasts.
-    let started = match ctx.shared.without_next_hop.lock() {
-        Ok(mut set) => {
-            let started = if none_now {
-                set.insert(plan.key.clone())
-            } else {
-                set.remove(&plan.key);
-                false
-            };
-            ctx.shared.metrics.set_without_next_hop(set.len());
-            started
+    let layer2_ips = c
+        .layer2
+        .as_ref()
+        .filter(|l| !l.nodes.is_empty())
+        .map_or(0, |l| l.ips.len());
+    let started = match ctx.shared.health.lock() {
+        Ok(mut health) => {
+            let before = health.update(&plan.key, |h| {
+                h.pending = plan.pending;
+                h.without_next_hop = none_now;
+                h.layer2_ips = layer2_ips;
+            });
+            ctx.shared.metrics.services(&health.totals());
+            none_now && !before.without_next_hop
         }
         Err(_) => false,
     };

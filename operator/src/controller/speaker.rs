@@ -224,8 +224,9 @@ pub async fn run(ctx: Arc<Context>, mut rx: mpsc::UnboundedReceiver<SyncEvent>) 
             let _ = w.tx.send(ev.clone());
         }
     }
-    for w in workers.into_values() {
+    for (pod, w) in workers {
         w.task.abort();
+        ctx.shared.metrics.speaker_gone(&pod);
     }
 }
 
@@ -255,6 +256,7 @@ fn refresh_workers(
         let keep = targets.get(pod) == Some(&w.target);
         if !keep {
             w.task.abort();
+            ctx.shared.metrics.speaker_gone(pod);
             if let Ok(mut b) = board.lock() {
                 b.views.remove(pod);
             }
@@ -265,6 +267,8 @@ fn refresh_workers(
         if workers.contains_key(&pod) {
             continue;
         }
+        // Behind until its first full state is accepted.
+        ctx.shared.metrics.set_speaker_in_sync(&pod, false);
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(replica_task(
             ctx.clone(),
@@ -346,6 +350,9 @@ async fn replica_task(
                         v.applied_conf = conf_generation;
                     }
                 }
+                if conn.synced {
+                    ctx.shared.metrics.set_speaker_in_sync(&pod, true);
+                }
             }
             Err(e) => {
                 fail(&ctx, &mut conn, &board, &e);
@@ -378,6 +385,9 @@ fn fail(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>, error: &str) {
     warn!(speaker = %conn.target.pod, endpoint = %conn.target.endpoint, error,
         "speaker sync failed; reconnecting and resending everything in 2 s (other replicas are not affected)");
     ctx.shared.metrics.speaker_sync_error(&conn.target.pod);
+    ctx.shared
+        .metrics
+        .set_speaker_in_sync(&conn.target.pod, false);
     conn.client = None;
     conn.synced = false;
     if let Ok(mut b) = board.lock() {

@@ -115,7 +115,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
         sync: tx,
         eip_dirty: Notify::new(),
         reconcile_all: mpsc::unbounded_channel().0,
-        without_next_hop: Mutex::new(Default::default()),
+        health: Mutex::new(Default::default()),
         slices: Mutex::new(SliceIndex::default()),
         nodes: Mutex::new(Arc::new(Vec::new())),
         metrics: Arc::new(Metrics::default()),
@@ -377,6 +377,33 @@ async fn an_exhausted_pool_leaves_the_service_pending_with_a_warning_that_says_s
         ev[0].1
     );
     assert!(w.synced_ips().is_empty());
+    let pending = |w: &World| {
+        w.ctx
+            .shared
+            .metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("berth_services_pending{reason=\"Exhausted\"}"))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        pending(&w).as_deref(),
+        Some("berth_services_pending{reason=\"Exhausted\"} 1"),
+        "the alerts count it as pending"
+    );
+    // The holder goes: the pending Service gets the IP and is no longer counted.
+    let mut gone = allocated("Cluster", "198.51.100.9");
+    gone.metadata.name = Some("other".into());
+    gone.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    w.reconcile(gone).await;
+    w.reconcile(web("Cluster", json!({}))).await;
+    assert_eq!(w.route("198.51.100.9"), ["n1"]);
+    assert_eq!(
+        pending(&w).as_deref(),
+        Some("berth_services_pending{reason=\"Exhausted\"} 0")
+    );
 }
 
 #[tokio::test]
@@ -737,6 +764,16 @@ async fn a_blackholed_replica_does_not_hold_up_the_others() {
             calls()
         );
     }
+    // The alerts see which replica is behind.
+    let text = w.ctx.shared.metrics.render();
+    assert!(
+        text.contains("berth_speaker_in_sync{speaker=\"b-live\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("berth_speaker_in_sync{speaker=\"a-dead\"} 0"),
+        "{text}"
+    );
     sync.abort();
     server.abort();
     drop(blackhole);

@@ -167,6 +167,42 @@ pub enum AllocError {
     },
 }
 
+impl AllocError {
+    /// Every value [`AllocError::reason`] gives, so a metric can show each one (also at 0).
+    pub const REASONS: [&'static str; 12] = [
+        "UnknownPool",
+        "PoolDisabled",
+        "PoolOverlaps",
+        "FamilyMismatch",
+        "NotAllowed",
+        "RequestedNotInPool",
+        "RequestedNotUsable",
+        "RequestedOutsidePool",
+        "Exhausted",
+        "NoPool",
+        "NotShareable",
+        "AlreadyAssigned",
+    ];
+
+    /// A short, stable name of the failure (a metric label: bounded, unlike the message).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AllocError::UnknownPool(_) => "UnknownPool",
+            AllocError::PoolDisabled(_) => "PoolDisabled",
+            AllocError::PoolOverlaps { .. } => "PoolOverlaps",
+            AllocError::FamilyMismatch { .. } => "FamilyMismatch",
+            AllocError::NotAllowed { .. } => "NotAllowed",
+            AllocError::RequestedNotInPool(_) => "RequestedNotInPool",
+            AllocError::RequestedNotUsable { .. } => "RequestedNotUsable",
+            AllocError::RequestedOutsidePool { .. } => "RequestedOutsidePool",
+            AllocError::Exhausted(_) => "Exhausted",
+            AllocError::NoPool => "NoPool",
+            AllocError::Share(_) => "NotShareable",
+            AllocError::AlreadyAssigned { .. } => "AlreadyAssigned",
+        }
+    }
+}
+
 fn exhausted_message(pools: &[(String, Count)]) -> String {
     let parts: Vec<String> = pools
         .iter()
