@@ -16,8 +16,10 @@ Prints one line per check and `N passed, M failed` last; exits 1 if anything fai
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -691,7 +693,7 @@ def registered_metrics() -> set[str]:
     for crate in BINARIES.values():
         text = (crate / "src" / "metrics.rs").read_text()
         prefix = re.search(r'Registry::with_prefix\(\s*"([a-z_]+)"', text)
-        for m in re.finditer(r'register(?:_with_unit)?\(\s*"([a-z_]+)"', text):
+        for m in re.finditer(r'register(?:_with_unit)?\(\s*"([a-z0-9_]+)"', text):
             name = m.group(1)
             if prefix:
                 name = f"{prefix.group(1)}_{name}"
@@ -711,9 +713,49 @@ def check_alert_metrics(objects: list[dict]) -> list[str]:
             continue
         for g in o["spec"]["groups"]:
             for r in g["rules"]:
-                for name in set(re.findall(r"\bberth_[a-z_]+", str(r["expr"]))):
+                for name in set(re.findall(r"\bberth_[a-z0-9_]+", str(r["expr"]))):
                     if name not in known:
                         problems.append(f"alert {r.get('alert')}: {name} is not exported by any binary")
+    return problems
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def check_alert_rules(objects: list[dict]) -> list[str]:
+    """The alerts behave as charts/tests/alerts.yaml says on synthetic series (promtool), and
+    each one's runbook_url names a heading of docs/operations.md."""
+    rules = [o for o in objects if o["kind"] == "PrometheusRule"]
+    if not rules:
+        return ["no PrometheusRule rendered: enable metrics.prometheusRule in this values file"]
+    problems = []
+    ops = ROOT / "docs" / "operations.md"
+    anchors = {_anchor(m.group(1)) for m in re.finditer(r"^#+ (.+)$", ops.read_text(), re.M)} if ops.exists() else set()
+    alerts = [r for g in rules[0]["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    for r in alerts:
+        url = r.get("annotations", {}).get("runbook_url", "")
+        if "docs/operations.md#" not in url or url.rsplit("#", 1)[1] not in anchors:
+            problems.append(f"alert {r['alert']}: runbook_url {url!r} names no heading of docs/operations.md")
+    tests = ROOT / "charts" / "tests" / "alerts.yaml"
+    tested = set(re.findall(r"alertname: (\w+)", tests.read_text()))
+    for r in alerts:
+        if r["alert"] not in tested:
+            problems.append(f"alert {r['alert']}: no test in {tests.relative_to(ROOT)}")
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            return problems + ["promtool not found (apt-get install prometheus): CI must run the alert tests"]
+        WARNINGS.append("alert rules not run through promtool: not installed (apt-get install prometheus)")
+        return problems
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "rules.yaml").write_text(yaml.safe_dump({"groups": rules[0]["spec"]["groups"]}))
+        shutil.copy(tests, Path(tmp) / "alerts.yaml")
+        for args in (["check", "rules", "rules.yaml"], ["test", "rules", "alerts.yaml"]):
+            r = subprocess.run([promtool, *args], cwd=tmp, capture_output=True, text=True, timeout=120)
+            if r.returncode != 0:
+                problems.append(f"promtool {' '.join(args)}:\n{r.stdout}{r.stderr}")
     return problems
 
 
@@ -1050,6 +1092,8 @@ def run_all(chart: Path, run: Run, only: list[str] | None = None) -> None:
             run.check(f"{f}: RBAC grants every resource the code uses", lambda objs=objs: check_rbac_covers_code(objs))
         run.check(f"{f}: no admission webhooks", lambda objs=objs: check_no_webhooks(objs))
         run.check(f"{f}: alerts read metrics the binaries export", lambda objs=objs: check_alert_metrics(objs))
+        if ((values.get("metrics") or {}).get("prometheusRule") or {}).get("enabled"):
+            run.check(f"{f}: alerts pass their promtool tests and link their runbooks", lambda objs=objs: check_alert_rules(objs))
         merged = values.get("tls", {})
         if merged.get("mode", "generate") == "generate":
             server_name = merged.get("serverName", "berth-bgp-server")
@@ -1116,6 +1160,10 @@ MUTATIONS = [
      lambda c: _edit(c / "templates/tls.yaml", "(list .Values.tls.serverName)", "(list \"berth\")")),
     ("an alert on a metric no binary exports", "cert-manager-values.yaml: alerts",
      lambda c: _edit(c / "templates/prometheusrule.yaml", "berth_operator_leader", "berth_operator_is_leader")),
+    ("an alert slower than its test says", "cert-manager-values.yaml: alerts pass their promtool tests",
+     lambda c: _edit(c / "templates/prometheusrule.yaml", "> 0\n          for: 1m", "> 0\n          for: 10m")),
+    ("an alert without its runbook", "cert-manager-values.yaml: alerts pass their promtool tests",
+     lambda c: _edit(c / "templates/prometheusrule.yaml", "#berthspeakeroutofsync", "#speaker")),
     ("a values.schema.json not regenerated", "values: README table and values.schema.json up to date",
      lambda c: _edit(c / "values.schema.json", '"enum": [\n        "IPv4",', '"enum": [\n        "IPv4", "IPv5",')),
     ("a misspelt value (refused by values.schema.json)", "default-values.yaml: renders",
