@@ -16,6 +16,7 @@ Prints one line per check and `N passed, M failed` last; exits 1 if anything fai
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -691,13 +692,15 @@ def registered_metrics() -> set[str]:
     a register call with a prefix), with the suffixes Prometheus adds."""
     names = set()
     for crate in BINARIES.values():
-        text = (crate / "src" / "metrics.rs").read_text()
-        prefix = re.search(r'Registry::with_prefix\(\s*"([a-z_]+)"', text)
-        for m in re.finditer(r'register(?:_with_unit)?\(\s*"([a-z0-9_]+)"', text):
-            name = m.group(1)
-            if prefix:
-                name = f"{prefix.group(1)}_{name}"
-            names.add(name)
+        # src/metrics.rs and modules' own (agent/src/membership/metrics.rs).
+        for path in sorted((crate / "src").rglob("metrics.rs")):
+            text = path.read_text()
+            prefix = re.search(r'Registry::with_prefix\(\s*"([a-z_]+)"', text)
+            for m in re.finditer(r'register(?:_with_unit)?\(\s*"([a-z0-9_]+)"', text):
+                name = m.group(1)
+                if prefix:
+                    name = f"{prefix.group(1)}_{name}"
+                names.add(name)
     out = set(names)
     for n in names:
         out |= {n + "_total", n + "_bucket", n + "_sum", n + "_count"}
@@ -756,6 +759,52 @@ def check_alert_rules(objects: list[dict]) -> list[str]:
             r = subprocess.run([promtool, *args], cwd=tmp, capture_output=True, text=True, timeout=120)
             if r.returncode != 0:
                 problems.append(f"promtool {' '.join(args)}:\n{r.stdout}{r.stderr}")
+    return problems
+
+
+def dashboard_queries(dashboard: dict) -> list[str]:
+    """Every PromQL expression of a Grafana dashboard (panels, rows' panels, variables)."""
+    out = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if k == "expr" and isinstance(x, str):
+                    out.append(x)
+                elif k == "query" and isinstance(x, dict) and isinstance(x.get("query"), str):
+                    out.append(x["query"])
+                else:
+                    walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(dashboard)
+    return out
+
+
+def check_dashboard(chart: Path, objects: list[dict]) -> list[str]:
+    """Every metric the dashboard reads is one a binary exports; the ConfigMap carries the
+    dashboard file unchanged. (The lab test checks the same names against real scrapes.)"""
+    known = registered_metrics()
+    text = (chart / "dashboards" / "berth.json").read_text()
+    problems = []
+    try:
+        dashboard = json.loads(text)
+    except json.JSONDecodeError as e:
+        return [f"dashboards/berth.json: {e}"]
+    queries = dashboard_queries(dashboard)
+    if not queries:
+        problems.append("dashboards/berth.json: no queries found")
+    for q in queries:
+        for name in sorted(set(re.findall(r"\bberth_[a-z0-9_]+", q))):
+            if name not in known:
+                problems.append(f"dashboard query {q!r}: {name} is not exported by any binary")
+    maps = [o for o in objects if o["kind"] == "ConfigMap" and "berth.json" in (o.get("data") or {})]
+    if not maps:
+        problems.append("no dashboard ConfigMap rendered: enable metrics.grafanaDashboard in this values file")
+    elif json.loads(maps[0]["data"]["berth.json"]) != dashboard:
+        problems.append("the dashboard ConfigMap differs from dashboards/berth.json")
     return problems
 
 
@@ -1092,6 +1141,8 @@ def run_all(chart: Path, run: Run, only: list[str] | None = None) -> None:
             run.check(f"{f}: RBAC grants every resource the code uses", lambda objs=objs: check_rbac_covers_code(objs))
         run.check(f"{f}: no admission webhooks", lambda objs=objs: check_no_webhooks(objs))
         run.check(f"{f}: alerts read metrics the binaries export", lambda objs=objs: check_alert_metrics(objs))
+        if ((values.get("metrics") or {}).get("grafanaDashboard") or {}).get("enabled"):
+            run.check(f"{f}: dashboard reads metrics the binaries export", lambda objs=objs: check_dashboard(chart, objs))
         if ((values.get("metrics") or {}).get("prometheusRule") or {}).get("enabled"):
             run.check(f"{f}: alerts pass their promtool tests and link their runbooks", lambda objs=objs: check_alert_rules(objs))
         merged = values.get("tls", {})
@@ -1164,6 +1215,8 @@ MUTATIONS = [
      lambda c: _edit(c / "templates/prometheusrule.yaml", "> 0\n          for: 1m", "> 0\n          for: 10m")),
     ("an alert without its runbook", "cert-manager-values.yaml: alerts pass their promtool tests",
      lambda c: _edit(c / "templates/prometheusrule.yaml", "#berthspeakeroutofsync", "#speaker")),
+    ("a dashboard query on a metric no binary exports", "cert-manager-values.yaml: dashboard",
+     lambda c: _edit(c / "dashboards/berth.json", "berth_agent_owned_ips", "berth_agent_owned_addresses")),
     ("a values.schema.json not regenerated", "values: README table and values.schema.json up to date",
      lambda c: _edit(c / "values.schema.json", '"enum": [\n        "IPv4",', '"enum": [\n        "IPv4", "IPv5",')),
     ("a misspelt value (refused by values.schema.json)", "default-values.yaml: renders",

@@ -8,6 +8,7 @@ pub mod frr;
 pub mod gobgp;
 pub mod lab;
 pub mod layer2;
+pub mod metric_names;
 pub mod netns;
 pub mod pki;
 

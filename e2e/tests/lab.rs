@@ -548,6 +548,7 @@ fn layer2_service_fails_over() {
         logs(&dir)
     );
     forged_claims_get_nothing(&r);
+    the_chart_reads_only_exported_metrics(&r);
 
     r.lab
         .exec(&r.ns.nodes[i], "ip", &["link", "set", "eth0", "down"])
@@ -589,6 +590,42 @@ fn layer2_service_fails_over() {
         event.is_some(),
         "no Event \"{want}\" on demo/office\n{}",
         logs(&dir)
+    );
+}
+
+/// Every metric the chart's Grafana dashboard and alert rules read is in a real scrape of
+/// the running binaries (operator, speaker, every agent): a renamed metric fails here
+/// instead of drawing an empty panel or an alert that never fires.
+fn the_chart_reads_only_exported_metrics(r: &Running) {
+    use berth_e2e::metric_names;
+    let mut targets = vec![
+        (r.ns.control.clone(), format!("{}:9472", lab::CONTROL)),
+        (r.ns.nodes[0].clone(), format!("{}:9474", NODES[0].1)),
+    ];
+    for (i, (_, addr)) in NODES.iter().enumerate() {
+        targets.push((r.ns.nodes[i].clone(), format!("{addr}:9473")));
+    }
+    let mut exported = std::collections::BTreeSet::new();
+    for (ns, addr) in &targets {
+        let url = format!("http://{addr}/metrics");
+        let text = r
+            .lab
+            .exec(ns, "curl", &["-sf", "--max-time", "5", &url])
+            .unwrap_or_else(|e| panic!("scrape {url} in {ns}: {e}"));
+        let names = metric_names::exported(&text);
+        assert!(
+            names.iter().any(|n| n.starts_with("berth_")),
+            "{url}: no berth_ metric in\n{text}"
+        );
+        exported.extend(names);
+    }
+    let chart = r.spec.repo.join("charts/berth");
+    let reads = metric_names::chart_reads(&chart).unwrap();
+    let missing = metric_names::unknown(&reads, &exported);
+    assert!(
+        missing.is_empty(),
+        "the chart reads metrics no binary exports:\n{}",
+        missing.join("\n")
     );
 }
 

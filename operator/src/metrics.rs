@@ -225,9 +225,20 @@ impl Metrics {
 
     /// A speaker replica is gone (or this replica stopped syncing): no series for it.
     pub fn speaker_gone(&self, speaker: &str) {
-        self.speaker_in_sync.remove(&SpeakerLabels {
+        let labels = SpeakerLabels {
             speaker: speaker.to_owned(),
-        });
+        };
+        self.speaker_in_sync.remove(&labels);
+        self.speaker_sync_errors.remove(&labels);
+    }
+
+    /// A speaker replica to sync: its error counter exists (at 0) from now on.
+    pub fn speaker_known(&self, speaker: &str) {
+        self.speaker_sync_errors
+            .get_or_create(&SpeakerLabels {
+                speaker: speaker.to_owned(),
+            })
+            .inc_by(0);
     }
 
     /// Whether this replica leads.

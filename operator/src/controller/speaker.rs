@@ -267,8 +267,10 @@ fn refresh_workers(
         if workers.contains_key(&pod) {
             continue;
         }
-        // Behind until its first full state is accepted.
+        // Behind until its first full state is accepted; its error counter shows from the
+        // start, so the first failure is a rate, not a new series.
         ctx.shared.metrics.set_speaker_in_sync(&pod, false);
+        ctx.shared.metrics.speaker_known(&pod);
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(replica_task(
             ctx.clone(),

@@ -774,6 +774,10 @@ async fn a_blackholed_replica_does_not_hold_up_the_others() {
         text.contains("berth_speaker_in_sync{speaker=\"a-dead\"} 0"),
         "{text}"
     );
+    assert!(
+        text.contains("berth_speaker_sync_errors_total{speaker=\"b-live\"} 0"),
+        "a replica's error counter exists before its first error: {text}"
+    );
     sync.abort();
     server.abort();
     drop(blackhole);
