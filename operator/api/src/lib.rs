@@ -12,6 +12,7 @@ pub mod crd;
 pub mod eip;
 pub mod layer2;
 pub mod names;
+pub mod reference;
 
 pub use bgpconf::{BgpConf, BgpConfSpec, BgpConfStatus, EcmpMode, GracefulRestart};
 pub use bgppeer::{

@@ -35,3 +35,14 @@ fn committed_crds_match_the_types() {
         );
     }
 }
+
+/// `docs/reference.md` is what the types generate.
+#[test]
+fn committed_reference_matches_the_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/reference.md");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == berth_api::reference::markdown(),
+        "docs/reference.md differs from the types: run `cargo run -p berth-api --bin crdgen` and commit the result"
+    );
+}

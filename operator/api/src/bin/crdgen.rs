@@ -1,4 +1,5 @@
-//! Writes Berth's CRDs to `config/crd/` (or prints them), generated from the Rust types.
+//! Writes Berth's CRDs to `config/crd/` (or prints them) and `docs/reference.md`, generated
+//! from the Rust types.
 
 use std::path::PathBuf;
 
@@ -19,6 +20,9 @@ struct Args {
     /// files (e.g. `crdgen --stdout | kubectl apply -f -`).
     #[arg(long)]
     stdout: bool,
+    /// Where to write the field and name reference (Markdown).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/reference.md"))]
+    reference: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +41,8 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(&path, &f.yaml).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
+    std::fs::write(&args.reference, berth_api::reference::markdown())
+        .with_context(|| format!("writing {}", args.reference.display()))?;
+    eprintln!("wrote {}", args.reference.display());
     Ok(())
 }
