@@ -239,40 +239,15 @@ fn topology(lab: &mut Lab) -> Result<Namespaces, String> {
     })
 }
 
+/// The router's FRR configuration: the file docs/routers.md shows users, written for the
+/// lab's addresses (router [`ROUTER`], speaker on the first node).
 fn frr_conf() -> String {
-    let mut c = String::from(
-        "frr defaults traditional
-hostname r
-router bgp 64513
- bgp router-id 10.0.0.1
- no bgp ebgp-requires-policy
- no bgp network import-check
- bgp graceful-restart
- bgp bestpath as-path multipath-relax
-",
-    );
-    let (_, speaker) = NODES[0];
-    c.push_str(&format!(
-        " neighbor {speaker} remote-as 64512\n neighbor {speaker} timers 3 9\n address-family ipv4 unicast\n  neighbor {speaker} activate\n exit-address-family\n"
-    ));
-    c
+    include_str!("../../docs/routers/frr-lab.conf").to_owned()
 }
 
+/// The same for BIRD.
 fn bird_conf() -> String {
-    let (_, speaker) = NODES[0];
-    format!(
-        "router id {ROUTER};
-protocol device {{ }}
-protocol kernel {{ ipv4 {{ export all; }}; merge paths on limit 8; }}
-protocol bgp berth {{
-  local {ROUTER} as 64513;
-  neighbor {speaker} as 64512;
-  hold time 9; keepalive time 3;
-  graceful restart on;
-  ipv4 {{ import all; export none; add paths rx; }};
-}}
-"
-    )
+    include_str!("../../docs/routers/bird-lab.conf").to_owned()
 }
 
 fn kubeconfig(server: &str) -> String {

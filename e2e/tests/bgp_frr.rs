@@ -11,23 +11,9 @@ use berth_e2e::netns::Lab;
 static SPEAKER: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| berth_e2e::binary("berth-bgp-server"));
 
-const FRR_CONF: &str = "frr defaults traditional
-hostname r
-router bgp 64513
- bgp router-id 10.0.0.1
- no bgp ebgp-requires-policy
- no bgp network import-check
- neighbor 10.0.0.11 remote-as 64512
- neighbor 10.0.0.11 timers 3 9
- neighbor fd00::11 remote-as 64512
- neighbor fd00::11 timers 3 9
- address-family ipv4 unicast
-  neighbor 10.0.0.11 activate
- exit-address-family
- address-family ipv6 unicast
-  neighbor fd00::11 activate
- exit-address-family
-";
+// The configuration docs/routers.md shows users (dual-stack, ADD-PATH receive and ECMP by
+// FRR's defaults).
+const FRR_CONF: &str = include_str!("../../docs/routers/frr.conf");
 
 const SPEAKER_CONF: &str = "asn: 64512
 routerId: 10.0.0.11

@@ -1,0 +1,45 @@
+//! docs/routers.md shows users the router configurations the tests run: every file under
+//! docs/routers/ (which the tests include) appears in it verbatim, in a code block.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+
+#[test]
+fn the_router_guide_carries_the_tested_configurations_verbatim() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let guide = std::fs::read_to_string(docs.join("routers.md")).unwrap();
+    let blocks: Vec<&str> = guide.split("```").skip(1).step_by(2).collect();
+    let mut files: Vec<_> = std::fs::read_dir(docs.join("routers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    for f in files {
+        let conf = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            blocks.iter().any(|b| b.trim_start_matches('\n') == conf),
+            "docs/routers.md has no code block equal to {} (the file the tests run): copy it in",
+            f.display()
+        );
+    }
+}
+
+/// The lab's router files are written for the lab's addresses: the router and the speaker on
+/// the first node.
+#[test]
+fn the_lab_router_files_name_the_lab_addresses() {
+    use berth_e2e::lab::{NODES, ROUTER};
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/routers");
+    for f in ["frr-lab.conf", "bird-lab.conf"] {
+        let conf = std::fs::read_to_string(docs.join(f)).unwrap();
+        assert!(
+            conf.contains(&format!("router-id {ROUTER}"))
+                || conf.contains(&format!("router id {ROUTER};")),
+            "{f}"
+        );
+        assert!(conf.contains(&format!("neighbor {}", NODES[0].1)), "{f}");
+    }
+}
