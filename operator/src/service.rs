@@ -63,6 +63,14 @@ pub fn intent(svc: &Service, take_unclassed: bool) -> Result<Intent, IntentError
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty())
     };
+    // Berth's annotation, else the first of the replaced load balancers' (a Service handed
+    // over from MetalLB or OpenELB asks for the same thing without being edited), with the
+    // name of the annotation used, for error messages.
+    let requested_by = |ours: &str, foreign: &[&str]| {
+        std::iter::once(ours)
+            .chain(foreign.iter().copied())
+            .find_map(|name| annotation(name).map(|v| (name.to_owned(), v)))
+    };
 
     let families = families(
         spec.ip_families.as_deref().unwrap_or_default(),
@@ -70,8 +78,11 @@ pub fn intent(svc: &Service, take_unclassed: bool) -> Result<Intent, IntentError
     )?;
 
     // Requested IPs: the annotation, else the deprecated field; at most one per family.
-    let (source, raw) = match annotation(names::ANNOTATION_REQUESTED_IP) {
-        Some(v) => (format!("annotation {}", names::ANNOTATION_REQUESTED_IP), v),
+    let (source, raw) = match requested_by(
+        names::ANNOTATION_REQUESTED_IP,
+        &names::FOREIGN_IP_ANNOTATIONS,
+    ) {
+        Some((name, v)) => (format!("annotation {name}"), v),
         None => (
             "spec.loadBalancerIP".to_owned(),
             spec.load_balancer_ip.clone().unwrap_or_default(),
@@ -152,13 +163,18 @@ pub fn intent(svc: &Service, take_unclassed: bool) -> Result<Intent, IntentError
         .map_or(0, |t| t.0.as_second());
     let holder = Holder {
         service: key,
-        sharing_key: annotation(names::ANNOTATION_SHARING_KEY),
+        sharing_key: requested_by(
+            names::ANNOTATION_SHARING_KEY,
+            &names::FOREIGN_SHARING_ANNOTATIONS,
+        )
+        .map(|(_, v)| v),
         ports,
         policy,
         backend,
         created,
     };
-    let pool = annotation(names::ANNOTATION_POOL);
+    let pool =
+        requested_by(names::ANNOTATION_POOL, &names::FOREIGN_POOL_ANNOTATIONS).map(|(_, v)| v);
     let labels = meta.labels.clone().unwrap_or_default();
     Ok(Intent::Ours(
         families

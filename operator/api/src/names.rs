@@ -66,3 +66,27 @@ pub const BGPCONF_NAME: &str = "default";
 
 /// Name of the `Ready` condition on Eip and BgpPeer status.
 pub const CONDITION_READY: &str = "Ready";
+
+/// Pool annotations of the load balancers Berth replaces, honoured as requests when
+/// [`ANNOTATION_POOL`] is absent (first present wins, in this order), so a Service handed
+/// over from MetalLB or OpenELB keeps drawing from the pool of the same name (`berthctl
+/// convert-metallb` keeps the names).
+pub const FOREIGN_POOL_ANNOTATIONS: [&str; 4] = [
+    "metallb.io/address-pool",
+    "metallb.universe.tf/address-pool",
+    "eip.openelb.kubesphere.io/v1alpha2",
+    "eip.porter.kubesphere.io/v1alpha2",
+];
+
+/// Requested-IP annotations of MetalLB, honoured when [`ANNOTATION_REQUESTED_IP`] is absent
+/// (same format: IPs separated by commas, at most one per family).
+pub const FOREIGN_IP_ANNOTATIONS: [&str; 2] = [
+    "metallb.io/loadBalancerIPs",
+    "metallb.universe.tf/loadBalancerIPs",
+];
+
+/// Sharing-key annotations of MetalLB, honoured when [`ANNOTATION_SHARING_KEY`] is absent.
+pub const FOREIGN_SHARING_ANNOTATIONS: [&str; 2] = [
+    "metallb.io/allow-shared-ip",
+    "metallb.universe.tf/allow-shared-ip",
+];

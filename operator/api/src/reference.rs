@@ -249,17 +249,32 @@ fn names(out: &mut String) {
 fn consts(source: &str) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     let mut doc: Vec<&str> = Vec::new();
-    for line in source.lines() {
+    let mut lines = source.lines();
+    while let Some(line) = lines.next() {
         let t = line.trim();
         if let Some(d) = t.strip_prefix("///") {
             doc.push(d.trim());
             continue;
         }
-        if let Some(rest) = t.strip_prefix("pub const ")
-            && let Some((name, rest)) = rest.split_once(": &str = \"")
-            && let Some((value, _)) = rest.split_once('"')
-        {
-            out.push((name.to_owned(), value.to_owned(), one_line(&doc.join(" "))));
+        if let Some(rest) = t.strip_prefix("pub const ") {
+            if let Some((name, rest)) = rest.split_once(": &str = \"")
+                && let Some((value, _)) = rest.split_once('"')
+            {
+                out.push((name.to_owned(), value.to_owned(), one_line(&doc.join(" "))));
+            } else if let Some((name, _)) = rest.split_once(": [&str;") {
+                // A list, one string per line up to `];`.
+                let values: Vec<String> = lines
+                    .by_ref()
+                    .take_while(|l| l.trim() != "];")
+                    .filter_map(|l| l.trim().strip_prefix('"')?.split_once('"'))
+                    .map(|(v, _)| v.to_owned())
+                    .collect();
+                out.push((
+                    name.to_owned(),
+                    values.join("`, `"),
+                    one_line(&doc.join(" ")),
+                ));
+            }
         }
         doc.clear();
     }
@@ -285,12 +300,13 @@ mod tests {
 
     #[test]
     fn names_are_read_with_their_docs() {
-        let src = "/// First line.\n/// Second.\npub const A: &str = \"x/a\";\n\nconst B: u8 = 1;\n/// Doc.\npub const C: &str = \"c\";\n";
+        let src = "/// First line.\n/// Second.\npub const A: &str = \"x/a\";\n\nconst B: u8 = 1;\n/// Doc.\npub const C: &str = \"c\";\n/// List.\npub const L: [&str; 2] = [\n    \"l/1\",\n    \"l/2\",\n];\n";
         assert_eq!(
             consts(src),
             [
                 ("A".into(), "x/a".into(), "First line. Second.".into()),
-                ("C".into(), "c".into(), "Doc.".into())
+                ("C".into(), "c".into(), "Doc.".into()),
+                ("L".into(), "l/1`, `l/2".into(), "List.".into())
             ]
         );
     }

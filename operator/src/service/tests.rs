@@ -149,3 +149,54 @@ fn bad_input_names_the_field_and_the_fix() {
         "spec.ports[0].protocol: \"ICMP\" is not TCP, UDP or SCTP"
     );
 }
+
+/// A Service handed over from MetalLB or OpenELB asks for the same pool, IPs and sharing
+/// through their annotations; Berth's own annotation wins when both are set.
+#[test]
+fn metallb_and_openelb_annotations_are_requests_too() {
+    let metallb = svc(|s| {
+        annotate(s, "metallb.universe.tf/address-pool", "blue");
+        annotate(s, "metallb.universe.tf/loadBalancerIPs", "10.0.0.5");
+        annotate(s, "metallb.universe.tf/allow-shared-ip", "web");
+    });
+    let r = &requests(&metallb)[0];
+    assert_eq!(r.pool.as_deref(), Some("blue"));
+    assert_eq!(r.requested, Some("10.0.0.5".parse().unwrap()));
+    assert_eq!(r.holder.sharing_key.as_deref(), Some("web"));
+
+    let new_spelling = svc(|s| {
+        annotate(s, "metallb.io/address-pool", "green");
+        annotate(s, "metallb.io/loadBalancerIPs", "10.0.0.6");
+        annotate(s, "metallb.io/allow-shared-ip", "k");
+    });
+    let r = &requests(&new_spelling)[0];
+    assert_eq!(r.pool.as_deref(), Some("green"));
+    assert_eq!(r.requested, Some("10.0.0.6".parse().unwrap()));
+    assert_eq!(r.holder.sharing_key.as_deref(), Some("k"));
+
+    for key in [
+        "eip.openelb.kubesphere.io/v1alpha2",
+        "eip.porter.kubesphere.io/v1alpha2",
+    ] {
+        let openelb = svc(|s| {
+            annotate(s, "lb.kubesphere.io/v1alpha1", "openelb");
+            annotate(s, key, "eip-sample");
+        });
+        assert_eq!(requests(&openelb)[0].pool.as_deref(), Some("eip-sample"));
+    }
+
+    let both = svc(|s| {
+        annotate(s, names::ANNOTATION_POOL, "mine");
+        annotate(s, "metallb.universe.tf/address-pool", "theirs");
+        annotate(s, names::ANNOTATION_REQUESTED_IP, "10.0.0.7");
+        annotate(s, "metallb.io/loadBalancerIPs", "10.0.0.8");
+    });
+    let r = &requests(&both)[0];
+    assert_eq!(r.pool.as_deref(), Some("mine"));
+    assert_eq!(r.requested, Some("10.0.0.7".parse().unwrap()));
+
+    // A bad foreign value is reported under its own name.
+    let bad = svc(|s| annotate(s, "metallb.io/loadBalancerIPs", "ten"));
+    let e = intent(&bad, false).unwrap_err();
+    assert_eq!(e.field, "annotation metallb.io/loadBalancerIPs");
+}
