@@ -218,3 +218,67 @@ routes:
     assert!(err.contains("cannot reach the speaker at unix:"), "{err}");
     assert!(err.contains("nowhere.sock"), "{err}");
 }
+
+/// `berthctl convert-metallb` on the sample of docs/migration.md: Berth's objects on stdout
+/// that parse as Berth's types, with the pool names kept (Services annotated for MetalLB keep
+/// asking for them), the two blocks of `prod` in one Eip, and the notes on stderr; no speaker
+/// is needed.
+#[test]
+fn berthctl_converts_a_metallb_configuration() {
+    let sample =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/migration/metallb-sample.yaml");
+    let nowhere = Path::new("/nonexistent/berth.sock");
+    let (ok, out, err) = ctl(
+        nowhere,
+        &["convert-metallb", "-f", sample.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    let objects: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&out)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect();
+    let kinds: Vec<String> = objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["Eip/prod", "Eip/office", "BgpConf/default", "BgpPeer/tor-a"]
+    );
+    for o in &objects {
+        match o["kind"].as_str().unwrap() {
+            "Eip" => drop(serde_json::from_value::<berth_api::Eip>(o.clone()).unwrap()),
+            "BgpConf" => drop(serde_json::from_value::<berth_api::BgpConf>(o.clone()).unwrap()),
+            _ => drop(serde_json::from_value::<berth_api::BgpPeer>(o.clone()).unwrap()),
+        }
+    }
+    assert_eq!(objects[0]["spec"]["address"], "192.168.10.0-192.168.11.127");
+    assert_eq!(objects[1]["spec"]["interface"], "eth1");
+    assert!(
+        err.contains("note: IPAddressPool/prod: several blocks became one range"),
+        "{err}"
+    );
+
+    // A Layer2 pool with no interface anywhere: refused, naming the flag.
+    let dir = std::env::temp_dir().join(format!("berth-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("l2.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: l2}\nspec: {addresses: [10.0.0.0/28]}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: all}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = ctl(nowhere, &["convert-metallb", "-f", f.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!ok);
+    assert!(
+        err.contains("IPAddressPool/l2") && err.contains("--interface"),
+        "{err}"
+    );
+}

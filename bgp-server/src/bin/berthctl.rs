@@ -82,6 +82,19 @@ enum Cmd {
         #[command(subcommand)]
         action: RouteCmd,
     },
+    /// Convert MetalLB's IPAddressPools, L2/BGPAdvertisements and BGPPeers (a YAML file, e.g.
+    /// `kubectl get ipaddresspools,l2advertisements,bgpadvertisements,bgppeers -A -o yaml`
+    /// items) to Berth's Eips, BgpConf and BgpPeers on standard output; what does not carry
+    /// over is said on standard error. Needs no speaker.
+    ConvertMetallb {
+        /// The MetalLB objects: a multi-document YAML file, or a `List` (`-` for stdin).
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        /// Interface for Layer2 pools whose L2Advertisement names none (a name, or
+        /// `can_reach:<gateway ip>`).
+        #[arg(long)]
+        interface: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -253,6 +266,46 @@ fn event_view(e: &v1::WatchEvent) -> EventView {
     v
 }
 
+/// `berthctl convert-metallb`: MetalLB's objects in, Berth's out (the notes on stderr, as
+/// YAML comments too, so a saved file keeps them).
+fn convert_metallb(file: &std::path::Path, interface: Option<&str>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let mut docs: Vec<serde_json::Value> = Vec::new();
+    for d in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(d)
+            .with_context(|| format!("{}: not YAML", file.display()))?;
+        // `kubectl get -o yaml` wraps objects in a List.
+        match v["items"].as_array() {
+            Some(items)
+                if v["kind"] == "List"
+                    || v["kind"].as_str().is_some_and(|k| k.ends_with("List")) =>
+            {
+                docs.extend(items.iter().cloned());
+            }
+            _ if v.is_null() => {}
+            _ => docs.push(v),
+        }
+    }
+    let c = berth_api::metallb::convert(&docs, interface)
+        .with_context(|| format!("converting {}", file.display()))?;
+    let mut out = String::from("# Converted from MetalLB by `berthctl convert-metallb`.\n");
+    for n in &c.notes {
+        eprintln!("note: {n}");
+        out.push_str(&format!("# note: {n}\n"));
+    }
+    for o in &c.objects {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(o)?);
+    }
+    print!("{out}");
+    Ok(())
+}
+
 fn uptime(s: u64) -> String {
     match s {
         0 => "-".into(),
@@ -343,8 +396,13 @@ fn next_hop(s: &str) -> anyhow::Result<v1::NextHop> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Cmd::ConvertMetallb { file, interface } = &args.command {
+        return convert_metallb(file, interface.as_deref());
+    }
     let mut c = connect(&args).await?;
     match &args.command {
+        // Answered above, without a speaker.
+        Cmd::ConvertMetallb { .. } => {}
         Cmd::State => {
             let s = get(&args, &mut c, false).await?;
             let g = s.global.clone().unwrap_or_default();

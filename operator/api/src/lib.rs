@@ -11,6 +11,7 @@ pub mod bgppeer;
 pub mod crd;
 pub mod eip;
 pub mod layer2;
+pub mod metallb;
 pub mod names;
 pub mod reference;
 
