@@ -591,3 +591,161 @@ async fn recorder_events_are_listed_as_core_events_for_kubectl_describe() {
         .unwrap();
     assert!(other.items.is_empty());
 }
+
+/// A kube client for `url` with a bearer token (or none).
+fn client_with_token(url: &str, token: Option<&str>) -> Client {
+    let mut config = kube::Config::new(url.parse().unwrap());
+    config.auth_info.token = token.map(|t| t.to_owned().into());
+    Client::try_from(config).unwrap()
+}
+
+/// A token for a ServiceAccount through the TokenRequest API, as `kubectl create token` gets it.
+async fn sa_token(admin: &Client, ns: &str, name: &str) -> String {
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    let tr: k8s_openapi::api::authentication::v1::TokenRequest = serde_json::from_value(
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"audiences": []}}),
+    )
+    .unwrap();
+    let out = sas
+        .create_token_request(name, &PostParams::default(), &tr)
+        .await
+        .unwrap();
+    out.status.unwrap().token
+}
+
+#[tokio::test]
+async fn rbac_allows_what_roles_grant_and_refuses_the_rest_with_the_real_message() {
+    let config = Config {
+        admin_token: Some("admin-secret".into()),
+        ..Config::default()
+    };
+    let (server, anonymous, url) = start(config).await;
+    let admin = client_with_token(&url, Some("admin-secret"));
+    within(async {
+        namespace(&admin, "berth-system").await;
+        namespace(&admin, "demo").await;
+        let apply = |kind: &str, body: serde_json::Value| {
+            let admin = admin.clone();
+            let kind = kind.to_owned();
+            async move {
+                let (plural, namespaced) = match kind.as_str() {
+                    "ClusterRole" => ("clusterroles", false),
+                    "ClusterRoleBinding" => ("clusterrolebindings", false),
+                    "Role" => ("roles", true),
+                    _ => ("rolebindings", true),
+                };
+                let ar = ApiResource::from_gvk_with_plural(
+                    &GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", &kind),
+                    plural,
+                );
+                let api: Api<DynamicObject> = if namespaced {
+                    Api::namespaced_with(admin, "berth-system", &ar)
+                } else {
+                    Api::all_with(admin, &ar)
+                };
+                let mut body = body;
+                body["apiVersion"] = json!("rbac.authorization.k8s.io/v1");
+                body["kind"] = json!(kind);
+                api.create(&PostParams::default(), &serde_json::from_value(body).unwrap())
+                    .await
+                    .unwrap();
+            }
+        };
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(admin.clone(), "berth-system");
+        sas.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "berth-operator"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+        apply("ClusterRole", json!({"metadata": {"name": "op"}, "rules": [
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
+        ]}))
+        .await;
+        apply("ClusterRoleBinding", json!({"metadata": {"name": "op"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "op"},
+            "subjects": [{"kind": "ServiceAccount", "name": "berth-operator", "namespace": "berth-system"}]}))
+        .await;
+        apply("Role", json!({"metadata": {"name": "op"}, "rules": [
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["mine"], "verbs": ["get"]},
+        ]}))
+        .await;
+        apply("RoleBinding", json!({"metadata": {"name": "op"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "op"},
+            "subjects": [{"kind": "ServiceAccount", "name": "berth-operator"}]}))
+        .await;
+        let svcs: Api<Service> = Api::namespaced(admin.clone(), "demo");
+        svcs.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "berth-system");
+        for n in ["mine", "other"] {
+            cms.create(&PostParams::default(), &cm(n, json!({}))).await.unwrap();
+        }
+
+        let token = sa_token(&admin, "berth-system", "berth-operator").await;
+        let op = client_with_token(&url, Some(&token));
+        // Granted: list and watch of Services everywhere, get of one named ConfigMap.
+        let all: Api<Service> = Api::all(op.clone());
+        assert_eq!(all.list(&ListParams::default()).await.unwrap().items.len(), 1);
+        let mut w = all
+            .watch(&WatchParams::default().timeout(1), "0")
+            .await
+            .unwrap()
+            .boxed();
+        assert!(w.try_next().await.is_ok());
+        let op_cms: Api<ConfigMap> = Api::namespaced(op.clone(), "berth-system");
+        op_cms.get("mine").await.unwrap();
+
+        // Refused: a verb, a subresource, a name and a namespace the roles do not grant.
+        let in_demo: Api<Service> = Api::namespaced(op.clone(), "demo");
+        let refused = |r: Result<Service, kube::Error>| match r {
+            Err(kube::Error::Api(s)) => (s.code, s.reason, s.message),
+            other => panic!("expected 403, got {other:?}"),
+        };
+        let (code, reason, message) = refused(in_demo.get("web").await);
+        assert_eq!((code, reason.as_str()), (403, "Forbidden"));
+        assert_eq!(
+            message,
+            r#"services "web" is forbidden: User "system:serviceaccount:berth-system:berth-operator" cannot get resource "services" in API group "" in the namespace "demo""#
+        );
+        let (code, _, message) = refused(
+            in_demo
+                .patch_status(
+                    "web",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {}})),
+                )
+                .await,
+        );
+        assert_eq!(code, 403);
+        assert!(message.contains(r#"cannot patch resource "services/status""#), "{message}");
+        assert_eq!(api_code(op_cms.get("other").await).0, 403);
+        let elsewhere: Api<ConfigMap> = Api::namespaced(op.clone(), "demo");
+        assert_eq!(api_code(elsewhere.get("mine").await).0, 403);
+        assert_eq!(api_code(op_cms.list(&ListParams::default()).await).0, 403);
+
+        // Without a valid token: 401.
+        let anon: Api<Service> = Api::all(anonymous.clone());
+        assert_eq!(api_code(anon.list(&ListParams::default()).await).0, 401);
+        let forged: Api<Service> = Api::all(client_with_token(&url, Some("forged")));
+        assert_eq!(api_code(forged.list(&ListParams::default()).await).0, 401);
+        // A token dies with its ServiceAccount.
+        sas.delete("berth-operator", &DeleteParams::default()).await.unwrap();
+        assert_eq!(api_code(all.list(&ListParams::default()).await).0, 401);
+
+        let refusals = server.auth.refusals();
+        assert_eq!(
+            refusals.iter().filter(|r| r.code == 403).count(),
+            5,
+            "{refusals:?}"
+        );
+        assert_eq!(refusals.iter().filter(|r| r.code == 401).count(), 3);
+    })
+    .await;
+}

@@ -1,15 +1,22 @@
 //! An in-memory Kubernetes API server: a **test double** for the lab and the end-to-end
 //! tests, not a Kubernetes implementation. It serves exactly what `berth-operator`,
 //! `berth-agent` (kube-rs clients and kube-runtime watchers) and `kubectl` use, over plain
-//! HTTP/1.1 with no authentication.
+//! HTTP/1.1.
 //!
 //! What it implements:
 //! - discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/<group>[/<version>]` in the
 //!   legacy (unaggregated) form, which kubectl accepts; `/healthz`, `/readyz`, `/livez`.
 //!   `/openapi/*` answers 404 (use `kubectl --validate=false`).
+//! - authentication and authorization when [`Config::admin_token`] is set (the lab sets it;
+//!   without it every request is the admin's): bearer tokens (the admin's, in
+//!   `system:masters`; ServiceAccount tokens from the TokenRequest API, `kubectl create
+//!   token`), 401 without a valid token except on `/version` and the health endpoints, and RBAC
+//!   from the stored Roles, ClusterRoles, RoleBindings and ClusterRoleBindings with the real
+//!   403 message (see [`rbac`] for what of RBAC is implemented). Every refusal is printed
+//!   (`REFUSED 403 <user>: <message>`) and listed at `/debug/berth/refusals`.
 //! - built-in types: Namespace, Node, Service, Pod, Secret, ConfigMap, Endpoints, Event,
 //!   ServiceAccount (core/v1), EndpointSlice, Lease, events.k8s.io Event, StatefulSet,
-//!   Deployment, DaemonSet; custom resources read from CRD YAML files (group, names, scope,
+//!   Deployment, DaemonSet, Role, ClusterRole, RoleBinding, ClusterRoleBinding; custom resources read from CRD YAML files (group, names, scope,
 //!   served versions, status subresource, printer columns, schema `default` values).
 //! - verbs: list (label selectors with `=`, `==`, `!=`, `in`, `notin`, `key`, `!key`; field
 //!   selectors on any dotted path), watch (replay from a resourceVersion, 410 Gone beyond the
@@ -24,7 +31,8 @@
 //! - errors as `metav1.Status` (NotFound, AlreadyExists, Conflict, Invalid, BadRequest,
 //!   Expired/410, MethodNotAllowed).
 //!
-//! What it does not: authentication and authorization, admission, validation of built-in
+//! What it does not: TLS and client certificates, impersonation, aggregated ClusterRoles,
+//! RBAC escalation checks, admission, validation of built-in
 //! types and schema validation of CRDs (types, pruning of unknown fields, CEL rules), field
 //! management (`managedFields`, apply conflicts, removal of fields a manager stopped
 //! applying), list merging by key in strategic merge patch, pagination (`limit` is ignored and
@@ -36,11 +44,13 @@
 //! separately; lists of core/v1 Events include the events.k8s.io ones converted, so
 //! `kubectl describe` shows what the operator recorded (watches of core/v1 Events do not).
 
+pub mod auth;
 mod discovery;
 mod events;
 pub mod http;
 mod object;
 pub mod patch;
+pub mod rbac;
 pub mod resources;
 pub mod selector;
 pub mod status;
@@ -73,6 +83,9 @@ pub struct Config {
     pub max_watch: Duration,
     /// Print one line per request to stderr.
     pub log_requests: bool,
+    /// The administrator's bearer token; with one, every request is authenticated and
+    /// authorized by RBAC (see [`auth`]), without one nothing is.
+    pub admin_token: Option<String>,
 }
 
 impl Default for Config {
@@ -82,6 +95,7 @@ impl Default for Config {
             bookmark_every: Duration::from_secs(30),
             max_watch: Duration::from_secs(1800),
             log_requests: false,
+            admin_token: None,
         }
     }
 }
@@ -96,6 +110,7 @@ impl Server {
         Ok(Arc::new(Server {
             registry,
             store: Arc::new(Store::new(config.history_limit)),
+            auth: auth::Auth::new(config.admin_token.clone()),
             config,
         }))
     }

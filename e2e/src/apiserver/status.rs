@@ -66,6 +66,19 @@ pub enum ApiError {
     /// 413: the body is larger than the server reads.
     #[error("the request body is too large")]
     TooLarge,
+    /// 401: no valid credentials.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// 403: RBAC does not allow the request.
+    #[error("{message}")]
+    Forbidden {
+        /// Plural resource name, with group (`services`, `eips.berth.dev`); empty for paths.
+        resource: String,
+        /// Object name (may be empty).
+        name: String,
+        /// The whole message (see `rbac::Request::forbidden_message`).
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -80,6 +93,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => 405,
             ApiError::UnsupportedMediaType => 415,
             ApiError::TooLarge => 413,
+            ApiError::Unauthorized => 401,
+            ApiError::Forbidden { .. } => 403,
         }
     }
 
@@ -95,6 +110,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType => "UnsupportedMediaType",
             ApiError::TooLarge => "RequestEntityTooLarge",
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::Forbidden { .. } => "Forbidden",
         }
     }
 
@@ -105,7 +122,8 @@ impl ApiError {
             ApiError::NotFound { resource, name }
             | ApiError::AlreadyExists { resource, name }
             | ApiError::Conflict { resource, name, .. }
-            | ApiError::Invalid { resource, name, .. } => {
+            | ApiError::Invalid { resource, name, .. }
+            | ApiError::Forbidden { resource, name, .. } => {
                 let (kind, group) = resource.split_once('.').unwrap_or((resource.as_str(), ""));
                 details = json!({ "name": name, "group": group, "kind": kind });
             }

@@ -9,8 +9,8 @@ use anyhow::Context;
 use berth_e2e::apiserver::{Config, Server};
 use clap::Parser;
 
-/// An in-memory Kubernetes API server for tests and the lab: plain HTTP, no authentication,
-/// state lost on exit. Serves the built-in types Berth uses and the CRDs in --crds.
+/// An in-memory Kubernetes API server for tests and the lab: plain HTTP, bearer tokens and
+/// RBAC with --admin-token-file, state lost on exit. Serves the built-in types Berth uses and the CRDs in --crds.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
@@ -29,12 +29,27 @@ struct Args {
     /// Do not log one line per request.
     #[arg(long)]
     quiet: bool,
+    /// A file holding the administrator's bearer token (group system:masters). With it every
+    /// request is authenticated (ServiceAccount tokens come from `kubectl create token`) and
+    /// authorized by RBAC from the stored Roles and bindings; without it nothing is.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let admin_token = match &args.admin_token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read --admin-token-file {}", p.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
     let config = Config {
+        admin_token,
         history_limit: args.history,
         bookmark_every: Duration::from_secs(args.bookmark_seconds.max(1)),
         log_requests: !args.quiet,
