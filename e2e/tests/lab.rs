@@ -32,6 +32,7 @@ fn spec(tag: &str) -> Spec {
         bin_dir,
         repo,
         host_port: free_port(),
+        rbac_edit: None,
     }
 }
 
@@ -126,6 +127,18 @@ fn set_ready(r: &Running, node: &str, ready: bool) {
         &patch,
     ])
     .unwrap_or_else(|e| panic!("marking {node} Ready={status}: {e}"));
+}
+
+/// The chart's RBAC as shipped is enough: the API server refused no request of any component
+/// (nor of kubectl) during the whole test.
+fn no_refusals(r: &Running) {
+    let refused = r.refusals().unwrap();
+    assert!(
+        refused.is_empty(),
+        "the API server refused requests (the chart's RBAC misses a verb?):\n{}\n{}",
+        refused.join("\n"),
+        logs(&r.spec.dir)
+    );
 }
 
 fn landed_on_every_node(counts: &str) -> bool {
@@ -373,6 +386,7 @@ spec: {{address: 203.0.113.7}}
     if gone.is_none() {
         fail("Eip lab-bgp was not deleted after its last Service went");
     }
+    no_refusals(&r);
 }
 
 /// Watches the router's route to `ip` every 20 ms in the background; counts the samples in
@@ -499,6 +513,7 @@ fn restarts_do_not_disturb_the_router() {
         "the router's kernel route changed while the speaker restarted ({bad} of {samples} samples)\n{}",
         logs(&dir)
     );
+    no_refusals(&r);
 }
 
 /// A Layer2 Service: the client on the nodes' segment reaches its IP at the owner, and when
@@ -590,6 +605,7 @@ fn layer2_service_fails_over() {
         "no Event \"{want}\" on demo/office\n{}",
         logs(&dir)
     );
+    no_refusals(&r);
 }
 
 /// A tenant dresses Services up as Berth's: Berth's annotations naming the subnet's gateway
@@ -675,5 +691,63 @@ fn forged_claims_get_nothing(r: &Running) {
         notes.is_some(),
         "no NotBerths Event on each forged Service\n{}",
         logs(&r.spec.dir)
+    );
+}
+
+/// Takes `patch` on `services/status` away from the operator's rendered ClusterRole.
+// The type of `Spec::rbac_edit`, which other edits use to remove whole objects.
+#[allow(clippy::ptr_arg)]
+fn without_status_patch(objects: &mut Vec<serde_json::Value>) {
+    for o in objects.iter_mut().filter(|o| {
+        o["kind"] == "ClusterRole" && o["metadata"]["name"] == format!("{}-operator", lab::RELEASE)
+    }) {
+        if let Some(rules) = o["rules"].as_array_mut() {
+            for rule in rules
+                .iter_mut()
+                .filter(|r| r["resources"] == serde_json::json!(["services/status"]))
+            {
+                if let Some(verbs) = rule["verbs"].as_array_mut() {
+                    verbs.retain(|v| v != "patch");
+                }
+            }
+        }
+    }
+}
+
+/// The lab with the operator's ClusterRole one verb short (`patch` on `services/status`):
+/// the Service gets no IP, the API server answers 403 with the real message, and the
+/// operator's log names the refusal. Proves the lab holds the chart's RBAC to account.
+#[test]
+fn a_verb_missing_from_the_chart_fails_with_a_403_in_the_log() {
+    if let Some(why) = berth_e2e::lab_unavailable(&["/usr/lib/frr/bgpd", "/usr/bin/kubectl"]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut s = spec("r");
+    s.rbac_edit = Some(without_status_patch);
+    let dir = s.dir.clone();
+    let r = lab::up(s).unwrap_or_else(|e| panic!("lab up: {e}\n{}", logs(&dir)));
+    let want = r#"services "web" is forbidden: User "system:serviceaccount:berth-system:berth-operator" cannot patch resource "services/status" in API group "" in the namespace "demo""#;
+    let refused = wait_for(Duration::from_secs(60), || {
+        r.refusals()
+            .ok()
+            .filter(|all| all.iter().any(|l| l.ends_with(want)))
+    });
+    assert!(
+        refused.is_some(),
+        "the API server refused no status patch of demo/web: {:?}\n{}",
+        r.refusals(),
+        logs(&dir)
+    );
+    assert_eq!(
+        r.service_ip("demo", "web", Duration::from_secs(1)),
+        None,
+        "demo/web got an IP without the operator being allowed to write its status"
+    );
+    let log = std::fs::read_to_string(dir.join("operator.log")).unwrap_or_default();
+    assert!(
+        log.contains("is forbidden: User") && log.contains("services/status"),
+        "the operator's log does not name the 403:\n{}",
+        logs(&dir)
     );
 }

@@ -383,7 +383,9 @@ impl Server {
         let store = &self.store;
         if t.sub.as_deref() == Some("token") {
             return match (method, t.name.as_deref()) {
-                (Method::POST, Some(name)) => self.token_request(rt, &ns, name, &body),
+                (Method::POST, Some(name)) => {
+                    self.token_request(rt, &ns, name, &content_type, &body)
+                }
                 _ => Err(ApiError::MethodNotAllowed),
             };
         }
@@ -546,16 +548,20 @@ fn attributes(t: &Target<'_>, req: &Request<Incoming>) -> rbac::Request {
 }
 
 impl Server {
-    /// `POST .../serviceaccounts/<name>/token`: a token for an existing ServiceAccount.
+    /// `POST .../serviceaccounts/<name>/token`: a token for an existing ServiceAccount. The
+    /// token lasts as long as the ServiceAccount (the requested expiry is echoed, not
+    /// enforced). `kubectl create token` sends protobuf, which this server cannot read: such a
+    /// body is taken as an empty spec.
     fn token_request(
         &self,
         rt: &ResourceType,
         ns: &str,
         name: &str,
+        content_type: &str,
         body: &[u8],
     ) -> Result<Response<Body>, ApiError> {
         self.store.get(rt, ns, name)?;
-        let spec = if body.is_empty() {
+        let spec = if body.is_empty() || content_type.contains("protobuf") {
             json!({})
         } else {
             parse_object(body)?

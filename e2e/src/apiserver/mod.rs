@@ -1,7 +1,7 @@
 //! An in-memory Kubernetes API server: a **test double** for the lab and the end-to-end
 //! tests, not a Kubernetes implementation. It serves exactly what `berth-operator`,
-//! `berth-agent` (kube-rs clients and kube-runtime watchers) and `kubectl` use, over plain
-//! HTTP/1.1.
+//! `berth-agent` (kube-rs clients and kube-runtime watchers) and `kubectl` use, over HTTP/1.1,
+//! plain or with TLS ([`Config::tls`]; kubectl sends bearer tokens only over TLS).
 //!
 //! What it implements:
 //! - discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/<group>[/<version>]` in the
@@ -16,8 +16,10 @@
 //!   (`REFUSED 403 <user>: <message>`) and listed at `/debug/berth/refusals`.
 //! - built-in types: Namespace, Node, Service, Pod, Secret, ConfigMap, Endpoints, Event,
 //!   ServiceAccount (core/v1), EndpointSlice, Lease, events.k8s.io Event, StatefulSet,
-//!   Deployment, DaemonSet, Role, ClusterRole, RoleBinding, ClusterRoleBinding; custom resources read from CRD YAML files (group, names, scope,
-//!   served versions, status subresource, printer columns, schema `default` values).
+//!   Deployment, DaemonSet, Role, ClusterRole, RoleBinding, ClusterRoleBinding; custom
+//!   resources read from CRD YAML files (group, names, scope, served versions, status
+//!   subresource, printer columns, schema `default` values); the ServiceAccount `token`
+//!   subresource (TokenRequest; tokens last as long as their ServiceAccount).
 //! - verbs: list (label selectors with `=`, `==`, `!=`, `in`, `notin`, `key`, `!key`; field
 //!   selectors on any dotted path), watch (replay from a resourceVersion, 410 Gone beyond the
 //!   retained history, bookmarks, `sendInitialEvents`, `timeoutSeconds`), get, create
@@ -31,8 +33,8 @@
 //! - errors as `metav1.Status` (NotFound, AlreadyExists, Conflict, Invalid, BadRequest,
 //!   Expired/410, MethodNotAllowed).
 //!
-//! What it does not: TLS and client certificates, impersonation, aggregated ClusterRoles,
-//! RBAC escalation checks, admission, validation of built-in
+//! What it does not: client certificates, impersonation, aggregated ClusterRoles, RBAC
+//! escalation checks, token expiry and audiences, admission, validation of built-in
 //! types and schema validation of CRDs (types, pruning of unknown fields, CEL rules), field
 //! management (`managedFields`, apply conflicts, removal of fields a manager stopped
 //! applying), list merging by key in strategic merge patch, pagination (`limit` is ignored and
@@ -67,6 +69,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use http::Server;
 pub use resources::{LoadError, Registry};
@@ -86,6 +92,49 @@ pub struct Config {
     /// The administrator's bearer token; with one, every request is authenticated and
     /// authorized by RBAC (see [`auth`]), without one nothing is.
     pub admin_token: Option<String>,
+    /// Serve HTTPS with this certificate and key (PEM files) instead of plain HTTP. kubectl
+    /// sends bearer tokens only over TLS, so authenticated use needs it.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The server's certificate and key (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: std::path::PathBuf,
+    /// Private key.
+    pub key: std::path::PathBuf,
+}
+
+/// Why the TLS files cannot serve.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {why}")]
+pub struct TlsError {
+    file: String,
+    why: String,
+}
+
+/// A rustls server configuration (HTTP/1.1 by ALPN) from the files.
+fn tls_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let err = |f: &Path, why: String| TlsError {
+        file: f.display().to_string(),
+        why,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|x| err(&files.cert, x.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|x| err(&files.cert, x.to_string()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|x| err(&files.key, x.to_string()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|x| err(&files.cert, x.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|x| err(&files.key, x.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 impl Default for Config {
@@ -96,6 +145,7 @@ impl Default for Config {
             max_watch: Duration::from_secs(1800),
             log_requests: false,
             admin_token: None,
+            tls: None,
         }
     }
 }
@@ -115,8 +165,13 @@ impl Server {
         }))
     }
 
-    /// Serves connections from `listener` until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    /// Serves connections from `listener` until the task is dropped (HTTPS when the config
+    /// names TLS files).
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> Result<(), TlsError> {
+        let tls = match &self.config.tls {
+            Some(files) => Some(TlsAcceptor::from(tls_config(files)?)),
+            None => None,
+        };
         loop {
             let stream = match listener.accept().await {
                 Ok((s, _)) => s,
@@ -128,14 +183,29 @@ impl Server {
                 }
             };
             let me = self.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let me = me.clone();
                     async move { Ok::<_, std::convert::Infallible>(me.handle(req).await) }
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                match tls {
+                    Some(acceptor) => {
+                        // A client that never finishes its handshake holds only its own task.
+                        let handshake =
+                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                        if let Ok(Ok(stream)) = handshake.await {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                    }
+                    None => {
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    }
+                }
             });
         }
     }
@@ -145,7 +215,15 @@ impl Server {
     pub async fn spawn(self: &Arc<Self>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
-        tokio::spawn(self.clone().serve(listener));
+        if let Some(files) = &self.config.tls {
+            tls_config(files).map_err(std::io::Error::other)?;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.serve(listener).await {
+                eprintln!("the API server cannot serve TLS: {e}");
+            }
+        });
         Ok(local)
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_e2e::apiserver::{Config, Server};
+use berth_e2e::apiserver::{Config, Server, TlsFiles};
 use clap::Parser;
 
 /// An in-memory Kubernetes API server for tests and the lab: plain HTTP, bearer tokens and
@@ -34,6 +34,12 @@ struct Args {
     /// authorized by RBAC from the stored Roles and bindings; without it nothing is.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate (PEM; kubectl sends tokens only over TLS).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -48,8 +54,14 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let config = Config {
         admin_token,
+        tls,
         history_limit: args.history,
         bookmark_every: Duration::from_secs(args.bookmark_seconds.max(1)),
         log_requests: !args.quiet,
@@ -67,10 +79,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     eprintln!(
-        "fake-apiserver (test double) listening on http://{}; serving {}",
+        "fake-apiserver (test double) listening on {scheme}://{}; serving {}",
         args.listen,
         kinds.join(", ")
     );
-    server.serve(listener).await;
+    server
+        .serve(listener)
+        .await
+        .context("cannot serve HTTPS with --tls-cert/--tls-key")?;
     Ok(())
 }
