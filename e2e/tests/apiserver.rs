@@ -749,3 +749,107 @@ async fn rbac_allows_what_roles_grant_and_refuses_the_rest_with_the_real_message
     })
     .await;
 }
+
+/// kubectl's output (stdout and stderr) and whether it succeeded.
+fn kubectl_result(kubeconfig: &Path, cache: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Admission of custom resources: kubectl apply of an Eip whose address no CEL rule accepts is
+/// refused with 422 and the rule's message as a real API server words it; schema errors and
+/// pruning of unknown fields likewise; a valid Eip is stored with its defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_are_admitted_by_their_schema_and_cel_rules() {
+    if std::process::Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        assert!(std::env::var_os("CI").is_none(), "CI must have kubectl");
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    }
+    let (_s, client, url) = start(Config::default()).await;
+    let dir =
+        std::env::temp_dir().join(format!("berth-apiserver-admission-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kc = dir.join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: \"{url}\"}}\nusers:\n- name: t\n  user: {{}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\ncurrent-context: t\n"
+        ),
+    )
+    .unwrap();
+    let cache = dir.join("cache");
+    let file = |name: &str, yaml: &str| {
+        let f = dir.join(name);
+        std::fs::write(&f, yaml).unwrap();
+        f.display().to_string()
+    };
+    let bad = file(
+        "bad.yaml",
+        "apiVersion: berth.dev/v1alpha1\nkind: Eip\nmetadata: {name: bad}\nspec: {address: 300.1.1.1/24}\n",
+    );
+    let typo = file(
+        "typo.yaml",
+        "apiVersion: berth.dev/v1alpha1\nkind: Eip\nmetadata: {name: typo}\nspec: {address: 10.9.0.0/24, protocol: ospf}\n",
+    );
+    let good = file(
+        "good.yaml",
+        "apiVersion: berth.dev/v1alpha1\nkind: Eip\nmetadata: {name: good}\nspec: {address: 10.9.1.0/24, colour: blue}\n",
+    );
+    let (kc2, cache2) = (kc.clone(), cache.clone());
+    let (bad_out, typo_out, good_out) = tokio::task::spawn_blocking(move || {
+        let k = |f: &str| kubectl_result(&kc2, &cache2, &["apply", "--validate=false", "-f", f]);
+        (k(&bad), k(&typo), k(&good))
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!bad_out.0, "300.1.1.1/24 was accepted: {}", bad_out.1);
+    assert!(
+        bad_out.1.contains(r#"spec.address: Invalid value: "string": spec.address must be an IP (10.0.0.5), a CIDR (10.0.0.0/24, fd00::/120) or a range of one family (10.0.0.10-10.0.0.20)"#),
+        "{}",
+        bad_out.1
+    );
+    assert!(bad_out.1.contains("is invalid"), "{}", bad_out.1);
+    assert!(!typo_out.0, "protocol ospf was accepted: {}", typo_out.1);
+    assert!(
+        typo_out
+            .1
+            .contains(r#"spec.protocol: Unsupported value: "ospf": supported values: "#),
+        "{}",
+        typo_out.1
+    );
+    assert!(good_out.0, "a valid Eip was refused: {}", good_out.1);
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("berth.dev", "v1alpha1", "Eip"),
+        "eips",
+    );
+    let eips: Api<DynamicObject> = Api::all_with(client, &ar);
+    let stored = eips.get("good").await.unwrap();
+    assert_eq!(stored.data["spec"]["address"], "10.9.1.0/24");
+    assert!(
+        stored.data["spec"].get("colour").is_none(),
+        "unknown field kept: {:?}",
+        stored.data
+    );
+    assert!(eips.get("bad").await.is_err());
+}

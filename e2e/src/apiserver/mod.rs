@@ -30,12 +30,18 @@
 //!   subresource, one global resourceVersion counter; no-op writes keep the version.
 //! - `kubectl get` Tables (also on watches, `kubectl get -w`): CRD printer columns, Service
 //!   and Event columns, NAME/AGE otherwise.
-//! - errors as `metav1.Status` (NotFound, AlreadyExists, Conflict, Invalid, BadRequest,
-//!   Expired/410, MethodNotAllowed).
+//! - admission: custom resources are pruned of unknown fields and validated against their
+//!   CRD's OpenAPI schema and `x-kubernetes-validations` CEL rules (kube-cel) after defaulting,
+//!   on create, update, patch and status writes, with the real field errors and 422
+//!   (see [`admission`] for what of the schema is checked); Event notes longer than 1 KiB are
+//!   refused as the real Event validation does.
+//! - errors as `metav1.Status` (NotFound, AlreadyExists, Conflict, Invalid with
+//!   `details.causes` from admission, BadRequest, Expired/410, MethodNotAllowed, Unauthorized,
+//!   Forbidden).
 //!
 //! What it does not: client certificates, impersonation, aggregated ClusterRoles, RBAC
-//! escalation checks, token expiry and audiences, admission, validation of built-in
-//! types and schema validation of CRDs (types, pruning of unknown fields, CEL rules), field
+//! escalation checks, token expiry and audiences, admission webhooks, validation of built-in
+//! types (beyond the Event note limit), field
 //! management (`managedFields`, apply conflicts, removal of fields a manager stopped
 //! applying), list merging by key in strategic merge patch, pagination (`limit` is ignored and
 //! everything is returned, with no `continue`), `dryRun` (refused with 400), deletecollection,
@@ -46,6 +52,7 @@
 //! separately; lists of core/v1 Events include the events.k8s.io ones converted, so
 //! `kubectl describe` shows what the operator recorded (watches of core/v1 Events do not).
 
+pub mod admission;
 pub mod auth;
 mod discovery;
 mod events;

@@ -44,6 +44,17 @@ pub enum ApiError {
         /// What is wrong.
         why: String,
     },
+    /// 422 from admission: field errors (`spec.address: Invalid value: ...`), each also a
+    /// `details.causes` entry, which kubectl prints.
+    #[error("{resource} \"{name}\" is invalid: {}", join_fields(.errors))]
+    InvalidFields {
+        /// Kind with group (`Eip.berth.dev`), as the real server names it here.
+        resource: String,
+        /// Object name.
+        name: String,
+        /// `<field>: <what>` each.
+        errors: Vec<String>,
+    },
     /// 400: the request cannot be understood.
     #[error("{0}")]
     BadRequest(String),
@@ -87,7 +98,7 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } | ApiError::NoSuchPath => 404,
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
-            ApiError::Invalid { .. } => 422,
+            ApiError::Invalid { .. } | ApiError::InvalidFields { .. } => 422,
             ApiError::BadRequest(_) => 400,
             ApiError::Gone { .. } => 410,
             ApiError::MethodNotAllowed => 405,
@@ -104,7 +115,7 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::NoSuchPath => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } => "Conflict",
-            ApiError::Invalid { .. } => "Invalid",
+            ApiError::Invalid { .. } | ApiError::InvalidFields { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Gone { .. } => "Expired",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
@@ -127,6 +138,15 @@ impl ApiError {
                 let (kind, group) = resource.split_once('.').unwrap_or((resource.as_str(), ""));
                 details = json!({ "name": name, "group": group, "kind": kind });
             }
+            ApiError::InvalidFields {
+                resource,
+                name,
+                errors,
+            } => {
+                let (kind, group) = resource.split_once('.').unwrap_or((resource.as_str(), ""));
+                let causes: Vec<Value> = errors.iter().map(|e| cause(e)).collect();
+                details = json!({ "name": name, "group": group, "kind": kind, "causes": causes });
+            }
             _ => {}
         }
         json!({
@@ -140,4 +160,30 @@ impl ApiError {
             "code": self.code(),
         })
     }
+}
+
+/// One error or `[a, b]`, as `ToAggregate().Error()` joins field errors.
+fn join_fields(errors: &[String]) -> String {
+    match errors {
+        [one] => one.clone(),
+        many => format!("[{}]", many.join(", ")),
+    }
+}
+
+/// A `StatusCause` from `<field>: <type>[: detail]`.
+fn cause(error: &str) -> Value {
+    let (field, message) = error.split_once(": ").unwrap_or(("", error));
+    let reason = [
+        ("Invalid value", "FieldValueInvalid"),
+        ("Required value", "FieldValueRequired"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Too long", "FieldValueTooLong"),
+        ("Too many", "FieldValueTooMany"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Duplicate value", "FieldValueDuplicate"),
+    ]
+    .iter()
+    .find(|(prefix, _)| message.starts_with(prefix))
+    .map_or("FieldValueInvalid", |(_, r)| r);
+    json!({ "reason": reason, "message": message, "field": field })
 }
