@@ -659,7 +659,6 @@ fn apply_chart_rbac(spec: &Spec) -> Result<(), String> {
             "apply",
             "--server-side",
             "--force-conflicts",
-            "--validate=false",
             "-f",
             &file.display().to_string(),
         ],
@@ -719,14 +718,7 @@ fn apply_examples(spec: &Spec) -> Result<(), String> {
         let path = f.display().to_string();
         kubectl(
             spec,
-            &[
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "--validate=false",
-                "-f",
-                &path,
-            ],
+            &["apply", "--server-side", "--force-conflicts", "-f", &path],
         )?;
     }
     for (name, addr) in NODES {
@@ -1123,13 +1115,7 @@ metadata: {name: bench}
         std::fs::write(&f, pool).map_err(e)?;
         kubectl(
             spec,
-            &[
-                "apply",
-                "--server-side",
-                "--validate=false",
-                "-f",
-                &f.display().to_string(),
-            ],
+            &["apply", "--server-side", "-f", &f.display().to_string()],
         )?;
         let all: Vec<String> = {
             let mut v: Vec<String> = NODES.iter().map(|(_, a)| (*a).to_owned()).collect();

@@ -429,7 +429,6 @@ async fn kubectl_applies_the_lab_examples_and_prints_columns() {
             "apply",
             "--server-side",
             "--force-conflicts",
-            "--validate=false",
             "-f",
             &examples,
         ]);
@@ -438,7 +437,6 @@ async fn kubectl_applies_the_lab_examples_and_prints_columns() {
             "apply",
             "--server-side",
             "--force-conflicts",
-            "--validate=false",
             "-f",
             &examples,
         ]);
@@ -811,14 +809,20 @@ async fn custom_resources_are_admitted_by_their_schema_and_cel_rules() {
         "typo.yaml",
         "apiVersion: berth.dev/v1alpha1\nkind: Eip\nmetadata: {name: typo}\nspec: {address: 10.9.0.0/24, protocol: ospf}\n",
     );
-    let good = file(
-        "good.yaml",
-        "apiVersion: berth.dev/v1alpha1\nkind: Eip\nmetadata: {name: good}\nspec: {address: 10.9.1.0/24, colour: blue}\n",
+    let unknown = file(
+        "unknown.yaml",
+        "apiVersion: berth.dev/v1alpha1\nkind: Eip\nmetadata: {name: unknown}\nspec: {address: 10.9.1.0/24, colour: blue}\n",
     );
     let (kc2, cache2) = (kc.clone(), cache.clone());
-    let (bad_out, typo_out, good_out) = tokio::task::spawn_blocking(move || {
-        let k = |f: &str| kubectl_result(&kc2, &cache2, &["apply", "--validate=false", "-f", f]);
-        (k(&bad), k(&typo), k(&good))
+    // Plain kubectl apply: validation on, as users run it.
+    let (bad_out, typo_out, unknown_out, unknown_ssa) = tokio::task::spawn_blocking(move || {
+        let k = |args: &[&str]| kubectl_result(&kc2, &cache2, args);
+        (
+            k(&["apply", "-f", &bad]),
+            k(&["apply", "-f", &typo]),
+            k(&["apply", "-f", &unknown]),
+            k(&["apply", "--server-side", "-f", &unknown]),
+        )
     })
     .await
     .unwrap();
@@ -838,12 +842,40 @@ async fn custom_resources_are_admitted_by_their_schema_and_cel_rules() {
         "{}",
         typo_out.1
     );
-    assert!(good_out.0, "a valid Eip was refused: {}", good_out.1);
+    // kubectl's field validation: the server reports the unknown field (Strict).
+    assert!(!unknown_out.0, "an unknown field passed: {}", unknown_out.1);
+    assert!(
+        unknown_out
+            .1
+            .contains(r#"strict decoding error: unknown field "spec.colour""#),
+        "{}",
+        unknown_out.1
+    );
+    assert!(
+        !unknown_ssa.0
+            && unknown_ssa
+                .1
+                .contains(".spec.colour: field not declared in schema"),
+        "{}",
+        unknown_ssa.1
+    );
+    // A client that asks for no field validation gets the unknown field pruned.
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("berth.dev", "v1alpha1", "Eip"),
         "eips",
     );
     let eips: Api<DynamicObject> = Api::all_with(client, &ar);
+    eips.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Eip",
+            "metadata": {"name": "good"},
+            "spec": {"address": "10.9.1.0/24", "colour": "blue"},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
     let stored = eips.get("good").await.unwrap();
     assert_eq!(stored.data["spec"]["address"], "10.9.1.0/24");
     assert!(

@@ -100,7 +100,6 @@ fn apply(r: &Running, name: &str, yaml: &str) {
         "apply",
         "--server-side",
         "--force-conflicts",
-        "--validate=false",
         "-f",
         &f.display().to_string(),
     ])

@@ -72,6 +72,18 @@ fn child(path: &str, key: &str) -> String {
 /// Drops the fields the schema does not name (not under `x-kubernetes-preserve-unknown-fields`
 /// or `additionalProperties`); at the root `apiVersion`, `kind` and `metadata` stay.
 pub fn prune(schema: &Value, value: &mut Value, root: bool) {
+    prune_at(schema, value, root, "", &mut Vec::new());
+}
+
+/// The fields pruning would drop (`spec.colour`), for `fieldValidation=Strict`.
+pub fn unknown_fields(schema: &Value, value: &Value) -> Vec<String> {
+    let mut v = value.clone();
+    let mut removed = Vec::new();
+    prune_at(schema, &mut v, true, "", &mut removed);
+    removed
+}
+
+fn prune_at(schema: &Value, value: &mut Value, root: bool, path: &str, removed: &mut Vec<String>) {
     if flag(schema, "x-kubernetes-preserve-unknown-fields") {
         return;
     }
@@ -84,23 +96,25 @@ pub fn prune(schema: &Value, value: &mut Value, root: bool) {
                 if root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
                     continue;
                 }
+                let here = child(path, &k);
                 if let Some(s) = props.and_then(|p| p.get(&k)) {
                     if let Some(v) = map.get_mut(&k) {
-                        prune(s, v, false);
+                        prune_at(s, v, false, &here, removed);
                     }
                 } else if let Some(s) = additional.filter(|a| a.is_object()) {
                     if let Some(v) = map.get_mut(&k) {
-                        prune(s, v, false);
+                        prune_at(s, v, false, &here, removed);
                     }
                 } else if additional.and_then(Value::as_bool) != Some(true) {
                     map.remove(&k);
+                    removed.push(here);
                 }
             }
         }
         Value::Array(items) => {
             if let Some(s) = schema.get("items") {
-                for v in items {
-                    prune(s, v, false);
+                for (i, v) in items.iter_mut().enumerate() {
+                    prune_at(s, v, false, &format!("{path}[{i}]"), removed);
                 }
             }
         }
@@ -457,6 +471,9 @@ mod tests {
         assert_eq!(v["spec"], json!({"address": "10.0.0.0/24"}));
         assert!(v.get("extra").is_none());
         assert_eq!(v["metadata"]["name"], "x");
+        let mut typo = eip(json!({"address": "10.0.0.0/24", "adress": "typo"}));
+        typo["extra"] = json!(1);
+        assert_eq!(unknown_fields(&s, &typo), vec!["extra", "spec.adress"]);
         let open = json!({"type": "object", "properties": {
             "m": {"type": "object", "additionalProperties": {"type": "string"}},
             "any": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},

@@ -17,10 +17,12 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::Config;
+use super::admission;
 use super::auth::{Auth, Identity};
 use super::discovery;
 use super::events;
 use super::object::{now_unix, rfc3339};
+use super::openapi;
 use super::patch::PatchType;
 use super::rbac::{self, Policy, User};
 use super::resources::{Registry, ResourceType};
@@ -327,6 +329,25 @@ impl Server {
             ["apis", g, v] if get && reg.has_group_version(g, v) => {
                 return Ok(respond(200, &discovery::resources(reg, g, v)));
             }
+            ["openapi", "v3"] if get => return Ok(respond(200, &openapi::index(reg))),
+            ["openapi", "v2"] if get => {
+                let mut r = Response::new(Body::Full(Some(Bytes::new())));
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/octet-stream"),
+                );
+                return Ok(r);
+            }
+            ["openapi", "v3", "api", v] if get => {
+                return openapi::group_version(reg, "", v)
+                    .map(|d| respond(200, &d))
+                    .ok_or(ApiError::NoSuchPath);
+            }
+            ["openapi", "v3", "apis", g, v] if get => {
+                return openapi::group_version(reg, g, v)
+                    .map(|d| respond(200, &d))
+                    .ok_or(ApiError::NoSuchPath);
+            }
             ["debug", "berth", "refusals"] if get => {
                 let all: Vec<Value> = self
                     .auth
@@ -381,6 +402,15 @@ impl Server {
             Sub::Main
         };
         let store = &self.store;
+        if q.get("fieldValidation").map(String::as_str) == Some("Strict")
+            && let Some(schema) = &rt.schema
+            && matches!(method, Method::POST | Method::PUT | Method::PATCH)
+            && t.sub.is_none()
+            && !content_type.contains("json-patch")
+            && let Ok(obj) = parse_object(&body)
+        {
+            strict(rt, schema, &obj, content_type.contains("apply-patch"))?;
+        }
         if t.sub.as_deref() == Some("token") {
             return match (method, t.name.as_deref()) {
                 (Method::POST, Some(name)) => {
@@ -494,6 +524,38 @@ impl Server {
             _ => Err(ApiError::MethodNotAllowed),
         }
     }
+}
+
+/// `fieldValidation=Strict`: 400 for fields the CRD's schema does not name, worded as the real
+/// server words them for a decoded body and for a server-side apply.
+fn strict(rt: &ResourceType, schema: &Value, obj: &Value, apply: bool) -> Result<(), ApiError> {
+    let unknown = admission::unknown_fields(schema, obj);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest(if apply {
+        let fields: Vec<String> = unknown
+            .iter()
+            .map(|f| format!(".{f}: field not declared in schema"))
+            .collect();
+        format!(
+            "failed to create typed patch object ({}, Kind={}): {}",
+            rt.api_version(),
+            rt.kind,
+            fields.join(", ")
+        )
+    } else {
+        let fields: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field {f:?}"))
+            .collect();
+        format!(
+            "{kind} in version {v:?} cannot be handled as a {kind}: strict decoding error: {}",
+            fields.join(", "),
+            kind = rt.kind,
+            v = rt.version
+        )
+    }))
 }
 
 /// The authorizer's attributes of a resource request (`RequestInfo` in the real server): the

@@ -6,7 +6,11 @@
 //! What it implements:
 //! - discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/<group>[/<version>]` in the
 //!   legacy (unaggregated) form, which kubectl accepts; `/healthz`, `/readyz`, `/livez`.
-//!   `/openapi/*` answers 404 (use `kubectl --validate=false`).
+//!   OpenAPI v3 (`/openapi/v3` and one document per group/version, see [`openapi`]) so plain
+//!   `kubectl apply` works: kubectl learns the server validates fields and sends
+//!   `fieldValidation=Strict`, which refuses fields a CRD's schema does not name with the real
+//!   400 message. `/openapi/v2` is an empty document: kubectl's client-side validation (which
+//!   it uses only for `kind: List` files) checks nothing.
 //! - authentication and authorization when [`Config::admin_token`] is set (the lab sets it;
 //!   without it every request is the admin's): bearer tokens (the admin's, in
 //!   `system:masters`; ServiceAccount tokens from the TokenRequest API, `kubectl create
@@ -46,8 +50,8 @@
 //! applying), list merging by key in strategic merge patch, pagination (`limit` is ignored and
 //! everything is returned, with no `continue`), `dryRun` (refused with 400), deletecollection,
 //! garbage collection and namespace cascading deletion, protobuf, aggregated discovery,
-//! OpenAPI, controllers (no Endpoints or EndpointSlices derived from Pods, no scheduling, no
-//! kubelet). Namespaced objects need their Namespace to exist (`default`, `kube-system`,
+//! OpenAPI schemas of built-in kinds (no `kubectl explain` for them), controllers (no
+//! Endpoints or EndpointSlices derived from Pods, no scheduling, no kubelet). Namespaced objects need their Namespace to exist (`default`, `kube-system`,
 //! `kube-public` and `kube-node-lease` always do). core/v1 and events.k8s.io Events are stored
 //! separately; lists of core/v1 Events include the events.k8s.io ones converted, so
 //! `kubectl describe` shows what the operator recorded (watches of core/v1 Events do not).
@@ -58,6 +62,7 @@ mod discovery;
 mod events;
 pub mod http;
 mod object;
+pub mod openapi;
 pub mod patch;
 pub mod rbac;
 pub mod resources;
