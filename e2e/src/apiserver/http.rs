@@ -23,6 +23,7 @@ use super::discovery;
 use super::events;
 use super::object::{now_unix, rfc3339};
 use super::openapi;
+use super::paging;
 use super::patch::PatchType;
 use super::rbac::{self, Policy, User};
 use super::resources::{Registry, ResourceType};
@@ -472,15 +473,42 @@ impl Server {
                             .filter(|e| selectors.matches(e)),
                     );
                 }
+                // Pagination: a continued list keeps the first page's resourceVersion and
+                // expires with the history, as the real one does with etcd's compaction.
+                let from = match q.get("continue").filter(|c| !c.is_empty()) {
+                    Some(token) => {
+                        let c = paging::Continue::decode(token)?;
+                        if c.rv < store.oldest_rv() {
+                            return Err(ApiError::Expired(paging::EXPIRED.into()));
+                        }
+                        Some(c)
+                    }
+                    None => None,
+                };
+                let rv = from.as_ref().map_or(rv, |c| c.rv);
+                let limit = q
+                    .get("limit")
+                    .and_then(|l| l.parse::<usize>().ok())
+                    .unwrap_or(0);
+                let (items, token, remaining) = paging::page(items, limit, from.as_ref(), rv);
+                let mut metadata = json!({ "resourceVersion": rv.to_string() });
+                if let Some(t) = token {
+                    metadata["continue"] = json!(t);
+                    metadata["remainingItemCount"] = json!(remaining);
+                }
                 if wants_table(&accept) {
-                    return Ok(respond(200, &table(rt, &items, rv, now_unix())));
+                    let mut t = table(rt, &items, rv, now_unix());
+                    if let Some(c) = metadata.get("continue") {
+                        t["metadata"]["continue"] = c.clone();
+                    }
+                    return Ok(respond(200, &t));
                 }
                 Ok(respond(
                     200,
                     &json!({
                         "kind": format!("{}List", rt.kind),
                         "apiVersion": rt.api_version(),
-                        "metadata": { "resourceVersion": rv.to_string() },
+                        "metadata": metadata,
                         "items": items,
                     }),
                 ))

@@ -42,19 +42,23 @@
 //! - errors as `metav1.Status` (NotFound, AlreadyExists, Conflict, Invalid with
 //!   `details.causes` from admission, BadRequest, Expired/410, MethodNotAllowed, Unauthorized,
 //!   Forbidden).
+//! - pagination: `limit` and `continue` on lists (and Tables), `remainingItemCount`; the
+//!   token expires (410 Expired, the real message) once the history is compacted past its
+//!   resourceVersion. Later pages show objects as they are then, not a snapshot (see
+//!   [`paging`]).
 //!
 //! What it does not: client certificates, impersonation, aggregated ClusterRoles, RBAC
 //! escalation checks, token expiry and audiences, admission webhooks, validation of built-in
-//! types (beyond the Event note limit), field
-//! management (`managedFields`, apply conflicts, removal of fields a manager stopped
-//! applying), list merging by key in strategic merge patch, pagination (`limit` is ignored and
-//! everything is returned, with no `continue`), `dryRun` (refused with 400), deletecollection,
-//! garbage collection and namespace cascading deletion, protobuf, aggregated discovery,
-//! OpenAPI schemas of built-in kinds (no `kubectl explain` for them), controllers (no
-//! Endpoints or EndpointSlices derived from Pods, no scheduling, no kubelet). Namespaced objects need their Namespace to exist (`default`, `kube-system`,
-//! `kube-public` and `kube-node-lease` always do). core/v1 and events.k8s.io Events are stored
-//! separately; lists of core/v1 Events include the events.k8s.io ones converted, so
-//! `kubectl describe` shows what the operator recorded (watches of core/v1 Events do not).
+//! types (beyond the Event note limit), field management (`managedFields`, apply conflicts,
+//! removal of fields a manager stopped applying), list merging by key in strategic merge
+//! patch, `dryRun` (refused with 400), deletecollection, garbage collection and namespace
+//! cascading deletion, protobuf, aggregated discovery, OpenAPI schemas of built-in kinds (no
+//! `kubectl explain` for them), controllers (no Endpoints or EndpointSlices derived from Pods,
+//! no scheduling, no kubelet). Namespaced objects need their Namespace to exist (`default`,
+//! `kube-system`, `kube-public` and `kube-node-lease` always do). core/v1 and events.k8s.io
+//! Events are stored separately; lists of core/v1 Events include the events.k8s.io ones
+//! converted, so `kubectl describe` shows what the operator recorded (watches of core/v1
+//! Events do not).
 
 pub mod admission;
 pub mod auth;
@@ -63,6 +67,7 @@ mod events;
 pub mod http;
 mod object;
 pub mod openapi;
+pub mod paging;
 pub mod patch;
 pub mod rbac;
 pub mod resources;

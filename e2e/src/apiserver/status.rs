@@ -66,6 +66,9 @@ pub enum ApiError {
         /// The oldest version a watch can still start from.
         oldest: u64,
     },
+    /// 410 with its own message (an expired continue token).
+    #[error("{0}")]
+    Expired(String),
     /// 405: the verb is not served on this path.
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
@@ -100,7 +103,7 @@ impl ApiError {
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
             ApiError::Invalid { .. } | ApiError::InvalidFields { .. } => 422,
             ApiError::BadRequest(_) => 400,
-            ApiError::Gone { .. } => 410,
+            ApiError::Gone { .. } | ApiError::Expired(_) => 410,
             ApiError::MethodNotAllowed => 405,
             ApiError::UnsupportedMediaType => 415,
             ApiError::TooLarge => 413,
@@ -117,7 +120,7 @@ impl ApiError {
             ApiError::Conflict { .. } => "Conflict",
             ApiError::Invalid { .. } | ApiError::InvalidFields { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
-            ApiError::Gone { .. } => "Expired",
+            ApiError::Gone { .. } | ApiError::Expired(_) => "Expired",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType => "UnsupportedMediaType",
             ApiError::TooLarge => "RequestEntityTooLarge",

@@ -146,6 +146,12 @@ impl Store {
         self.lock().rv
     }
 
+    /// The oldest resourceVersion the history still covers (older continue tokens and
+    /// watches get 410).
+    pub fn oldest_rv(&self) -> u64 {
+        self.lock().compacted
+    }
+
     /// A receiver that changes whenever the store does.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.notify.subscribe()
