@@ -750,3 +750,116 @@ fn a_verb_missing_from_the_chart_fails_with_a_403_in_the_log() {
         logs(&dir)
     );
 }
+
+/// `helm uninstall` as the lab can play it: the workloads stopped in Helm's uninstall order
+/// (StatefulSet: the speaker; Deployment: the operator; DaemonSet: the agents; SIGTERM, as
+/// the kubelet sends), then the chart's RBAC objects deleted. No node keeps a route of Berth's
+/// (`proto 66`) or answers ARP for a Layer2 IP. The Services keep the operator's finalizer
+/// (what charts/berth/README.md "Uninstall" says today): deleting one leaves it Terminating
+/// until the finalizer is removed by hand as documented there. The routers' stale routes
+/// (graceful restart, up to the BgpConf's restart time) are documented, not waited for here.
+#[test]
+fn uninstall_in_helms_order_leaves_nothing_on_the_nodes() {
+    let Some(mut r) = up("u") else { return };
+    let dir = r.spec.dir.clone();
+    assert!(
+        !r.procs.agents.is_empty(),
+        "the lab started no agents\n{}",
+        logs(&dir)
+    );
+    let bgp_ip = r
+        .service_ip("demo", "web", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("demo/web got no IP\n{}", logs(&dir)));
+    let l2_ip = r
+        .service_ip("demo", "office", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("demo/office got no IP\n{}", logs(&dir)));
+    let berth_routes = |r: &Running| -> String {
+        r.ns.nodes
+            .iter()
+            .map(|ns| {
+                r.lab
+                    .exec(ns, "ip", &["route", "show", "table", "all", "proto", "66"])
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    // Installed: the nodes hold Berth's local routes and the Layer2 IP is answered.
+    let installed = wait_for(Duration::from_secs(30), || {
+        let routes = berth_routes(&r);
+        (routes.contains(&bgp_ip) && routes.contains(&l2_ip)).then_some(())
+    });
+    assert!(
+        installed.is_some(),
+        "no local routes for {bgp_ip} and {l2_ip}: {}\n{}",
+        berth_routes(&r),
+        logs(&dir)
+    );
+    no_refusals(&r);
+
+    // Helm's uninstall order: StatefulSet, Deployment, DaemonSet, then RBAC.
+    r.lab.terminate(r.procs.speaker);
+    r.lab.terminate(r.procs.operator);
+    for pid in std::mem::take(&mut r.procs.agents) {
+        r.lab.terminate(pid);
+    }
+    let rbac = r.spec.dir.join("chart-rbac.json").display().to_string();
+    r.kubectl(&["delete", "-f", &rbac]).unwrap();
+
+    assert_eq!(
+        berth_routes(&r),
+        "",
+        "routes left on the nodes\n{}",
+        logs(&dir)
+    );
+    assert_eq!(
+        r.who_answers_arp(&l2_ip).unwrap(),
+        Vec::<(String, usize)>::new(),
+        "{l2_ip} is still answered after uninstall"
+    );
+
+    // Today's Services: the finalizer stays, a delete hangs, the documented fix frees it.
+    let finalizers = r
+        .kubectl(&[
+            "get",
+            "svc",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.metadata.finalizers}",
+        ])
+        .unwrap();
+    assert!(finalizers.contains("berth.dev/release-ip"), "{finalizers}");
+    r.kubectl(&["delete", "svc", "web", "-n", "demo", "--wait=false"])
+        .unwrap();
+    let terminating = r
+        .kubectl(&[
+            "get",
+            "svc",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ])
+        .unwrap();
+    assert!(
+        !terminating.is_empty(),
+        "demo/web was not held by the finalizer"
+    );
+    r.kubectl(&[
+        "patch",
+        "svc",
+        "web",
+        "-n",
+        "demo",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ])
+    .unwrap();
+    assert!(
+        r.kubectl(&["get", "svc", "web", "-n", "demo"]).is_err(),
+        "demo/web is still there after its finalizer was removed"
+    );
+}
