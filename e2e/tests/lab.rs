@@ -148,6 +148,24 @@ fn landed_on_every_node(counts: &str) -> bool {
     })
 }
 
+/// `kubectl apply` (no flags, as on a real cluster) of an Eip no CEL rule accepts is refused
+/// with the rule's message.
+fn invalid_eip_is_refused(r: &Running) {
+    let f = r.spec.dir.join("bad-eip.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: berth.dev/v1alpha1\nkind: Eip\nmetadata: {name: bad}\nspec: {address: 300.1.1.1/24}\n",
+    )
+    .unwrap();
+    match r.kubectl(&["apply", "-f", &f.display().to_string()]) {
+        Ok(out) => panic!("an Eip with 300.1.1.1/24 was accepted: {out}"),
+        Err(e) => assert!(
+            e.contains(r#"The Eip "bad" is invalid: spec.address: Invalid value: "string": spec.address must be an IP"#),
+            "{e}"
+        ),
+    }
+}
+
 /// A Service gets an IP, the router a multipath route with one next hop per node, and
 /// connections land on every node; Local policy follows the endpoints; a NotReady node
 /// loses its next hop; an exhausted pool leaves a Service pending with an Event until an IP
@@ -172,6 +190,7 @@ fn bgp_service_lifecycle() {
             r.router_route(&ip)
         ));
     }
+    invalid_eip_is_refused(&r);
     // 2. Connections land on every node.
     let counts = r.connect(&ip, SERVICE_PORT, 100);
     assert!(
