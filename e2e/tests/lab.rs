@@ -882,3 +882,65 @@ fn uninstall_in_helms_order_leaves_nothing_on_the_nodes() {
         "demo/web is still there after its finalizer was removed"
     );
 }
+
+/// Takes `watch` on ConfigMaps away from the agent's rendered Role.
+// The type of `Spec::rbac_edit`.
+#[allow(clippy::ptr_arg)]
+fn agent_without_configmap_watch(objects: &mut Vec<serde_json::Value>) {
+    for o in objects.iter_mut().filter(|o| {
+        o["kind"] == "Role" && o["metadata"]["name"] == format!("{}-agent", lab::RELEASE)
+    }) {
+        if let Some(rules) = o["rules"].as_array_mut() {
+            for rule in rules
+                .iter_mut()
+                .filter(|r| r["resources"] == serde_json::json!(["configmaps"]))
+            {
+                if let Some(verbs) = rule["verbs"].as_array_mut() {
+                    verbs.retain(|v| v != "watch");
+                }
+            }
+        }
+    }
+}
+
+/// The agents run with their own ServiceAccount's token: with `watch` on ConfigMaps taken
+/// from the agent's Role, the API server refuses the agents' watch of the Layer2 assignments
+/// with the real 403 and the agents' log names it.
+#[test]
+fn the_agents_are_held_to_their_role() {
+    if let Some(why) = berth_e2e::lab_unavailable(&["/usr/lib/frr/bgpd", "/usr/bin/kubectl"]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut s = spec("g");
+    s.rbac_edit = Some(agent_without_configmap_watch);
+    let dir = s.dir.clone();
+    let r = lab::up(s).unwrap_or_else(|e| panic!("lab up: {e}\n{}", logs(&dir)));
+    let want = r#"configmaps is forbidden: User "system:serviceaccount:berth-system:berth-agent" cannot watch resource "configmaps" in API group "" in the namespace "berth-system""#;
+    let refused = wait_for(Duration::from_secs(60), || {
+        r.refusals()
+            .ok()
+            .filter(|all| all.iter().any(|l| l.ends_with(want)))
+    });
+    assert!(
+        refused.is_some(),
+        "no refused ConfigMap watch of the agents: {:?}\n{}",
+        r.refusals(),
+        logs(&dir)
+    );
+    let named = wait_for(Duration::from_secs(30), || {
+        NODES
+            .iter()
+            .any(|(n, _)| {
+                std::fs::read_to_string(dir.join(format!("agent-{n}.log")))
+                    .unwrap_or_default()
+                    .contains("is forbidden: User")
+            })
+            .then_some(())
+    });
+    assert!(
+        named.is_some(),
+        "no agent log names the 403\n{}",
+        logs(&dir)
+    );
+}
