@@ -1026,7 +1026,9 @@ pub fn own_bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/debug"))
 }
 
-/// One HTTP/1.1 request to the lab's API server from the host; returns the status code.
+/// One request to the lab's API server from the host, as the admin (HTTPS with the lab's CA,
+/// the admin's bearer token); returns the HTTP status. Without kubectl, so that the benches
+/// time the cluster, not kubectl's start-up.
 pub fn http(
     spec: &Spec,
     method: &str,
@@ -1034,12 +1036,36 @@ pub fn http(
     content_type: &str,
     body: &str,
 ) -> Result<u16, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+
+    let ca = spec.dir.join("pki/ca.pem");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca).map_err(|x| format!("{}: {x}", ca.display()))? {
+        roots
+            .add(c.map_err(|x| format!("{}: {x}", ca.display()))?)
+            .map_err(e)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(e)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").map_err(e)?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(e)?;
+    let token = std::fs::read_to_string(spec.dir.join("admin.token")).map_err(e)?;
     let addr = format!("127.0.0.1:{}", spec.host_port);
-    let mut s = TcpStream::connect(&addr).map_err(|x| format!("{addr}: {x}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
+    let tcp = TcpStream::connect(&addr).map_err(|x| format!("{addr}: {x}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(e)?;
+    tcp.set_write_timeout(Some(Duration::from_secs(10)))
+        .map_err(e)?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: lab\r\nContent-Type: {content_type}\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: lab\r\nAuthorization: Bearer {}\r\nContent-Type: {content_type}\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        token.trim(),
         body.len()
     );
     s.write_all(req.as_bytes()).map_err(e)?;
