@@ -48,7 +48,8 @@
 //!   [`paging`]).
 //!
 //! What it does not: client certificates, impersonation, aggregated ClusterRoles, RBAC
-//! escalation checks, token expiry and audiences, admission webhooks, validation of built-in
+//! escalation checks, authorization before routing (a path that names no resource gets 404
+//! where a real server answers an unauthorized user 403), token expiry and audiences, admission webhooks, validation of built-in
 //! types (beyond the Event note limit), field management (`managedFields`, apply conflicts,
 //! removal of fields a manager stopped applying), list merging by key in strategic merge
 //! patch, `dryRun` (refused with 400), deletecollection, garbage collection and namespace
