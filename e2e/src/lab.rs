@@ -10,7 +10,10 @@
 //! ```
 //!
 //! The host reaches the API server through a forwarder on 127.0.0.1 (`kubectl` works from the
-//! host with the kubeconfig the lab writes); the namespaces reach it at 10.0.0.100:6443.
+//! host with the kubeconfig the lab writes, as the admin); the namespaces reach it at
+//! 10.0.0.100:6443 (HTTPS). The API server enforces RBAC: the lab renders `charts/berth` with
+//! `examples/lab/chart/values.yaml`, applies its ServiceAccounts, Roles, ClusterRoles and bindings,
+//! and the operator and the agents run with their ServiceAccounts' tokens.
 //! Everything is removed on failure, on Ctrl-C, and by `lab down`.
 
 use std::io::{Read, Write};
@@ -66,6 +69,9 @@ pub struct Spec {
     pub repo: PathBuf,
     /// The host port of the API server forwarder.
     pub host_port: u16,
+    /// Changes the chart's rendered RBAC objects before the lab applies them (tests take a
+    /// verb away to see the component refused); `None` applies them as rendered.
+    pub rbac_edit: Option<fn(&mut Vec<serde_json::Value>)>,
 }
 
 impl Spec {
@@ -73,9 +79,14 @@ impl Spec {
         self.bin_dir.join(name).display().to_string()
     }
 
-    /// The kubeconfig for the host (`kubectl --kubeconfig ...`).
+    /// The kubeconfig for the host (`kubectl --kubeconfig ...`), with the admin's token.
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.join("kubeconfig")
+    }
+
+    /// The lab's values for the chart.
+    pub fn values(&self) -> PathBuf {
+        self.repo.join("examples/lab/chart/values.yaml")
     }
 
     fn socket(&self) -> PathBuf {
@@ -250,16 +261,18 @@ fn bird_conf() -> String {
     include_str!("../../docs/routers/bird-lab.conf").to_owned()
 }
 
-fn kubeconfig(server: &str) -> String {
+/// A kubeconfig for `server` (HTTPS, its CA in `ca`) with a bearer token.
+fn kubeconfig(server: &str, ca: &Path, token: &str) -> String {
+    let ca = ca.display();
     format!(
         "apiVersion: v1
 kind: Config
 clusters:
 - name: berth-lab
-  cluster: {{server: \"{server}\"}}
+  cluster: {{server: \"{server}\", certificate-authority: \"{ca}\"}}
 users:
 - name: berth-lab
-  user: {{}}
+  user: {{token: \"{token}\"}}
 contexts:
 - name: berth-lab
   context: {{cluster: berth-lab, user: berth-lab}}
@@ -268,19 +281,10 @@ current-context: berth-lab
     )
 }
 
-/// Whether an HTTP GET of `/version` answers on `addr` (host side).
-fn api_answers(addr: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /version HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 12];
-    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200")
+/// Whether the API server answers `/readyz` through the host's forwarder (kubectl: TLS).
+fn api_answers(spec: &Spec) -> bool {
+    TcpStream::connect(format!("127.0.0.1:{}", spec.host_port)).is_ok()
+        && kubectl(spec, &["--request-timeout=2s", "get", "--raw", "/readyz"]).is_ok()
 }
 
 /// Runs `kubectl` against the lab from the host.
@@ -326,6 +330,9 @@ pub fn up(spec: Spec) -> Result<Running, String> {
     let operator_leaf = ca.issue(&["berth-operator"], false)?;
     let (s_cert, s_key, ca_pem) = pki::write(&pki_dir, "speaker", &ca, &speaker_leaf)?;
     let (o_cert, o_key, _) = pki::write(&pki_dir, "operator", &ca, &operator_leaf)?;
+    // The API server's serving certificate (kubectl sends tokens only over TLS).
+    let api_leaf = ca.issue(&[CONTROL, "127.0.0.1", "localhost"], true)?;
+    let (api_cert, api_key, _) = pki::write(&pki_dir, "apiserver", &ca, &api_leaf)?;
 
     let router = match spec.router {
         RouterKind::Frr => Router::Frr(Frr::start(&mut lab, &ns.router, &spec.dir, &frr_conf())?),
@@ -335,13 +342,30 @@ pub fn up(spec: Spec) -> Result<Running, String> {
     };
 
     // The API server, in the control-plane namespace; the host reaches it through a Unix
-    // socket (filesystem paths cross network namespaces) and a forwarder on loopback.
+    // socket (filesystem paths cross network namespaces) and a forwarder on loopback. The
+    // kubeconfig comes first: the readiness probe is kubectl.
+    // With authentication and RBAC on: kubectl from the host is the admin, each component
+    // gets its ServiceAccount's token and exactly what the chart's RBAC grants it.
     let api_addr = format!("{CONTROL}:{API_PORT}");
     let crds = spec.repo.join("config/crd").display().to_string();
+    let admin_token = pki::random_hex(32)?;
+    let admin_token_file = spec.dir.join("admin.token");
+    std::fs::write(&admin_token_file, &admin_token).map_err(e)?;
     let apiserver = lab.spawn(
         &ns.control,
         &spec.bin("fake-apiserver"),
-        &["--listen", &api_addr, "--crds", &crds],
+        &[
+            "--listen",
+            &api_addr,
+            "--crds",
+            &crds,
+            "--admin-token-file",
+            &admin_token_file.display().to_string(),
+            "--tls-cert",
+            &api_cert.display().to_string(),
+            "--tls-key",
+            &api_key.display().to_string(),
+        ],
         &spec.dir.join("apiserver.log"),
     )?;
     let sock = spec.socket().display().to_string();
@@ -370,25 +394,22 @@ pub fn up(spec: Spec) -> Result<Running, String> {
         ],
         &spec.dir.join("forward-host.log"),
     )?;
-    wait_for(Duration::from_secs(20), || {
-        api_answers(&host_addr).then_some(())
-    })
-    .ok_or_else(|| {
+    std::fs::write(
+        spec.kubeconfig(),
+        kubeconfig(&format!("https://{host_addr}"), &ca_pem, &admin_token),
+    )
+    .map_err(e)?;
+    wait_for(Duration::from_secs(20), || api_answers(&spec).then_some(())).ok_or_else(|| {
         format!(
             "the API server did not answer on {host_addr}: see {}",
             spec.dir.join("apiserver.log").display()
         )
     })?;
-    std::fs::write(
-        spec.kubeconfig(),
-        kubeconfig(&format!("http://{host_addr}")),
-    )
-    .map_err(e)?;
-    let lab_kubeconfig = spec.dir.join("kubeconfig-lab");
-    std::fs::write(&lab_kubeconfig, kubeconfig(&format!("http://{api_addr}"))).map_err(e)?;
-    let lab_kc = lab_kubeconfig.display().to_string();
 
     apply_examples(&spec)?;
+    apply_chart_rbac(&spec)?;
+    let operator_kc = component_kubeconfig(&spec, &api_addr, &ca_pem, "operator")?;
+    let agent_kc = component_kubeconfig(&spec, &api_addr, &ca_pem, "agent")?;
 
     // The speaker on node1, as its StatefulSet Pod would run it (hostNetwork, mTLS).
     let (_, speaker_addr) = NODES[0];
@@ -435,7 +456,7 @@ pub fn up(spec: Spec) -> Result<Running, String> {
             format!("{CONTROL}:9472"),
         ],
         env: vec![
-            ("KUBECONFIG".into(), lab_kc.clone()),
+            ("KUBECONFIG".into(), operator_kc.clone()),
             ("POD_NAME".into(), "berth-operator-0".into()),
         ],
         log: spec.dir.join("operator.log"),
@@ -455,7 +476,7 @@ pub fn up(spec: Spec) -> Result<Running, String> {
                     .iter()
                     .map(String::as_str)
                     .collect::<Vec<_>>(),
-                &[("KUBECONFIG", lab_kc.as_str()), ("NODE_NAME", name)],
+                &[("KUBECONFIG", agent_kc.as_str()), ("NODE_NAME", name)],
                 &spec.dir.join(format!("agent-{name}.log")),
             )?;
             agents.push(pid);
@@ -547,6 +568,117 @@ for i in range(n):
     s.close()
 print(' '.join(f'{k}={v}' for k,v in sorted(seen.items())))";
 
+/// The kinds of the chart's RBAC: what the lab applies of the rendered chart.
+const RBAC_KINDS: [&str; 5] = [
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+];
+
+/// The release the lab renders (the name the chart's objects are prefixed with).
+pub const RELEASE: &str = "berth";
+/// The namespace the lab installs into.
+pub const NAMESPACE: &str = "berth-system";
+
+/// Renders `charts/berth` with the lab's values through Helm's engine (the venv's
+/// helm-python-sdk, `scripts/chart_render.py`): every object, as JSON.
+pub fn render_chart(spec: &Spec) -> Result<Vec<serde_json::Value>, String> {
+    let python = spec.repo.join(".venv/bin/python");
+    if !python.exists() {
+        return Err(format!(
+            "{} is missing: make the venv with `python3 -m venv .venv && .venv/bin/pip install -r scripts/ci-python-requirements.txt` (as .ci/run does)",
+            python.display()
+        ));
+    }
+    let script = spec.repo.join("scripts/chart_render.py");
+    let out = run(
+        &python.display().to_string(),
+        &[
+            &script.display().to_string(),
+            "--values",
+            &spec.values().display().to_string(),
+        ],
+    )
+    .map_err(|x| format!("rendering charts/berth failed: {x}"))?;
+    serde_json::from_str(&out).map_err(|x| format!("chart_render.py printed no JSON array: {x}"))
+}
+
+/// Applies the chart's ServiceAccounts, Roles, ClusterRoles and bindings (after
+/// [`Spec::rbac_edit`]), as `helm install` would.
+fn apply_chart_rbac(spec: &Spec) -> Result<(), String> {
+    let mut rbac: Vec<serde_json::Value> = render_chart(spec)?
+        .into_iter()
+        .filter(|o| {
+            o.get("kind")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|k| RBAC_KINDS.contains(&k))
+        })
+        .map(|mut o| {
+            if let Some(m) = o.as_object_mut() {
+                m.remove("__source");
+            }
+            o
+        })
+        .collect();
+    if let Some(edit) = spec.rbac_edit {
+        edit(&mut rbac);
+    }
+    let file = spec.dir.join("chart-rbac.json");
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": rbac});
+    std::fs::write(&file, list.to_string()).map_err(e)?;
+    kubectl(
+        spec,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &file.display().to_string(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// A kubeconfig for a component (`operator`, `agent`) with its ServiceAccount's token, made
+/// by the TokenRequest API as the kubelet would mount it; returns its path.
+fn component_kubeconfig(
+    spec: &Spec,
+    api_addr: &str,
+    ca: &Path,
+    component: &str,
+) -> Result<String, String> {
+    let sa = format!("{RELEASE}-{component}");
+    let token = kubectl(
+        spec,
+        &["create", "token", &sa, "-n", NAMESPACE, "--duration=48h"],
+    )?;
+    let path = spec.dir.join(format!("kubeconfig-{component}"));
+    std::fs::write(
+        &path,
+        kubeconfig(&format!("https://{api_addr}"), ca, token.trim()),
+    )
+    .map_err(e)?;
+    Ok(path.display().to_string())
+}
+
+/// The refusals (401 and 403) the lab's API server has served so far, one message a line.
+pub fn refusals(spec: &Spec) -> Result<Vec<String>, String> {
+    let out = kubectl(spec, &["get", "--raw", "/debug/berth/refusals"])?;
+    let v: Vec<serde_json::Value> = serde_json::from_str(&out).map_err(e)?;
+    Ok(v.iter()
+        .map(|r| {
+            format!(
+                "{} {}: {}",
+                r["code"],
+                r["user"].as_str().unwrap_or(""),
+                r["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect())
+}
+
 /// Applies `examples/lab/*.yaml` with kubectl (server-side apply), then writes the status of
 /// the objects whose status the cluster itself would set (Nodes, the speaker's Pod).
 fn apply_examples(spec: &Spec) -> Result<(), String> {
@@ -561,14 +693,7 @@ fn apply_examples(spec: &Spec) -> Result<(), String> {
         let path = f.display().to_string();
         kubectl(
             spec,
-            &[
-                "apply",
-                "--server-side",
-                "--force-conflicts",
-                "--validate=false",
-                "-f",
-                &path,
-            ],
+            &["apply", "--server-side", "--force-conflicts", "-f", &path],
         )?;
     }
     for (name, addr) in NODES {
@@ -712,6 +837,11 @@ impl Running {
     /// Runs kubectl against this lab.
     pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
         kubectl(&self.spec, args)
+    }
+
+    /// Every request the API server refused so far (see [`refusals`]).
+    pub fn refusals(&self) -> Result<Vec<String>, String> {
+        refusals(&self.spec)
     }
 
     /// What `lab status` prints.
@@ -871,7 +1001,9 @@ pub fn own_bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/debug"))
 }
 
-/// One HTTP/1.1 request to the lab's API server from the host; returns the status code.
+/// One request to the lab's API server from the host, as the admin (HTTPS with the lab's CA,
+/// the admin's bearer token); returns the HTTP status. Without kubectl, so that the benches
+/// time the cluster, not kubectl's start-up.
 pub fn http(
     spec: &Spec,
     method: &str,
@@ -879,12 +1011,36 @@ pub fn http(
     content_type: &str,
     body: &str,
 ) -> Result<u16, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+
+    let ca = spec.dir.join("pki/ca.pem");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca).map_err(|x| format!("{}: {x}", ca.display()))? {
+        roots
+            .add(c.map_err(|x| format!("{}: {x}", ca.display()))?)
+            .map_err(e)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(e)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").map_err(e)?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(e)?;
+    let token = std::fs::read_to_string(spec.dir.join("admin.token")).map_err(e)?;
     let addr = format!("127.0.0.1:{}", spec.host_port);
-    let mut s = TcpStream::connect(&addr).map_err(|x| format!("{addr}: {x}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
+    let tcp = TcpStream::connect(&addr).map_err(|x| format!("{addr}: {x}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(e)?;
+    tcp.set_write_timeout(Some(Duration::from_secs(10)))
+        .map_err(e)?;
+    let mut s = rustls::StreamOwned::new(conn, tcp);
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: lab\r\nContent-Type: {content_type}\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: lab\r\nAuthorization: Bearer {}\r\nContent-Type: {content_type}\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        token.trim(),
         body.len()
     );
     s.write_all(req.as_bytes()).map_err(e)?;
@@ -960,13 +1116,7 @@ metadata: {name: bench}
         std::fs::write(&f, pool).map_err(e)?;
         kubectl(
             spec,
-            &[
-                "apply",
-                "--server-side",
-                "--validate=false",
-                "-f",
-                &f.display().to_string(),
-            ],
+            &["apply", "--server-side", "-f", &f.display().to_string()],
         )?;
         let all: Vec<String> = {
             let mut v: Vec<String> = NODES.iter().map(|(_, a)| (*a).to_owned()).collect();

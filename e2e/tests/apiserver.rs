@@ -429,7 +429,6 @@ async fn kubectl_applies_the_lab_examples_and_prints_columns() {
             "apply",
             "--server-side",
             "--force-conflicts",
-            "--validate=false",
             "-f",
             &examples,
         ]);
@@ -438,7 +437,6 @@ async fn kubectl_applies_the_lab_examples_and_prints_columns() {
             "apply",
             "--server-side",
             "--force-conflicts",
-            "--validate=false",
             "-f",
             &examples,
         ]);
@@ -590,4 +588,403 @@ async fn recorder_events_are_listed_as_core_events_for_kubectl_describe() {
         .await
         .unwrap();
     assert!(other.items.is_empty());
+}
+
+/// A kube client for `url` with a bearer token (or none).
+fn client_with_token(url: &str, token: Option<&str>) -> Client {
+    let mut config = kube::Config::new(url.parse().unwrap());
+    config.auth_info.token = token.map(|t| t.to_owned().into());
+    Client::try_from(config).unwrap()
+}
+
+/// A token for a ServiceAccount through the TokenRequest API, as `kubectl create token` gets it.
+async fn sa_token(admin: &Client, ns: &str, name: &str) -> String {
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    let tr: k8s_openapi::api::authentication::v1::TokenRequest = serde_json::from_value(
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"audiences": []}}),
+    )
+    .unwrap();
+    let out = sas
+        .create_token_request(name, &PostParams::default(), &tr)
+        .await
+        .unwrap();
+    out.status.unwrap().token
+}
+
+#[tokio::test]
+async fn rbac_allows_what_roles_grant_and_refuses_the_rest_with_the_real_message() {
+    let config = Config {
+        admin_token: Some("admin-secret".into()),
+        ..Config::default()
+    };
+    let (server, anonymous, url) = start(config).await;
+    let admin = client_with_token(&url, Some("admin-secret"));
+    within(async {
+        namespace(&admin, "berth-system").await;
+        namespace(&admin, "demo").await;
+        let apply = |kind: &str, body: serde_json::Value| {
+            let admin = admin.clone();
+            let kind = kind.to_owned();
+            async move {
+                let (plural, namespaced) = match kind.as_str() {
+                    "ClusterRole" => ("clusterroles", false),
+                    "ClusterRoleBinding" => ("clusterrolebindings", false),
+                    "Role" => ("roles", true),
+                    _ => ("rolebindings", true),
+                };
+                let ar = ApiResource::from_gvk_with_plural(
+                    &GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", &kind),
+                    plural,
+                );
+                let api: Api<DynamicObject> = if namespaced {
+                    Api::namespaced_with(admin, "berth-system", &ar)
+                } else {
+                    Api::all_with(admin, &ar)
+                };
+                let mut body = body;
+                body["apiVersion"] = json!("rbac.authorization.k8s.io/v1");
+                body["kind"] = json!(kind);
+                api.create(&PostParams::default(), &serde_json::from_value(body).unwrap())
+                    .await
+                    .unwrap();
+            }
+        };
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(admin.clone(), "berth-system");
+        sas.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "berth-operator"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+        apply("ClusterRole", json!({"metadata": {"name": "op"}, "rules": [
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
+        ]}))
+        .await;
+        apply("ClusterRoleBinding", json!({"metadata": {"name": "op"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "op"},
+            "subjects": [{"kind": "ServiceAccount", "name": "berth-operator", "namespace": "berth-system"}]}))
+        .await;
+        apply("Role", json!({"metadata": {"name": "op"}, "rules": [
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["mine"], "verbs": ["get"]},
+        ]}))
+        .await;
+        apply("RoleBinding", json!({"metadata": {"name": "op"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "op"},
+            "subjects": [{"kind": "ServiceAccount", "name": "berth-operator"}]}))
+        .await;
+        let svcs: Api<Service> = Api::namespaced(admin.clone(), "demo");
+        svcs.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "berth-system");
+        for n in ["mine", "other"] {
+            cms.create(&PostParams::default(), &cm(n, json!({}))).await.unwrap();
+        }
+
+        let token = sa_token(&admin, "berth-system", "berth-operator").await;
+        let op = client_with_token(&url, Some(&token));
+        // Granted: list and watch of Services everywhere, get of one named ConfigMap.
+        let all: Api<Service> = Api::all(op.clone());
+        assert_eq!(all.list(&ListParams::default()).await.unwrap().items.len(), 1);
+        let mut w = all
+            .watch(&WatchParams::default().timeout(1), "0")
+            .await
+            .unwrap()
+            .boxed();
+        assert!(w.try_next().await.is_ok());
+        let op_cms: Api<ConfigMap> = Api::namespaced(op.clone(), "berth-system");
+        op_cms.get("mine").await.unwrap();
+
+        // Refused: a verb, a subresource, a name and a namespace the roles do not grant.
+        let in_demo: Api<Service> = Api::namespaced(op.clone(), "demo");
+        let refused = |r: Result<Service, kube::Error>| match r {
+            Err(kube::Error::Api(s)) => (s.code, s.reason, s.message),
+            other => panic!("expected 403, got {other:?}"),
+        };
+        let (code, reason, message) = refused(in_demo.get("web").await);
+        assert_eq!((code, reason.as_str()), (403, "Forbidden"));
+        assert_eq!(
+            message,
+            r#"services "web" is forbidden: User "system:serviceaccount:berth-system:berth-operator" cannot get resource "services" in API group "" in the namespace "demo""#
+        );
+        let (code, _, message) = refused(
+            in_demo
+                .patch_status(
+                    "web",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {}})),
+                )
+                .await,
+        );
+        assert_eq!(code, 403);
+        assert!(message.contains(r#"cannot patch resource "services/status""#), "{message}");
+        assert_eq!(api_code(op_cms.get("other").await).0, 403);
+        let elsewhere: Api<ConfigMap> = Api::namespaced(op.clone(), "demo");
+        assert_eq!(api_code(elsewhere.get("mine").await).0, 403);
+        assert_eq!(api_code(op_cms.list(&ListParams::default()).await).0, 403);
+
+        // Without a valid token: 401.
+        let anon: Api<Service> = Api::all(anonymous.clone());
+        assert_eq!(api_code(anon.list(&ListParams::default()).await).0, 401);
+        let forged: Api<Service> = Api::all(client_with_token(&url, Some("forged")));
+        assert_eq!(api_code(forged.list(&ListParams::default()).await).0, 401);
+        // A token dies with its ServiceAccount.
+        sas.delete("berth-operator", &DeleteParams::default()).await.unwrap();
+        assert_eq!(api_code(all.list(&ListParams::default()).await).0, 401);
+
+        let refusals = server.auth.refusals();
+        assert_eq!(
+            refusals.iter().filter(|r| r.code == 403).count(),
+            5,
+            "{refusals:?}"
+        );
+        assert_eq!(refusals.iter().filter(|r| r.code == 401).count(), 3);
+    })
+    .await;
+}
+
+/// kubectl's output (stdout and stderr) and whether it succeeded.
+fn kubectl_result(kubeconfig: &Path, cache: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Admission of custom resources: kubectl apply of an Eip whose address no CEL rule accepts is
+/// refused with 422 and the rule's message as a real API server words it; schema errors and
+/// pruning of unknown fields likewise; a valid Eip is stored with its defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_are_admitted_by_their_schema_and_cel_rules() {
+    if std::process::Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        assert!(std::env::var_os("CI").is_none(), "CI must have kubectl");
+        eprintln!("skipped: kubectl is not installed");
+        return;
+    }
+    let (_s, client, url) = start(Config::default()).await;
+    let dir =
+        std::env::temp_dir().join(format!("berth-apiserver-admission-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kc = dir.join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: \"{url}\"}}\nusers:\n- name: t\n  user: {{}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\ncurrent-context: t\n"
+        ),
+    )
+    .unwrap();
+    let cache = dir.join("cache");
+    let file = |name: &str, yaml: &str| {
+        let f = dir.join(name);
+        std::fs::write(&f, yaml).unwrap();
+        f.display().to_string()
+    };
+    let bad = file(
+        "bad.yaml",
+        "apiVersion: berth.dev/v1alpha1\nkind: Eip\nmetadata: {name: bad}\nspec: {address: 300.1.1.1/24}\n",
+    );
+    let typo = file(
+        "typo.yaml",
+        "apiVersion: berth.dev/v1alpha1\nkind: Eip\nmetadata: {name: typo}\nspec: {address: 10.9.0.0/24, protocol: ospf}\n",
+    );
+    let unknown = file(
+        "unknown.yaml",
+        "apiVersion: berth.dev/v1alpha1\nkind: Eip\nmetadata: {name: unknown}\nspec: {address: 10.9.1.0/24, colour: blue}\n",
+    );
+    let (kc2, cache2) = (kc.clone(), cache.clone());
+    // Plain kubectl apply: validation on, as users run it.
+    let (bad_out, typo_out, unknown_out, unknown_ssa) = tokio::task::spawn_blocking(move || {
+        let k = |args: &[&str]| kubectl_result(&kc2, &cache2, args);
+        (
+            k(&["apply", "-f", &bad]),
+            k(&["apply", "-f", &typo]),
+            k(&["apply", "-f", &unknown]),
+            k(&["apply", "--server-side", "-f", &unknown]),
+        )
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!bad_out.0, "300.1.1.1/24 was accepted: {}", bad_out.1);
+    assert!(
+        bad_out.1.contains(r#"spec.address: Invalid value: "string": spec.address must be an IP (10.0.0.5), a CIDR (10.0.0.0/24, fd00::/120) or a range of one family (10.0.0.10-10.0.0.20)"#),
+        "{}",
+        bad_out.1
+    );
+    assert!(bad_out.1.contains("is invalid"), "{}", bad_out.1);
+    assert!(!typo_out.0, "protocol ospf was accepted: {}", typo_out.1);
+    assert!(
+        typo_out
+            .1
+            .contains(r#"spec.protocol: Unsupported value: "ospf": supported values: "#),
+        "{}",
+        typo_out.1
+    );
+    // kubectl's field validation: the server reports the unknown field (Strict).
+    assert!(!unknown_out.0, "an unknown field passed: {}", unknown_out.1);
+    assert!(
+        unknown_out
+            .1
+            .contains(r#"strict decoding error: unknown field "spec.colour""#),
+        "{}",
+        unknown_out.1
+    );
+    assert!(
+        !unknown_ssa.0
+            && unknown_ssa
+                .1
+                .contains(".spec.colour: field not declared in schema"),
+        "{}",
+        unknown_ssa.1
+    );
+    // A client that asks for no field validation gets the unknown field pruned.
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("berth.dev", "v1alpha1", "Eip"),
+        "eips",
+    );
+    let eips: Api<DynamicObject> = Api::all_with(client, &ar);
+    eips.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Eip",
+            "metadata": {"name": "good"},
+            "spec": {"address": "10.9.1.0/24", "colour": "blue"},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let stored = eips.get("good").await.unwrap();
+    assert_eq!(stored.data["spec"]["address"], "10.9.1.0/24");
+    assert!(
+        stored.data["spec"].get("colour").is_none(),
+        "unknown field kept: {:?}",
+        stored.data
+    );
+    assert!(eips.get("bad").await.is_err());
+}
+
+/// Lists in pages: `limit` and `continue` cover every object once, and a continue token older
+/// than the retained history gets 410 Expired (the client lists again), as etcd's compaction
+/// does to a real server's tokens.
+#[tokio::test]
+async fn lists_are_paginated_and_continue_tokens_expire() {
+    let (server, client, _) = start(Config::default()).await;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    for i in 0..5 {
+        api.create(&PostParams::default(), &cm(&format!("cm{i}"), json!({})))
+            .await
+            .unwrap();
+    }
+    let first = api.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(first.items.len(), 2);
+    assert_eq!(first.metadata.remaining_item_count, Some(3));
+    let mut names: Vec<String> = first.items.iter().map(|o| o.name_any()).collect();
+    let mut token = first.metadata.continue_;
+    while let Some(t) = token.filter(|t| !t.is_empty()) {
+        let page = api
+            .list(&ListParams::default().limit(2).continue_token(&t))
+            .await
+            .unwrap();
+        assert_eq!(
+            page.metadata.resource_version,
+            first.metadata.resource_version
+        );
+        names.extend(page.items.iter().map(|o| o.name_any()));
+        token = page.metadata.continue_;
+    }
+    assert_eq!(names, ["cm0", "cm1", "cm2", "cm3", "cm4"]);
+
+    let page = api.list(&ListParams::default().limit(2)).await.unwrap();
+    let t = page.metadata.continue_.unwrap();
+    // A write, then the history is compacted past the token's version.
+    api.create(&PostParams::default(), &cm("late", json!({})))
+        .await
+        .unwrap();
+    server.store.compact();
+    match api
+        .list(&ListParams::default().limit(2).continue_token(&t))
+        .await
+    {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!((s.code, s.reason.as_str()), (410, "Expired"));
+            assert!(
+                s.message
+                    .starts_with("The provided continue parameter is too old")
+            );
+        }
+        other => panic!("expected 410 Expired, got {other:?}"),
+    }
+    assert_eq!(
+        api_code(
+            api.list(&ListParams::default().continue_token("forged"))
+                .await
+        )
+        .0,
+        400
+    );
+}
+
+/// An Event whose note is longer than 1 KiB is refused with 422, as the real Event
+/// validation refuses it (kube-rs's recorder must truncate; the operator's notes are short).
+#[tokio::test]
+async fn event_notes_over_one_kib_are_refused() {
+    let (_s, client, _) = start(Config::default()).await;
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
+        "events",
+    );
+    let events: Api<DynamicObject> = Api::namespaced_with(client, "default", &ar);
+    let event = |name: &str, note: String| -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": name},
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+            "reportingController": "berth.dev/operator", "reportingInstance": "x",
+            "action": "Allocate", "reason": "Allocated", "type": "Normal",
+            "note": note,
+        }))
+        .unwrap()
+    };
+    events
+        .create(&PostParams::default(), &event("ok", "n".repeat(1024)))
+        .await
+        .unwrap();
+    match events
+        .create(&PostParams::default(), &event("long", "n".repeat(1025)))
+        .await
+    {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422);
+            assert!(
+                s.message
+                    .ends_with("message: Invalid value: \"\": can have at most 1024 characters"),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("expected 422, got {other:?}"),
+    }
 }

@@ -32,6 +32,7 @@ fn spec(tag: &str) -> Spec {
         bin_dir,
         repo,
         host_port: free_port(),
+        rbac_edit: None,
     }
 }
 
@@ -99,7 +100,6 @@ fn apply(r: &Running, name: &str, yaml: &str) {
         "apply",
         "--server-side",
         "--force-conflicts",
-        "--validate=false",
         "-f",
         &f.display().to_string(),
     ])
@@ -128,12 +128,42 @@ fn set_ready(r: &Running, node: &str, ready: bool) {
     .unwrap_or_else(|e| panic!("marking {node} Ready={status}: {e}"));
 }
 
+/// The chart's RBAC as shipped is enough: the API server refused no request of any component
+/// (nor of kubectl) during the whole test.
+fn no_refusals(r: &Running) {
+    let refused = r.refusals().unwrap();
+    assert!(
+        refused.is_empty(),
+        "the API server refused requests (the chart's RBAC misses a verb?):\n{}\n{}",
+        refused.join("\n"),
+        logs(&r.spec.dir)
+    );
+}
+
 fn landed_on_every_node(counts: &str) -> bool {
     NODES.iter().all(|(n, _)| {
         counts
             .split_whitespace()
             .any(|kv| kv.strip_prefix(&format!("{n}=")).is_some_and(|c| c != "0"))
     })
+}
+
+/// `kubectl apply` (no flags, as on a real cluster) of an Eip no CEL rule accepts is refused
+/// with the rule's message.
+fn invalid_eip_is_refused(r: &Running) {
+    let f = r.spec.dir.join("bad-eip.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: berth.dev/v1alpha1\nkind: Eip\nmetadata: {name: bad}\nspec: {address: 300.1.1.1/24}\n",
+    )
+    .unwrap();
+    match r.kubectl(&["apply", "-f", &f.display().to_string()]) {
+        Ok(out) => panic!("an Eip with 300.1.1.1/24 was accepted: {out}"),
+        Err(e) => assert!(
+            e.contains(r#"The Eip "bad" is invalid: spec.address: Invalid value: "string": spec.address must be an IP"#),
+            "{e}"
+        ),
+    }
 }
 
 /// A Service gets an IP, the router a multipath route with one next hop per node, and
@@ -160,6 +190,7 @@ fn bgp_service_lifecycle() {
             r.router_route(&ip)
         ));
     }
+    invalid_eip_is_refused(&r);
     // 2. Connections land on every node.
     let counts = r.connect(&ip, SERVICE_PORT, 100);
     assert!(
@@ -373,6 +404,7 @@ spec: {{address: 203.0.113.7}}
     if gone.is_none() {
         fail("Eip lab-bgp was not deleted after its last Service went");
     }
+    no_refusals(&r);
 }
 
 /// Watches the router's route to `ip` every 20 ms in the background; counts the samples in
@@ -499,6 +531,7 @@ fn restarts_do_not_disturb_the_router() {
         "the router's kernel route changed while the speaker restarted ({bad} of {samples} samples)\n{}",
         logs(&dir)
     );
+    no_refusals(&r);
 }
 
 /// A Layer2 Service: the client on the nodes' segment reaches its IP at the owner, and when
@@ -591,6 +624,7 @@ fn layer2_service_fails_over() {
         "no Event \"{want}\" on demo/office\n{}",
         logs(&dir)
     );
+    no_refusals(&r);
 }
 
 /// Every metric the chart's Grafana dashboard and alert rules read is in a real scrape of
@@ -712,5 +746,238 @@ fn forged_claims_get_nothing(r: &Running) {
         notes.is_some(),
         "no NotBerths Event on each forged Service\n{}",
         logs(&r.spec.dir)
+    );
+}
+
+/// Takes `patch` on `services/status` away from the operator's rendered ClusterRole.
+// The type of `Spec::rbac_edit`, which other edits use to remove whole objects.
+#[allow(clippy::ptr_arg)]
+fn without_status_patch(objects: &mut Vec<serde_json::Value>) {
+    for o in objects.iter_mut().filter(|o| {
+        o["kind"] == "ClusterRole" && o["metadata"]["name"] == format!("{}-operator", lab::RELEASE)
+    }) {
+        if let Some(rules) = o["rules"].as_array_mut() {
+            for rule in rules
+                .iter_mut()
+                .filter(|r| r["resources"] == serde_json::json!(["services/status"]))
+            {
+                if let Some(verbs) = rule["verbs"].as_array_mut() {
+                    verbs.retain(|v| v != "patch");
+                }
+            }
+        }
+    }
+}
+
+/// The lab with the operator's ClusterRole one verb short (`patch` on `services/status`):
+/// the Service gets no IP, the API server answers 403 with the real message, and the
+/// operator's log names the refusal. Proves the lab holds the chart's RBAC to account.
+#[test]
+fn a_verb_missing_from_the_chart_fails_with_a_403_in_the_log() {
+    if let Some(why) = berth_e2e::lab_unavailable(&["/usr/lib/frr/bgpd", "/usr/bin/kubectl"]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut s = spec("r");
+    s.rbac_edit = Some(without_status_patch);
+    let dir = s.dir.clone();
+    let r = lab::up(s).unwrap_or_else(|e| panic!("lab up: {e}\n{}", logs(&dir)));
+    let want = r#"services "web" is forbidden: User "system:serviceaccount:berth-system:berth-operator" cannot patch resource "services/status" in API group "" in the namespace "demo""#;
+    let refused = wait_for(Duration::from_secs(60), || {
+        r.refusals()
+            .ok()
+            .filter(|all| all.iter().any(|l| l.ends_with(want)))
+    });
+    assert!(
+        refused.is_some(),
+        "the API server refused no status patch of demo/web: {:?}\n{}",
+        r.refusals(),
+        logs(&dir)
+    );
+    assert_eq!(
+        r.service_ip("demo", "web", Duration::from_secs(1)),
+        None,
+        "demo/web got an IP without the operator being allowed to write its status"
+    );
+    let log = std::fs::read_to_string(dir.join("operator.log")).unwrap_or_default();
+    assert!(
+        log.contains("is forbidden: User") && log.contains("services/status"),
+        "the operator's log does not name the 403:\n{}",
+        logs(&dir)
+    );
+}
+
+/// `helm uninstall` as the lab can play it: the workloads stopped in Helm's uninstall order
+/// (StatefulSet: the speaker; Deployment: the operator; DaemonSet: the agents; SIGTERM, as
+/// the kubelet sends), then the chart's RBAC objects deleted. No node keeps a route of Berth's
+/// (`proto 66`) or answers ARP for a Layer2 IP. The Services keep the operator's finalizer
+/// (what charts/berth/README.md "Uninstall" says today): deleting one leaves it Terminating
+/// until the finalizer is removed by hand as documented there. The routers' stale routes
+/// (graceful restart, up to the BgpConf's restart time) are documented, not waited for here.
+#[test]
+fn uninstall_in_helms_order_leaves_nothing_on_the_nodes() {
+    let Some(mut r) = up("u") else { return };
+    let dir = r.spec.dir.clone();
+    assert!(
+        !r.procs.agents.is_empty(),
+        "the lab started no agents\n{}",
+        logs(&dir)
+    );
+    let bgp_ip = r
+        .service_ip("demo", "web", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("demo/web got no IP\n{}", logs(&dir)));
+    let l2_ip = r
+        .service_ip("demo", "office", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("demo/office got no IP\n{}", logs(&dir)));
+    let berth_routes = |r: &Running| -> String {
+        r.ns.nodes
+            .iter()
+            .map(|ns| {
+                r.lab
+                    .exec(ns, "ip", &["route", "show", "table", "all", "proto", "66"])
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    // Installed: the nodes hold Berth's local routes and the Layer2 IP is answered.
+    let installed = wait_for(Duration::from_secs(30), || {
+        let routes = berth_routes(&r);
+        (routes.contains(&bgp_ip) && routes.contains(&l2_ip)).then_some(())
+    });
+    assert!(
+        installed.is_some(),
+        "no local routes for {bgp_ip} and {l2_ip}: {}\n{}",
+        berth_routes(&r),
+        logs(&dir)
+    );
+    no_refusals(&r);
+
+    // Helm's uninstall order: StatefulSet, Deployment, DaemonSet, then RBAC.
+    r.lab.terminate(r.procs.speaker);
+    r.lab.terminate(r.procs.operator);
+    for pid in std::mem::take(&mut r.procs.agents) {
+        r.lab.terminate(pid);
+    }
+    let rbac = r.spec.dir.join("chart-rbac.json").display().to_string();
+    r.kubectl(&["delete", "-f", &rbac]).unwrap();
+
+    assert_eq!(
+        berth_routes(&r),
+        "",
+        "routes left on the nodes\n{}",
+        logs(&dir)
+    );
+    assert_eq!(
+        r.who_answers_arp(&l2_ip).unwrap(),
+        Vec::<(String, usize)>::new(),
+        "{l2_ip} is still answered after uninstall"
+    );
+
+    // Today's Services: the finalizer stays, a delete hangs, the documented fix frees it.
+    let finalizers = r
+        .kubectl(&[
+            "get",
+            "svc",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.metadata.finalizers}",
+        ])
+        .unwrap();
+    assert!(finalizers.contains("berth.dev/release-ip"), "{finalizers}");
+    r.kubectl(&["delete", "svc", "web", "-n", "demo", "--wait=false"])
+        .unwrap();
+    let terminating = r
+        .kubectl(&[
+            "get",
+            "svc",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ])
+        .unwrap();
+    assert!(
+        !terminating.is_empty(),
+        "demo/web was not held by the finalizer"
+    );
+    r.kubectl(&[
+        "patch",
+        "svc",
+        "web",
+        "-n",
+        "demo",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ])
+    .unwrap();
+    assert!(
+        r.kubectl(&["get", "svc", "web", "-n", "demo"]).is_err(),
+        "demo/web is still there after its finalizer was removed"
+    );
+}
+
+/// Takes `watch` on ConfigMaps away from the agent's rendered Role.
+// The type of `Spec::rbac_edit`.
+#[allow(clippy::ptr_arg)]
+fn agent_without_configmap_watch(objects: &mut Vec<serde_json::Value>) {
+    for o in objects.iter_mut().filter(|o| {
+        o["kind"] == "Role" && o["metadata"]["name"] == format!("{}-agent", lab::RELEASE)
+    }) {
+        if let Some(rules) = o["rules"].as_array_mut() {
+            for rule in rules
+                .iter_mut()
+                .filter(|r| r["resources"] == serde_json::json!(["configmaps"]))
+            {
+                if let Some(verbs) = rule["verbs"].as_array_mut() {
+                    verbs.retain(|v| v != "watch");
+                }
+            }
+        }
+    }
+}
+
+/// The agents run with their own ServiceAccount's token: with `watch` on ConfigMaps taken
+/// from the agent's Role, the API server refuses the agents' watch of the Layer2 assignments
+/// with the real 403 and the agents' log names it.
+#[test]
+fn the_agents_are_held_to_their_role() {
+    if let Some(why) = berth_e2e::lab_unavailable(&["/usr/lib/frr/bgpd", "/usr/bin/kubectl"]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut s = spec("g");
+    s.rbac_edit = Some(agent_without_configmap_watch);
+    let dir = s.dir.clone();
+    let r = lab::up(s).unwrap_or_else(|e| panic!("lab up: {e}\n{}", logs(&dir)));
+    let want = r#"configmaps is forbidden: User "system:serviceaccount:berth-system:berth-agent" cannot watch resource "configmaps" in API group "" in the namespace "berth-system""#;
+    let refused = wait_for(Duration::from_secs(60), || {
+        r.refusals()
+            .ok()
+            .filter(|all| all.iter().any(|l| l.ends_with(want)))
+    });
+    assert!(
+        refused.is_some(),
+        "no refused ConfigMap watch of the agents: {:?}\n{}",
+        r.refusals(),
+        logs(&dir)
+    );
+    let named = wait_for(Duration::from_secs(30), || {
+        NODES
+            .iter()
+            .any(|(n, _)| {
+                std::fs::read_to_string(dir.join(format!("agent-{n}.log")))
+                    .unwrap_or_default()
+                    .contains("is forbidden: User")
+            })
+            .then_some(())
+    });
+    assert!(
+        named.is_some(),
+        "no agent log names the 403\n{}",
+        logs(&dir)
     );
 }

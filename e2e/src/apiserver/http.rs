@@ -17,10 +17,15 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::Config;
+use super::admission;
+use super::auth::{Auth, Identity};
 use super::discovery;
 use super::events;
-use super::object::now_unix;
+use super::object::{now_unix, rfc3339};
+use super::openapi;
+use super::paging;
 use super::patch::PatchType;
+use super::rbac::{self, Policy, User};
 use super::resources::{Registry, ResourceType};
 use super::selector::{FieldSelector, LabelSelector, Selectors};
 use super::status::ApiError;
@@ -170,6 +175,8 @@ fn resolve<'r>(
     match t.sub.as_deref() {
         None => {}
         Some("status") if t.rt.status => {}
+        // The TokenRequest API (`kubectl create token`).
+        Some("token") if t.rt.group.is_empty() && t.rt.plural == "serviceaccounts" => {}
         Some(_) => return Err(ApiError::NoSuchPath),
     }
     Ok(t)
@@ -183,6 +190,8 @@ pub struct Server {
     pub store: Arc<Store>,
     /// Settings.
     pub config: Config,
+    /// Tokens and the record of refused requests.
+    pub auth: Auth,
 }
 
 impl Server {
@@ -200,11 +209,106 @@ impl Server {
         resp
     }
 
+    /// Who makes the request: 401 for a token this server did not issue or whose
+    /// ServiceAccount is gone.
+    fn authenticate(&self, req: &Request<Incoming>) -> Result<User, ApiError> {
+        let header = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let user = match self.auth.identify(header) {
+            Identity::Admin => User::admin(),
+            Identity::Anonymous => User::anonymous(),
+            Identity::ServiceAccount(ns, name) => {
+                let sa = self.registry.find("", "v1", "serviceaccounts");
+                match sa.map(|rt| self.store.get(rt, &ns, &name)) {
+                    Some(Ok(_)) => User::service_account(&ns, &name),
+                    _ => User::anonymous(),
+                }
+            }
+            Identity::Invalid => User::anonymous(),
+        };
+        if user == User::anonymous() && header.is_some() {
+            self.auth.refuse(401, &user, "Unauthorized");
+            return Err(ApiError::Unauthorized);
+        }
+        Ok(user)
+    }
+
+    /// The stored Roles, ClusterRoles and bindings.
+    fn policy(&self) -> Policy {
+        let all = |plural: &str| {
+            self.registry
+                .find("rbac.authorization.k8s.io", "v1", plural)
+                .map(|rt| self.store.list(rt, None, &Selectors::default()).0)
+                .unwrap_or_default()
+        };
+        Policy {
+            roles: all("roles"),
+            cluster_roles: all("clusterroles"),
+            role_bindings: all("rolebindings"),
+            cluster_role_bindings: all("clusterrolebindings"),
+        }
+    }
+
+    /// 401 for anonymous requests RBAC refuses, 403 with the real message for the others;
+    /// every refusal is recorded.
+    fn authorize(&self, user: &User, attrs: &rbac::Request) -> Result<(), ApiError> {
+        if !self.auth.enabled() || self.policy().allows(user, attrs) {
+            return Ok(());
+        }
+        if *user == User::anonymous() {
+            self.auth.refuse(401, user, "Unauthorized");
+            return Err(ApiError::Unauthorized);
+        }
+        let message = attrs.forbidden_message(user);
+        self.auth.refuse(403, user, &message);
+        let (resource, name) = match attrs {
+            rbac::Request::Resource {
+                group,
+                resource,
+                name,
+                ..
+            } => (
+                if group.is_empty() {
+                    resource.clone()
+                } else {
+                    format!("{resource}.{group}")
+                },
+                name.clone(),
+            ),
+            rbac::Request::NonResource { .. } => (String::new(), String::new()),
+        };
+        Err(ApiError::Forbidden {
+            resource,
+            name,
+            message,
+        })
+    }
+
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().trim_end_matches('/').to_owned();
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let get = req.method() == Method::GET;
         let reg = &self.registry;
+        let user = self.authenticate(&req)?;
+        let resource_request = matches!(
+            segs.as_slice(),
+            ["api", "v1", _, ..] | ["apis", _, _, _, ..]
+        );
+        if !resource_request {
+            self.authorize(
+                &user,
+                &rbac::Request::NonResource {
+                    verb: req.method().as_str().to_lowercase(),
+                    path: if path.is_empty() {
+                        "/".into()
+                    } else {
+                        path.clone()
+                    },
+                },
+            )?;
+        }
         match segs.as_slice() {
             ["version"] if get => return Ok(respond(200, &discovery::version())),
             ["healthz" | "readyz" | "livez"] if get => {
@@ -226,12 +330,42 @@ impl Server {
             ["apis", g, v] if get && reg.has_group_version(g, v) => {
                 return Ok(respond(200, &discovery::resources(reg, g, v)));
             }
+            ["openapi", "v3"] if get => return Ok(respond(200, &openapi::index(reg))),
+            ["openapi", "v2"] if get => {
+                let mut r = Response::new(Body::Full(Some(Bytes::new())));
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/octet-stream"),
+                );
+                return Ok(r);
+            }
+            ["openapi", "v3", "api", v] if get => {
+                return openapi::group_version(reg, "", v)
+                    .map(|d| respond(200, &d))
+                    .ok_or(ApiError::NoSuchPath);
+            }
+            ["openapi", "v3", "apis", g, v] if get => {
+                return openapi::group_version(reg, g, v)
+                    .map(|d| respond(200, &d))
+                    .ok_or(ApiError::NoSuchPath);
+            }
+            ["debug", "berth", "refusals"] if get => {
+                let all: Vec<Value> = self
+                    .auth
+                    .refusals()
+                    .into_iter()
+                    .map(|r| json!({"code": r.code, "user": r.user, "message": r.message}))
+                    .collect();
+                return Ok(respond(200, &Value::Array(all)));
+            }
             ["api", "v1", rest @ ..] if !rest.is_empty() => {
                 let t = resolve(reg, "", "v1", rest)?;
+                self.authorize(&user, &attributes(&t, &req))?;
                 return self.resource(t, req).await;
             }
             ["apis", g, v, rest @ ..] if !rest.is_empty() => {
                 let t = resolve(reg, g, v, rest)?;
+                self.authorize(&user, &attributes(&t, &req))?;
                 return self.resource(t, req).await;
             }
             _ => {}
@@ -269,6 +403,23 @@ impl Server {
             Sub::Main
         };
         let store = &self.store;
+        if q.get("fieldValidation").map(String::as_str) == Some("Strict")
+            && let Some(schema) = &rt.schema
+            && matches!(method, Method::POST | Method::PUT | Method::PATCH)
+            && t.sub.is_none()
+            && !content_type.contains("json-patch")
+            && let Ok(obj) = parse_object(&body)
+        {
+            strict(rt, schema, &obj, content_type.contains("apply-patch"))?;
+        }
+        if t.sub.as_deref() == Some("token") {
+            return match (method, t.name.as_deref()) {
+                (Method::POST, Some(name)) => {
+                    self.token_request(rt, &ns, name, &content_type, &body)
+                }
+                _ => Err(ApiError::MethodNotAllowed),
+            };
+        }
         match (method, t.name.as_deref()) {
             (Method::GET, None) => {
                 let selectors = Selectors {
@@ -322,15 +473,42 @@ impl Server {
                             .filter(|e| selectors.matches(e)),
                     );
                 }
+                // Pagination: a continued list keeps the first page's resourceVersion and
+                // expires with the history, as the real one does with etcd's compaction.
+                let from = match q.get("continue").filter(|c| !c.is_empty()) {
+                    Some(token) => {
+                        let c = paging::Continue::decode(token)?;
+                        if c.rv < store.oldest_rv() {
+                            return Err(ApiError::Expired(paging::EXPIRED.into()));
+                        }
+                        Some(c)
+                    }
+                    None => None,
+                };
+                let rv = from.as_ref().map_or(rv, |c| c.rv);
+                let limit = q
+                    .get("limit")
+                    .and_then(|l| l.parse::<usize>().ok())
+                    .unwrap_or(0);
+                let (items, token, remaining) = paging::page(items, limit, from.as_ref(), rv);
+                let mut metadata = json!({ "resourceVersion": rv.to_string() });
+                if let Some(t) = token {
+                    metadata["continue"] = json!(t);
+                    metadata["remainingItemCount"] = json!(remaining);
+                }
                 if wants_table(&accept) {
-                    return Ok(respond(200, &table(rt, &items, rv, now_unix())));
+                    let mut t = table(rt, &items, rv, now_unix());
+                    if let Some(c) = metadata.get("continue") {
+                        t["metadata"]["continue"] = c.clone();
+                    }
+                    return Ok(respond(200, &t));
                 }
                 Ok(respond(
                     200,
                     &json!({
                         "kind": format!("{}List", rt.kind),
                         "apiVersion": rt.api_version(),
-                        "metadata": { "resourceVersion": rv.to_string() },
+                        "metadata": metadata,
                         "items": items,
                     }),
                 ))
@@ -373,6 +551,129 @@ impl Server {
             }
             _ => Err(ApiError::MethodNotAllowed),
         }
+    }
+}
+
+/// `fieldValidation=Strict`: 400 for fields the CRD's schema does not name, worded as the real
+/// server words them for a decoded body and for a server-side apply.
+fn strict(rt: &ResourceType, schema: &Value, obj: &Value, apply: bool) -> Result<(), ApiError> {
+    let unknown = admission::unknown_fields(schema, obj);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest(if apply {
+        let fields: Vec<String> = unknown
+            .iter()
+            .map(|f| format!(".{f}: field not declared in schema"))
+            .collect();
+        format!(
+            "failed to create typed patch object ({}, Kind={}): {}",
+            rt.api_version(),
+            rt.kind,
+            fields.join(", ")
+        )
+    } else {
+        let fields: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field {f:?}"))
+            .collect();
+        format!(
+            "{kind} in version {v:?} cannot be handled as a {kind}: strict decoding error: {}",
+            fields.join(", "),
+            kind = rt.kind,
+            v = rt.version
+        )
+    }))
+}
+
+/// The authorizer's attributes of a resource request (`RequestInfo` in the real server): the
+/// verb from the method, `watch` and the name; a list or watch narrowed to one name by a
+/// `metadata.name` field selector counts as a request on that name, so resourceNames apply.
+fn attributes(t: &Target<'_>, req: &Request<Incoming>) -> rbac::Request {
+    let q = parse_query(req.uri().query());
+    let flag = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
+    let mut name = t.name.clone().unwrap_or_default();
+    let verb = match (req.method().clone(), t.name.is_some()) {
+        (Method::GET, true) => "get",
+        (Method::GET, false) => {
+            if let Some(n) = q.get("fieldSelector").and_then(|f| {
+                f.split(',').find_map(|term| {
+                    term.strip_prefix("metadata.name==")
+                        .or_else(|| term.strip_prefix("metadata.name="))
+                })
+            }) {
+                name = n.to_owned();
+            }
+            if flag("watch") { "watch" } else { "list" }
+        }
+        (Method::POST, _) => "create",
+        (Method::PUT, _) => "update",
+        (Method::PATCH, _) => "patch",
+        (Method::DELETE, true) => "delete",
+        (Method::DELETE, false) => "deletecollection",
+        (m, _) => {
+            return rbac::Request::Resource {
+                verb: m.as_str().to_lowercase(),
+                group: t.rt.group.clone(),
+                resource: t.rt.plural.clone(),
+                subresource: t.sub.clone().unwrap_or_default(),
+                namespace: t.namespace.clone().unwrap_or_default(),
+                name,
+            };
+        }
+    };
+    rbac::Request::Resource {
+        verb: verb.to_owned(),
+        group: t.rt.group.clone(),
+        resource: t.rt.plural.clone(),
+        subresource: t.sub.clone().unwrap_or_default(),
+        namespace: t.namespace.clone().unwrap_or_default(),
+        // A create names no object (the name is in the body): resourceNames cannot limit it.
+        name: if verb == "create" {
+            String::new()
+        } else {
+            name
+        },
+    }
+}
+
+impl Server {
+    /// `POST .../serviceaccounts/<name>/token`: a token for an existing ServiceAccount. The
+    /// token lasts as long as the ServiceAccount (the requested expiry is echoed, not
+    /// enforced). `kubectl create token` sends protobuf, which this server cannot read: such a
+    /// body is taken as an empty spec.
+    fn token_request(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Response<Body>, ApiError> {
+        self.store.get(rt, ns, name)?;
+        let spec = if body.is_empty() || content_type.contains("protobuf") {
+            json!({})
+        } else {
+            parse_object(body)?
+                .get("spec")
+                .cloned()
+                .unwrap_or(json!({}))
+        };
+        let seconds = spec
+            .get("expirationSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(3600);
+        let token = self.auth.issue(ns, name);
+        Ok(respond(
+            201,
+            &json!({
+                "kind": "TokenRequest",
+                "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"name": name, "namespace": ns, "creationTimestamp": rfc3339(now_unix())},
+                "spec": spec,
+                "status": {"token": token, "expirationTimestamp": rfc3339(now_unix() + seconds)},
+            }),
+        ))
     }
 }
 

@@ -183,6 +183,28 @@ impl Registry {
             b("apps", "v1", "DaemonSet", "daemonsets", true)
                 .with_status()
                 .short(&["ds"]),
+            b("rbac.authorization.k8s.io", "v1", "Role", "roles", true),
+            b(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "ClusterRole",
+                "clusterroles",
+                false,
+            ),
+            b(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "RoleBinding",
+                "rolebindings",
+                true,
+            ),
+            b(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "ClusterRoleBinding",
+                "clusterrolebindings",
+                false,
+            ),
         ];
         Registry { types }
     }

@@ -44,6 +44,17 @@ pub enum ApiError {
         /// What is wrong.
         why: String,
     },
+    /// 422 from admission: field errors (`spec.address: Invalid value: ...`), each also a
+    /// `details.causes` entry, which kubectl prints.
+    #[error("{resource} \"{name}\" is invalid: {}", join_fields(.errors))]
+    InvalidFields {
+        /// Kind with group (`Eip.berth.dev`), as the real server names it here.
+        resource: String,
+        /// Object name.
+        name: String,
+        /// `<field>: <what>` each.
+        errors: Vec<String>,
+    },
     /// 400: the request cannot be understood.
     #[error("{0}")]
     BadRequest(String),
@@ -55,6 +66,9 @@ pub enum ApiError {
         /// The oldest version a watch can still start from.
         oldest: u64,
     },
+    /// 410 with its own message (an expired continue token).
+    #[error("{0}")]
+    Expired(String),
     /// 405: the verb is not served on this path.
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
@@ -66,6 +80,19 @@ pub enum ApiError {
     /// 413: the body is larger than the server reads.
     #[error("the request body is too large")]
     TooLarge,
+    /// 401: no valid credentials.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// 403: RBAC does not allow the request.
+    #[error("{message}")]
+    Forbidden {
+        /// Plural resource name, with group (`services`, `eips.berth.dev`); empty for paths.
+        resource: String,
+        /// Object name (may be empty).
+        name: String,
+        /// The whole message (see `rbac::Request::forbidden_message`).
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -74,12 +101,14 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } | ApiError::NoSuchPath => 404,
             ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => 409,
-            ApiError::Invalid { .. } => 422,
+            ApiError::Invalid { .. } | ApiError::InvalidFields { .. } => 422,
             ApiError::BadRequest(_) => 400,
-            ApiError::Gone { .. } => 410,
+            ApiError::Gone { .. } | ApiError::Expired(_) => 410,
             ApiError::MethodNotAllowed => 405,
             ApiError::UnsupportedMediaType => 415,
             ApiError::TooLarge => 413,
+            ApiError::Unauthorized => 401,
+            ApiError::Forbidden { .. } => 403,
         }
     }
 
@@ -89,12 +118,14 @@ impl ApiError {
             ApiError::NotFound { .. } | ApiError::NoSuchPath => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
             ApiError::Conflict { .. } => "Conflict",
-            ApiError::Invalid { .. } => "Invalid",
+            ApiError::Invalid { .. } | ApiError::InvalidFields { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
-            ApiError::Gone { .. } => "Expired",
+            ApiError::Gone { .. } | ApiError::Expired(_) => "Expired",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::UnsupportedMediaType => "UnsupportedMediaType",
             ApiError::TooLarge => "RequestEntityTooLarge",
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::Forbidden { .. } => "Forbidden",
         }
     }
 
@@ -105,9 +136,19 @@ impl ApiError {
             ApiError::NotFound { resource, name }
             | ApiError::AlreadyExists { resource, name }
             | ApiError::Conflict { resource, name, .. }
-            | ApiError::Invalid { resource, name, .. } => {
+            | ApiError::Invalid { resource, name, .. }
+            | ApiError::Forbidden { resource, name, .. } => {
                 let (kind, group) = resource.split_once('.').unwrap_or((resource.as_str(), ""));
                 details = json!({ "name": name, "group": group, "kind": kind });
+            }
+            ApiError::InvalidFields {
+                resource,
+                name,
+                errors,
+            } => {
+                let (kind, group) = resource.split_once('.').unwrap_or((resource.as_str(), ""));
+                let causes: Vec<Value> = errors.iter().map(|e| cause(e)).collect();
+                details = json!({ "name": name, "group": group, "kind": kind, "causes": causes });
             }
             _ => {}
         }
@@ -122,4 +163,30 @@ impl ApiError {
             "code": self.code(),
         })
     }
+}
+
+/// One error or `[a, b]`, as `ToAggregate().Error()` joins field errors.
+fn join_fields(errors: &[String]) -> String {
+    match errors {
+        [one] => one.clone(),
+        many => format!("[{}]", many.join(", ")),
+    }
+}
+
+/// A `StatusCause` from `<field>: <type>[: detail]`.
+fn cause(error: &str) -> Value {
+    let (field, message) = error.split_once(": ").unwrap_or(("", error));
+    let reason = [
+        ("Invalid value", "FieldValueInvalid"),
+        ("Required value", "FieldValueRequired"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Too long", "FieldValueTooLong"),
+        ("Too many", "FieldValueTooMany"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Duplicate value", "FieldValueDuplicate"),
+    ]
+    .iter()
+    .find(|(prefix, _)| message.starts_with(prefix))
+    .map_or("FieldValueInvalid", |(_, r)| r);
+    json!({ "reason": reason, "message": message, "field": field })
 }

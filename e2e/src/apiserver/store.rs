@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::admission;
 use super::object::{meta_str, name_suffix, new_uid, now_unix, rfc3339};
 use super::patch::PatchType;
 use super::resources::{ResourceType, apply_defaults};
@@ -143,6 +144,12 @@ impl Store {
     /// The latest resourceVersion.
     pub fn current_rv(&self) -> u64 {
         self.lock().rv
+    }
+
+    /// The oldest resourceVersion the history still covers (older continue tokens and
+    /// watches get 410).
+    pub fn oldest_rv(&self) -> u64 {
+        self.lock().compacted
     }
 
     /// A receiver that changes whenever the store does.
@@ -419,6 +426,7 @@ impl Store {
         if let Some(schema) = &rt.schema {
             apply_defaults(schema, &mut obj);
         }
+        admit(rt, &name, &mut obj, None)?;
         Ok(self.commit(inner, rt, k, ChangeType::Added, obj, None))
     }
 
@@ -503,6 +511,7 @@ impl Store {
         if let Some(schema) = &rt.schema {
             apply_defaults(schema, &mut obj);
         }
+        admit(rt, name, &mut obj, Some(&old))?;
         if obj == old {
             // A no-op write keeps the version (and wakes no watch), as the real server does.
             return Ok(old);
@@ -538,6 +547,33 @@ fn name_mismatch(body: &str, url: &str) -> ApiError {
 }
 
 /// The body must be an object of this kind and group (any version of the group).
+/// Admission after defaulting: the CRD's schema (pruning, validation, CEL rules) and the
+/// built-in checks; 422 Invalid with the real message otherwise.
+fn admit(
+    rt: &ResourceType,
+    name: &str,
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    let mut errs = match &rt.schema {
+        Some(schema) => admission::admit(schema, obj, old),
+        None => Vec::new(),
+    };
+    errs.extend(admission::validate_builtin(&rt.group, &rt.kind, obj));
+    if errs.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::InvalidFields {
+        resource: if rt.group.is_empty() {
+            rt.kind.clone()
+        } else {
+            format!("{}.{}", rt.kind, rt.group)
+        },
+        name: name.to_owned(),
+        errors: errs,
+    })
+}
+
 fn check_type(rt: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     if !obj.is_object() {
         return Err(ApiError::BadRequest(

@@ -101,6 +101,7 @@ fn main() -> anyhow::Result<()> {
         bin_dir: lab::own_bin_dir(),
         repo: repo_root(),
         host_port: args.api_port,
+        rbac_edit: None,
     };
     match args.command {
         Command::Forward { listen, to } => {
