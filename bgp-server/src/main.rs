@@ -8,6 +8,7 @@ use clap::{Parser, ValueEnum};
 use tokio::sync::watch;
 
 use berth_bgp_server::config::SpeakerConfig;
+use berth_bgp_server::control::authority::AnyAuthority;
 use berth_bgp_server::control::service::{self, Applied, Control};
 use berth_bgp_server::control::store::{self, Store};
 use berth_bgp_server::control::tls;
@@ -239,7 +240,11 @@ async fn serve(
             let uds = tokio::net::UnixListener::bind(path)
                 .with_context(|| format!("binding --grpc-socket {}", path.display()))?;
             tracing::info!(socket = %path.display(), "serving the control API");
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
+            // gRPC C-core clients send the socket path as `:authority`, which h2 refuses.
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::UnixListenerStream::new(uds),
+                |conn| conn.map(AnyAuthority::new),
+            );
             let svc = svc.clone();
             let health = health.clone();
             let stop = stop.clone();
