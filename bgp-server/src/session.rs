@@ -707,7 +707,22 @@ impl Session {
                 (self.attributes(attrs), nh, nlri)
             })
             .collect();
-        pack_updates(&self.enc, fam, &withdrawn, &groups)
+        let packed = pack_updates(&self.enc, fam, &withdrawn, &groups);
+        if packed.unsendable > 0 {
+            // Too many communities for one message: say so rather than pretend they were sent.
+            warn!(
+                family = ?fam,
+                paths = packed.unsendable,
+                "paths not sent: their attributes do not fit in one UPDATE (fewer communities)"
+            );
+            self.metrics
+                .paths_unsendable
+                .get_or_create(&PeerLabels {
+                    peer: self.label.clone(),
+                })
+                .inc_by(u64::try_from(packed.unsendable).unwrap_or(u64::MAX));
+        }
+        packed.messages
     }
 
     /// The attributes of one path for this peer: iBGP/eBGP rules applied here.

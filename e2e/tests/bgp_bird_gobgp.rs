@@ -223,3 +223,90 @@ fn gobgp_receives(family: &Family, name: &str) {
         gobgp.gobgp(&lab, &["global", "rib", "-a", afi])
     );
 }
+
+/// RFC 6793 toward an old speaker: BIRD with `enable as4 off` (2-octet ASNs only) peers with
+/// the speaker at a 4-octet ASN (configured there as AS_TRANS, 23456, which is what a 2-octet
+/// speaker sees in the OPEN). The announcements carry AS_TRANS (23456) in AS_PATH and the
+/// real ASN in AS4_PATH; BIRD rebuilds the path, so its RIB holds 4200000001, not 23456.
+#[test]
+fn a_two_octet_bird_sees_the_four_octet_path_through_as4_path() {
+    for family in [&V4, &V6] {
+        two_octet_bird_sees_as4_path(family);
+    }
+}
+
+fn two_octet_bird_sees_as4_path(family: &Family) {
+    if let Some(why) = lab_unavailable(&[BIRD]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let name = if family.router.contains(':') {
+        "ba6"
+    } else {
+        "ba4"
+    };
+    let (mut lab, router, node, dir) = setup(name);
+    let channel = if family.router.contains(':') {
+        "ipv6"
+    } else {
+        "ipv4"
+    };
+    let conf = format!(
+        "router id 10.0.0.1;
+protocol device {{}}
+protocol bgp berth {{
+  local {} as 64513;
+  neighbor {} external;
+  enable as4 off;
+  hold time 9;
+  {channel} {{ import all; export none; }};
+}}
+",
+        family.router, family.node
+    );
+    let bird = Bird::start(&mut lab, &router, &dir, &conf).unwrap();
+    let speaker = family
+        .speaker_conf()
+        .replace("asn: 64512", "asn: 4200000001");
+    std::fs::write(dir.join("speaker.yaml"), speaker).unwrap();
+    let conf = dir.join("speaker.yaml").display().to_string();
+    lab.spawn(
+        &node,
+        &SPEAKER,
+        &["--config", &conf, "--log", "debug"],
+        &dir.join("speaker.log"),
+    )
+    .unwrap();
+    let route = wait_for(Duration::from_secs(30), || {
+        bird.birdc(&lab, &format!("show route {} all", family.prefix))
+            .ok()
+            .filter(|r| r.contains("BGP.as_path"))
+    });
+    let route = route.unwrap_or_else(|| {
+        panic!(
+            "BIRD never received {}: {:?}\n{}",
+            family.prefix,
+            bird.birdc(&lab, "show protocols all berth"),
+            std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default()
+        )
+    });
+    // The session really is 2-octet: BIRD did not negotiate AS4.
+    let proto = bird.birdc(&lab, "show protocols all berth").unwrap();
+    let local_caps = proto
+        .split("Local capabilities")
+        .nth(1)
+        .and_then(|s| s.split("Neighbor capabilities").next())
+        .unwrap_or_else(|| panic!("no capabilities in {proto}"));
+    assert!(
+        !local_caps.contains("4-octet AS numbers"),
+        "BIRD offered 4-octet ASNs: {proto}"
+    );
+    let as_path = route
+        .lines()
+        .find(|l| l.contains("BGP.as_path"))
+        .unwrap_or_default();
+    assert!(
+        as_path.contains("4200000001") && !as_path.contains("23456"),
+        "BIRD's AS path is not the real one: {route}"
+    );
+}
