@@ -271,7 +271,14 @@ impl Capability {
                 while !r.is_empty() {
                     let afi = r.u16().ok()?;
                     let safi = r.u8().ok()?;
-                    let mode = AddPathMode::from_u8(r.u8().ok()?)?;
+                    let Some(mode) = AddPathMode::from_u8(r.u8().ok()?) else {
+                        // RFC 7911 §4: a Send/Receive value other than 1-3 makes the
+                        // capability "not understood and ignored", not a session reset.
+                        return Some(Capability::Unknown {
+                            code,
+                            value: value.to_vec(),
+                        });
+                    };
                     v.push((afi, safi, mode));
                 }
                 Capability::AddPath(v)

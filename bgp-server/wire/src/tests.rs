@@ -108,6 +108,28 @@ fn open_accepts_several_capabilities_per_parameter_and_the_cisco_route_refresh()
 }
 
 #[test]
+fn an_add_path_capability_with_a_mode_outside_1_to_3_is_ignored() {
+    // ADD-PATH (69) for IPv4 unicast with Send/Receive 4, beside a valid MP capability.
+    let bytes = hex(&format!(
+        "{MARK} 002b 01 04 fde9 00b4 0a000001 0e 02 0c 01 04 0001 00 01 45 04 0001 01 04"
+    ));
+    let Message::Open(o) = decode_one(&bytes, &ctx4()) else {
+        panic!("an OPEN")
+    };
+    assert_eq!(o.add_path().count(), 0);
+    assert_eq!(
+        o.capabilities,
+        [
+            Capability::Multiprotocol { afi: 1, safi: 1 },
+            Capability::Unknown {
+                code: 69,
+                value: vec![0, 1, 1, 4]
+            }
+        ]
+    );
+}
+
+#[test]
 fn open_errors_carry_the_rfc_4271_notification() {
     let err = |body: &str| {
         let b = hex(body);
