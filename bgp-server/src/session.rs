@@ -19,7 +19,7 @@ use std::time::Duration;
 use berth_bgp_wire::{
     AddPathMode, AsPath, AsSegment, Attribute, Capability, DecodeContext, DecodeError,
     EncodeContext, ExtCommunity, Family, GracefulRestartFamily, Message, NextHop, Nlri, Open,
-    Origin, pack_updates,
+    Origin, RouteRefresh, pack_updates,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -109,6 +109,17 @@ const FAMILIES: [Family; 2] = [Family::Ipv4Unicast, Family::Ipv6Unicast];
 const SYNC_BATCH: usize = 16_384;
 
 /// Fresh RIB-outs, IPv4 then IPv6, given ADD-PATH per family.
+/// Which family's RIB-out a ROUTE-REFRESH asks to resend (its index in [`FAMILIES`]): only a
+/// plain request (subtype 0; 1 and 2 mark the peer's own refresh, RFC 7313) for a family this
+/// session negotiated. RFC 2918 §4: a request for a family not negotiated is ignored.
+fn refresh_target(rr: &RouteRefresh, negotiated: &[Family]) -> Option<usize> {
+    let family = Family::from_afi_safi(rr.afi, rr.safi)?;
+    if rr.subtype != 0 || !negotiated.contains(&family) {
+        return None;
+    }
+    FAMILIES.iter().position(|f| *f == family)
+}
+
 fn ribs(add_path: [bool; 2], send_max: Option<usize>) -> [AdjRibOut; 2] {
     [
         AdjRibOut::new(Scope::Ipv4, add_path[0], send_max),
@@ -793,12 +804,25 @@ impl Session {
                                 Some(format!("received NOTIFICATION {}/{}", n.code, n.subcode));
                             Event::NotifMsg(n)
                         }
-                        Message::RouteRefresh(_) => {
-                            // Resend everything: forget what was sent; the loop syncs again.
-                            if self.established {
-                                let aps = [self.enc.add_path[0], self.enc.add_path[1]];
-                                self.ribs = ribs(aps, self.peer.send_max);
-                                self.synced = [None; 2];
+                        Message::RouteRefresh(rr) => {
+                            match refresh_target(&rr, &self.families_negotiated()) {
+                                // Resend that family: forget what was sent; the loop syncs it.
+                                Some(i) if self.established => {
+                                    let scope = if i == 0 { Scope::Ipv4 } else { Scope::Ipv6 };
+                                    self.ribs[i] = AdjRibOut::new(
+                                        scope,
+                                        self.enc.add_path[i],
+                                        self.peer.send_max,
+                                    );
+                                    self.synced[i] = None;
+                                }
+                                Some(_) => {}
+                                None => debug!(
+                                    afi = rr.afi,
+                                    safi = rr.safi,
+                                    subtype = rr.subtype,
+                                    "ROUTE-REFRESH ignored: not a request for a negotiated family"
+                                ),
                             }
                             continue;
                         }
@@ -880,5 +904,28 @@ fn kind(msg: &Message) -> &'static str {
         Message::Notification(_) => "notification",
         Message::Keepalive => "keepalive",
         Message::RouteRefresh(_) => "route_refresh",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rr(afi: u16, safi: u8, subtype: u8) -> RouteRefresh {
+        RouteRefresh { afi, subtype, safi }
+    }
+
+    #[test]
+    fn route_refresh_resends_only_a_negotiated_family() {
+        let v4_only = [Family::Ipv4Unicast];
+        let both = [Family::Ipv4Unicast, Family::Ipv6Unicast];
+        assert_eq!(refresh_target(&rr(1, 1, 0), &v4_only), Some(0));
+        assert_eq!(refresh_target(&rr(2, 1, 0), &both), Some(1));
+        // IPv6 was not negotiated: ignored.
+        assert_eq!(refresh_target(&rr(2, 1, 0), &v4_only), None);
+        // Unknown families and the peer's own BoRR/EoRR markers: ignored.
+        assert_eq!(refresh_target(&rr(1, 128, 0), &both), None);
+        assert_eq!(refresh_target(&rr(1, 1, 1), &both), None);
+        assert_eq!(refresh_target(&rr(1, 1, 2), &both), None);
     }
 }
