@@ -109,6 +109,33 @@ const FAMILIES: [Family; 2] = [Family::Ipv4Unicast, Family::Ipv6Unicast];
 const SYNC_BATCH: usize = 16_384;
 
 /// Fresh RIB-outs, IPv4 then IPv6, given ADD-PATH per family.
+/// How long a timer the FSM starts runs. RFC 4271 §10: ConnectRetry and Keepalive (and here
+/// IdleHold too) are jittered to 75-100 % of their value, so that sessions that failed
+/// together (a router reboot, a link flap) do not retry in lockstep; the hold timer is not.
+/// `r` is uniform in [0, 1).
+fn timer_duration(t: Timer, secs: u32, r: f64) -> Duration {
+    let full = Duration::from_secs(u64::from(secs));
+    match t {
+        Timer::Hold => full,
+        Timer::ConnectRetry | Timer::Keepalive | Timer::IdleHold => {
+            full.mul_f64(0.75 + 0.25 * r.clamp(0.0, 1.0))
+        }
+    }
+}
+
+/// A number uniform in [0, 1) from the standard library's per-process random hash keys (no
+/// RNG crate for jitter).
+fn random_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    // 53 random bits make an f64 in [0, 1) exactly.
+    #[allow(clippy::cast_precision_loss)]
+    let unit = (bits >> 11) as f64 / (1u64 << 53) as f64;
+    unit
+}
+
 /// Which family's RIB-out a ROUTE-REFRESH asks to resend (its index in [`FAMILIES`]): only a
 /// plain request (subtype 0; 1 and 2 mark the peer's own refresh, RFC 7313) for a family this
 /// session negotiated. RFC 2918 §4: a request for a family not negotiated is ignored.
@@ -143,6 +170,11 @@ pub async fn run(
         hold_time: peer.hold_time,
         keepalive: peer.keepalive_time,
         connect_retry: peer.connect_retry,
+        // Back-off relative to the configured retry: at most 8 times it, and 120 s.
+        connect_retry_max: peer
+            .connect_retry
+            .saturating_mul(8)
+            .clamp(peer.connect_retry, peer.connect_retry.max(120)),
         passive: peer.passive,
         ..FsmConfig::new(local.asn, local.router_id, peer.asn)
     });
@@ -349,7 +381,8 @@ impl Session {
             return;
         };
         let remote = self.peer_open.as_ref().map(|o| o.router_id);
-        match fsm::on_inbound(fsm.state(), self.local.router_id, remote, self.io.outbound) {
+        let local = (self.local.router_id, self.local.asn);
+        match fsm::on_inbound(fsm.state(), local, remote, self.peer.asn, self.io.outbound) {
             Inbound::Wait => self.io.pending = Some(stream),
             Inbound::Refuse => {
                 // In Idle there is nothing to collide with: Connection Rejected (6/5); else
@@ -548,8 +581,8 @@ impl Session {
                 }
             }
             Action::StartTimer(t, secs) => {
-                self.deadlines
-                    .insert(t, Instant::now() + Duration::from_secs(u64::from(secs)));
+                let d = timer_duration(t, secs, random_unit());
+                self.deadlines.insert(t, Instant::now() + d);
             }
             Action::StopTimer(t) => {
                 self.deadlines.remove(&t);
@@ -913,6 +946,23 @@ mod tests {
 
     fn rr(afi: u16, safi: u8, subtype: u8) -> RouteRefresh {
         RouteRefresh { afi, subtype, safi }
+    }
+
+    #[test]
+    fn retry_keepalive_and_idle_hold_are_jittered_the_hold_timer_is_not() {
+        for t in [Timer::ConnectRetry, Timer::Keepalive, Timer::IdleHold] {
+            assert_eq!(timer_duration(t, 40, 0.0), Duration::from_secs(30));
+            assert_eq!(timer_duration(t, 40, 0.5), Duration::from_secs(35));
+            assert!(timer_duration(t, 40, 0.999_999) <= Duration::from_secs(40));
+        }
+        assert_eq!(
+            timer_duration(Timer::Hold, 90, 0.0),
+            Duration::from_secs(90)
+        );
+        // The source spreads: 64 draws are not all equal and all lie in [0, 1).
+        let draws: Vec<f64> = (0..64).map(|_| random_unit()).collect();
+        assert!(draws.iter().all(|r| (0.0..1.0).contains(r)));
+        assert!(draws.iter().any(|r| *r != draws[0]));
     }
 
     #[test]

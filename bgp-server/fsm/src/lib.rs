@@ -8,6 +8,10 @@
 //! - after an error the session waits in Idle for an idle-hold time that doubles with each
 //!   consecutive failure (capped), then starts again by itself; a session that reaches
 //!   Established resets the back-off. A manual stop stays stopped.
+//! - a failed connection attempt (refused, unreachable, closed before the OPENs) waits a
+//!   ConnectRetry time that doubles with each consecutive failure, up to
+//!   [`Config::connect_retry_max`]; Established and a manual start reset it. The I/O layer
+//!   adds the RFC 4271 §10 jitter to the timers it arms.
 //! - no DelayOpen: an OPEN is sent as soon as the TCP connection is up.
 //! - a timer event for a timer that is not running (a late expiry after a stop) is ignored.
 
@@ -201,6 +205,9 @@ pub struct Config {
     pub keepalive: Option<u16>,
     /// Seconds between connection attempts.
     pub connect_retry: u32,
+    /// Longest ConnectRetry time after consecutive connection failures, in seconds (never
+    /// below `connect_retry`).
+    pub connect_retry_max: u32,
     /// Wait for the peer to connect; never connect out.
     pub passive: bool,
     /// First idle-hold after an error, in seconds.
@@ -219,6 +226,7 @@ impl Config {
             hold_time: 90,
             keepalive: None,
             connect_retry: 30,
+            connect_retry_max: 120,
             passive: false,
             idle_hold_base: 1,
             idle_hold_max: 120,
@@ -236,6 +244,9 @@ pub struct Fsm {
     state: State,
     /// Consecutive failures since the last Established: drives the idle-hold back-off.
     failures: u32,
+    /// Consecutive failed connection attempts since the last Established or manual start:
+    /// drives the ConnectRetry back-off.
+    connect_failures: u32,
     /// Whether the last stop was manual (then no automatic restart).
     stopped: bool,
     running: [bool; 4],
@@ -258,6 +269,7 @@ impl Fsm {
             cfg,
             state: State::Idle,
             failures: 0,
+            connect_failures: 0,
             stopped: true,
             running: [false; 4],
             negotiated: None,
@@ -303,6 +315,7 @@ impl Fsm {
             (S::Idle, E::ManualStart) => {
                 self.stopped = false;
                 self.failures = 0;
+                self.connect_failures = 0;
                 self.start(&mut out);
             }
             (S::Idle, E::AutomaticStart | E::IdleHoldTimerExpires) if !self.stopped => {
@@ -329,7 +342,7 @@ impl Fsm {
 
             // ---- Connect and Active ----
             (S::Connect | S::Active, E::ConnectRetryTimerExpires) => {
-                self.start_timer(&mut out, Timer::ConnectRetry, self.cfg.connect_retry);
+                self.start_timer(&mut out, Timer::ConnectRetry, self.connect_retry());
                 if self.cfg.passive {
                     self.state = S::Active;
                 } else {
@@ -345,7 +358,8 @@ impl Fsm {
                 self.state = S::OpenSent;
             }
             (S::Connect | S::Active, E::TcpConnectionFails) => {
-                self.start_timer(&mut out, Timer::ConnectRetry, self.cfg.connect_retry);
+                self.connect_failures = self.connect_failures.saturating_add(1);
+                self.start_timer(&mut out, Timer::ConnectRetry, self.connect_retry());
                 self.state = S::Active;
             }
             // No connection to be stuck on: a late report of a closed one.
@@ -371,7 +385,8 @@ impl Fsm {
             (S::OpenSent, E::TcpConnectionFails) => {
                 out.push(Action::Disconnect);
                 self.stop_timer(&mut out, Timer::Hold);
-                self.start_timer(&mut out, Timer::ConnectRetry, self.cfg.connect_retry);
+                self.connect_failures = self.connect_failures.saturating_add(1);
+                self.start_timer(&mut out, Timer::ConnectRetry, self.connect_retry());
                 self.state = S::Active;
             }
 
@@ -379,6 +394,7 @@ impl Fsm {
             (S::OpenConfirm, E::KeepAliveMsg) => {
                 self.restart_hold(&mut out);
                 self.failures = 0;
+                self.connect_failures = 0;
                 let (hold_time, keepalive) = self.negotiated.unwrap_or((0, 0));
                 out.push(Action::Established {
                     hold_time,
@@ -429,9 +445,18 @@ impl Fsm {
         out
     }
 
+    /// The ConnectRetry time: `connect_retry`, doubled per consecutive connection failure,
+    /// capped at `connect_retry_max`.
+    fn connect_retry(&self) -> u32 {
+        let base = self.cfg.connect_retry.max(1);
+        let shift = self.connect_failures.saturating_sub(1).min(16);
+        base.saturating_mul(1u32 << shift)
+            .min(self.cfg.connect_retry_max.max(base))
+    }
+
     fn start(&mut self, out: &mut Vec<Action>) {
         self.stop_timer(out, Timer::IdleHold);
-        self.start_timer(out, Timer::ConnectRetry, self.cfg.connect_retry);
+        self.start_timer(out, Timer::ConnectRetry, self.connect_retry());
         if self.cfg.passive {
             self.state = State::Active;
         } else {
@@ -569,11 +594,13 @@ pub enum Inbound {
 }
 
 /// Connection collision detection (RFC 4271 §6.8), given the session's state, both BGP
-/// identifiers (the peer's once its OPEN arrived) and whether the current connection is ours.
+/// identifiers (the peer's once its OPEN arrived), both ASNs (for the RFC 6286 tie-break) and
+/// whether the current connection is ours.
 pub fn on_inbound(
     state: State,
-    local_id: Ipv4Addr,
+    local: (Ipv4Addr, u32),
     remote_id: Option<Ipv4Addr>,
+    remote_asn: u32,
     current_is_outbound: bool,
 ) -> Inbound {
     match state {
@@ -584,7 +611,7 @@ pub fn on_inbound(
             None => Inbound::Wait,
             // Two connections the peer opened: it gave up on the first; ours is not at stake.
             Some(_) if !current_is_outbound => Inbound::Replace,
-            Some(remote) => match resolve_collision(local_id, remote) {
+            Some(remote) => match resolve_collision(local, (remote, remote_asn)) {
                 Keep::Outbound => Inbound::Refuse,
                 Keep::Inbound => Inbound::Replace,
             },
@@ -592,9 +619,12 @@ pub fn on_inbound(
     }
 }
 
-/// Resolves a connection collision by comparing identifiers as unsigned integers.
-pub fn resolve_collision(local: Ipv4Addr, remote: Ipv4Addr) -> Keep {
-    if u32::from(local) > u32::from(remote) {
+/// Resolves a connection collision between (BGP identifier, ASN) pairs: the higher
+/// identifier, compared as an unsigned integer, keeps the connection it opened; with equal
+/// identifiers (possible between ASes, RFC 6286 §2.3) the larger ASN does.
+pub fn resolve_collision(local: (Ipv4Addr, u32), remote: (Ipv4Addr, u32)) -> Keep {
+    let (l, r) = (u32::from(local.0), u32::from(remote.0));
+    if l > r || (l == r && local.1 > remote.1) {
         Keep::Outbound
     } else {
         Keep::Inbound
