@@ -414,8 +414,10 @@ impl Session {
     fn attach(&mut self, stream: TcpStream, outbound: bool) {
         self.io.outbound = outbound;
         let _ = stream.set_nodelay(true);
-        if let Some(ttl) = self.ttl() {
-            let _ = stream.set_ttl(ttl);
+        if let Some(ttl) = self.ttl()
+            && let Err(e) = set_hop_limit(socket2::SockRef::from(&stream), ttl)
+        {
+            warn!(error = %e, ttl, "cannot set the TTL / hop limit on the BGP connection");
         }
         let send_hold = send_hold_time(self.local.send_hold, self.peer.hold_time);
         // The kernel's own bound on unacknowledged data (a peer that vanished); the
@@ -549,7 +551,8 @@ impl Session {
                 let addr = SocketAddr::new(self.peer.address, self.peer.port);
                 let source = self.peer.source_address;
                 let key = self.peer.password.clone();
-                self.io.connecting = Some(Box::pin(connect(addr, source, key)));
+                let ttl = self.ttl();
+                self.io.connecting = Some(Box::pin(connect(addr, source, key, ttl)));
             }
             Action::Disconnect => {
                 self.io.connecting = None;
@@ -900,12 +903,17 @@ async fn connect(
     addr: SocketAddr,
     source: Option<IpAddr>,
     md5: Option<String>,
+    ttl: Option<u32>,
 ) -> std::io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
+    // Before the SYN, so every packet of the connection carries it.
+    if let Some(ttl) = ttl {
+        set_hop_limit(socket2::SockRef::from(&socket), ttl)?;
+    }
     if let Some(src) = source {
         socket.bind(SocketAddr::new(src, 0))?;
     }
@@ -916,6 +924,15 @@ async fn connect(
     tokio::time::timeout(Duration::from_secs(10), socket.connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// Sets the TTL (IPv4) or the hop limit (IPv6) of a BGP connection's packets: `IP_TTL` does
+/// nothing for IPv6 packets, which need `IPV6_UNICAST_HOPS`.
+fn set_hop_limit(socket: socket2::SockRef<'_>, ttl: u32) -> std::io::Result<()> {
+    match socket.domain()? {
+        d if d == socket2::Domain::IPV6 => socket.set_unicast_hops_v6(ttl),
+        _ => socket.set_ttl_v4(ttl),
+    }
 }
 
 /// Closes a connection we will not use with a Cease.

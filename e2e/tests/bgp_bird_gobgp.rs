@@ -1,4 +1,4 @@
-//! The speaker against BIRD 2 and GoBGP in network namespaces (needs root, bird2, gobgpd).
+//! The speaker against BIRD 2 and GoBGP in network namespaces (needs root, bird2, gobgpd, nft).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -308,5 +308,75 @@ protocol bgp berth {{
     assert!(
         as_path.contains("4200000001") && !as_path.contains("23456"),
         "BIRD's AS path is not the real one: {route}"
+    );
+}
+
+/// Single-hop eBGP over IPv6 leaves with hop limit 1 (the TTL of IPv4's single-hop eBGP):
+/// nft in BIRD's namespace counts the speaker's packets to port 179 by hop limit. `IP_TTL`,
+/// which the speaker set before, does nothing for IPv6 packets: they left with 64.
+#[test]
+fn single_hop_ebgp_over_ipv6_sends_hop_limit_one() {
+    if let Some(why) = lab_unavailable(&[BIRD, "/usr/sbin/nft"]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let family = &V6;
+    let (mut lab, router, node, dir) = setup("bh6");
+    let rules = "table inet hops {
+  counter one {}
+  counter other {}
+  chain input {
+    type filter hook input priority 0;
+    ip6 saddr fd00::11 tcp dport 179 ip6 hoplimit 1 counter name one
+    ip6 saddr fd00::11 tcp dport 179 ip6 hoplimit != 1 counter name other
+  }
+}
+";
+    let nft_file = dir.join("hops.nft");
+    std::fs::write(&nft_file, rules).unwrap();
+    lab.exec(&router, "nft", &["-f", &nft_file.display().to_string()])
+        .unwrap();
+    let conf = format!(
+        "router id 10.0.0.1;
+protocol device {{}}
+protocol bgp berth {{
+  local {} as 64513;
+  neighbor {} as 64512;
+  hold time 9;
+  ipv6 {{ import all; export none; }};
+}}
+",
+        family.router, family.node
+    );
+    let bird = Bird::start(&mut lab, &router, &dir, &conf).unwrap();
+    start_speaker(&mut lab, &node, &dir, family);
+    let up = wait_for(Duration::from_secs(30), || {
+        bird.birdc(&lab, &format!("show route {}", family.prefix))
+            .ok()
+            .filter(|r| r.contains(family.prefix.split('/').next().unwrap_or_default()))
+    });
+    assert!(
+        up.is_some(),
+        "no session: {:?}\n{}",
+        bird.birdc(&lab, "show protocols all berth"),
+        std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default()
+    );
+    let counters = lab
+        .exec(&router, "nft", &["list", "table", "inet", "hops"])
+        .unwrap();
+    let packets = |name: &str| -> u64 {
+        counters
+            .split(&format!("counter {name} {{"))
+            .nth(1)
+            .and_then(|s| s.split("packets ").nth(1))
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter {name} in {counters}"))
+    };
+    assert!(packets("one") > 0, "no packet with hop limit 1: {counters}");
+    assert_eq!(
+        packets("other"),
+        0,
+        "packets with another hop limit: {counters}"
     );
 }
