@@ -73,6 +73,30 @@ pub struct Status {
     pub last_error: Option<String>,
 }
 
+/// Where a session publishes its status: the latest value (for GetState) and each state
+/// change as it happens (for Watch).
+pub struct StatusSender {
+    /// The peer's address.
+    pub peer: IpAddr,
+    /// The latest status.
+    pub status: watch::Sender<Status>,
+    /// Every state change, for every session of the speaker.
+    pub events: tokio::sync::broadcast::Sender<SessionEvent>,
+}
+
+/// A session changed state, or its peer was removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEvent {
+    /// The peer's address.
+    pub peer: IpAddr,
+    /// The new state; `None`: the peer was removed.
+    pub state: Option<State>,
+    /// The state before; `None` for a peer's first report.
+    pub previous: Option<State>,
+    /// The session's last error.
+    pub last_error: Option<String>,
+}
+
 impl Status {
     /// A session that has not started.
     pub fn idle() -> Status {
@@ -163,7 +187,7 @@ pub async fn run(
     mut desired: watch::Receiver<Snapshot>,
     mut inbound: mpsc::Receiver<TcpStream>,
     mut shutdown: watch::Receiver<Option<StopReason>>,
-    status: watch::Sender<Status>,
+    status: StatusSender,
     metrics: Arc<Metrics>,
 ) {
     let mut fsm = Fsm::new(FsmConfig {
@@ -343,7 +367,7 @@ struct Session {
 }
 
 impl Session {
-    fn publish(&self, fsm: &Fsm, status: &watch::Sender<Status>) {
+    fn publish(&self, fsm: &Fsm, status: &StatusSender) {
         let st = Status {
             state: fsm.state(),
             add_path: [self.ribs[0].add_path(), self.ribs[1].add_path()],
@@ -366,13 +390,26 @@ impl Session {
             .paths_announced
             .get_or_create(&peer)
             .set(i64::try_from(st.paths).unwrap_or(i64::MAX));
-        status.send_if_modified(|old| {
+        let mut moved = None;
+        status.status.send_if_modified(|old| {
             let changed = *old != st;
+            if old.state != st.state {
+                moved = Some(SessionEvent {
+                    peer: status.peer,
+                    state: Some(st.state),
+                    previous: Some(old.state),
+                    last_error: st.last_error.clone(),
+                });
+            }
             if changed {
                 *old = st;
             }
             changed
         });
+        // Pushed as it happens; no receiver (no Watch client) is not an error.
+        if let Some(e) = moved {
+            let _ = status.events.send(e);
+        }
     }
 
     /// Connection collision detection (RFC 4271 §6.8) for a connection the peer opened.

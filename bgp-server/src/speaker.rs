@@ -19,18 +19,63 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::config::{PeerConfig, SpeakerConfig};
-use crate::fsm::StopReason;
+use crate::fsm::{State, StopReason};
 use crate::metrics::Metrics;
 use crate::rib::Snapshot;
-use crate::session::{self, Local, Status};
+use crate::session::{self, Local, SessionEvent, Status, StatusSender};
 
-/// Each peer's live status, by address, for the control API.
-pub type StatusBoard = Arc<Mutex<BTreeMap<IpAddr, (PeerConfig, watch::Receiver<Status>)>>>;
+/// Each peer's live status, by address, and every session state change as it happens, for the
+/// control API.
+#[derive(Clone)]
+pub struct StatusBoard {
+    peers: Arc<Mutex<Peers>>,
+    events: broadcast::Sender<SessionEvent>,
+}
+
+/// Each peer's configuration and live status, by address.
+pub type Peers = BTreeMap<IpAddr, (PeerConfig, watch::Receiver<Status>)>;
+
+/// State changes kept for a Watch client that reads slowly before it is told it missed some.
+const EVENTS_KEPT: usize = 1024;
+
+impl Default for StatusBoard {
+    fn default() -> Self {
+        StatusBoard {
+            peers: Arc::default(),
+            events: broadcast::channel(EVENTS_KEPT).0,
+        }
+    }
+}
+
+impl StatusBoard {
+    /// Each peer's configuration and live status.
+    pub fn peers(&self) -> std::sync::MutexGuard<'_, Peers> {
+        lock(&self.peers)
+    }
+
+    /// Every state change from now on (a receiver that falls behind by more than
+    /// [`EVENTS_KEPT`] learns how many it missed).
+    pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+        self.events.subscribe()
+    }
+
+    fn remove(&self, peer: IpAddr) {
+        if let Some((_, st)) = lock(&self.peers).remove(&peer) {
+            let previous = st.borrow().state;
+            let _ = self.events.send(SessionEvent {
+                peer,
+                state: None,
+                previous: Some(previous),
+                last_error: None,
+            });
+        }
+    }
+}
 
 /// Where inbound connections go, by peer address.
 type Routing = Arc<Mutex<BTreeMap<IpAddr, mpsc::Sender<tokio::net::TcpStream>>>>;
@@ -328,7 +373,7 @@ pub async fn run(
             );
             for a in gone {
                 lock(&routing).remove(&a);
-                lock(&board).remove(&a);
+                board.remove(a);
             }
             // Listen before connecting out: a peer answering our connection with its own must
             // find the port open. What cannot be applied is reported, never fatal.
@@ -404,7 +449,20 @@ fn start(
     let (tx, rx) = mpsc::channel(4);
     lock(routing).insert(peer.address, tx);
     let (status_tx, status_rx) = watch::channel(Status::idle());
-    lock(board).insert(peer.address, (peer.clone(), status_rx));
+    board
+        .peers()
+        .insert(peer.address, (peer.clone(), status_rx));
+    let _ = board.events.send(SessionEvent {
+        peer: peer.address,
+        state: Some(State::Idle),
+        previous: None,
+        last_error: None,
+    });
+    let status_tx = StatusSender {
+        peer: peer.address,
+        status: status_tx,
+        events: board.events.clone(),
+    };
     let (stop_tx, stop_rx) = watch::channel(None);
     let span = tracing::info_span!("session", peer = %peer.address, asn = peer.asn);
     let task = tokio::spawn(
