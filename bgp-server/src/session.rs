@@ -125,6 +125,10 @@ struct Io {
     outbound: bool,
     /// A connection the peer opened, waiting for collision detection.
     pending: Option<TcpStream>,
+    /// What was read from it so far (its OPEN, while ours is in OpenSent).
+    pending_buf: Vec<u8>,
+    /// The BGP identifier in its OPEN, once read.
+    pending_id: Option<std::net::Ipv4Addr>,
 }
 
 const FAMILIES: [Family; 2] = [Family::Ipv4Unicast, Family::Ipv6Unicast];
@@ -215,6 +219,8 @@ pub async fn run(
             buf: Vec::with_capacity(8192),
             outbound: false,
             pending: None,
+            pending_buf: Vec::new(),
+            pending_id: None,
         },
         deadlines: BTreeMap::new(),
         enc: EncodeContext::default(),
@@ -334,6 +340,14 @@ pub async fn run(
                 if s.io.pending.replace(stream).is_some() {
                     debug!("a newer inbound connection replaces one still waiting");
                 }
+                s.io.pending_buf.clear();
+                s.io.pending_id = None;
+            }
+            // A connection parked while ours is in OpenSent: its OPEN names the peer's
+            // identifier, which settles the collision now (RFC 4271 §6.8 allows it) instead of
+            // when, if ever, the peer answers on ours.
+            _ = async { match s.io.pending.as_ref() { Some(p) if s.io.pending_id.is_none() => p.readable().await, _ => std::future::pending().await } } => {
+                s.read_pending();
             }
             Ok(()) = desired.changed() => {
                 // Produced at the top of the loop, as the queue has room.
@@ -412,12 +426,50 @@ impl Session {
         }
     }
 
+    /// Reads what the parked inbound connection has sent, up to its OPEN; a connection that
+    /// closes or sends anything else is dropped.
+    fn read_pending(&mut self) {
+        let Some(stream) = self.io.pending.as_ref() else {
+            return;
+        };
+        let mut chunk = [0u8; 4096];
+        let outcome = match stream.try_read(&mut chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                self.io
+                    .pending_buf
+                    .extend_from_slice(chunk.get(..n).unwrap_or_default());
+                match Message::decode(&self.io.pending_buf, &DecodeContext::default()) {
+                    Ok(None) if self.io.pending_buf.len() < 4096 => return,
+                    Ok(Some((Message::Open(o), _))) => Some(o.router_id),
+                    _ => None,
+                }
+            }
+        };
+        match outcome {
+            Some(id) => {
+                debug!(router_id = %id, "the parked inbound connection's OPEN arrived");
+                self.io.pending_id = Some(id);
+            }
+            None => {
+                debug!("the parked inbound connection closed or sent no OPEN: dropped");
+                self.io.pending = None;
+                self.io.pending_buf.clear();
+            }
+        }
+    }
+
     /// Connection collision detection (RFC 4271 §6.8) for a connection the peer opened.
     fn settle_inbound(&mut self, fsm: &mut Fsm) {
         let Some(stream) = self.io.pending.take() else {
             return;
         };
-        let remote = self.peer_open.as_ref().map(|o| o.router_id);
+        let remote = self
+            .peer_open
+            .as_ref()
+            .map(|o| o.router_id)
+            .or(self.io.pending_id);
         let local = (self.local.router_id, self.local.asn);
         match fsm::on_inbound(fsm.state(), local, remote, self.peer.asn, self.io.outbound) {
             Inbound::Wait => self.io.pending = Some(stream),
@@ -436,6 +488,7 @@ impl Session {
                 self.io.connecting = None;
                 self.attach(stream, false);
                 self.apply(fsm, Event::TcpConnectionConfirmed);
+                self.resume_pending(fsm);
             }
             Inbound::Replace => {
                 info!("connection collision: continuing on the connection the peer opened");
@@ -444,7 +497,21 @@ impl Session {
                 self.io.connecting = None;
                 self.attach(stream, false);
                 self.apply(fsm, Event::TcpConnectionConfirmed);
+                self.resume_pending(fsm);
             }
+        }
+        if self.io.pending.is_none() {
+            self.io.pending_buf.clear();
+            self.io.pending_id = None;
+        }
+    }
+
+    /// Feeds what was read from an adopted parked connection (its OPEN) to the session.
+    fn resume_pending(&mut self, fsm: &mut Fsm) {
+        self.io.pending_id = None;
+        if !self.io.pending_buf.is_empty() {
+            self.io.buf = std::mem::take(&mut self.io.pending_buf);
+            self.drain_messages(fsm);
         }
     }
 

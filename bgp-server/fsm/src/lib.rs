@@ -584,7 +584,8 @@ pub enum Keep {
 pub enum Inbound {
     /// No connection is up: use this one (an outbound attempt under way is abandoned).
     Adopt,
-    /// Ours is in OpenSent: keep both until the peer's OPEN on ours names its identifier.
+    /// Ours is in OpenSent and the peer's identifier is not known yet (from its OPEN on
+    /// either connection): keep both until it is.
     Wait,
     /// Close the new connection with a Cease (collision): ours wins, we are Idle, or the
     /// session is Established (RFC 4271 §6.8).
@@ -606,7 +607,17 @@ pub fn on_inbound(
     match state {
         State::Idle | State::Established => Inbound::Refuse,
         State::Connect | State::Active => Inbound::Adopt,
-        State::OpenSent => Inbound::Wait,
+        // The identifier from the new connection's OPEN settles it before ours gets one
+        // (RFC 4271 §6.8 allows examining OpenSent when the identifier is known).
+        State::OpenSent => match remote_id {
+            Some(remote) if current_is_outbound => {
+                match resolve_collision(local, (remote, remote_asn)) {
+                    Keep::Outbound => Inbound::Refuse,
+                    Keep::Inbound => Inbound::Replace,
+                }
+            }
+            _ => Inbound::Wait,
+        },
         State::OpenConfirm => match remote_id {
             None => Inbound::Wait,
             // Two connections the peer opened: it gave up on the first; ours is not at stake.

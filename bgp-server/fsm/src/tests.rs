@@ -306,6 +306,10 @@ fn an_inbound_connection_is_judged_by_state_and_identifiers() {
     assert_eq!(on(State::Connect, None, false), Inbound::Adopt);
     assert_eq!(on(State::Active, None, false), Inbound::Adopt);
     assert_eq!(on(State::OpenSent, None, true), Inbound::Wait);
+    // OpenSent with the identifier from the inbound connection's OPEN: settled at once.
+    assert_eq!(on(State::OpenSent, higher, true), Inbound::Replace);
+    assert_eq!(on(State::OpenSent, lower, true), Inbound::Refuse);
+    assert_eq!(on(State::OpenSent, higher, false), Inbound::Wait);
     assert_eq!(on(State::OpenConfirm, higher, true), Inbound::Replace);
     assert_eq!(on(State::OpenConfirm, lower, true), Inbound::Refuse);
     assert_eq!(on(State::OpenConfirm, lower, false), Inbound::Replace);
