@@ -33,6 +33,15 @@ fn establish(port: u16) -> TcpStream {
     }
 }
 
+/// A port nobody listens on now (the OS's choice; fixed formulas collide between tests).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn refresh(afi: u16) -> Vec<u8> {
     Message::RouteRefresh(RouteRefresh {
         afi,
@@ -49,7 +58,7 @@ fn announces(m: &Message) -> bool {
 #[test]
 fn route_refresh_for_a_family_not_negotiated_is_ignored() {
     let dir = common::tempdir("refresh");
-    let port = 20000 + (std::process::id() % 20000) as u16;
+    let port = free_port();
     let conf = format!(
         "asn: 64512
 routerId: 10.0.0.11
@@ -66,7 +75,7 @@ routes:
     nextHops: [fd00::11]
 "
     );
-    let _speaker = common::start_speaker(&dir, &conf, port + 1);
+    let _speaker = common::start_speaker(&dir, &conf, free_port());
     let log = || std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default();
 
     // The peer's OPEN offers IPv4 unicast only: IPv6 is not negotiated.
