@@ -263,7 +263,9 @@ pub async fn run(
                 if reason == StopReason::Restart && !s.graceful_restart_negotiated() {
                     reason = StopReason::Shutdown;
                 }
-                info!(?reason, "stopping the session");
+                let n_bit = s.graceful_notification_negotiated();
+                fsm.set_graceful_notification(n_bit);
+                info!(?reason, n_bit, "stopping the session");
                 s.apply(&mut fsm, Event::Stop(reason));
                 s.publish(&fsm, &status);
                 s.finish().await;
@@ -548,6 +550,23 @@ impl Session {
             })
     }
 
+    /// Whether both sides set the N bit in graceful restart (RFC 8538): a NOTIFICATION then
+    /// keeps our routes at the peer, and only a Hard Reset withdraws them.
+    fn graceful_notification_negotiated(&self) -> bool {
+        self.local.graceful_restart.enabled
+            && self.peer_open.as_ref().is_some_and(|o| {
+                o.capabilities.iter().any(|c| {
+                    matches!(
+                        c,
+                        Capability::GracefulRestart {
+                            notification: true,
+                            ..
+                        }
+                    )
+                })
+            })
+    }
+
     /// Waits for closed connections to flush (each within [`LINGER`]).
     async fn finish(&mut self) {
         for h in std::mem::take(&mut self.io.closing) {
@@ -754,6 +773,8 @@ impl Session {
                 .to_vec();
             caps.push(Capability::GracefulRestart {
                 restarting: self.local.restarting,
+                // RFC 8538: our planned restart sends a Cease the peer answers as a restart.
+                notification: true,
                 restart_time: gr.restart_time,
                 families,
             });

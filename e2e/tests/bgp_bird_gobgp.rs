@@ -309,6 +309,9 @@ protocol bgp berth {{
         as_path.contains("4200000001") && !as_path.contains("23456"),
         "BIRD's AS path is not the real one: {route}"
     );
+    drop(bird);
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Single-hop eBGP over IPv6 leaves with hop limit 1 (the TTL of IPv4's single-hop eBGP):
@@ -379,4 +382,7 @@ protocol bgp berth {{
         0,
         "packets with another hop limit: {counters}"
     );
+    drop(bird);
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -240,6 +240,7 @@ fn accept_session(listener: &std::net::TcpListener, graceful_restart: bool) -> s
     if graceful_restart {
         caps.push(Capability::GracefulRestart {
             restarting: false,
+            notification: false,
             restart_time: 120,
             families: vec![GracefulRestartFamily {
                 afi: 1,

@@ -129,19 +129,33 @@ pub enum StopReason {
     /// The session restarts with other settings: Cease, Other Configuration Change (6/6).
     ConfigChanged,
     /// A planned restart with graceful restart negotiated: close without a NOTIFICATION, so
-    /// the peer keeps our routes until we are back (RFC 4724 §4).
+    /// the peer keeps our routes until we are back (RFC 4724 §4); with the N bit negotiated
+    /// (RFC 8538), with a Cease (6/2) that the peer answers the same way.
     Restart,
 }
 
 impl StopReason {
     /// The NOTIFICATION this stop sends, if any.
     pub fn notification(self) -> Option<Notification> {
-        match self {
-            StopReason::Shutdown => Some(Notification::admin_shutdown()),
-            StopReason::Deconfigured => Some(Notification::bare(6, 3)),
-            StopReason::ConfigChanged => Some(Notification::bare(6, 6)),
-            StopReason::Restart => None,
-        }
+        self.notification_with(false)
+    }
+
+    /// The NOTIFICATION this stop sends when the N bit of graceful restart is (or is not)
+    /// negotiated (RFC 8538): then a restart says so with a Cease the peer keeps our routes
+    /// through, and every stop meant to withdraw wraps its Cease in a Hard Reset (6/9).
+    pub fn notification_with(self, n_bit: bool) -> Option<Notification> {
+        let cease = match self {
+            StopReason::Shutdown => Notification::admin_shutdown(),
+            StopReason::Deconfigured => Notification::bare(6, 3),
+            StopReason::ConfigChanged => Notification::bare(6, 6),
+            StopReason::Restart if n_bit => return Some(Notification::admin_shutdown()),
+            StopReason::Restart => return None,
+        };
+        Some(if n_bit {
+            Notification::hard_reset(&cease)
+        } else {
+            cease
+        })
     }
 }
 
@@ -251,6 +265,8 @@ pub struct Fsm {
     stopped: bool,
     running: [bool; 4],
     negotiated: Option<(u16, u16)>,
+    /// The N bit of graceful restart is negotiated (RFC 8538): stops say so.
+    graceful_notification: bool,
 }
 
 fn timer_index(t: Timer) -> usize {
@@ -273,7 +289,14 @@ impl Fsm {
             stopped: true,
             running: [false; 4],
             negotiated: None,
+            graceful_notification: false,
         }
+    }
+
+    /// Whether the session negotiated the N bit of graceful restart (RFC 8538), which decides
+    /// the NOTIFICATION a stop sends; the I/O layer knows it from the OPENs.
+    pub fn set_graceful_notification(&mut self, on: bool) {
+        self.graceful_notification = on;
     }
 
     /// The current state.
@@ -337,7 +360,8 @@ impl Fsm {
                 DownReason::Stopped,
             ),
             (S::OpenSent | S::OpenConfirm | S::Established, E::Stop(reason)) => {
-                self.stop(&mut out, reason.notification(), DownReason::Stopped)
+                let n = reason.notification_with(self.graceful_notification);
+                self.stop(&mut out, n, DownReason::Stopped)
             }
 
             // ---- Connect and Active ----

@@ -507,3 +507,19 @@ fn stops_send_the_cease_subcode_of_their_reason_or_none_for_a_restart() {
         assert!(fsm.handle(Event::IdleHoldTimerExpires).is_empty());
     }
 }
+
+#[test]
+fn with_the_n_bit_a_restart_sends_a_cease_and_withdrawing_stops_a_hard_reset() {
+    let hard = |sub: u8| Notification::new(6, 9, vec![6, sub]);
+    for (reason, sent) in [
+        (StopReason::Shutdown, hard(2)),
+        (StopReason::Deconfigured, hard(3)),
+        (StopReason::ConfigChanged, hard(6)),
+        (StopReason::Restart, Notification::bare(6, 2)),
+    ] {
+        let mut fsm = established(cfg());
+        fsm.set_graceful_notification(true);
+        let a = fsm.handle(Event::Stop(reason));
+        assert_eq!(a[0], Action::SendNotification(sent), "{reason:?}");
+    }
+}

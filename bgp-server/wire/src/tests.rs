@@ -58,6 +58,7 @@ fn berth_open() -> Open {
             Capability::AddPath(vec![(1, 1, AddPathMode::Send), (2, 1, AddPathMode::Send)]),
             Capability::GracefulRestart {
                 restarting: false,
+                notification: false,
                 restart_time: 120,
                 families: vec![GracefulRestartFamily {
                     afi: 1,
@@ -693,4 +694,28 @@ proptest! {
         let bytes = Message::Update(u.clone()).to_bytes(&enc);
         prop_assert_eq!(decode_one(&bytes, &dec), Message::Update(u));
     }
+}
+
+#[test]
+fn the_graceful_restart_n_bit_and_a_hard_reset_encode_as_rfc_8538_says() {
+    let open = Open {
+        asn: 64512,
+        hold_time: 90,
+        router_id: Ipv4Addr::new(10, 0, 0, 11),
+        capabilities: vec![Capability::GracefulRestart {
+            restarting: true,
+            notification: true,
+            restart_time: 120,
+            families: vec![],
+        }],
+    };
+    let bytes = Message::Open(open.clone()).to_bytes(&enc4());
+    // Restart flags and time: R (0x8000) | N (0x4000) | 120 = 0xc078, the last two bytes.
+    assert_eq!(&bytes[bytes.len() - 2..], &[0xc0, 0x78]);
+    let Message::Open(back) = decode_one(&bytes, &ctx4()) else {
+        panic!("an OPEN")
+    };
+    assert_eq!(back, open);
+    let hard = Notification::hard_reset(&Notification::bare(6, 3));
+    assert_eq!((hard.code, hard.subcode, hard.data), (6, 9, vec![6, 3]));
 }
