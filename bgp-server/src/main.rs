@@ -8,6 +8,7 @@ use clap::{Parser, ValueEnum};
 use tokio::sync::watch;
 
 use berth_bgp_server::config::SpeakerConfig;
+use berth_bgp_server::control::authority::AnyAuthority;
 use berth_bgp_server::control::service::{self, Applied, Control};
 use berth_bgp_server::control::store::{self, Store};
 use berth_bgp_server::control::tls;
@@ -23,9 +24,10 @@ use berth_proto::v1::speaker_server::SpeakerServer;
 /// restart announces it at once, before any client connects. Standalone: `--config FILE`
 /// (global ASN and router ID, peers, static routes; the format is in the README); SIGHUP
 /// reloads the routes from the file. Either way SIGTERM closes every session within a second,
-/// whatever the peers do: without a NOTIFICATION where graceful restart is negotiated (the
-/// routers keep the routes until the speaker is back), with a Cease elsewhere or with
-/// --withdraw-on-shutdown.
+/// whatever the peers do: where graceful restart is negotiated the routers keep the routes
+/// until the speaker is back (the session closes with a Cease where both sides set the RFC
+/// 8538 N bit, without a NOTIFICATION otherwise); elsewhere, or with --withdraw-on-shutdown,
+/// a Cease (a Hard Reset with the N bit) withdraws them.
 ///
 /// Input never makes it exit: an Apply that cannot be run (a listen port held by another
 /// process, say) is refused, and a persisted state that cannot be applied at start is reported
@@ -67,10 +69,10 @@ struct Args {
     /// negotiated hold time, whichever is longer.
     #[arg(long, env = "BERTH_SEND_HOLD_TIME", value_parser = clap::value_parser!(u64).range(1..))]
     send_hold_time: Option<u64>,
-    /// On SIGTERM, close every session with a Cease so the routers withdraw Berth's routes
-    /// (decommissioning). Without it, a peer with graceful restart negotiated is left without
-    /// a NOTIFICATION and keeps the routes (stale) until the speaker is back or its restart
-    /// time runs out: a rollout is not an outage.
+    /// On SIGTERM, close every session with a Cease (a Hard Reset where the RFC 8538 N bit is
+    /// negotiated) so the routers withdraw Berth's routes (decommissioning). Without it, a peer
+    /// with graceful restart negotiated keeps the routes (stale) until the speaker is back or
+    /// its restart time runs out: a rollout is not an outage.
     #[arg(long, env = "BERTH_WITHDRAW_ON_SHUTDOWN")]
     withdraw_on_shutdown: bool,
     /// Log filter in tracing's syntax (e.g. `info`, `berth_bgp_server=debug`); RUST_LOG also works.
@@ -239,7 +241,11 @@ async fn serve(
             let uds = tokio::net::UnixListener::bind(path)
                 .with_context(|| format!("binding --grpc-socket {}", path.display()))?;
             tracing::info!(socket = %path.display(), "serving the control API");
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(uds);
+            // gRPC C-core clients send the socket path as `:authority`, which h2 refuses.
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::UnixListenerStream::new(uds),
+                |conn| conn.map(AnyAuthority::new),
+            );
             let svc = svc.clone();
             let health = health.clone();
             let stop = stop.clone();

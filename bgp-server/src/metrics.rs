@@ -107,6 +107,8 @@ pub struct Metrics {
     pub api_rejected: Family<RejectLabels, Counter>,
     /// Sessions closed because the peer took no data for the send-hold time (RFC 9687).
     pub send_hold_expired: Family<PeerLabels, Counter>,
+    /// Paths never sent because their attributes leave no room for them in one UPDATE.
+    pub paths_unsendable: Family<PeerLabels, Counter>,
     /// 1 while the settings in force could not be applied (the listener cannot be bound, an
     /// MD5 key cannot be set): `/readyz` says why.
     pub settings_unapplied: Gauge,
@@ -146,6 +148,7 @@ impl Metrics {
             api_duration: Family::new_with_constructor(latency_histogram),
             api_rejected: Family::default(),
             send_hold_expired: Family::default(),
+            paths_unsendable: Family::default(),
             settings_unapplied: Gauge::default(),
             persisted_state_unused: Gauge::default(),
         };
@@ -193,6 +196,12 @@ impl Metrics {
             "api_rejected",
             "Control API calls refused, by reason",
             m.api_rejected.clone(),
+        );
+        registry.register(
+            "paths_unsendable",
+            "Paths not sent because their attributes leave no room for them in one UPDATE \
+             (paths_announced still counts them)",
+            m.paths_unsendable.clone(),
         );
         registry.register(
             "send_hold_expired",

@@ -19,7 +19,7 @@ use std::time::Duration;
 use berth_bgp_wire::{
     AddPathMode, AsPath, AsSegment, Attribute, Capability, DecodeContext, DecodeError,
     EncodeContext, ExtCommunity, Family, GracefulRestartFamily, Message, NextHop, Nlri, Open,
-    Origin, pack_updates,
+    Origin, RouteRefresh, pack_updates,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -73,6 +73,30 @@ pub struct Status {
     pub last_error: Option<String>,
 }
 
+/// Where a session publishes its status: the latest value (for GetState) and each state
+/// change as it happens (for Watch).
+pub struct StatusSender {
+    /// The peer's address.
+    pub peer: IpAddr,
+    /// The latest status.
+    pub status: watch::Sender<Status>,
+    /// Every state change, for every session of the speaker.
+    pub events: tokio::sync::broadcast::Sender<SessionEvent>,
+}
+
+/// A session changed state, or its peer was removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEvent {
+    /// The peer's address.
+    pub peer: IpAddr,
+    /// The new state; `None`: the peer was removed.
+    pub state: Option<State>,
+    /// The state before; `None` for a peer's first report.
+    pub previous: Option<State>,
+    /// The session's last error.
+    pub last_error: Option<String>,
+}
+
 impl Status {
     /// A session that has not started.
     pub fn idle() -> Status {
@@ -101,6 +125,10 @@ struct Io {
     outbound: bool,
     /// A connection the peer opened, waiting for collision detection.
     pending: Option<TcpStream>,
+    /// What was read from it so far (its OPEN, while ours is in OpenSent).
+    pending_buf: Vec<u8>,
+    /// The BGP identifier in its OPEN, once read.
+    pending_id: Option<std::net::Ipv4Addr>,
 }
 
 const FAMILIES: [Family; 2] = [Family::Ipv4Unicast, Family::Ipv6Unicast];
@@ -109,6 +137,44 @@ const FAMILIES: [Family; 2] = [Family::Ipv4Unicast, Family::Ipv6Unicast];
 const SYNC_BATCH: usize = 16_384;
 
 /// Fresh RIB-outs, IPv4 then IPv6, given ADD-PATH per family.
+/// How long a timer the FSM starts runs. RFC 4271 §10: ConnectRetry and Keepalive (and here
+/// IdleHold too) are jittered to 75-100 % of their value, so that sessions that failed
+/// together (a router reboot, a link flap) do not retry in lockstep; the hold timer is not.
+/// `r` is uniform in [0, 1).
+fn timer_duration(t: Timer, secs: u32, r: f64) -> Duration {
+    let full = Duration::from_secs(u64::from(secs));
+    match t {
+        Timer::Hold => full,
+        Timer::ConnectRetry | Timer::Keepalive | Timer::IdleHold => {
+            full.mul_f64(0.75 + 0.25 * r.clamp(0.0, 1.0))
+        }
+    }
+}
+
+/// A number uniform in [0, 1) from the standard library's per-process random hash keys (no
+/// RNG crate for jitter).
+fn random_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    // 53 random bits make an f64 in [0, 1) exactly.
+    #[allow(clippy::cast_precision_loss)]
+    let unit = (bits >> 11) as f64 / (1u64 << 53) as f64;
+    unit
+}
+
+/// Which family's RIB-out a ROUTE-REFRESH asks to resend (its index in [`FAMILIES`]): only a
+/// plain request (subtype 0; 1 and 2 mark the peer's own refresh, RFC 7313) for a family this
+/// session negotiated. RFC 2918 §4: a request for a family not negotiated is ignored.
+fn refresh_target(rr: &RouteRefresh, negotiated: &[Family]) -> Option<usize> {
+    let family = Family::from_afi_safi(rr.afi, rr.safi)?;
+    if rr.subtype != 0 || !negotiated.contains(&family) {
+        return None;
+    }
+    FAMILIES.iter().position(|f| *f == family)
+}
+
 fn ribs(add_path: [bool; 2], send_max: Option<usize>) -> [AdjRibOut; 2] {
     [
         AdjRibOut::new(Scope::Ipv4, add_path[0], send_max),
@@ -125,13 +191,18 @@ pub async fn run(
     mut desired: watch::Receiver<Snapshot>,
     mut inbound: mpsc::Receiver<TcpStream>,
     mut shutdown: watch::Receiver<Option<StopReason>>,
-    status: watch::Sender<Status>,
+    status: StatusSender,
     metrics: Arc<Metrics>,
 ) {
     let mut fsm = Fsm::new(FsmConfig {
         hold_time: peer.hold_time,
         keepalive: peer.keepalive_time,
         connect_retry: peer.connect_retry,
+        // Back-off relative to the configured retry: at most 8 times it, and 120 s.
+        connect_retry_max: peer
+            .connect_retry
+            .saturating_mul(8)
+            .clamp(peer.connect_retry, peer.connect_retry.max(120)),
         passive: peer.passive,
         ..FsmConfig::new(local.asn, local.router_id, peer.asn)
     });
@@ -148,6 +219,8 @@ pub async fn run(
             buf: Vec::with_capacity(8192),
             outbound: false,
             pending: None,
+            pending_buf: Vec::new(),
+            pending_id: None,
         },
         deadlines: BTreeMap::new(),
         enc: EncodeContext::default(),
@@ -190,7 +263,9 @@ pub async fn run(
                 if reason == StopReason::Restart && !s.graceful_restart_negotiated() {
                     reason = StopReason::Shutdown;
                 }
-                info!(?reason, "stopping the session");
+                let n_bit = s.graceful_notification_negotiated();
+                fsm.set_graceful_notification(n_bit);
+                info!(?reason, n_bit, "stopping the session");
                 s.apply(&mut fsm, Event::Stop(reason));
                 s.publish(&fsm, &status);
                 s.finish().await;
@@ -267,6 +342,14 @@ pub async fn run(
                 if s.io.pending.replace(stream).is_some() {
                     debug!("a newer inbound connection replaces one still waiting");
                 }
+                s.io.pending_buf.clear();
+                s.io.pending_id = None;
+            }
+            // A connection parked while ours is in OpenSent: its OPEN names the peer's
+            // identifier, which settles the collision now (RFC 4271 §6.8 allows it) instead of
+            // when, if ever, the peer answers on ours.
+            _ = async { match s.io.pending.as_ref() { Some(p) if s.io.pending_id.is_none() => p.readable().await, _ => std::future::pending().await } } => {
+                s.read_pending();
             }
             Ok(()) = desired.changed() => {
                 // Produced at the top of the loop, as the queue has room.
@@ -300,7 +383,7 @@ struct Session {
 }
 
 impl Session {
-    fn publish(&self, fsm: &Fsm, status: &watch::Sender<Status>) {
+    fn publish(&self, fsm: &Fsm, status: &StatusSender) {
         let st = Status {
             state: fsm.state(),
             add_path: [self.ribs[0].add_path(), self.ribs[1].add_path()],
@@ -323,13 +406,60 @@ impl Session {
             .paths_announced
             .get_or_create(&peer)
             .set(i64::try_from(st.paths).unwrap_or(i64::MAX));
-        status.send_if_modified(|old| {
+        let mut moved = None;
+        status.status.send_if_modified(|old| {
             let changed = *old != st;
+            if old.state != st.state {
+                moved = Some(SessionEvent {
+                    peer: status.peer,
+                    state: Some(st.state),
+                    previous: Some(old.state),
+                    last_error: st.last_error.clone(),
+                });
+            }
             if changed {
                 *old = st;
             }
             changed
         });
+        // Pushed as it happens; no receiver (no Watch client) is not an error.
+        if let Some(e) = moved {
+            let _ = status.events.send(e);
+        }
+    }
+
+    /// Reads what the parked inbound connection has sent, up to its OPEN; a connection that
+    /// closes or sends anything else is dropped.
+    fn read_pending(&mut self) {
+        let Some(stream) = self.io.pending.as_ref() else {
+            return;
+        };
+        let mut chunk = [0u8; 4096];
+        let outcome = match stream.try_read(&mut chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                self.io
+                    .pending_buf
+                    .extend_from_slice(chunk.get(..n).unwrap_or_default());
+                match Message::decode(&self.io.pending_buf, &DecodeContext::default()) {
+                    Ok(None) if self.io.pending_buf.len() < 4096 => return,
+                    Ok(Some((Message::Open(o), _))) => Some(o.router_id),
+                    _ => None,
+                }
+            }
+        };
+        match outcome {
+            Some(id) => {
+                debug!(router_id = %id, "the parked inbound connection's OPEN arrived");
+                self.io.pending_id = Some(id);
+            }
+            None => {
+                debug!("the parked inbound connection closed or sent no OPEN: dropped");
+                self.io.pending = None;
+                self.io.pending_buf.clear();
+            }
+        }
     }
 
     /// Connection collision detection (RFC 4271 §6.8) for a connection the peer opened.
@@ -337,8 +467,13 @@ impl Session {
         let Some(stream) = self.io.pending.take() else {
             return;
         };
-        let remote = self.peer_open.as_ref().map(|o| o.router_id);
-        match fsm::on_inbound(fsm.state(), self.local.router_id, remote, self.io.outbound) {
+        let remote = self
+            .peer_open
+            .as_ref()
+            .map(|o| o.router_id)
+            .or(self.io.pending_id);
+        let local = (self.local.router_id, self.local.asn);
+        match fsm::on_inbound(fsm.state(), local, remote, self.peer.asn, self.io.outbound) {
             Inbound::Wait => self.io.pending = Some(stream),
             Inbound::Refuse => {
                 // In Idle there is nothing to collide with: Connection Rejected (6/5); else
@@ -355,6 +490,7 @@ impl Session {
                 self.io.connecting = None;
                 self.attach(stream, false);
                 self.apply(fsm, Event::TcpConnectionConfirmed);
+                self.resume_pending(fsm);
             }
             Inbound::Replace => {
                 info!("connection collision: continuing on the connection the peer opened");
@@ -363,15 +499,31 @@ impl Session {
                 self.io.connecting = None;
                 self.attach(stream, false);
                 self.apply(fsm, Event::TcpConnectionConfirmed);
+                self.resume_pending(fsm);
             }
+        }
+        if self.io.pending.is_none() {
+            self.io.pending_buf.clear();
+            self.io.pending_id = None;
+        }
+    }
+
+    /// Feeds what was read from an adopted parked connection (its OPEN) to the session.
+    fn resume_pending(&mut self, fsm: &mut Fsm) {
+        self.io.pending_id = None;
+        if !self.io.pending_buf.is_empty() {
+            self.io.buf = std::mem::take(&mut self.io.pending_buf);
+            self.drain_messages(fsm);
         }
     }
 
     fn attach(&mut self, stream: TcpStream, outbound: bool) {
         self.io.outbound = outbound;
         let _ = stream.set_nodelay(true);
-        if let Some(ttl) = self.ttl() {
-            let _ = stream.set_ttl(ttl);
+        if let Some(ttl) = self.ttl()
+            && let Err(e) = set_hop_limit(socket2::SockRef::from(&stream), ttl)
+        {
+            warn!(error = %e, ttl, "cannot set the TTL / hop limit on the BGP connection");
         }
         let send_hold = send_hold_time(self.local.send_hold, self.peer.hold_time);
         // The kernel's own bound on unacknowledged data (a peer that vanished); the
@@ -395,6 +547,23 @@ impl Session {
                 o.capabilities
                     .iter()
                     .any(|c| matches!(c, Capability::GracefulRestart { .. }))
+            })
+    }
+
+    /// Whether both sides set the N bit in graceful restart (RFC 8538): a NOTIFICATION then
+    /// keeps our routes at the peer, and only a Hard Reset withdraws them.
+    fn graceful_notification_negotiated(&self) -> bool {
+        self.local.graceful_restart.enabled
+            && self.peer_open.as_ref().is_some_and(|o| {
+                o.capabilities.iter().any(|c| {
+                    matches!(
+                        c,
+                        Capability::GracefulRestart {
+                            notification: true,
+                            ..
+                        }
+                    )
+                })
             })
     }
 
@@ -505,7 +674,8 @@ impl Session {
                 let addr = SocketAddr::new(self.peer.address, self.peer.port);
                 let source = self.peer.source_address;
                 let key = self.peer.password.clone();
-                self.io.connecting = Some(Box::pin(connect(addr, source, key)));
+                let ttl = self.ttl();
+                self.io.connecting = Some(Box::pin(connect(addr, source, key, ttl)));
             }
             Action::Disconnect => {
                 self.io.connecting = None;
@@ -537,8 +707,8 @@ impl Session {
                 }
             }
             Action::StartTimer(t, secs) => {
-                self.deadlines
-                    .insert(t, Instant::now() + Duration::from_secs(u64::from(secs)));
+                let d = timer_duration(t, secs, random_unit());
+                self.deadlines.insert(t, Instant::now() + d);
             }
             Action::StopTimer(t) => {
                 self.deadlines.remove(&t);
@@ -603,6 +773,8 @@ impl Session {
                 .to_vec();
             caps.push(Capability::GracefulRestart {
                 restarting: self.local.restarting,
+                // RFC 8538: our planned restart sends a Cease the peer answers as a restart.
+                notification: true,
                 restart_time: gr.restart_time,
                 families,
             });
@@ -707,7 +879,22 @@ impl Session {
                 (self.attributes(attrs), nh, nlri)
             })
             .collect();
-        pack_updates(&self.enc, fam, &withdrawn, &groups)
+        let packed = pack_updates(&self.enc, fam, &withdrawn, &groups);
+        if packed.unsendable > 0 {
+            // Too many communities for one message: say so rather than pretend they were sent.
+            warn!(
+                family = ?fam,
+                paths = packed.unsendable,
+                "paths not sent: their attributes do not fit in one UPDATE (fewer communities)"
+            );
+            self.metrics
+                .paths_unsendable
+                .get_or_create(&PeerLabels {
+                    peer: self.label.clone(),
+                })
+                .inc_by(u64::try_from(packed.unsendable).unwrap_or(u64::MAX));
+        }
+        packed.messages
     }
 
     /// The attributes of one path for this peer: iBGP/eBGP rules applied here.
@@ -778,12 +965,25 @@ impl Session {
                                 Some(format!("received NOTIFICATION {}/{}", n.code, n.subcode));
                             Event::NotifMsg(n)
                         }
-                        Message::RouteRefresh(_) => {
-                            // Resend everything: forget what was sent; the loop syncs again.
-                            if self.established {
-                                let aps = [self.enc.add_path[0], self.enc.add_path[1]];
-                                self.ribs = ribs(aps, self.peer.send_max);
-                                self.synced = [None; 2];
+                        Message::RouteRefresh(rr) => {
+                            match refresh_target(&rr, &self.families_negotiated()) {
+                                // Resend that family: forget what was sent; the loop syncs it.
+                                Some(i) if self.established => {
+                                    let scope = if i == 0 { Scope::Ipv4 } else { Scope::Ipv6 };
+                                    self.ribs[i] = AdjRibOut::new(
+                                        scope,
+                                        self.enc.add_path[i],
+                                        self.peer.send_max,
+                                    );
+                                    self.synced[i] = None;
+                                }
+                                Some(_) => {}
+                                None => debug!(
+                                    afi = rr.afi,
+                                    safi = rr.safi,
+                                    subtype = rr.subtype,
+                                    "ROUTE-REFRESH ignored: not a request for a negotiated family"
+                                ),
                             }
                             continue;
                         }
@@ -828,12 +1028,17 @@ async fn connect(
     addr: SocketAddr,
     source: Option<IpAddr>,
     md5: Option<String>,
+    ttl: Option<u32>,
 ) -> std::io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
+    // Before the SYN, so every packet of the connection carries it.
+    if let Some(ttl) = ttl {
+        set_hop_limit(socket2::SockRef::from(&socket), ttl)?;
+    }
     if let Some(src) = source {
         socket.bind(SocketAddr::new(src, 0))?;
     }
@@ -844,6 +1049,15 @@ async fn connect(
     tokio::time::timeout(Duration::from_secs(10), socket.connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// Sets the TTL (IPv4) or the hop limit (IPv6) of a BGP connection's packets: `IP_TTL` does
+/// nothing for IPv6 packets, which need `IPV6_UNICAST_HOPS`.
+fn set_hop_limit(socket: socket2::SockRef<'_>, ttl: u32) -> std::io::Result<()> {
+    match socket.domain()? {
+        d if d == socket2::Domain::IPV6 => socket.set_unicast_hops_v6(ttl),
+        _ => socket.set_ttl_v4(ttl),
+    }
 }
 
 /// Closes a connection we will not use with a Cease.
@@ -865,5 +1079,45 @@ fn kind(msg: &Message) -> &'static str {
         Message::Notification(_) => "notification",
         Message::Keepalive => "keepalive",
         Message::RouteRefresh(_) => "route_refresh",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rr(afi: u16, safi: u8, subtype: u8) -> RouteRefresh {
+        RouteRefresh { afi, subtype, safi }
+    }
+
+    #[test]
+    fn retry_keepalive_and_idle_hold_are_jittered_the_hold_timer_is_not() {
+        for t in [Timer::ConnectRetry, Timer::Keepalive, Timer::IdleHold] {
+            assert_eq!(timer_duration(t, 40, 0.0), Duration::from_secs(30));
+            assert_eq!(timer_duration(t, 40, 0.5), Duration::from_secs(35));
+            assert!(timer_duration(t, 40, 0.999_999) <= Duration::from_secs(40));
+        }
+        assert_eq!(
+            timer_duration(Timer::Hold, 90, 0.0),
+            Duration::from_secs(90)
+        );
+        // The source spreads: 64 draws are not all equal and all lie in [0, 1).
+        let draws: Vec<f64> = (0..64).map(|_| random_unit()).collect();
+        assert!(draws.iter().all(|r| (0.0..1.0).contains(r)));
+        assert!(draws.iter().any(|r| *r != draws[0]));
+    }
+
+    #[test]
+    fn route_refresh_resends_only_a_negotiated_family() {
+        let v4_only = [Family::Ipv4Unicast];
+        let both = [Family::Ipv4Unicast, Family::Ipv6Unicast];
+        assert_eq!(refresh_target(&rr(1, 1, 0), &v4_only), Some(0));
+        assert_eq!(refresh_target(&rr(2, 1, 0), &both), Some(1));
+        // IPv6 was not negotiated: ignored.
+        assert_eq!(refresh_target(&rr(2, 1, 0), &v4_only), None);
+        // Unknown families and the peer's own BoRR/EoRR markers: ignored.
+        assert_eq!(refresh_target(&rr(1, 128, 0), &both), None);
+        assert_eq!(refresh_target(&rr(1, 1, 1), &both), None);
+        assert_eq!(refresh_target(&rr(1, 1, 2), &both), None);
     }
 }

@@ -13,24 +13,69 @@
 //! The control service checks the same with [`Listeners::prepare`] before it accepts a state,
 //! so only a persisted state or the standalone file can get this far.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{Instrument, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::config::{PeerConfig, SpeakerConfig};
-use crate::fsm::StopReason;
+use crate::fsm::{State, StopReason};
 use crate::metrics::Metrics;
 use crate::rib::Snapshot;
-use crate::session::{self, Local, Status};
+use crate::session::{self, Local, SessionEvent, Status, StatusSender};
 
-/// Each peer's live status, by address, for the control API.
-pub type StatusBoard = Arc<Mutex<BTreeMap<IpAddr, (PeerConfig, watch::Receiver<Status>)>>>;
+/// Each peer's live status, by address, and every session state change as it happens, for the
+/// control API.
+#[derive(Clone)]
+pub struct StatusBoard {
+    peers: Arc<Mutex<Peers>>,
+    events: broadcast::Sender<SessionEvent>,
+}
+
+/// Each peer's configuration and live status, by address.
+pub type Peers = BTreeMap<IpAddr, (PeerConfig, watch::Receiver<Status>)>;
+
+/// State changes kept for a Watch client that reads slowly before it is told it missed some.
+const EVENTS_KEPT: usize = 1024;
+
+impl Default for StatusBoard {
+    fn default() -> Self {
+        StatusBoard {
+            peers: Arc::default(),
+            events: broadcast::channel(EVENTS_KEPT).0,
+        }
+    }
+}
+
+impl StatusBoard {
+    /// Each peer's configuration and live status.
+    pub fn peers(&self) -> std::sync::MutexGuard<'_, Peers> {
+        lock(&self.peers)
+    }
+
+    /// Every state change from now on (a receiver that falls behind by more than
+    /// [`EVENTS_KEPT`] learns how many it missed).
+    pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+        self.events.subscribe()
+    }
+
+    fn remove(&self, peer: IpAddr) {
+        if let Some((_, st)) = lock(&self.peers).remove(&peer) {
+            let previous = st.borrow().state;
+            let _ = self.events.send(SessionEvent {
+                peer,
+                state: None,
+                previous: Some(previous),
+                last_error: None,
+            });
+        }
+    }
+}
 
 /// Where inbound connections go, by peer address.
 type Routing = Arc<Mutex<BTreeMap<IpAddr, mpsc::Sender<tokio::net::TcpStream>>>>;
@@ -68,6 +113,8 @@ struct Bound {
     socket: std::net::TcpListener,
     /// Bound to `::` (IPv4 peers appear as ::ffff:a.b.c.d).
     dual_stack: bool,
+    /// The addresses (as the listener sees them) whose MD5 key is set on the socket.
+    keyed: BTreeSet<IpAddr>,
 }
 
 impl Listeners {
@@ -76,13 +123,14 @@ impl Listeners {
     /// state refused later (its persisting failed) leaves the listener as it was.
     pub fn prepare(&self, cfg: &SpeakerConfig) -> Result<Prepared, Unapplicable> {
         let port = cfg.listen_port;
-        let prepared = |fresh| Prepared {
+        let prepared = |fresh, keyed| Prepared {
             listeners: self.clone(),
             port,
             fresh,
+            keyed,
         };
         if port == 0 {
-            return Ok(prepared(None));
+            return Ok(prepared(None, BTreeSet::new()));
         }
         let slot = lock(&self.0);
         let fresh = match slot.as_ref() {
@@ -90,16 +138,21 @@ impl Listeners {
             _ => Some(bind(port)?),
         };
         let Some(bound) = fresh.as_ref().or(slot.as_ref()) else {
-            return Ok(prepared(None));
+            return Ok(prepared(None, BTreeSet::new()));
         };
+        let mut keyed = BTreeSet::new();
         for (i, peer) in cfg.peers.iter().enumerate() {
-            md5_on_listener(bound, peer).map_err(|e| Unapplicable {
+            let Some(addr) = md5_on_listener(bound, peer).map_err(|e| Unapplicable {
                 field: format!("peers[{i}].password"),
                 why: format!("the TCP MD5 key cannot be set on the listener: {e}"),
-            })?;
+            })?
+            else {
+                continue;
+            };
+            keyed.insert(addr);
         }
         drop(slot);
-        Ok(prepared(fresh))
+        Ok(prepared(fresh, keyed))
     }
 
     /// A handle on the bound socket for `port`, for the accept loop.
@@ -120,6 +173,8 @@ pub struct Prepared {
     listeners: Listeners,
     port: u16,
     fresh: Option<Bound>,
+    /// The addresses keyed for this state.
+    keyed: BTreeSet<IpAddr>,
 }
 
 impl Prepared {
@@ -132,8 +187,22 @@ impl Prepared {
             return false;
         }
         let new = self.fresh.is_some();
-        if let Some(b) = self.fresh {
+        if let Some(mut b) = self.fresh {
+            b.keyed = self.keyed;
             *slot = Some(b);
+        } else if let Some(b) = slot.as_mut() {
+            // The same socket: a key left for a peer that is gone or has no password any more
+            // would keep refusing that address's unsigned connections.
+            for addr in stale_keys(&b.keyed, &self.keyed) {
+                use std::os::fd::AsFd;
+                match berth_tcp_md5::set_md5_key(b.socket.as_fd(), addr, b"") {
+                    Ok(()) => debug!(%addr, "MD5 key removed from the listener"),
+                    Err(e) => {
+                        warn!(%addr, error = %e, "cannot remove the MD5 key from the listener")
+                    }
+                }
+            }
+            b.keyed = self.keyed;
         }
         new
     }
@@ -169,6 +238,7 @@ fn bind(port: u16) -> Result<Bound, Unapplicable> {
         why: format!("{port}: {e}"),
     })?;
     Ok(Bound {
+        keyed: BTreeSet::new(),
         port,
         socket,
         dual_stack,
@@ -303,7 +373,7 @@ pub async fn run(
             );
             for a in gone {
                 lock(&routing).remove(&a);
-                lock(&board).remove(&a);
+                board.remove(a);
             }
             // Listen before connecting out: a peer answering our connection with its own must
             // find the port open. What cannot be applied is reported, never fatal.
@@ -379,7 +449,20 @@ fn start(
     let (tx, rx) = mpsc::channel(4);
     lock(routing).insert(peer.address, tx);
     let (status_tx, status_rx) = watch::channel(Status::idle());
-    lock(board).insert(peer.address, (peer.clone(), status_rx));
+    board
+        .peers()
+        .insert(peer.address, (peer.clone(), status_rx));
+    let _ = board.events.send(SessionEvent {
+        peer: peer.address,
+        state: Some(State::Idle),
+        previous: None,
+        last_error: None,
+    });
+    let status_tx = StatusSender {
+        peer: peer.address,
+        status: status_tx,
+        events: board.events.clone(),
+    };
     let (stop_tx, stop_rx) = watch::channel(None);
     let span = tracing::info_span!("session", peer = %peer.address, asn = peer.asn);
     let task = tokio::spawn(
@@ -440,10 +523,17 @@ fn listen(listener: TcpListener, dual_stack: bool, port: u16, routing: Routing) 
     }
 }
 
-fn md5_on_listener(l: &Bound, peer: &PeerConfig) -> std::io::Result<()> {
+/// The keyed addresses of `old` that `new` does not key.
+fn stale_keys(old: &BTreeSet<IpAddr>, new: &BTreeSet<IpAddr>) -> Vec<IpAddr> {
+    old.difference(new).copied().collect()
+}
+
+/// Sets `peer`'s MD5 key on the listener; returns the address keyed (as the listener sees
+/// it), or `None` when the peer has no password.
+fn md5_on_listener(l: &Bound, peer: &PeerConfig) -> std::io::Result<Option<IpAddr>> {
     use std::os::fd::AsFd;
     let Some(key) = &peer.password else {
-        return Ok(());
+        return Ok(None);
     };
     let fd = &l.socket;
     // An IPv4 peer reaches a dual-stack listener as ::ffff:a.b.c.d.
@@ -451,7 +541,8 @@ fn md5_on_listener(l: &Bound, peer: &PeerConfig) -> std::io::Result<()> {
         IpAddr::V4(v4) if l.dual_stack => IpAddr::V6(v4.to_ipv6_mapped()),
         other => other,
     };
-    berth_tcp_md5::set_md5_key(fd.as_fd(), addr, key.as_bytes())
+    berth_tcp_md5::set_md5_key(fd.as_fd(), addr, key.as_bytes())?;
+    Ok(Some(addr))
 }
 
 /// An IPv4 peer connecting to an IPv6 socket shows up as ::ffff:a.b.c.d.
@@ -459,5 +550,25 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_peers_gone_or_without_password_are_stale() {
+        let set =
+            |a: &[&str]| -> BTreeSet<IpAddr> { a.iter().filter_map(|s| s.parse().ok()).collect() };
+        let old = set(&["10.0.0.1", "10.0.0.2", "fd00::1"]);
+        let new = set(&["10.0.0.2", "10.0.0.3"]);
+        assert_eq!(
+            stale_keys(&old, &new),
+            set(&["10.0.0.1", "fd00::1"])
+                .into_iter()
+                .collect::<Vec<_>>()
+        );
+        assert!(stale_keys(&new, &new).is_empty());
     }
 }

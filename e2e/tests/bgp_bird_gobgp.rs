@@ -1,4 +1,4 @@
-//! The speaker against BIRD 2 and GoBGP in network namespaces (needs root, bird2, gobgpd).
+//! The speaker against BIRD 2 and GoBGP in network namespaces (needs root, bird2, gobgpd, nft).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -222,4 +222,167 @@ fn gobgp_receives(family: &Family, name: &str) {
         "GoBGP never held three paths: {:?}\n{log}",
         gobgp.gobgp(&lab, &["global", "rib", "-a", afi])
     );
+}
+
+/// RFC 6793 toward an old speaker: BIRD with `enable as4 off` (2-octet ASNs only) peers with
+/// the speaker at a 4-octet ASN (configured there as AS_TRANS, 23456, which is what a 2-octet
+/// speaker sees in the OPEN). The announcements carry AS_TRANS (23456) in AS_PATH and the
+/// real ASN in AS4_PATH; BIRD rebuilds the path, so its RIB holds 4200000001, not 23456.
+#[test]
+fn a_two_octet_bird_sees_the_four_octet_path_through_as4_path() {
+    for family in [&V4, &V6] {
+        two_octet_bird_sees_as4_path(family);
+    }
+}
+
+fn two_octet_bird_sees_as4_path(family: &Family) {
+    if let Some(why) = lab_unavailable(&[BIRD]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let name = if family.router.contains(':') {
+        "ba6"
+    } else {
+        "ba4"
+    };
+    let (mut lab, router, node, dir) = setup(name);
+    let channel = if family.router.contains(':') {
+        "ipv6"
+    } else {
+        "ipv4"
+    };
+    let conf = format!(
+        "router id 10.0.0.1;
+protocol device {{}}
+protocol bgp berth {{
+  local {} as 64513;
+  neighbor {} external;
+  enable as4 off;
+  hold time 9;
+  {channel} {{ import all; export none; }};
+}}
+",
+        family.router, family.node
+    );
+    let bird = Bird::start(&mut lab, &router, &dir, &conf).unwrap();
+    let speaker = family
+        .speaker_conf()
+        .replace("asn: 64512", "asn: 4200000001");
+    std::fs::write(dir.join("speaker.yaml"), speaker).unwrap();
+    let conf = dir.join("speaker.yaml").display().to_string();
+    lab.spawn(
+        &node,
+        &SPEAKER,
+        &["--config", &conf, "--log", "debug"],
+        &dir.join("speaker.log"),
+    )
+    .unwrap();
+    let route = wait_for(Duration::from_secs(30), || {
+        bird.birdc(&lab, &format!("show route {} all", family.prefix))
+            .ok()
+            .filter(|r| r.contains("BGP.as_path"))
+    });
+    let route = route.unwrap_or_else(|| {
+        panic!(
+            "BIRD never received {}: {:?}\n{}",
+            family.prefix,
+            bird.birdc(&lab, "show protocols all berth"),
+            std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default()
+        )
+    });
+    // The session really is 2-octet: BIRD did not negotiate AS4.
+    let proto = bird.birdc(&lab, "show protocols all berth").unwrap();
+    let local_caps = proto
+        .split("Local capabilities")
+        .nth(1)
+        .and_then(|s| s.split("Neighbor capabilities").next())
+        .unwrap_or_else(|| panic!("no capabilities in {proto}"));
+    assert!(
+        !local_caps.contains("4-octet AS numbers"),
+        "BIRD offered 4-octet ASNs: {proto}"
+    );
+    let as_path = route
+        .lines()
+        .find(|l| l.contains("BGP.as_path"))
+        .unwrap_or_default();
+    assert!(
+        as_path.contains("4200000001") && !as_path.contains("23456"),
+        "BIRD's AS path is not the real one: {route}"
+    );
+    drop(bird);
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Single-hop eBGP over IPv6 leaves with hop limit 1 (the TTL of IPv4's single-hop eBGP):
+/// nft in BIRD's namespace counts the speaker's packets to port 179 by hop limit. `IP_TTL`,
+/// which the speaker set before, does nothing for IPv6 packets: they left with 64.
+#[test]
+fn single_hop_ebgp_over_ipv6_sends_hop_limit_one() {
+    if let Some(why) = lab_unavailable(&[BIRD, "/usr/sbin/nft"]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let family = &V6;
+    let (mut lab, router, node, dir) = setup("bh6");
+    let rules = "table inet hops {
+  counter one {}
+  counter other {}
+  chain input {
+    type filter hook input priority 0;
+    ip6 saddr fd00::11 tcp dport 179 ip6 hoplimit 1 counter name one
+    ip6 saddr fd00::11 tcp dport 179 ip6 hoplimit != 1 counter name other
+  }
+}
+";
+    let nft_file = dir.join("hops.nft");
+    std::fs::write(&nft_file, rules).unwrap();
+    lab.exec(&router, "nft", &["-f", &nft_file.display().to_string()])
+        .unwrap();
+    let conf = format!(
+        "router id 10.0.0.1;
+protocol device {{}}
+protocol bgp berth {{
+  local {} as 64513;
+  neighbor {} as 64512;
+  hold time 9;
+  ipv6 {{ import all; export none; }};
+}}
+",
+        family.router, family.node
+    );
+    let bird = Bird::start(&mut lab, &router, &dir, &conf).unwrap();
+    start_speaker(&mut lab, &node, &dir, family);
+    let up = wait_for(Duration::from_secs(30), || {
+        bird.birdc(&lab, &format!("show route {}", family.prefix))
+            .ok()
+            .filter(|r| r.contains(family.prefix.split('/').next().unwrap_or_default()))
+    });
+    assert!(
+        up.is_some(),
+        "no session: {:?}\n{}",
+        bird.birdc(&lab, "show protocols all berth"),
+        std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default()
+    );
+    let counters = lab
+        .exec(&router, "nft", &["list", "table", "inet", "hops"])
+        .unwrap();
+    let packets = |name: &str| -> u64 {
+        counters
+            .split(&format!("counter {name} {{"))
+            .nth(1)
+            .and_then(|s| s.split("packets ").nth(1))
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter {name} in {counters}"))
+    };
+    assert!(packets("one") > 0, "no packet with hop limit 1: {counters}");
+    assert_eq!(
+        packets("other"),
+        0,
+        "packets with another hop limit: {counters}"
+    );
+    drop(bird);
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
 }

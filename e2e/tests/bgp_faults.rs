@@ -442,9 +442,9 @@ router bgp 64513
  neighbor 10.0.0.11 timers connect 1
 ";
 
-/// SIGTERM, then a start from the persisted state: FRR (graceful restart helper, its default)
-/// keeps the route in its kernel all along, sampled every 10 ms, and the restarted speaker's
-/// OPEN carries the restart (R) bit.
+/// SIGTERM, then a start from the persisted state: FRR (graceful restart helper, its default,
+/// with the RFC 8538 N bit) gets a Cease and still keeps the route in its kernel all along,
+/// sampled every 10 ms, and the restarted speaker's OPEN carries the restart (R) bit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_and_restart_keep_the_route_in_the_routers_kernel() {
     if let Some(why) = lab_unavailable(&[ZEBRA, BGPD]) {
@@ -551,6 +551,19 @@ async fn sigterm_and_restart_keep_the_route_in_the_routers_kernel() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let exit = t.elapsed();
+    // FRR sets the N bit (RFC 8538): the restart was said with a Cease that FRR answers as a
+    // graceful restart (the samples below show the route stayed), not by silence.
+    let log1 = std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default();
+    assert!(
+        log1.lines()
+            .any(|l| l.contains("stopping the session") && l.contains("n_bit=true")),
+        "the N bit was not negotiated with FRR:\n{log1}"
+    );
+    assert!(
+        log1.lines()
+            .any(|l| l.contains("sending NOTIFICATION") && l.contains("code=6 subcode=2")),
+        "no Cease on the planned restart:\n{log1}"
+    );
     // Down for 2 s (a rollout's image pull is longer; FRR keeps the routes for the restart
     // time we advertised, 120 s).
     std::thread::sleep(Duration::from_secs(2));

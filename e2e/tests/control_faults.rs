@@ -2,7 +2,8 @@
 //! on the host's loopback with no peers). An Apply whose `listen_port` is held by another
 //! listener is refused with the field named, and nothing is persisted; a persisted state that
 //! cannot be applied at start (its port taken meanwhile) leaves the process up, serving the
-//! API, with `/readyz` false and the reason, until a good state arrives.
+//! API, with `/readyz` false and the reason, until a good state arrives. MD5 keys leave the
+//! listener with their peer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -239,6 +240,7 @@ fn accept_session(listener: &std::net::TcpListener, graceful_restart: bool) -> s
     if graceful_restart {
         caps.push(Capability::GracefulRestart {
             restarting: false,
+            notification: false,
             restart_time: 120,
             families: vec![GracefulRestartFamily {
                 afi: 1,
@@ -419,4 +421,67 @@ async fn a_damaged_persisted_state_keeps_the_speaker_unready_until_an_apply() {
             .contains("berth_bgp_persisted_state_unused 0")
     );
     assert!(speaker.running());
+}
+
+/// Whether a TCP connection from 127.0.0.1 without an MD5 signature gets through to the
+/// speaker's listener (a key for 127.0.0.1 on it makes the kernel drop the SYN).
+fn unsigned_connect(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(1500),
+    )
+    .is_ok()
+}
+
+/// MD5 keys follow the peers on the listener: a key set for a peer is removed when the peer
+/// loses its password or is removed, so that address's unsigned connections get through again
+/// (before, the key stayed on the socket until the process exited).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_keys_leave_the_listener_with_their_peer() {
+    let dir = std::env::temp_dir().join(format!("berth-md5-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _speaker = Speaker::start(&dir, free_port(), "speaker.log");
+    let mut c = client(&dir.join("api.sock")).await;
+    let port = free_port();
+    let with = |generation: u64, password: Option<&str>| {
+        let mut s = state(generation, u32::from(port));
+        s.peers = password
+            .map(|p| {
+                vec![v1::Peer {
+                    address: "127.0.0.1".into(),
+                    asn: 64513,
+                    passive: true,
+                    password: p.into(),
+                    ..Default::default()
+                }]
+            })
+            .unwrap_or_default();
+        v1::ApplyRequest { state: Some(s) }
+    };
+    let log = || std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default();
+
+    c.apply(with(1, Some("s3cret"))).await.unwrap();
+    assert!(
+        !unsigned_connect(port),
+        "the key is not on the listener: {}",
+        log()
+    );
+    // Same peer, no password: its key goes.
+    c.apply(with(2, Some(""))).await.unwrap();
+    assert!(
+        unsigned_connect(port),
+        "the key outlived the peer's password: {}",
+        log()
+    );
+    // Keyed again, then the peer removed: the key goes with it.
+    c.apply(with(3, Some("s3cret"))).await.unwrap();
+    assert!(!unsigned_connect(port), "{}", log());
+    c.apply(with(4, None)).await.unwrap();
+    assert!(
+        unsigned_connect(port),
+        "the key outlived the peer: {}",
+        log()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,6 +8,10 @@
 //! - after an error the session waits in Idle for an idle-hold time that doubles with each
 //!   consecutive failure (capped), then starts again by itself; a session that reaches
 //!   Established resets the back-off. A manual stop stays stopped.
+//! - a failed connection attempt (refused, unreachable, closed before the OPENs) waits a
+//!   ConnectRetry time that doubles with each consecutive failure, up to
+//!   [`Config::connect_retry_max`]; Established and a manual start reset it. The I/O layer
+//!   adds the RFC 4271 §10 jitter to the timers it arms.
 //! - no DelayOpen: an OPEN is sent as soon as the TCP connection is up.
 //! - a timer event for a timer that is not running (a late expiry after a stop) is ignored.
 
@@ -125,19 +129,33 @@ pub enum StopReason {
     /// The session restarts with other settings: Cease, Other Configuration Change (6/6).
     ConfigChanged,
     /// A planned restart with graceful restart negotiated: close without a NOTIFICATION, so
-    /// the peer keeps our routes until we are back (RFC 4724 §4).
+    /// the peer keeps our routes until we are back (RFC 4724 §4); with the N bit negotiated
+    /// (RFC 8538), with a Cease (6/2) that the peer answers the same way.
     Restart,
 }
 
 impl StopReason {
     /// The NOTIFICATION this stop sends, if any.
     pub fn notification(self) -> Option<Notification> {
-        match self {
-            StopReason::Shutdown => Some(Notification::admin_shutdown()),
-            StopReason::Deconfigured => Some(Notification::bare(6, 3)),
-            StopReason::ConfigChanged => Some(Notification::bare(6, 6)),
-            StopReason::Restart => None,
-        }
+        self.notification_with(false)
+    }
+
+    /// The NOTIFICATION this stop sends when the N bit of graceful restart is (or is not)
+    /// negotiated (RFC 8538): then a restart says so with a Cease the peer keeps our routes
+    /// through, and every stop meant to withdraw wraps its Cease in a Hard Reset (6/9).
+    pub fn notification_with(self, n_bit: bool) -> Option<Notification> {
+        let cease = match self {
+            StopReason::Shutdown => Notification::admin_shutdown(),
+            StopReason::Deconfigured => Notification::bare(6, 3),
+            StopReason::ConfigChanged => Notification::bare(6, 6),
+            StopReason::Restart if n_bit => return Some(Notification::admin_shutdown()),
+            StopReason::Restart => return None,
+        };
+        Some(if n_bit {
+            Notification::hard_reset(&cease)
+        } else {
+            cease
+        })
     }
 }
 
@@ -201,6 +219,9 @@ pub struct Config {
     pub keepalive: Option<u16>,
     /// Seconds between connection attempts.
     pub connect_retry: u32,
+    /// Longest ConnectRetry time after consecutive connection failures, in seconds (never
+    /// below `connect_retry`).
+    pub connect_retry_max: u32,
     /// Wait for the peer to connect; never connect out.
     pub passive: bool,
     /// First idle-hold after an error, in seconds.
@@ -219,6 +240,7 @@ impl Config {
             hold_time: 90,
             keepalive: None,
             connect_retry: 30,
+            connect_retry_max: 120,
             passive: false,
             idle_hold_base: 1,
             idle_hold_max: 120,
@@ -236,10 +258,15 @@ pub struct Fsm {
     state: State,
     /// Consecutive failures since the last Established: drives the idle-hold back-off.
     failures: u32,
+    /// Consecutive failed connection attempts since the last Established or manual start:
+    /// drives the ConnectRetry back-off.
+    connect_failures: u32,
     /// Whether the last stop was manual (then no automatic restart).
     stopped: bool,
     running: [bool; 4],
     negotiated: Option<(u16, u16)>,
+    /// The N bit of graceful restart is negotiated (RFC 8538): stops say so.
+    graceful_notification: bool,
 }
 
 fn timer_index(t: Timer) -> usize {
@@ -258,10 +285,18 @@ impl Fsm {
             cfg,
             state: State::Idle,
             failures: 0,
+            connect_failures: 0,
             stopped: true,
             running: [false; 4],
             negotiated: None,
+            graceful_notification: false,
         }
+    }
+
+    /// Whether the session negotiated the N bit of graceful restart (RFC 8538), which decides
+    /// the NOTIFICATION a stop sends; the I/O layer knows it from the OPENs.
+    pub fn set_graceful_notification(&mut self, on: bool) {
+        self.graceful_notification = on;
     }
 
     /// The current state.
@@ -303,6 +338,7 @@ impl Fsm {
             (S::Idle, E::ManualStart) => {
                 self.stopped = false;
                 self.failures = 0;
+                self.connect_failures = 0;
                 self.start(&mut out);
             }
             (S::Idle, E::AutomaticStart | E::IdleHoldTimerExpires) if !self.stopped => {
@@ -324,12 +360,13 @@ impl Fsm {
                 DownReason::Stopped,
             ),
             (S::OpenSent | S::OpenConfirm | S::Established, E::Stop(reason)) => {
-                self.stop(&mut out, reason.notification(), DownReason::Stopped)
+                let n = reason.notification_with(self.graceful_notification);
+                self.stop(&mut out, n, DownReason::Stopped)
             }
 
             // ---- Connect and Active ----
             (S::Connect | S::Active, E::ConnectRetryTimerExpires) => {
-                self.start_timer(&mut out, Timer::ConnectRetry, self.cfg.connect_retry);
+                self.start_timer(&mut out, Timer::ConnectRetry, self.connect_retry());
                 if self.cfg.passive {
                     self.state = S::Active;
                 } else {
@@ -345,7 +382,8 @@ impl Fsm {
                 self.state = S::OpenSent;
             }
             (S::Connect | S::Active, E::TcpConnectionFails) => {
-                self.start_timer(&mut out, Timer::ConnectRetry, self.cfg.connect_retry);
+                self.connect_failures = self.connect_failures.saturating_add(1);
+                self.start_timer(&mut out, Timer::ConnectRetry, self.connect_retry());
                 self.state = S::Active;
             }
             // No connection to be stuck on: a late report of a closed one.
@@ -371,7 +409,8 @@ impl Fsm {
             (S::OpenSent, E::TcpConnectionFails) => {
                 out.push(Action::Disconnect);
                 self.stop_timer(&mut out, Timer::Hold);
-                self.start_timer(&mut out, Timer::ConnectRetry, self.cfg.connect_retry);
+                self.connect_failures = self.connect_failures.saturating_add(1);
+                self.start_timer(&mut out, Timer::ConnectRetry, self.connect_retry());
                 self.state = S::Active;
             }
 
@@ -379,6 +418,7 @@ impl Fsm {
             (S::OpenConfirm, E::KeepAliveMsg) => {
                 self.restart_hold(&mut out);
                 self.failures = 0;
+                self.connect_failures = 0;
                 let (hold_time, keepalive) = self.negotiated.unwrap_or((0, 0));
                 out.push(Action::Established {
                     hold_time,
@@ -429,9 +469,18 @@ impl Fsm {
         out
     }
 
+    /// The ConnectRetry time: `connect_retry`, doubled per consecutive connection failure,
+    /// capped at `connect_retry_max`.
+    fn connect_retry(&self) -> u32 {
+        let base = self.cfg.connect_retry.max(1);
+        let shift = self.connect_failures.saturating_sub(1).min(16);
+        base.saturating_mul(1u32 << shift)
+            .min(self.cfg.connect_retry_max.max(base))
+    }
+
     fn start(&mut self, out: &mut Vec<Action>) {
         self.stop_timer(out, Timer::IdleHold);
-        self.start_timer(out, Timer::ConnectRetry, self.cfg.connect_retry);
+        self.start_timer(out, Timer::ConnectRetry, self.connect_retry());
         if self.cfg.passive {
             self.state = State::Active;
         } else {
@@ -559,7 +608,8 @@ pub enum Keep {
 pub enum Inbound {
     /// No connection is up: use this one (an outbound attempt under way is abandoned).
     Adopt,
-    /// Ours is in OpenSent: keep both until the peer's OPEN on ours names its identifier.
+    /// Ours is in OpenSent and the peer's identifier is not known yet (from its OPEN on
+    /// either connection): keep both until it is.
     Wait,
     /// Close the new connection with a Cease (collision): ours wins, we are Idle, or the
     /// session is Established (RFC 4271 §6.8).
@@ -569,22 +619,34 @@ pub enum Inbound {
 }
 
 /// Connection collision detection (RFC 4271 §6.8), given the session's state, both BGP
-/// identifiers (the peer's once its OPEN arrived) and whether the current connection is ours.
+/// identifiers (the peer's once its OPEN arrived), both ASNs (for the RFC 6286 tie-break) and
+/// whether the current connection is ours.
 pub fn on_inbound(
     state: State,
-    local_id: Ipv4Addr,
+    local: (Ipv4Addr, u32),
     remote_id: Option<Ipv4Addr>,
+    remote_asn: u32,
     current_is_outbound: bool,
 ) -> Inbound {
     match state {
         State::Idle | State::Established => Inbound::Refuse,
         State::Connect | State::Active => Inbound::Adopt,
-        State::OpenSent => Inbound::Wait,
+        // The identifier from the new connection's OPEN settles it before ours gets one
+        // (RFC 4271 §6.8 allows examining OpenSent when the identifier is known).
+        State::OpenSent => match remote_id {
+            Some(remote) if current_is_outbound => {
+                match resolve_collision(local, (remote, remote_asn)) {
+                    Keep::Outbound => Inbound::Refuse,
+                    Keep::Inbound => Inbound::Replace,
+                }
+            }
+            _ => Inbound::Wait,
+        },
         State::OpenConfirm => match remote_id {
             None => Inbound::Wait,
             // Two connections the peer opened: it gave up on the first; ours is not at stake.
             Some(_) if !current_is_outbound => Inbound::Replace,
-            Some(remote) => match resolve_collision(local_id, remote) {
+            Some(remote) => match resolve_collision(local, (remote, remote_asn)) {
                 Keep::Outbound => Inbound::Refuse,
                 Keep::Inbound => Inbound::Replace,
             },
@@ -592,9 +654,12 @@ pub fn on_inbound(
     }
 }
 
-/// Resolves a connection collision by comparing identifiers as unsigned integers.
-pub fn resolve_collision(local: Ipv4Addr, remote: Ipv4Addr) -> Keep {
-    if u32::from(local) > u32::from(remote) {
+/// Resolves a connection collision between (BGP identifier, ASN) pairs: the higher
+/// identifier, compared as an unsigned integer, keeps the connection it opened; with equal
+/// identifiers (possible between ASes, RFC 6286 §2.3) the larger ASN does.
+pub fn resolve_collision(local: (Ipv4Addr, u32), remote: (Ipv4Addr, u32)) -> Keep {
+    let (l, r) = (u32::from(local.0), u32::from(remote.0));
+    if l > r || (l == r && local.1 > remote.1) {
         Keep::Outbound
     } else {
         Keep::Inbound

@@ -298,39 +298,48 @@ fn idle_refuses_connections_and_late_timers_are_ignored() {
 
 #[test]
 fn an_inbound_connection_is_judged_by_state_and_identifiers() {
-    let me = Ipv4Addr::new(10, 0, 0, 11);
+    let me = (Ipv4Addr::new(10, 0, 0, 11), 64512);
     let higher = Some(Ipv4Addr::new(10, 255, 0, 1));
     let lower = Some(Ipv4Addr::new(1, 1, 1, 1));
-    assert_eq!(on_inbound(State::Idle, me, None, false), Inbound::Refuse);
-    assert_eq!(on_inbound(State::Connect, me, None, false), Inbound::Adopt);
-    assert_eq!(on_inbound(State::Active, me, None, false), Inbound::Adopt);
-    assert_eq!(on_inbound(State::OpenSent, me, None, true), Inbound::Wait);
+    let on = |state, remote, outbound| on_inbound(state, me, remote, 64513, outbound);
+    assert_eq!(on(State::Idle, None, false), Inbound::Refuse);
+    assert_eq!(on(State::Connect, None, false), Inbound::Adopt);
+    assert_eq!(on(State::Active, None, false), Inbound::Adopt);
+    assert_eq!(on(State::OpenSent, None, true), Inbound::Wait);
+    // OpenSent with the identifier from the inbound connection's OPEN: settled at once.
+    assert_eq!(on(State::OpenSent, higher, true), Inbound::Replace);
+    assert_eq!(on(State::OpenSent, lower, true), Inbound::Refuse);
+    assert_eq!(on(State::OpenSent, higher, false), Inbound::Wait);
+    assert_eq!(on(State::OpenConfirm, higher, true), Inbound::Replace);
+    assert_eq!(on(State::OpenConfirm, lower, true), Inbound::Refuse);
+    assert_eq!(on(State::OpenConfirm, lower, false), Inbound::Replace);
+    assert_eq!(on(State::Established, higher, true), Inbound::Refuse);
+    // RFC 6286 §2.3: equal identifiers (eBGP) are settled by the ASNs: the peer's is larger.
+    assert_eq!(on(State::OpenConfirm, Some(me.0), true), Inbound::Replace);
     assert_eq!(
-        on_inbound(State::OpenConfirm, me, higher, true),
-        Inbound::Replace
-    );
-    assert_eq!(
-        on_inbound(State::OpenConfirm, me, lower, true),
-        Inbound::Refuse
-    );
-    assert_eq!(
-        on_inbound(State::OpenConfirm, me, lower, false),
-        Inbound::Replace
-    );
-    assert_eq!(
-        on_inbound(State::Established, me, higher, true),
+        on_inbound(State::OpenConfirm, me, Some(me.0), 64500, true),
         Inbound::Refuse
     );
 }
 
 #[test]
-fn collision_keeps_the_connection_of_the_higher_identifier() {
+fn collision_keeps_the_connection_of_the_higher_identifier_then_the_larger_asn() {
+    let id = |a, b, c, d| Ipv4Addr::new(a, b, c, d);
     assert_eq!(
-        resolve_collision(Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 1)),
+        resolve_collision((id(10, 0, 0, 2), 1), (id(10, 0, 0, 1), 2)),
         Keep::Outbound
     );
     assert_eq!(
-        resolve_collision(Ipv4Addr::new(9, 255, 255, 255), Ipv4Addr::new(10, 0, 0, 1)),
+        resolve_collision((id(9, 255, 255, 255), 2), (id(10, 0, 0, 1), 1)),
+        Keep::Inbound
+    );
+    // Same identifier: the larger ASN keeps the connection it opened (RFC 6286 §2.3).
+    assert_eq!(
+        resolve_collision((id(10, 0, 0, 1), 4_200_000_001), (id(10, 0, 0, 1), 64513)),
+        Keep::Outbound
+    );
+    assert_eq!(
+        resolve_collision((id(10, 0, 0, 1), 64512), (id(10, 0, 0, 1), 64513)),
         Keep::Inbound
     );
     let mut fsm = Fsm::new(cfg());
@@ -339,6 +348,39 @@ fn collision_keeps_the_connection_of_the_higher_identifier() {
     let a = fsm.handle(Event::OpenCollisionDump);
     assert_eq!(a[0], Action::SendNotification(Notification::collision()));
     assert_eq!(fsm.state(), State::Idle);
+}
+
+#[test]
+fn failed_connection_attempts_back_off_exponentially_until_established() {
+    let mut fsm = Fsm::new(Config {
+        connect_retry: 5,
+        connect_retry_max: 60,
+        ..cfg()
+    });
+    fsm.handle(Event::ManualStart);
+    let mut retries = Vec::new();
+    for _ in 0..6 {
+        let a = fsm.handle(Event::TcpConnectionFails);
+        assert_eq!(fsm.state(), State::Active);
+        let Some(Action::StartTimer(Timer::ConnectRetry, secs)) = a.first() else {
+            panic!("no ConnectRetry timer: {a:?}")
+        };
+        retries.push(*secs);
+        // The next attempt waits as long again.
+        let a = fsm.handle(Event::ConnectRetryTimerExpires);
+        assert_eq!(a[0], Action::StartTimer(Timer::ConnectRetry, *secs));
+        assert!(a.contains(&Action::Connect));
+    }
+    assert_eq!(retries, [5, 10, 20, 40, 60, 60]);
+    // A session that comes up resets it: the next failure waits the base time again.
+    fsm.handle(Event::TcpCrAcked);
+    fsm.handle(Event::BgpOpen(open(90)));
+    fsm.handle(Event::KeepAliveMsg);
+    assert_eq!(fsm.state(), State::Established);
+    fsm.handle(Event::TcpConnectionFails);
+    fsm.handle(Event::IdleHoldTimerExpires);
+    let a = fsm.handle(Event::TcpConnectionFails);
+    assert_eq!(a, [Action::StartTimer(Timer::ConnectRetry, 5)]);
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -463,5 +505,21 @@ fn stops_send_the_cease_subcode_of_their_reason_or_none_for_a_restart() {
         assert_eq!(fsm.state(), State::Idle);
         // A stop stays stopped.
         assert!(fsm.handle(Event::IdleHoldTimerExpires).is_empty());
+    }
+}
+
+#[test]
+fn with_the_n_bit_a_restart_sends_a_cease_and_withdrawing_stops_a_hard_reset() {
+    let hard = |sub: u8| Notification::new(6, 9, vec![6, sub]);
+    for (reason, sent) in [
+        (StopReason::Shutdown, hard(2)),
+        (StopReason::Deconfigured, hard(3)),
+        (StopReason::ConfigChanged, hard(6)),
+        (StopReason::Restart, Notification::bare(6, 2)),
+    ] {
+        let mut fsm = established(cfg());
+        fsm.set_graceful_notification(true);
+        let a = fsm.handle(Event::Stop(reason));
+        assert_eq!(a[0], Action::SendNotification(sent), "{reason:?}");
     }
 }

@@ -233,6 +233,7 @@ struct EventView {
     generation: Option<u64>,
     call: Option<String>,
     routes_changed: Option<u32>,
+    missed: Option<u64>,
 }
 
 fn event_view(e: &v1::WatchEvent) -> EventView {
@@ -246,6 +247,7 @@ fn event_view(e: &v1::WatchEvent) -> EventView {
         generation: None,
         call: None,
         routes_changed: None,
+        missed: None,
     };
     match &e.event {
         Some(v1::watch_event::Event::Session(s)) => {
@@ -260,6 +262,10 @@ fn event_view(e: &v1::WatchEvent) -> EventView {
             v.generation = Some(a.generation);
             v.call = Some(a.call.clone());
             v.routes_changed = Some(a.routes_changed);
+        }
+        Some(v1::watch_event::Event::Resync(r)) => {
+            v.kind = "resync";
+            v.missed = Some(r.missed);
         }
         None => {}
     }
@@ -556,6 +562,10 @@ async fn main() -> anyhow::Result<()> {
                     (Some(v1::watch_event::Event::Applied(a)), Output::Table) => format!(
                         "{}  {} accepted: generation {}, {} route(s)",
                         event.unix_millis, a.call, a.generation, a.routes_changed
+                    ),
+                    (Some(v1::watch_event::Event::Resync(r)), Output::Table) => format!(
+                        "{}  missed {} event(s) (reading too slowly); every peer's state follows",
+                        event.unix_millis, r.missed
                     ),
                     (None, Output::Table) => continue,
                 };

@@ -3,7 +3,7 @@
 //! sessions diff the published state against what each peer holds, so resending the same state
 //! sends nothing.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use berth_proto::v1;
@@ -14,8 +14,10 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, InvalidArgument};
 use super::store::Store;
 use crate::config::SpeakerConfig;
+use crate::fsm::State;
 use crate::metrics::Metrics;
 use crate::rib::{Desired, Paths, Snapshot};
+use crate::session::SessionEvent;
 use crate::speaker::{Health, Listeners, StatusBoard};
 
 /// The readiness source of a persisted state that could not be used at start.
@@ -159,9 +161,24 @@ impl Control {
         });
     }
 
+    /// Every peer's current state, as Watch events with no previous state.
+    fn session_snapshot(&self) -> Vec<v1::watch_event::Event> {
+        self.sessions()
+            .into_iter()
+            .map(|(peer, (state, last_error))| {
+                v1::watch_event::Event::Session(v1::SessionChanged {
+                    peer,
+                    state,
+                    previous_state: String::new(),
+                    last_error,
+                })
+            })
+            .collect()
+    }
+
     /// Each peer's (state, last error) now.
     fn sessions(&self) -> std::collections::BTreeMap<String, (String, String)> {
-        let board = self.board.lock().unwrap_or_else(PoisonError::into_inner);
+        let board = self.board.peers();
         board
             .iter()
             .map(|(addr, (_, st))| {
@@ -339,7 +356,7 @@ impl Control {
         } else {
             convert::to_api(applied.generation, &applied.settings)
         };
-        let board = self.board.lock().unwrap_or_else(PoisonError::into_inner);
+        let board = self.board.peers();
         let peers = board
             .iter()
             .map(|(addr, (peer, status))| {
@@ -463,46 +480,54 @@ impl v1::speaker_server::Speaker for Control {
         _request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        // Subscribed before the first snapshot is taken: no change falls between the two.
+        let mut sessions = self.board.subscribe();
         let mut applied = self.events.subscribe();
         let this = self.clone();
         tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
             use v1::watch_event::Event;
-            let mut known: std::collections::BTreeMap<String, (String, String)> =
-                Default::default();
-            // Sessions are sampled: a state held for less than this may not be reported.
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            let mut out = this.session_snapshot();
             loop {
-                let mut out = Vec::new();
-                tokio::select! {
-                    _ = tick.tick() => {
-                        for (peer, (state, err)) in this.sessions() {
-                            let previous = known.get(&peer).map(|(s, _)| s.clone());
-                            if previous.as_deref() != Some(state.as_str()) {
-                                out.push(Event::Session(v1::SessionChanged {
-                                    peer: peer.clone(),
-                                    state: state.clone(),
-                                    previous_state: previous.unwrap_or_default(),
-                                    last_error: err.clone(),
-                                }));
-                                known.insert(peer, (state, err));
-                            }
-                        }
-                    }
-                    got = applied.recv() => match got {
-                        Ok(a) => out.push(Event::Applied(a)),
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    },
-                }
-                for event in out {
+                for event in out.drain(..) {
                     let e = v1::WatchEvent {
                         unix_millis: now_millis(),
                         event: Some(event),
                     };
+                    // A slow client holds this task here; the broadcasts it misses meanwhile
+                    // come back as a Resync.
                     if tx.send(Ok(e)).await.is_err() {
                         return; // the client went away
                     }
                 }
+                let missed = tokio::select! {
+                    got = sessions.recv() => match got {
+                        Ok(e) => {
+                            out.push(Event::Session(session_changed(&e)));
+                            continue;
+                        }
+                        Err(RecvError::Lagged(n)) => {
+                            // The snapshot below supersedes the session changes still queued:
+                            // start again from now (before the snapshot: none falls between).
+                            sessions = sessions.resubscribe();
+                            n
+                        }
+                        Err(RecvError::Closed) => return,
+                    },
+                    got = applied.recv() => match got {
+                        Ok(a) => {
+                            out.push(Event::Applied(a));
+                            continue;
+                        }
+                        // The accepted changes still kept follow the resync.
+                        Err(RecvError::Lagged(n)) => n,
+                        Err(RecvError::Closed) => return,
+                    },
+                };
+                // Missed events: say so, and describe every peer afresh.
+                tracing::debug!(missed, "a Watch client fell behind: resync");
+                out.push(Event::Resync(v1::Resync { missed }));
+                out.extend(this.session_snapshot());
             }
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
@@ -540,6 +565,17 @@ impl v1::speaker_server::Speaker for Control {
         request: Request<v1::GetStateRequest>,
     ) -> Result<Response<v1::GetStateResponse>, Status> {
         Ok(Response::new(self.do_get(request.into_inner()).await))
+    }
+}
+
+/// A session event as Watch reports it.
+fn session_changed(e: &SessionEvent) -> v1::SessionChanged {
+    let name = |s: Option<State>| s.map_or_else(|| "Removed".to_owned(), |s| format!("{s:?}"));
+    v1::SessionChanged {
+        peer: e.peer.to_string(),
+        state: name(e.state),
+        previous_state: e.previous.map(|p| name(Some(p))).unwrap_or_default(),
+        last_error: e.last_error.clone().unwrap_or_default(),
     }
 }
 

@@ -21,8 +21,8 @@ pub use error::DecodeError;
 pub use notification::{Notification, RouteRefresh};
 pub use open::{AddPathMode, Capability, GracefulRestartFamily, Open};
 pub use update::{
-    AsPath, AsSegment, Attribute, ExtCommunity, MpReach, MpUnreach, NextHop, Nlri, Origin, Update,
-    pack_updates,
+    AsPath, AsSegment, Attribute, ExtCommunity, MpReach, MpUnreach, NextHop, Nlri, Origin, Packed,
+    Update, pack_updates,
 };
 
 use reader::Reader;

@@ -38,6 +38,14 @@ impl Notification {
         Notification::bare(6, 2)
     }
 
+    /// Cease (6), Hard Reset (9, RFC 8538 §3): `inner` is what would have been sent; the peer
+    /// must drop our routes even where graceful restart would keep them.
+    pub fn hard_reset(inner: &Notification) -> Self {
+        let mut data = vec![inner.code, inner.subcode];
+        data.extend_from_slice(&inner.data);
+        Notification::new(6, 9, data)
+    }
+
     /// Cease (6), Connection Collision Resolution (7).
     pub fn collision() -> Self {
         Notification::bare(6, 7)

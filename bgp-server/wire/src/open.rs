@@ -78,6 +78,8 @@ pub enum Capability {
     GracefulRestart {
         /// The R bit: the sender has restarted.
         restarting: bool,
+        /// The N bit (RFC 8538): a NOTIFICATION other than Hard Reset keeps the routes too.
+        notification: bool,
         /// Seconds the peer should keep our routes (12 bits).
         restart_time: u16,
         /// Families and whether forwarding survived.
@@ -261,6 +263,7 @@ impl Capability {
                 }
                 Capability::GracefulRestart {
                     restarting: flags & 0x8000 != 0,
+                    notification: flags & 0x4000 != 0,
                     restart_time: flags & 0x0fff,
                     families,
                 }
@@ -271,7 +274,14 @@ impl Capability {
                 while !r.is_empty() {
                     let afi = r.u16().ok()?;
                     let safi = r.u8().ok()?;
-                    let mode = AddPathMode::from_u8(r.u8().ok()?)?;
+                    let Some(mode) = AddPathMode::from_u8(r.u8().ok()?) else {
+                        // RFC 7911 §4: a Send/Receive value other than 1-3 makes the
+                        // capability "not understood and ignored", not a session reset.
+                        return Some(Capability::Unknown {
+                            code,
+                            value: value.to_vec(),
+                        });
+                    };
                     v.push((afi, safi, mode));
                 }
                 Capability::AddPath(v)
@@ -300,10 +310,13 @@ impl Capability {
             Capability::ExtendedMessage => 6,
             Capability::GracefulRestart {
                 restarting,
+                notification,
                 restart_time,
                 families,
             } => {
-                let flags = (if *restarting { 0x8000 } else { 0 }) | (restart_time & 0x0fff);
+                let flags = (if *restarting { 0x8000 } else { 0 })
+                    | (if *notification { 0x4000 } else { 0 })
+                    | (restart_time & 0x0fff);
                 out.extend_from_slice(&flags.to_be_bytes());
                 for f in families {
                     out.extend_from_slice(&f.afi.to_be_bytes());

@@ -58,6 +58,7 @@ fn berth_open() -> Open {
             Capability::AddPath(vec![(1, 1, AddPathMode::Send), (2, 1, AddPathMode::Send)]),
             Capability::GracefulRestart {
                 restarting: false,
+                notification: false,
                 restart_time: 120,
                 families: vec![GracefulRestartFamily {
                     afi: 1,
@@ -103,6 +104,28 @@ fn open_accepts_several_capabilities_per_parameter_and_the_cisco_route_refresh()
         [
             Capability::Multiprotocol { afi: 1, safi: 1 },
             Capability::RouteRefreshCisco
+        ]
+    );
+}
+
+#[test]
+fn an_add_path_capability_with_a_mode_outside_1_to_3_is_ignored() {
+    // ADD-PATH (69) for IPv4 unicast with Send/Receive 4, beside a valid MP capability.
+    let bytes = hex(&format!(
+        "{MARK} 002b 01 04 fde9 00b4 0a000001 0e 02 0c 01 04 0001 00 01 45 04 0001 01 04"
+    ));
+    let Message::Open(o) = decode_one(&bytes, &ctx4()) else {
+        panic!("an OPEN")
+    };
+    assert_eq!(o.add_path().count(), 0);
+    assert_eq!(
+        o.capabilities,
+        [
+            Capability::Multiprotocol { afi: 1, safi: 1 },
+            Capability::Unknown {
+                code: 69,
+                value: vec![0, 1, 1, 4]
+            }
         ]
     );
 }
@@ -448,7 +471,7 @@ fn packing_ten_thousand_prefixes_fits_4096_and_decodes_back() {
         group(3_000, Ipv4Addr::new(10, 0, 0, 12), 7),
     ];
     let withdrawn: Vec<Nlri> = group(500, Ipv4Addr::UNSPECIFIED, 0).2;
-    let msgs = pack_updates(&enc, Family::Ipv4Unicast, &withdrawn, &groups);
+    let msgs = pack_updates(&enc, Family::Ipv4Unicast, &withdrawn, &groups).messages;
     let mut got: Vec<(Option<u32>, Vec<Nlri>)> = Vec::new();
     let mut got_withdrawn = Vec::new();
     for m in &msgs {
@@ -493,7 +516,8 @@ fn a_small_change_is_one_update_in_both_families() {
         Family::Ipv4Unicast,
         &group(1, Ipv4Addr::UNSPECIFIED, 0).2,
         &[group(1, Ipv4Addr::new(10, 0, 0, 13), 0)],
-    );
+    )
+    .messages;
     assert_eq!(out.len(), 1);
     let nh = NextHop::V6 {
         global: "fd00::13".parse().unwrap(),
@@ -508,7 +532,8 @@ fn a_small_change_is_one_update_in_both_families() {
         Family::Ipv6Unicast,
         &[p(2)],
         &[(vec![Attribute::Origin(Origin::Igp)], nh, vec![p(4)])],
-    );
+    )
+    .messages;
     assert_eq!(out.len(), 1);
     let Message::Update(u) = decode_one(
         &out[0],
@@ -529,6 +554,103 @@ fn a_small_change_is_one_update_in_both_families() {
             .iter()
             .any(|a| matches!(a, Attribute::MpReach(m) if m.nlri == [p(4)]))
     );
+    // RFC 7606 §5.1: MP_REACH_NLRI is the very first attribute (after the 19-byte header and
+    // the two length fields, byte 23 is the first attribute's flags, 24 its type code).
+    assert_eq!(out[0][24], 14, "{:02x?}", &out[0][..32]);
+    assert!(matches!(u.attributes[0], Attribute::MpReach(_)));
+}
+
+#[test]
+fn packed_announcements_to_a_two_octet_peer_carry_as_trans_and_as4_path() {
+    // The announcing path (pack_updates), a 4-octet local ASN, a session without 4-octet ASNs.
+    let attrs = vec![
+        Attribute::Origin(Origin::Igp),
+        Attribute::AsPath(AsPath(vec![AsSegment::Sequence(vec![4_200_000_001])])),
+    ];
+    let nlri = group(3, Ipv4Addr::UNSPECIFIED, 0).2;
+    let two = EncodeContext {
+        four_octet_as: false,
+        ..EncodeContext::default()
+    };
+    let nlri: Vec<Nlri> = nlri
+        .into_iter()
+        .map(|n| Nlri { path_id: None, ..n })
+        .collect();
+    for family in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
+        let (nh, nlri) = if family == Family::Ipv4Unicast {
+            (NextHop::V4(Ipv4Addr::new(10, 0, 0, 11)), nlri.clone())
+        } else {
+            let p = Nlri {
+                path_id: None,
+                prefix: "2001:db8::10/128".parse().unwrap(),
+            };
+            let nh = NextHop::V6 {
+                global: "fd00::11".parse().unwrap(),
+                link_local: None,
+            };
+            (nh, vec![p])
+        };
+        let packed = pack_updates(&two, family, &[], &[(attrs.clone(), nh, nlri)]);
+        assert_eq!(packed.messages.len(), 1);
+        assert_eq!(packed.unsendable, 0);
+        let Message::Update(u) = decode_one(&packed.messages[0], &DecodeContext::default()) else {
+            panic!("an UPDATE")
+        };
+        assert!(
+            u.attributes
+                .contains(&Attribute::AsPath(AsPath(vec![AsSegment::Sequence(vec![
+                    23456
+                ])]))),
+            "{family:?}: {:?}",
+            u.attributes
+        );
+        assert!(
+            u.attributes
+                .contains(&Attribute::As4Path(AsPath(vec![AsSegment::Sequence(
+                    vec![4_200_000_001]
+                )]))),
+            "{family:?}: {:?}",
+            u.attributes
+        );
+    }
+    // A 4-octet session needs no AS4_PATH.
+    let packed = pack_updates(
+        &enc4(),
+        Family::Ipv4Unicast,
+        &[],
+        &[(
+            attrs,
+            NextHop::V4(Ipv4Addr::new(10, 0, 0, 11)),
+            group(1, Ipv4Addr::UNSPECIFIED, 0).2,
+        )],
+    );
+    let Message::Update(u) = decode_one(&packed.messages[0], &ctx4()) else {
+        panic!("an UPDATE")
+    };
+    assert!(
+        !u.attributes
+            .iter()
+            .any(|a| matches!(a, Attribute::As4Path(_)))
+    );
+}
+
+#[test]
+fn a_group_too_large_for_one_update_is_reported_not_sent() {
+    // 1,100 communities (4,400 bytes) leave no room for a prefix in 4,096 bytes.
+    let mut big = group(5, Ipv4Addr::new(10, 0, 0, 11), 0);
+    big.0.push(Attribute::Communities(
+        (0..1100).map(|i| 0xfde8_0000 + i).collect(),
+    ));
+    let small = group(2, Ipv4Addr::new(10, 0, 0, 12), 3);
+    let packed = pack_updates(&enc4(), Family::Ipv4Unicast, &[], &[big, small.clone()]);
+    assert_eq!(packed.unsendable, 5);
+    assert_eq!(packed.messages.len(), 1, "only the small group");
+    let Message::Update(u) = decode_one(&packed.messages[0], &ctx4()) else {
+        panic!("an UPDATE")
+    };
+    let sent: Vec<_> = u.nlri.iter().map(|n| n.prefix).collect();
+    let want: Vec<_> = small.2.iter().map(|n| n.prefix).collect();
+    assert_eq!(sent, want);
 }
 
 fn arb_nlri(add_path: bool) -> impl Strategy<Value = Nlri> {
@@ -572,4 +694,28 @@ proptest! {
         let bytes = Message::Update(u.clone()).to_bytes(&enc);
         prop_assert_eq!(decode_one(&bytes, &dec), Message::Update(u));
     }
+}
+
+#[test]
+fn the_graceful_restart_n_bit_and_a_hard_reset_encode_as_rfc_8538_says() {
+    let open = Open {
+        asn: 64512,
+        hold_time: 90,
+        router_id: Ipv4Addr::new(10, 0, 0, 11),
+        capabilities: vec![Capability::GracefulRestart {
+            restarting: true,
+            notification: true,
+            restart_time: 120,
+            families: vec![],
+        }],
+    };
+    let bytes = Message::Open(open.clone()).to_bytes(&enc4());
+    // Restart flags and time: R (0x8000) | N (0x4000) | 120 = 0xc078, the last two bytes.
+    assert_eq!(&bytes[bytes.len() - 2..], &[0xc0, 0x78]);
+    let Message::Open(back) = decode_one(&bytes, &ctx4()) else {
+        panic!("an OPEN")
+    };
+    assert_eq!(back, open);
+    let hard = Notification::hard_reset(&Notification::bare(6, 3));
+    assert_eq!((hard.code, hard.subcode, hard.data), (6, 9, vec![6, 3]));
 }

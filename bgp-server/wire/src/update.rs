@@ -514,23 +514,29 @@ impl Update {
             .iter()
             .for_each(|n| encode_nlri(n, v4_ap, out));
         let mut attrs = Vec::new();
-        for a in &self.attributes {
-            a.encode(ctx, &mut attrs);
-            // Without 4-octet support on both sides, ASNs above 65535 travel in AS4_PATH.
-            if let Attribute::AsPath(p) = a
-                && !ctx.four_octet_as
-                && needs_as4(p)
-                && !self
-                    .attributes
-                    .iter()
-                    .any(|x| matches!(x, Attribute::As4Path(_)))
-            {
-                Attribute::As4Path(p.clone()).encode(ctx, &mut attrs);
-            }
-        }
+        encode_attributes(&self.attributes, ctx, &mut attrs);
         out.extend_from_slice(&u16::try_from(attrs.len()).unwrap_or(u16::MAX).to_be_bytes());
         out.extend_from_slice(&attrs);
         self.nlri.iter().for_each(|n| encode_nlri(n, v4_ap, out));
+    }
+}
+
+/// Encodes `attributes` in order, adding AS4_PATH after an AS_PATH that holds an ASN above
+/// 65535 when the session is not 4-octet on both sides (RFC 6793 §4.2.2: the 2-octet AS_PATH
+/// carries AS_TRANS in its place, and the peer rebuilds the real path from AS4_PATH).
+fn encode_attributes(attributes: &[Attribute], ctx: &EncodeContext, out: &mut Vec<u8>) {
+    let has_as4 = attributes
+        .iter()
+        .any(|x| matches!(x, Attribute::As4Path(_)));
+    for a in attributes {
+        a.encode(ctx, out);
+        if let Attribute::AsPath(p) = a
+            && !ctx.four_octet_as
+            && !has_as4
+            && needs_as4(p)
+        {
+            Attribute::As4Path(p.clone()).encode(ctx, out);
+        }
     }
 }
 
@@ -711,21 +717,23 @@ fn decode_attribute(
 /// session's message size. Each group is one attribute set (without NEXT_HOP or MP
 /// attributes: the packer adds them) with its next hop and prefixes; groups never share a
 /// message. Withdrawals ride in the first messages, beside announcements when they fit, so a
-/// small change (one path out, one in) is one UPDATE. A group whose attributes alone exceed
-/// the message size cannot be sent and is skipped.
+/// small change (one path out, one in) is one UPDATE. MP_REACH_NLRI and MP_UNREACH_NLRI come
+/// first among the attributes (RFC 7606 §5.1), and AS4_PATH follows an AS_PATH that needs it.
+/// A group whose attributes alone leave no room for one prefix cannot be sent: its prefixes
+/// are counted in [`Packed::unsendable`], never put on the wire.
 pub fn pack_updates(
     ctx: &EncodeContext,
     family: Family,
     withdrawn: &[Nlri],
     groups: &[(Vec<Attribute>, NextHop, Vec<Nlri>)],
-) -> Vec<Vec<u8>> {
+) -> Packed {
     let max = ctx.max_len();
     let ap = ctx.add_path(family);
     let v4 = family == Family::Ipv4Unicast;
     // Header plus the two length fields; MP_UNREACH costs its 4-byte header and AFI/SAFI.
     let base = HEADER_LEN + 4;
     let unreach_fixed = 7;
-    let mut msgs = Vec::new();
+    let mut packed = Packed::default();
     let (mut wi, mut gi, mut ni) = (0usize, 0usize, 0usize);
     let skip_empty = |gi: &mut usize, ni: &mut usize| {
         while groups.get(*gi).is_some_and(|g| *ni >= g.2.len()) {
@@ -752,10 +760,11 @@ pub fn pack_updates(
             wi += 1;
         }
         let mut reach = Vec::new();
+        let mut mp_reach = Vec::new();
         let mut npart = Vec::new();
         if let Some((group_attrs, next_hop, prefixes)) = groups.get(gi) {
             let mut common = Vec::new();
-            group_attrs.iter().for_each(|a| a.encode(ctx, &mut common));
+            encode_attributes(group_attrs, ctx, &mut common);
             let mut nh = Vec::new();
             match (v4, next_hop) {
                 (true, NextHop::V4(a)) => Attribute::NextHop(*a).encode(ctx, &mut nh),
@@ -777,8 +786,8 @@ pub fn pack_updates(
                     encode_nlri(n, ap, &mut npart);
                     ni += 1;
                 }
-                reach = common;
                 if v4 {
+                    reach = common;
                     reach.extend_from_slice(&nh);
                 } else {
                     let (afi, safi) = family.afi_safi();
@@ -788,11 +797,13 @@ pub fn pack_updates(
                     value.extend_from_slice(&nh);
                     value.push(0);
                     value.append(&mut npart);
-                    write_attribute(OPTIONAL, 14, &value, &mut reach);
+                    write_attribute(OPTIONAL, 14, &value, &mut mp_reach);
+                    reach = common;
                 }
                 skip_empty(&mut gi, &mut ni);
             } else if wpart.is_empty() {
                 // Not even one prefix fits beside these attributes: this group cannot be sent.
+                packed.unsendable += prefixes.len() - ni;
                 gi += 1;
                 ni = 0;
                 skip_empty(&mut gi, &mut ni);
@@ -802,7 +813,8 @@ pub fn pack_updates(
         let mut msg = Vec::with_capacity(used);
         msg.extend_from_slice(&crate::MARKER);
         msg.extend_from_slice(&[0, 0, 2]);
-        let mut attrs = Vec::new();
+        // RFC 7606 §5.1: MP_REACH_NLRI first, then MP_UNREACH_NLRI, then the rest.
+        let mut attrs = mp_reach;
         if v4 {
             msg.extend_from_slice(&u16::try_from(wpart.len()).unwrap_or(u16::MAX).to_be_bytes());
             msg.extend_from_slice(&wpart);
@@ -822,7 +834,17 @@ pub fn pack_updates(
         msg.extend_from_slice(&attrs);
         msg.extend_from_slice(&npart);
         set_length(&mut msg, 0);
-        msgs.push(msg);
+        packed.messages.push(msg);
     }
-    msgs
+    packed
+}
+
+/// What [`pack_updates`] made.
+#[derive(Debug, Default)]
+pub struct Packed {
+    /// The UPDATE messages, in order.
+    pub messages: Vec<Vec<u8>>,
+    /// Prefixes (paths) not sent: their group's attributes leave no room for them in one
+    /// message.
+    pub unsendable: usize,
 }
