@@ -128,7 +128,22 @@ pub struct PeerConfig {
     /// TCP MD5 password (RFC 2385), at most 80 bytes. Keep the file readable by root only.
     #[serde(default)]
     pub password: Option<String>,
+    /// Standard communities (`asn:value`) added to every route sent to this peer.
+    #[serde(default)]
+    pub communities: Vec<String>,
+    /// Large communities added to every route sent to this peer.
+    #[serde(default)]
+    pub large_communities: Vec<[u32; 3]>,
+    /// LOCAL_PREF of every route sent to this peer (iBGP only), instead of the route's.
+    #[serde(default)]
+    pub local_pref: Option<u32>,
+    /// Families offered: `ipv4-unicast`, `ipv6-unicast`; empty: both.
+    #[serde(default)]
+    pub families: Vec<String>,
 }
+
+/// The family names a peer may list in `families`.
+pub const FAMILY_NAMES: [&str; 2] = ["ipv4-unicast", "ipv6-unicast"];
 
 fn connect_retry() -> u32 {
     5
@@ -278,6 +293,22 @@ impl SpeakerConfig {
             if p.port == 0 {
                 return Err(invalid(f("port"), "must be 1-65535"));
             }
+            for c in &p.communities {
+                parse_community(c).ok_or_else(|| {
+                    invalid(
+                        f("communities"),
+                        format!("{c:?} is not asn:value with both parts 0-65535"),
+                    )
+                })?;
+            }
+            for fam in &p.families {
+                if !FAMILY_NAMES.contains(&fam.as_str()) {
+                    return Err(invalid(
+                        f("families"),
+                        format!("{fam:?} is not one of {}", FAMILY_NAMES.join(", ")),
+                    ));
+                }
+            }
             if p.password
                 .as_ref()
                 .is_some_and(|pw| pw.is_empty() || pw.len() > berth_tcp_md5::MAX_KEY_LEN)
@@ -380,7 +411,8 @@ impl SpeakerConfig {
     }
 }
 
-fn parse_community(c: &str) -> Option<u32> {
+/// `asn:value` as the 32-bit community.
+pub fn parse_community(c: &str) -> Option<u32> {
     let (a, b) = c.split_once(':')?;
     Some((u32::from(a.parse::<u16>().ok()?) << 16) | u32::from(b.parse::<u16>().ok()?))
 }

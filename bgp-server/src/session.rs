@@ -746,31 +746,56 @@ impl Session {
         }
     }
 
+    /// The families this peer is configured for (`families`; empty: both).
+    fn offered(&self) -> Vec<Family> {
+        FAMILIES
+            .into_iter()
+            .zip(crate::config::FAMILY_NAMES)
+            .filter(|(_, name)| {
+                self.peer.families.is_empty() || self.peer.families.iter().any(|f| f == name)
+            })
+            .map(|(fam, _)| fam)
+            .collect()
+    }
+
     fn our_open(&self) -> Open {
-        let mut caps = vec![
-            Capability::Multiprotocol { afi: 1, safi: 1 },
-            Capability::Multiprotocol { afi: 2, safi: 1 },
-            Capability::RouteRefresh,
-            Capability::FourOctetAs(self.local.asn),
-        ];
+        let offered = self.offered();
+        let mut caps: Vec<Capability> = offered
+            .iter()
+            .map(|f| {
+                let (afi, safi) = f.afi_safi();
+                Capability::Multiprotocol { afi, safi }
+            })
+            .collect();
+        caps.push(Capability::RouteRefresh);
+        caps.push(Capability::FourOctetAs(self.local.asn));
         if self.peer.add_path {
-            caps.push(Capability::AddPath(vec![
-                (1, 1, AddPathMode::Send),
-                (2, 1, AddPathMode::Send),
-            ]));
+            caps.push(Capability::AddPath(
+                offered
+                    .iter()
+                    .map(|f| {
+                        let (afi, safi) = f.afi_safi();
+                        (afi, safi, AddPathMode::Send)
+                    })
+                    .collect(),
+            ));
         }
         let gr = self.local.graceful_restart;
         if gr.enabled {
             // The nodes, not the speaker, forward the traffic, and they keep doing so while the
             // speaker restarts: forwarding state is always preserved (F bit), so the peer keeps
             // the stale paths until our End-of-RIB instead of flushing them on our new OPEN.
-            let families = [(1, 1), (2, 1)]
-                .map(|(afi, safi)| GracefulRestartFamily {
-                    afi,
-                    safi,
-                    forwarding_preserved: true,
+            let families = offered
+                .iter()
+                .map(|f| {
+                    let (afi, safi) = f.afi_safi();
+                    GracefulRestartFamily {
+                        afi,
+                        safi,
+                        forwarding_preserved: true,
+                    }
                 })
-                .to_vec();
+                .collect();
             caps.push(Capability::GracefulRestart {
                 restarting: self.local.restarting,
                 // RFC 8538: our planned restart sends a Cease the peer answers as a restart.
@@ -832,11 +857,14 @@ impl Session {
             })
             .collect();
         // RFC 4760: a peer without the MP capability speaks IPv4 unicast only.
-        if mp.is_empty() {
+        let theirs = if mp.is_empty() {
             vec![Family::Ipv4Unicast]
         } else {
             mp
-        }
+        };
+        // Only what both offered is exchanged.
+        let ours = self.offered();
+        theirs.into_iter().filter(|f| ours.contains(f)).collect()
     }
 
     /// Groups changes by attribute set and next hop, and packs them.
@@ -910,10 +938,24 @@ impl Session {
             Attribute::AsPath(AsPath(path)),
         ];
         if !ebgp {
-            out.push(Attribute::LocalPref(attrs.local_pref.unwrap_or(100)));
+            // The peer's LOCAL_PREF (BgpPeer localPref) wins over the route's.
+            let pref = self.peer.local_pref.or(attrs.local_pref).unwrap_or(100);
+            out.push(Attribute::LocalPref(pref));
         }
-        if !attrs.communities.is_empty() {
-            out.push(Attribute::Communities(attrs.communities.clone()));
+        // The route's communities, then the peer's (BgpPeer communities), each once.
+        let mut communities = attrs.communities.clone();
+        for c in self
+            .peer
+            .communities
+            .iter()
+            .filter_map(|c| crate::config::parse_community(c))
+        {
+            if !communities.contains(&c) {
+                communities.push(c);
+            }
+        }
+        if !communities.is_empty() {
+            out.push(Attribute::Communities(communities));
         }
         if let Some(w) = attrs.weight {
             let asn = u16::try_from(self.local.asn).unwrap_or(berth_bgp_wire::AS_TRANS);
@@ -925,14 +967,18 @@ impl Session {
                 ExtCommunity::LinkBandwidth { asn, bandwidth: bw },
             ]));
         }
-        if !attrs.large_communities.is_empty() {
-            out.push(Attribute::LargeCommunities(
-                attrs
-                    .large_communities
-                    .iter()
-                    .map(|(a, b, c)| [*a, *b, *c])
-                    .collect(),
-            ));
+        let mut large: Vec<[u32; 3]> = attrs
+            .large_communities
+            .iter()
+            .map(|(a, b, c)| [*a, *b, *c])
+            .collect();
+        for c in &self.peer.large_communities {
+            if !large.contains(c) {
+                large.push(*c);
+            }
+        }
+        if !large.is_empty() {
+            out.push(Attribute::LargeCommunities(large));
         }
         out
     }

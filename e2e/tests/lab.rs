@@ -981,3 +981,52 @@ fn the_agents_are_held_to_their_role() {
         logs(&dir)
     );
 }
+
+/// A BgpPeer's communities and large communities (a well-known name among them) reach the
+/// router on every route Berth sends it.
+#[test]
+fn bgppeer_communities_reach_the_router() {
+    let Some(r) = up("m") else { return };
+    let dir = r.spec.dir.clone();
+    let ip = r
+        .service_ip("demo", "web", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("demo/web got no IP\n{}", logs(&dir)));
+    assert!(
+        hops_become(&r, &ip, &all_nodes(), 30),
+        "no route for {ip}\n{}",
+        logs(&dir)
+    );
+    r.kubectl(&[
+        "patch",
+        "bgppeer",
+        "router",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"communities":["65000:100","no-export"],"largeCommunities":["65000:1:2"],"localPref":300}}"#,
+    ])
+    .unwrap();
+    let lab::Router::Frr(frr) = &r.router else {
+        panic!("the lab test runs FRR")
+    };
+    let seen = wait_for(Duration::from_secs(30), || {
+        let out = frr
+            .vtysh(&r.lab, &format!("show bgp ipv4 unicast {ip}/32 json"))
+            .ok()?;
+        (out.contains("65000:100 no-export") && out.contains("65000:1:2")).then_some(out)
+    });
+    assert!(
+        seen.is_some(),
+        "FRR never saw the BgpPeer's communities on {ip}: {:?}\n{}",
+        frr.vtysh(&r.lab, &format!("show bgp ipv4 unicast {ip}/32 json")),
+        logs(&dir)
+    );
+    // eBGP: LOCAL_PREF is not sent (the speaker sends it to iBGP peers only).
+    assert!(
+        !seen.unwrap_or_default().contains("\"locPrf\":300"),
+        "LOCAL_PREF leaked to an eBGP peer"
+    );
+    // And the route still has every node.
+    assert!(hops_become(&r, &ip, &all_nodes(), 30), "{}", logs(&dir));
+    no_refusals(&r);
+}

@@ -6,18 +6,48 @@
 //! In `self` ECMP mode a replica announces only the IPs its own node is a next hop for, with
 //! itself as the only next hop: the router then sees ECMP across peers instead of ADD-PATH.
 //!
-//! Not carried yet: a BgpPeer's `communities`, `largeCommunities` and `localPref`. The
-//! speaker's API sets attributes per route, not per peer; honouring them needs a per-peer
-//! export setting in `berth.bgp.v1.Peer`.
+//! A BgpPeer's `communities` (well-known names as their numeric `asn:value`),
+//! `largeCommunities`, `localPref` and `families` travel with its `berth.bgp.v1.Peer`; the
+//! speaker adds them to every route it sends that peer.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use berth_api::{BgpConfSpec, BgpPeerSpec, EcmpMode};
+use berth_api::{AddressFamily, BgpConfSpec, BgpPeerSpec, EcmpMode};
 use berth_proto::v1;
 
 use crate::ipam::{Labels, Selector};
 use crate::nexthops::NextHop;
+
+/// A BgpPeer community as the speaker's `asn:value`: the well-known names the CRD accepts
+/// become their RFC 1997 / 7999 / 8326 values; anything else is passed as written (the CRD's
+/// rule admits only `asn:value` besides the names).
+fn community(c: &str) -> String {
+    let well_known: u32 = match c {
+        "no-export" => 0xFFFF_FF01,
+        "no-advertise" => 0xFFFF_FF02,
+        "no-export-subconfed" => 0xFFFF_FF03,
+        "blackhole" => 0xFFFF_029A,
+        "graceful-shutdown" => 0xFFFF_0000,
+        _ => return c.to_owned(),
+    };
+    format!("{}:{}", well_known >> 16, well_known & 0xFFFF)
+}
+
+/// `global:local1:local2` as the API's large community (the CRD's rule checked the form).
+fn large_community(c: &str) -> Option<v1::LargeCommunity> {
+    let mut parts = c.split(':').map(|p| p.parse::<u32>().ok());
+    let (Some(Some(global_admin)), Some(Some(local_data_1)), Some(Some(local_data_2)), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    Some(v1::LargeCommunity {
+        global_admin,
+        local_data_1,
+        local_data_2,
+    })
+}
 
 /// The replica: its node's name, labels and InternalIPs.
 #[derive(Debug, Clone)]
@@ -111,6 +141,23 @@ pub fn desired_state(
                 .and_then(|t| u32::try_from(t).ok())
                 .unwrap_or(0),
             password: p.password.clone().unwrap_or_default(),
+            communities: p.spec.communities.iter().map(|c| community(c)).collect(),
+            large_communities: p
+                .spec
+                .large_communities
+                .iter()
+                .filter_map(|c| large_community(c))
+                .collect(),
+            local_pref: p.spec.local_pref,
+            families: p
+                .spec
+                .families
+                .iter()
+                .map(|f| match f {
+                    AddressFamily::Ipv4Unicast => "ipv4-unicast".to_owned(),
+                    AddressFamily::Ipv6Unicast => "ipv6-unicast".to_owned(),
+                })
+                .collect(),
         })
         .collect::<Vec<_>>();
     // The stores iterate in no fixed order: one order makes equal states equal messages.

@@ -125,6 +125,14 @@ fn peer(i: usize, p: &v1::Peer) -> Result<PeerConfig, InvalidArgument> {
             ),
         },
         password: (!p.password.is_empty()).then(|| p.password.clone()),
+        communities: p.communities.clone(),
+        large_communities: p
+            .large_communities
+            .iter()
+            .map(|c| [c.global_admin, c.local_data_1, c.local_data_2])
+            .collect(),
+        local_pref: p.local_pref,
+        families: p.families.clone(),
     })
 }
 
@@ -252,6 +260,18 @@ pub fn to_api(generation: u64, cfg: &SpeakerConfig) -> v1::DesiredState {
                 source_address: p.source_address.map(|a| a.to_string()).unwrap_or_default(),
                 ebgp_multihop: p.ebgp_multihop.map_or(0, u32::from),
                 password: p.password.clone().unwrap_or_default(),
+                communities: p.communities.clone(),
+                large_communities: p
+                    .large_communities
+                    .iter()
+                    .map(|[a, b, c]| v1::LargeCommunity {
+                        global_admin: *a,
+                        local_data_1: *b,
+                        local_data_2: *c,
+                    })
+                    .collect(),
+                local_pref: p.local_pref,
+                families: p.families.clone(),
             })
             .collect(),
         routes: cfg.routes.iter().map(route_to_api).collect(),

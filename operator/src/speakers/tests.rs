@@ -256,3 +256,35 @@ fn a_replica_gets_one_peer_per_address_when_selectors_overlap() {
         "the first (oldest) keeps the address"
     );
 }
+
+/// A BgpPeer's export attributes reach the speaker's Peer: well-known community names as
+/// their values, large communities parsed, LOCAL_PREF and families as written.
+#[test]
+fn peers_carry_communities_local_pref_and_families() {
+    let p = peer(
+        "tor",
+        "address: 10.0.0.1\npeerAsn: 64512\ncommunities: ['65000:100', no-export, graceful-shutdown]\nlargeCommunities: ['65000:1:2']\nlocalPref: 200\nfamilies: [ipv4-unicast]",
+        None,
+        None,
+    );
+    let s = desired_state(
+        1,
+        &conf("asn: 64512"),
+        &replica("n1", "a", "10.0.0.11"),
+        &[p],
+        &routes(),
+    )
+    .unwrap();
+    let peer = &s.peers[0];
+    assert_eq!(peer.communities, ["65000:100", "65535:65281", "65535:0"]);
+    assert_eq!(
+        peer.large_communities,
+        [v1::LargeCommunity {
+            global_admin: 65000,
+            local_data_1: 1,
+            local_data_2: 2
+        }]
+    );
+    assert_eq!(peer.local_pref, Some(200));
+    assert_eq!(peer.families, ["ipv4-unicast"]);
+}
