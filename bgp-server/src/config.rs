@@ -13,6 +13,8 @@
 //!     holdTime: 9          # optional, default 90
 //!     addPath: true        # offer ADD-PATH send (default true)
 //!     sendMax: 8           # optional cap on paths per prefix
+//!     communities: ["65000:1"]  # optional, added to every route sent to this peer
+//!     families: [ipv4-unicast]  # optional, default both
 //! routes:
 //!   - prefix: 198.51.100.10/32
 //!     nextHops: [10.0.0.11, 10.0.0.12, 10.0.0.13]
