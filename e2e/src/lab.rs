@@ -458,6 +458,9 @@ pub fn up(spec: Spec) -> Result<Running, String> {
         env: vec![
             ("KUBECONFIG".into(), operator_kc.clone()),
             ("POD_NAME".into(), "berth-operator-0".into()),
+            // As during a migration from MetalLB or OpenELB, whose Services have no class
+            // (the lab's own Services have Berth's class either way).
+            ("BERTH_TAKE_UNCLASSED".into(), "true".into()),
         ],
         log: spec.dir.join("operator.log"),
     };

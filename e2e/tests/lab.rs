@@ -1030,3 +1030,173 @@ fn bgppeer_communities_reach_the_router() {
     assert!(hops_become(&r, &ip, &all_nodes(), 30), "{}", logs(&dir));
     no_refusals(&r);
 }
+
+/// A migration: MetalLB's pool converted by `berthctl convert-metallb`, OpenELB's written by
+/// hand (docs/migration.md); 100 MetalLB-annotated and 20 OpenELB-annotated Services exist
+/// with the IPs the old load balancer gave them (in its own order) while Berth's operator is
+/// down; once it runs, every Service keeps its IP, is Berth's (its pool recorded), the router
+/// routes it over every node and connections land. (No MetalLB runs here, so the overlap
+/// before the hand-over is not exercised.)
+#[test]
+fn services_handed_over_from_metallb_and_openelb_keep_their_ips() {
+    let Some(mut r) = up("g") else { return };
+    let dir = r.spec.dir.clone();
+    let write = |name: &str, text: &str| {
+        let f = dir.join(name);
+        std::fs::write(&f, text).unwrap();
+        f.display().to_string()
+    };
+    let metallb = write(
+        "metallb.yaml",
+        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: prod, namespace: metallb-system}\nspec: {addresses: [198.51.101.0/24]}\n---\napiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: prod, namespace: metallb-system}\nspec: {ipAddressPools: [prod]}\n",
+    );
+    let out = std::process::Command::new(r.spec.bin_dir.join("berthctl"))
+        .args(["convert-metallb", "-f", &metallb])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let converted = write(
+        "berth-from-metallb.yaml",
+        &String::from_utf8_lossy(&out.stdout),
+    );
+    r.kubectl(&["apply", "-f", &converted]).unwrap();
+    let openelb = write(
+        "berth-from-openelb.yaml",
+        "apiVersion: berth.dev/v1alpha1\nkind: Eip\nmetadata: {name: eip-sample}\nspec: {address: 198.51.102.0/27, protocol: bgp}\n",
+    );
+    r.kubectl(&["apply", "-f", &openelb]).unwrap();
+
+    // The hand-over: the old load balancer's Services, with its IPs, and Berth not running.
+    r.lab.terminate(r.procs.operator);
+    let mut services = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: legacy}\n");
+    let mut want: Vec<(String, String, &str)> = Vec::new();
+    for i in 0..120u32 {
+        let (name, ip, annotations, pool) = if i < 100 {
+            let key = if i % 2 == 0 {
+                "metallb.universe.tf/address-pool"
+            } else {
+                "metallb.io/address-pool"
+            };
+            // MetalLB's order, not Berth's: from the top of the pool down.
+            (
+                format!("mlb-{i}"),
+                format!("198.51.101.{}", 250 - i),
+                format!("{key}: prod"),
+                "prod",
+            )
+        } else {
+            let j = i - 100;
+            (
+                format!("elb-{j}"),
+                format!("198.51.102.{}", 30 - j),
+                "lb.kubesphere.io/v1alpha1: openelb\n    eip.openelb.kubesphere.io/v1alpha2: eip-sample".to_owned(),
+                "eip-sample",
+            )
+        };
+        services.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: legacy\n  annotations:\n    {annotations}\nspec:\n  type: LoadBalancer\n  selector: {{app: demo}}\n  ports: [{{port: {SERVICE_PORT}}}]\n"
+        ));
+        want.push((name, ip, pool));
+    }
+    let f = write("legacy.yaml", &services);
+    r.kubectl(&["apply", "-f", &f]).unwrap();
+    for (name, ip, _) in &want {
+        r.kubectl(&[
+            "patch",
+            "service",
+            name,
+            "-n",
+            "legacy",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{ip}"}}]}}}}}}"#),
+        ])
+        .unwrap();
+    }
+    r.restart_operator().unwrap();
+
+    let read = |r: &Running| -> std::collections::BTreeMap<String, (String, String)> {
+        let out = r
+            .kubectl(&[
+                "get",
+                "services",
+                "-n",
+                "legacy",
+                "-o",
+                r#"jsonpath={range .items[*]}{.metadata.name} {.status.loadBalancer.ingress[0].ip} {.metadata.annotations.berth\.dev/allocated-pool}{"\n"}{end}"#,
+            ])
+            .unwrap_or_default();
+        out.lines()
+            .filter_map(|l| {
+                let mut p = l.split_whitespace();
+                Some((
+                    p.next()?.to_owned(),
+                    (
+                        p.next().unwrap_or_default().to_owned(),
+                        p.next().unwrap_or_default().to_owned(),
+                    ),
+                ))
+            })
+            .collect()
+    };
+    let taken = wait_for(Duration::from_secs(60), || {
+        let now = read(&r);
+        (now.len() == want.len() && now.values().all(|(_, pool)| !pool.is_empty())).then_some(now)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not every Service was taken over: {:?}\n{}",
+            read(&r),
+            logs(&dir)
+        )
+    });
+    for (name, ip, pool) in &want {
+        assert_eq!(
+            taken.get(name),
+            Some(&(ip.clone(), (*pool).to_owned())),
+            "{name} did not keep {ip} from pool {pool}"
+        );
+    }
+    // Services created after the switch, still written for MetalLB or OpenELB, get what
+    // those annotations ask for (not the default pool lab-bgp).
+    let fresh = write(
+        "fresh.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: new-pool\n  namespace: legacy\n  annotations: {{metallb.io/address-pool: prod}}\nspec: {{type: LoadBalancer, selector: {{app: demo}}, ports: [{{port: {SERVICE_PORT}}}]}}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata:\n  name: new-ip\n  namespace: legacy\n  annotations: {{metallb.universe.tf/loadBalancerIPs: 198.51.101.77}}\nspec: {{type: LoadBalancer, selector: {{app: demo}}, ports: [{{port: {SERVICE_PORT}}}]}}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata:\n  name: new-eip\n  namespace: legacy\n  annotations: {{eip.porter.kubesphere.io/v1alpha2: eip-sample}}\nspec: {{type: LoadBalancer, selector: {{app: demo}}, ports: [{{port: {SERVICE_PORT}}}]}}\n"
+        ),
+    );
+    r.kubectl(&["apply", "-f", &fresh]).unwrap();
+    for (name, prefix, pool) in [
+        ("new-pool", "198.51.101.", "prod"),
+        ("new-ip", "198.51.101.77", "prod"),
+        ("new-eip", "198.51.102.", "eip-sample"),
+    ] {
+        let got = wait_for(Duration::from_secs(30), || {
+            read(&r).get(name).filter(|(ip, _)| !ip.is_empty()).cloned()
+        });
+        let (ip, from) = got.unwrap_or_else(|| panic!("{name} got no IP\n{}", logs(&dir)));
+        assert!(
+            ip.starts_with(prefix) && from == pool,
+            "{name}: {ip} from {from}"
+        );
+    }
+
+    // Announced over every node and answered.
+    for (_, ip, _) in [&want[0], &want[99], &want[100], &want[119]] {
+        assert!(
+            hops_become(&r, ip, &all_nodes(), 30),
+            "no route for {ip}\n{}",
+            logs(&dir)
+        );
+        let counts = r.connect(ip, SERVICE_PORT, 30);
+        assert!(landed_on_every_node(&counts), "{ip}: {counts}");
+    }
+    no_refusals(&r);
+}
