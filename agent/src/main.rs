@@ -13,9 +13,13 @@ use tokio::sync::watch;
 use berth_agent::desired::{self, Desired};
 use berth_agent::layer2::announcer::Announcer;
 use berth_agent::layer2::interface;
-use berth_agent::membership::{Membership, MembershipConfig, MembershipMetrics, Timing};
+use berth_agent::layer2::link::LinkHealth;
+use berth_agent::layer2::link_watch;
+use berth_agent::membership::{
+    Membership, MembershipConfig, MembershipMetrics, Timing, UnableHandle,
+};
 use berth_agent::metrics::Metrics;
-use berth_agent::plan::{Plan, plan};
+use berth_agent::plan::{Plan, Unable, plan};
 use berth_agent::routes::{self, LocalRoutes, RoutesConfig};
 
 /// Berth's node agent: accepts traffic for Service IPs on this node (local routes), and
@@ -90,6 +94,11 @@ struct Args {
     /// (a restarted agent must not claim IPs while it still believes it is alone).
     #[arg(long, default_value = "3s", value_parser = parse_duration, env = "BERTH_JOIN_TIMEOUT")]
     join_timeout: Duration,
+    /// How long an announcing interface must stay up again (after being down, deleted or
+    /// missing) before this node takes Layer2 IPs on it back: a flapping link does not move
+    /// IPs on every flap. While down, the other candidates answer for its IPs.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "BERTH_LINK_HOLD_DOWN")]
+    link_hold_down: Duration,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "BERTH_LOG_FORMAT")]
     log_format: LogFormat,
@@ -225,6 +234,21 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
     .context("local routes")?;
     let (membership, alive) =
         membership(&args, desired.clone(), membership_metrics, cluster).await?;
+    // Without gossip nobody else hears what this node cannot serve: an empty map, kept open.
+    let (_no_gossip, mut others_unable) = watch::channel(Unable::new());
+    let mut unable_handle = None;
+    if let Some(m) = &membership {
+        others_unable = m.unable();
+        unable_handle = Some(m.unable_handle());
+    }
+    let link_events = Arc::new(tokio::sync::Notify::new());
+    let _link_watch = match link_watch::spawn(link_events.clone()) {
+        Ok(task) => Some(AbortOnDrop(task)),
+        Err(e) => {
+            tracing::error!(error = %e, "no netlink link watch");
+            None
+        }
+    };
     let mut agent = Agent {
         routes,
         me: args.node_name.clone(),
@@ -235,8 +259,13 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
         events,
         yields_changed: Arc::new(tokio::sync::Notify::new()),
         last_alive: BTreeSet::new(),
+        links: LinkHealth::new(args.link_hold_down),
+        link_events,
+        unable_handle,
+        announced_unable: BTreeSet::new(),
+        last_unable: Unable::new(),
     };
-    let run = agent.run(desired, alive, ready_tx, wait_for_signal());
+    let run = agent.run(desired, alive, others_unable, ready_tx, wait_for_signal());
     let result = run.await;
     let _ = stop_tx.send(true);
     agent.shutdown().await;
@@ -359,6 +388,15 @@ async fn membership(
     Ok((None, rx))
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct Agent {
     routes: LocalRoutes,
     me: String,
@@ -374,6 +412,16 @@ struct Agent {
     yields_changed: Arc<tokio::sync::Notify>,
     /// The membership at the last plan, to tell a heal (a node appears) from a loss.
     last_alive: BTreeSet<String>,
+    /// Whether each announcing interface can serve (link up, present, past its hold-down).
+    links: LinkHealth,
+    /// Notified on every netlink link or address event.
+    link_events: Arc<tokio::sync::Notify>,
+    /// Tells the other agents what this node cannot serve (`None` without gossip).
+    unable_handle: Option<UnableHandle>,
+    /// What this node last told them.
+    announced_unable: BTreeSet<String>,
+    /// Every node's unable specs at the last plan, to tell a candidate coming back from a loss.
+    last_unable: Unable,
 }
 
 impl Agent {
@@ -381,6 +429,7 @@ impl Agent {
         &mut self,
         mut desired: watch::Receiver<Desired>,
         mut alive: watch::Receiver<BTreeSet<String>>,
+        mut others_unable: watch::Receiver<Unable>,
         ready: watch::Sender<bool>,
         stop: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
@@ -390,14 +439,28 @@ impl Agent {
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let d = desired.borrow_and_update().clone();
+            let mut unable = others_unable.borrow_and_update().clone();
             let a = alive.borrow_and_update().clone();
+            self.check_links(&d).await;
+            let mine = self.links.unable();
+            if !mine.is_empty() {
+                unable.insert(self.me.clone(), mine);
+            }
             let membership_changed = a.len() as i64 != self.metrics.membership_size.get();
-            // A node appeared (a heal, or a restart): the election decides again, every yield
-            // made on the segment during a partition ends.
-            let grew = a.difference(&self.last_alive).next().is_some();
+            // A node appeared (a heal, or a restart), or a node can answer on an interface
+            // again: the election decides again, every yield made on the segment during a
+            // partition ends, and IPs taken now are defended while their previous owner
+            // (alive) catches up.
+            let regained = self.last_unable.iter().any(|(node, specs)| {
+                specs
+                    .iter()
+                    .any(|s| !unable.get(node).is_some_and(|u| u.contains(s)))
+            });
+            let grew = a.difference(&self.last_alive).next().is_some() || regained;
             self.last_alive = a.clone();
+            self.last_unable = unable.clone();
             self.metrics.membership_size.set(a.len() as i64);
-            let mut next = plan(&self.me, &d, &a);
+            let mut next = plan(&self.me, &d, &a, &unable);
             // Yielded IPs lose their route as a lost election would (unless also a local IP).
             let yielded: BTreeSet<IpAddr> =
                 self.announcers.values().flat_map(|a| a.yielded()).collect();
@@ -408,13 +471,73 @@ impl Agent {
             self.metrics.yielded_ips.set(yielded.len() as i64);
             self.apply(next, membership_changed, grew).await;
             let _ = ready.send(true);
+            let hold_down_ends = self.links.next_deadline();
             tokio::select! {
                 () = &mut stop => return Ok(()),
                 () = self.yields_changed.notified() => {}
+                () = self.link_events.notified() => {}
+                r = others_unable.changed() => r.context("the membership stopped")?,
+                () = async {
+                    match hold_down_ends {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
                 r = desired.changed() => r.context("the desired state's source stopped")?,
                 r = alive.changed() => r.context("the membership stopped")?,
                 _ = retry.tick() => {}
             }
+        }
+    }
+
+    /// Looks at every interface this node announces on: one that is down or gone makes the
+    /// node unable there (the others are told at once, through the membership), one that
+    /// changed index or MAC gets its announcer reopened (`apply` starts the new one and
+    /// announces its IPs with the new MAC at once).
+    async fn check_links(&mut self, d: &Desired) {
+        let now = tokio::time::Instant::now();
+        let specs: BTreeSet<String> = d
+            .layer2
+            .iter()
+            .filter(|s| s.candidates.contains(&self.me))
+            .map(|s| s.interface.clone())
+            .collect();
+        self.links.retain(&specs);
+        for spec in &specs {
+            let (seen, why) = link_watch::observe(spec);
+            let change = self.links.observe(spec, seen.clone(), now);
+            if change.replaced
+                && let Some(a) = self.announcers.remove(spec)
+            {
+                self.metrics.interface_reopens.inc();
+                if let berth_agent::layer2::link::Observed::Seen { interface, .. } = &seen {
+                    tracing::warn!(spec = %spec, old_index = a.interface().index, old_mac = %a.interface().mac,
+                        index = interface.index, mac = %interface.mac,
+                        "the interface was recreated or changed MAC: answering from the new one");
+                }
+                a.stop();
+            }
+            if change.serving_changed {
+                match (&seen, &why) {
+                    (_, Some(e)) => {
+                        tracing::warn!(spec = %spec, error = %e, "cannot answer on this interface: its Layer2 IPs go to other candidates")
+                    }
+                    (berth_agent::layer2::link::Observed::Seen { usable: false, .. }, _) => {
+                        tracing::warn!(spec = %spec, "the interface is down: its Layer2 IPs go to other candidates")
+                    }
+                    _ => tracing::info!(spec = %spec, "the interface is up again"),
+                }
+            }
+        }
+        self.links.tick(now);
+        let mine = self.links.unable();
+        self.metrics.unable_interfaces.set(mine.len() as i64);
+        if mine != self.announced_unable {
+            tracing::info!(unable = ?mine, "interfaces this node cannot answer on changed");
+            if let Some(h) = &self.unable_handle {
+                h.set(mine.clone()).await;
+            }
+            self.announced_unable = mine;
         }
     }
 

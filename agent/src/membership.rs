@@ -102,7 +102,7 @@ pub mod metrics;
 mod runner;
 pub mod timing;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -197,6 +197,23 @@ pub struct Membership {
     metrics: MembershipMetrics,
     identity: NodeId,
     local_addr: SocketAddr,
+    unable: watch::Receiver<Unable>,
+}
+
+/// By node name, the interface specs that the other live members cannot answer on now
+/// (members with none are absent).
+pub type Unable = BTreeMap<String, BTreeSet<String>>;
+
+/// Tells the others which interface specs this agent cannot answer on (see
+/// [`Membership::unable_handle`]).
+#[derive(Clone)]
+pub struct UnableHandle(mpsc::Sender<runner::Command>);
+
+impl UnableHandle {
+    /// Replaces the set this agent announces; spread at once (a renamed identity).
+    pub async fn set(&self, unable: BTreeSet<String>) {
+        let _ = self.0.send(runner::Command::SetUnable(unable)).await;
+    }
 }
 
 impl Membership {
@@ -243,9 +260,11 @@ impl Membership {
             name: cfg.node.clone(),
             addr: advertise,
             boot: boot_number(),
+            unable: BTreeSet::new(),
         };
         let swim = Foca::new(identity.clone(), config.clone(), rng, PostcardCodec);
         let (alive_tx, alive_rx) = watch::channel(BTreeSet::from([cfg.node.clone()]));
+        let (unable_tx, unable_rx) = watch::channel(Unable::new());
         cfg.metrics.members.set(1);
         let (commands, command_rx) = mpsc::channel(8);
         let runner = runner::Runner::new(
@@ -258,6 +277,7 @@ impl Membership {
             cfg.timing.clone(),
             config,
             alive_tx,
+            unable_tx,
             cfg.metrics.clone(),
         );
         let task = tokio::spawn(runner.run(command_rx));
@@ -270,6 +290,7 @@ impl Membership {
                 metrics: cfg.metrics,
                 identity,
                 local_addr: bound,
+                unable: unable_rx,
             },
             alive_rx,
         ))
@@ -298,6 +319,17 @@ impl Membership {
     /// A handle that replaces the seed list from another task (the Node watch).
     pub fn seeds(&self) -> SeedsHandle {
         SeedsHandle(self.commands.clone())
+    }
+
+    /// A handle that announces the interface specs this agent cannot answer on.
+    pub fn unable_handle(&self) -> UnableHandle {
+        UnableHandle(self.commands.clone())
+    }
+
+    /// What the other members announce they cannot answer on; updated before the alive set
+    /// when both change.
+    pub fn unable(&self) -> watch::Receiver<Unable> {
+        self.unable.clone()
     }
 
     /// Registers this membership's metrics (names start with `membership_`).

@@ -7,6 +7,9 @@
 //!        ┌──────────────┬──────────────┬──────────────┬──────────────┐
 //!   client .2/::2   n1 .11/::11     n2 .12/::12     n3 .13/::13      EIPs 10.0.0.240, fd00::240
 //! ```
+//!
+//! With [`Gossip::OwnLink`] the agents gossip over a second bridge (`br1`, the nodes' `eth1`,
+//! 10.1.0.0/24), so the client-facing link can fail while the membership stays whole.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -100,6 +103,17 @@ while time.monotonic()-t0<30:
     time.sleep(0.005)
 print('timeout -'); sys.exit(1)";
 
+/// How the agents find each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gossip {
+    /// No membership flags: every candidate is taken as alive.
+    Off,
+    /// SWIM over the client segment (`eth0`, 10.0.0.0/24).
+    OnSegment,
+    /// SWIM over a link of its own (`eth1` on bridge `br1`, 10.1.0.0/24).
+    OwnLink,
+}
+
 /// The segment and its processes; everything is removed on drop.
 pub struct Segment {
     /// The namespaces and processes.
@@ -117,7 +131,7 @@ pub struct Segment {
     /// Configs and logs.
     pub dir: PathBuf,
     agent: String,
-    gossip: bool,
+    gossip: Gossip,
     restarts: usize,
 }
 
@@ -138,6 +152,16 @@ impl Segment {
     /// Builds the segment and starts an agent and a server on each node. `gossip` gives the
     /// agents the membership flags (a key file and each other as seeds).
     pub fn start(name: &str, agent: &str, gossip: bool) -> Result<Segment, String> {
+        let how = if gossip {
+            Gossip::OnSegment
+        } else {
+            Gossip::Off
+        };
+        Segment::start_with(name, agent, how)
+    }
+
+    /// Builds the segment with the agents gossiping as `gossip` says.
+    pub fn start_with(name: &str, agent: &str, gossip: Gossip) -> Result<Segment, String> {
         let dir = std::env::temp_dir().join(format!("berth-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -158,6 +182,9 @@ impl Segment {
                 "0",
             ],
         )?;
+        if gossip == Gossip::OwnLink {
+            lab.bridge(&bridge, "br1", &[])?;
+        }
         let client = lab.namespace("c")?;
         lab.plug(
             &bridge,
@@ -186,6 +213,16 @@ impl Segment {
                 "eth0",
                 &[&format!("10.0.0.{host}/24"), &format!("fd00::{host}/64")],
             )?;
+            if gossip == Gossip::OwnLink {
+                lab.plug(
+                    &bridge,
+                    "br1",
+                    &format!("g{i}"),
+                    &ns,
+                    "eth1",
+                    &[&format!("10.1.0.{host}/24")],
+                )?;
+            }
             let mac = lab
                 .exec(&ns, "cat", &["/sys/class/net/eth0/address"])?
                 .trim()
@@ -228,19 +265,21 @@ impl Segment {
             "--metrics-listen".to_owned(),
             "127.0.0.1:9474".to_owned(),
         ];
-        if self.gossip {
+        let net = match self.gossip {
+            Gossip::Off => None,
+            Gossip::OnSegment => Some("10.0.0"),
+            Gossip::OwnLink => Some("10.1.0"),
+        };
+        if let Some(net) = net {
             args.extend([
                 "--gossip-listen".to_owned(),
-                format!("10.0.0.{host}:7946"),
+                format!("{net}.{host}:7946"),
                 "--gossip-key-file".to_owned(),
                 self.dir.join("gossip.key").display().to_string(),
             ]);
             for j in 0..NODES.len() {
                 if j != i {
-                    args.extend([
-                        "--gossip-seed".to_owned(),
-                        format!("10.0.0.{}:7946", 11 + j),
-                    ]);
+                    args.extend(["--gossip-seed".to_owned(), format!("{net}.{}:7946", 11 + j)]);
                 }
             }
         }

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use berth_e2e::lab_unavailable;
-use berth_e2e::layer2::{EIP4, EIP6, NODES, Segment, wait};
+use berth_e2e::layer2::{EIP4, EIP6, Gossip, NODES, Segment, wait};
 
 /// The agent binary; `BERTH_AGENT_BIN` overrides the one next to this test (a shared target
 /// directory may hold another branch's build).
@@ -310,4 +310,137 @@ fn gossip_partition_leaves_one_answering_node_per_ip() {
             history[k]
         );
     }
+}
+
+/// Samples who answers each EIP from the client for `span` and returns what differs from
+/// `want` (the node that must answer each, alone), one line per bad sample.
+fn sample_exactly(seg: &Segment, want: [usize; 2], span: Duration, what: &str) -> Vec<String> {
+    let start = Instant::now();
+    let mut bad = Vec::new();
+    let mut samples = 0;
+    while start.elapsed() < span {
+        for (k, ip) in [EIP4, EIP6].into_iter().enumerate() {
+            let who = seg
+                .who_answers_within(ip, Duration::from_millis(300))
+                .unwrap();
+            samples += 1;
+            let ok = who.len() == 1 && who[0].0.eq_ignore_ascii_case(&seg.macs[want[k]]);
+            eprintln!(
+                "{what} +{:.2}s {ip}: {who:?}",
+                start.elapsed().as_secs_f64()
+            );
+            if !ok {
+                bad.push(format!(
+                    "{what} +{:.2}s {ip}: {who:?}, wanted only {} ({})",
+                    start.elapsed().as_secs_f64(),
+                    NODES[want[k]],
+                    seg.macs[want[k]]
+                ));
+            }
+        }
+    }
+    assert!(samples >= 2, "{what}: too few samples ({samples})");
+    bad
+}
+
+/// The IPv4 owner's client-facing link goes down inside its namespace while the agents
+/// gossip over another link, so the membership still sees it alive: before the link watch
+/// nobody answered its IPs for as long as the link was down. Now the owner tells the others
+/// it cannot answer on eth0 and they elect another candidate: from 1 s after the cut every
+/// sample has exactly one MAC, the new owner's. When the link comes back the IPs stay where
+/// they are for the hold-down (`--link-hold-down`, 2 s), then return to the elected owner
+/// (rendezvous hashing: the original one), again exactly one MAC each time.
+#[test]
+fn an_owner_whose_client_link_goes_down_hands_over_while_gossip_stays_up() {
+    if let Some(why) = lab_unavailable(&[]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let seg = Segment::start_with("l2l", &AGENT, Gossip::OwnLink).unwrap();
+    let before = owners_serve(&seg, &NODES);
+    let gone = before[0];
+    let rest: Vec<&str> = NODES
+        .iter()
+        .copied()
+        .filter(|n| *n != NODES[gone])
+        .collect();
+    let during = [EIP4, EIP6].map(|ip| elected(ip, &rest));
+    let ns = seg.nodes[gone].clone();
+    let (secs, node) = seg
+        .failover(
+            EIP4,
+            NODES[gone],
+            &["ip", "-n", &ns, "link", "set", "eth0", "down"],
+        )
+        .unwrap_or_else(|e| panic!("no other node answered {EIP4}: {e}\n{}", seg.logs()));
+    eprintln!("client link down: {EIP4} answered by {node} after {secs:.3} s");
+    assert_eq!(node, NODES[during[0]], "{EIP4} went to the wrong node");
+    let cut = Instant::now();
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(cut.elapsed()));
+    let mut bad = sample_exactly(&seg, during, Duration::from_secs(3), "link down");
+    // The fault was the one intended: gossip whole, the owner unable on eth0 only.
+    for (i, n) in NODES.iter().enumerate() {
+        assert_eq!(
+            seg.metric(i, "berth_agent_membership_size"),
+            Some(3.0),
+            "{n}: the membership lost a node, so this was not a client-link-only fault\n{}",
+            seg.logs()
+        );
+    }
+    assert_eq!(
+        seg.metric(gone, "berth_agent_unable_interfaces"),
+        Some(1.0),
+        "{}",
+        seg.logs()
+    );
+    seg.set_link(gone, true).unwrap();
+    // Within the hold-down nothing moves back.
+    bad.extend(sample_exactly(
+        &seg,
+        during,
+        Duration::from_millis(600),
+        "link up, held down",
+    ));
+    assert!(bad.is_empty(), "{bad:#?}\n{}", seg.logs());
+    // After it, the elected owner (the original one) answers alone again.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(owners_serve(&seg, &NODES), before);
+    assert_eq!(seg.metric(gone, "berth_agent_unable_interfaces"), Some(0.0));
+    let after = sample_exactly(&seg, before, Duration::from_secs(1), "back");
+    assert!(after.is_empty(), "{after:#?}\n{}", seg.logs());
+}
+
+/// The owner's interface changes MAC (a bond failing over to another slave does): the agent
+/// reopens its announcer on it, announces its IPs from the new MAC at once (the client's
+/// entry changes without the client asking) and answers from the new MAC only.
+#[test]
+fn a_changed_mac_is_announced_and_answered_at_once() {
+    if let Some(why) = lab_unavailable(&[]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut seg = Segment::start("l2m", &AGENT, false).unwrap();
+    let owners = owners_serve(&seg, &NODES);
+    let o = owners[0];
+    let mac = "02:00:5e:00:be:01";
+    seg.lab
+        .exec(
+            &seg.nodes[o],
+            "ip",
+            &["link", "set", "eth0", "address", mac],
+        )
+        .unwrap();
+    seg.macs[o] = mac.to_owned();
+    for (k, ip) in [EIP4, EIP6].into_iter().enumerate() {
+        if owners[k] == o {
+            neighbour_becomes(&seg, ip, o);
+        }
+    }
+    let bad = sample_exactly(&seg, owners, Duration::from_secs(2), "new MAC");
+    assert!(bad.is_empty(), "{bad:#?}\n{}", seg.logs());
+    assert!(
+        seg.metric(o, "berth_agent_interface_reopens_total") >= Some(1.0),
+        "{}",
+        seg.logs()
+    );
 }
