@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use berth_agent::desired::{self, Desired};
 use berth_agent::layer2::announcer::Announcer;
+use berth_agent::layer2::arp_ignore::ArpIgnore;
 use berth_agent::layer2::interface;
 use berth_agent::layer2::link::LinkHealth;
 use berth_agent::layer2::link_watch;
@@ -99,6 +100,11 @@ struct Args {
     /// IPs on every flap. While down, the other candidates answer for its IPs.
     #[arg(long, default_value = "2s", value_parser = parse_duration, env = "BERTH_LINK_HOLD_DOWN")]
     link_hold_down: Duration,
+    /// Where the agent keeps what it must undo after a crash (the arp_ignore values it
+    /// found); tmpfs, so it empties at boot like the sysctls. Empty: memory only. Two agents
+    /// in one network namespace need one each.
+    #[arg(long, default_value = "/run/berth-agent", env = "BERTH_STATE_DIR")]
+    state_dir: PathBuf,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "BERTH_LOG_FORMAT")]
     log_format: LogFormat,
@@ -264,6 +270,9 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
         unable_handle,
         announced_unable: BTreeSet::new(),
         last_unable: Unable::new(),
+        arp_ignore: ArpIgnore::system(
+            Some(args.state_dir.clone()).filter(|d| !d.as_os_str().is_empty()),
+        ),
     };
     let run = agent.run(desired, alive, others_unable, ready_tx, wait_for_signal());
     let result = run.await;
@@ -422,6 +431,8 @@ struct Agent {
     announced_unable: BTreeSet<String>,
     /// Every node's unable specs at the last plan, to tell a candidate coming back from a loss.
     last_unable: Unable,
+    /// The `arp_ignore` values changed, put back on exit.
+    arp_ignore: ArpIgnore,
 }
 
 impl Agent {
@@ -591,7 +602,7 @@ impl Agent {
             let started = interface::resolve(spec)
                 .map_err(anyhow::Error::from)
                 .and_then(|i| {
-                    ensure_arp_ignore(&i.name);
+                    self.arp_ignore.ensure(&i.name);
                     Announcer::start(i, self.metrics.clone(), self.yields_changed.clone())
                         .with_context(|| format!("opening packet sockets on {spec}"))
                 });
@@ -643,25 +654,9 @@ impl Agent {
             Ok(c) => tracing::info!(removed = c.removed.len(), "local routes removed"),
             Err(e) => tracing::error!(error = %e, "local routes not all removed"),
         }
-    }
-}
-
-/// With `arp_ignore` 0, Linux answers ARP for every IP it routes locally, on every interface:
-/// each node holding a local route for a Layer2 IP would answer for it. 1 makes the kernel
-/// answer only for addresses configured on the interface asked, leaving Layer2 IPs to us.
-fn ensure_arp_ignore(ifname: &str) {
-    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/arp_ignore");
-    match std::fs::read_to_string(&path) {
-        Ok(v) if v.trim() == "0" => match std::fs::write(&path, "1") {
-            Ok(()) => tracing::info!(
-                interface = ifname,
-                "set arp_ignore=1 so only the owner answers ARP for Layer2 IPs"
-            ),
-            Err(e) => {
-                tracing::warn!(interface = ifname, error = %e, "could not set arp_ignore=1: this node's kernel may answer ARP for Layer2 IPs it routes locally")
-            }
-        },
-        _ => {}
+        // Only now: with a Layer2 IP still routed locally, arp_ignore 0 would let the kernel
+        // answer for it.
+        self.arp_ignore.restore();
     }
 }
 

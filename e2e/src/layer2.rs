@@ -264,6 +264,12 @@ impl Segment {
             self.dir.join("static.yaml").display().to_string(),
             "--metrics-listen".to_owned(),
             "127.0.0.1:9474".to_owned(),
+            // One per node: the nodes share the host's /run.
+            "--state-dir".to_owned(),
+            self.dir
+                .join(format!("state-{}", NODES[i]))
+                .display()
+                .to_string(),
         ];
         let net = match self.gossip {
             Gossip::Off => None,

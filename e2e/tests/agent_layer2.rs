@@ -147,9 +147,39 @@ fn one_node_answers_and_only_the_owner() {
     before.sort();
     after.sort();
     assert_eq!(before, after, "entries changed across a crash and restart");
-    // SIGTERM removes everything the agent added, and it stops answering.
+    // The agent set arp_ignore=1 on eth0 (the lab leaves Linux's default, 0, as a new
+    // namespace's conf/default says).
+    let sysctl = |seg: &Segment, what: &str| {
+        seg.lab
+            .exec(
+                &seg.nodes[v4],
+                "cat",
+                &[&format!("/proc/sys/net/ipv4/conf/{what}/arp_ignore")],
+            )
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        sysctl(&seg, "default"),
+        "0",
+        "the lab's namespaces start with arp_ignore 0"
+    );
+    assert_eq!(
+        sysctl(&seg, "eth0"),
+        "1",
+        "the agent did not set arp_ignore"
+    );
+    // SIGTERM removes everything the agent added, puts arp_ignore back, and it stops
+    // answering.
     seg.terminate_agent(v4);
     assert_eq!(seg.berth_entries(v4), Vec::<String>::new());
+    assert_eq!(
+        sysctl(&seg, "eth0"),
+        "0",
+        "arp_ignore not restored on SIGTERM\n{}",
+        seg.logs()
+    );
     let answers = seg.who_answers(EIP4).unwrap();
     assert!(
         answers

@@ -294,16 +294,19 @@ impl Io {
         self.owned.borrow().contains(&ip) && !lock(&self.arbiter).is_yielded(ip)
     }
 
+    /// Announces `ip`: gratuitous ARP in request and reply form, or one unsolicited NA.
     fn announce(&self, ip: IpAddr) {
-        let frame = match ip {
-            IpAddr::V4(a) => arp::gratuitous(a, self.mac),
-            IpAddr::V6(a) => ndp::unsolicited(a, self.mac),
+        let frames: Vec<Vec<u8>> = match ip {
+            IpAddr::V4(a) => arp::announcement(a, self.mac).into(),
+            IpAddr::V6(a) => vec![ndp::unsolicited(a, self.mac)],
         };
-        if self.send(ip, &frame) {
-            self.metrics
-                .gratuitous
-                .get_or_create(&Metrics::ip(ip))
-                .inc();
+        for frame in frames {
+            if self.send(ip, &frame) {
+                self.metrics
+                    .gratuitous
+                    .get_or_create(&Metrics::ip(ip))
+                    .inc();
+            }
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod announcer;
 pub mod arbiter;
 pub mod arp;
+pub mod arp_ignore;
 pub mod interface;
 pub mod link;
 pub mod link_watch;
