@@ -82,6 +82,19 @@ struct Args {
     /// every node. Required with --gossip-listen.
     #[arg(long, env = "BERTH_GOSSIP_KEY_FILE", requires = "gossip_listen")]
     gossip_key_file: Option<PathBuf>,
+    /// SWIM: how often this agent probes one other agent. Detection of a dead agent takes
+    /// about two probe intervals plus --gossip-suspicion; an agent that cannot answer for
+    /// about that long (CPU stall, paused) is declared down and its IPs move.
+    #[arg(long, default_value = "40ms", value_parser = parse_duration, env = "BERTH_GOSSIP_PROBE_INTERVAL")]
+    gossip_probe_interval: Duration,
+    /// SWIM: how long a direct probe waits for its ack before asking others to probe
+    /// (indirect probes); shorter than --gossip-probe-interval.
+    #[arg(long, default_value = "15ms", value_parser = parse_duration, env = "BERTH_GOSSIP_PROBE_TIMEOUT")]
+    gossip_probe_timeout: Duration,
+    /// SWIM: how long a suspected agent has to refute before it is declared down (up to 10
+    /// members; multiplied by log10 of the member count above).
+    #[arg(long, default_value = "60ms", value_parser = parse_duration, env = "BERTH_GOSSIP_SUSPICION")]
+    gossip_suspicion: Duration,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:9474", env = "BERTH_METRICS_LISTEN")]
     metrics_listen: SocketAddr,
@@ -337,13 +350,31 @@ async fn membership(
             seeds.extend(from_nodes);
             node_seeds = Some(rx);
         }
+        if args.gossip_probe_timeout >= args.gossip_probe_interval
+            || args.gossip_probe_timeout.is_zero()
+            || args.gossip_suspicion.is_zero()
+        {
+            anyhow::bail!(
+                "--gossip-probe-timeout ({:?}) must be above zero and shorter than --gossip-probe-interval ({:?}), and --gossip-suspicion ({:?}) above zero",
+                args.gossip_probe_timeout,
+                args.gossip_probe_interval,
+                args.gossip_suspicion
+            );
+        }
         let (m, mut alive) = Membership::start(MembershipConfig {
             node: args.node_name.clone(),
             listen,
             advertise,
             seeds: seeds.clone(),
             key,
-            timing: Timing::default(),
+            timing: Timing {
+                probe_period: args.gossip_probe_interval,
+                probe_rtt: args.gossip_probe_timeout,
+                suspect_to_down: args.gossip_suspicion,
+                ..Timing::default()
+            },
+            generation_file: Some(args.state_dir.join("generation"))
+                .filter(|_| !args.state_dir.as_os_str().is_empty()),
             metrics,
         })
         .await
@@ -742,5 +773,11 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("--gossip-listen"), "{e}");
         assert_eq!(a.route_table, routes::DEFAULT_TABLE);
+        // The SWIM defaults are the timing the failover figures were measured with.
+        let t = Timing::default();
+        assert_eq!(a.gossip_probe_interval, t.probe_period);
+        assert_eq!(a.gossip_probe_timeout, t.probe_rtt);
+        assert_eq!(a.gossip_suspicion, t.suspect_to_down);
+        assert_eq!(a.link_hold_down, Duration::from_secs(2));
     }
 }

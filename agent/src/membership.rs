@@ -106,7 +106,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use foca::{Foca, PostcardCodec};
 use prometheus_client::registry::Registry;
@@ -116,7 +116,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use auth::{AuthError, AuthKey, KeyError};
-pub use identity::NodeId;
+pub use identity::{Generation, NodeId};
 pub use metrics::MembershipMetrics;
 pub use timing::Timing;
 
@@ -141,6 +141,9 @@ pub struct MembershipConfig {
     pub key: Vec<u8>,
     /// Protocol timing.
     pub timing: Timing,
+    /// File keeping this agent's [`Generation`] across restarts (`None`: a random one each
+    /// start, which a restart within the hour after a crash may lose to its dead identity).
+    pub generation_file: Option<std::path::PathBuf>,
     /// Counters to update; pass clones already registered, or register later with
     /// [`Membership::register_metrics`].
     pub metrics: MembershipMetrics,
@@ -254,12 +257,20 @@ impl Membership {
         if advertise.ip().is_unspecified() {
             return Err(MembershipError::UnspecifiedAdvertise(advertise));
         }
-        let rng = SmallRng::try_from_rng(&mut SysRng)
+        let mut rng = SmallRng::try_from_rng(&mut SysRng)
             .map_err(|e| MembershipError::Random(e.to_string()))?;
+        let random: u32 = rand::RngExt::random(&mut rng);
+        let generation = match &cfg.generation_file {
+            Some(path) => Generation::advance(path, random).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "membership: a random generation instead: after a crash this agent may stay unseen by the others for up to an hour (make --state-dir writable)");
+                Generation::next(None, random)
+            }),
+            None => Generation::next(None, random),
+        };
         let identity = NodeId {
             name: cfg.node.clone(),
             addr: advertise,
-            boot: boot_number(),
+            boot: generation.boot(),
             unable: BTreeSet::new(),
         };
         let swim = Foca::new(identity.clone(), config.clone(), rng, PostcardCodec);
@@ -359,12 +370,4 @@ impl Drop for Membership {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// Milliseconds since the epoch: a restarted agent's identity beats its previous one.
-fn boot_number() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(1)
 }

@@ -23,6 +23,7 @@ fn config(node: &str, listen: SocketAddr, seeds: Vec<SocketAddr>, key: &[u8]) ->
         key: key.to_vec(),
         timing: Timing::fast(),
         metrics: MembershipMetrics::default(),
+        generation_file: None,
     }
 }
 

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 /// One agent's identity in the SWIM cluster.
 ///
 /// foca keys members by [`foca::Identity::addr`] (the gossip address): a restarted agent on the
-/// same address comes back with a larger `boot` (its start time in milliseconds) and replaces its
-/// old, dead identity at once. When the cluster declares a live agent down (a false suspicion, a
+/// same address comes back with a larger `boot` (its generation, see [`Generation`], in the
+/// high 32 bits) and replaces its old, dead identity at once. When the cluster declares a live agent down (a false suspicion, a
 /// cut link), foca calls [`foca::Identity::renew`], which bumps `boot`, and the agent rejoins
 /// without a restart.
 ///
@@ -23,7 +23,7 @@ pub struct NodeId {
     pub name: String,
     /// Where other agents send this agent's datagrams.
     pub addr: SocketAddr,
-    /// Start time in ms since the epoch, bumped on each rejoin and each change of `unable`.
+    /// [`Generation::boot`] at start, bumped by one on each rejoin and each change of `unable`.
     pub boot: u64,
     /// Interface specs this agent cannot answer ARP/NDP on now.
     pub unable: BTreeSet<String>,
@@ -39,6 +39,64 @@ impl NodeId {
             boot: 0,
             unable: BTreeSet::new(),
         }
+    }
+}
+
+/// This agent's start count on this node, kept in a file: every start takes the next one, so
+/// a restarted agent's identity outranks every identity of its previous runs, renewals
+/// included, whatever the clocks say. (The wall clock decided before: an agent restarted
+/// with its clock behind lost to its own dead identity, which the others keep for an hour, and
+/// stayed unseen.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Generation(pub u32);
+
+/// Why the generation file could not be kept.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot keep the membership generation in {path}: {why}")]
+pub struct GenerationError {
+    /// The file.
+    pub path: String,
+    /// Why.
+    pub why: String,
+}
+
+impl Generation {
+    /// The generation after `previous` (a random one without: no file yet, after a reboot
+    /// or the first start); wraps to 1 after `u32::MAX`.
+    pub fn next(previous: Option<Generation>, random: u32) -> Generation {
+        match previous {
+            Some(Generation(g)) => Generation(g.checked_add(1).unwrap_or(1)),
+            // Half the range: room for many restarts before a wrap.
+            None => Generation((random >> 1).max(1)),
+        }
+    }
+
+    /// The identity's boot number: the generation in the high half, renewals count up in
+    /// the low half (2^32 renewals before two generations could meet).
+    pub fn boot(self) -> u64 {
+        u64::from(self.0) << 32
+    }
+
+    /// Reads the previous generation from `path`, takes the next one and writes it back.
+    /// A missing or unreadable file counts as none.
+    pub fn advance(path: &std::path::Path, random: u32) -> Result<Generation, GenerationError> {
+        let previous = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(Generation);
+        let next = Generation::next(previous, random);
+        let err = |e: std::io::Error| GenerationError {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        // Written aside, then renamed: a crash mid-write never leaves a torn number.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, next.0.to_string()).map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)?;
+        Ok(next)
     }
 }
 
@@ -86,5 +144,45 @@ mod tests {
         );
         assert!(renewed.win_addr_conflict(&old));
         assert!(!old.win_addr_conflict(&renewed));
+    }
+
+    #[test]
+    fn a_restart_outranks_every_earlier_identity_whatever_the_clock() {
+        let dir = std::env::temp_dir().join(format!("berth-generation-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let file = dir.join("generation");
+        let addr: SocketAddr = "10.0.0.11:7946".parse().unwrap();
+        let first = Generation::advance(&file, 12345).unwrap();
+        let mut old = NodeId {
+            name: "n1".into(),
+            addr,
+            boot: first.boot(),
+            unable: BTreeSet::new(),
+        };
+        // The first run renewed itself many times (false downs, link changes) before dying.
+        for _ in 0..1000 {
+            old = old.renew().unwrap();
+        }
+        // Restarted: no clock is read; the next generation wins over the dead identity even
+        // if this node's clock now says an earlier time than at the first start.
+        let second = Generation::advance(&file, 0).unwrap();
+        assert_eq!(second, Generation(first.0 + 1));
+        let new = NodeId {
+            boot: second.boot(),
+            ..old.clone()
+        };
+        assert!(new.win_addr_conflict(&old));
+        assert!(!old.win_addr_conflict(&new));
+        // Without a file (first start, a reboot emptied /run) a random one, never 0.
+        assert_eq!(Generation::next(None, 0), Generation(1));
+        assert_eq!(Generation::next(None, u32::MAX), Generation(u32::MAX >> 1));
+        assert_eq!(
+            Generation::next(Some(Generation(u32::MAX)), 7),
+            Generation(1)
+        );
+        // A torn or foreign file counts as none.
+        std::fs::write(&file, "garbage").unwrap();
+        assert_eq!(Generation::advance(&file, 8).unwrap(), Generation(4));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
