@@ -13,6 +13,7 @@ pub mod interface;
 pub mod link;
 pub mod link_watch;
 pub mod ndp;
+pub mod stall;
 
 use std::fmt;
 use std::str::FromStr;
