@@ -576,3 +576,34 @@ fn a_200ms_stall_of_the_owner_never_leaves_two_answering() {
     // Settled: the original owner again, alone.
     assert_eq!(owners_serve(&seg, &NODES)[0], owner);
 }
+
+/// IPv6 failover timed like IPv4: the IPv6 owner's agent is SIGKILLed and the client, which
+/// resolves the EIP by Neighbor Solicitation, reaches the node elected among the rest; then
+/// every NDP sample has exactly one MAC, the new owner's. The time is printed (the bench
+/// reports medians; no test asserts on speed).
+#[test]
+fn ipv6_fails_over_on_agent_kill_with_one_answering_mac() {
+    if let Some(why) = lab_unavailable(&[]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut seg = Segment::start("l2six", &AGENT, true).unwrap();
+    let before = owners_serve(&seg, &NODES);
+    let gone = before[1];
+    let rest: Vec<&str> = NODES
+        .iter()
+        .copied()
+        .filter(|n| *n != NODES[gone])
+        .collect();
+    let after = [EIP4, EIP6].map(|ip| elected(ip, &rest));
+    let pid = seg.agents[gone].unwrap().to_string();
+    let (secs, node) = seg
+        .failover(EIP6, NODES[gone], &["kill", "-KILL", &pid])
+        .unwrap_or_else(|e| panic!("no other node answered {EIP6}: {e}\n{}", seg.logs()));
+    eprintln!("IPv6 failover on SIGKILL: {node} answered {EIP6} after {secs:.3} s");
+    seg.kill_agent(gone); // reaps it
+    assert_eq!(node, NODES[after[1]], "{EIP6} went to the wrong node");
+    neighbour_becomes(&seg, EIP6, after[1]);
+    let bad = sample_exactly(&seg, after, Duration::from_secs(2), "IPv6 owner killed");
+    assert!(bad.is_empty(), "{bad:#?}\n{}", seg.logs());
+}
