@@ -122,8 +122,10 @@ pub struct Segment {
     pub client: String,
     /// The bridge's namespace.
     pub bridge: String,
-    /// Node namespaces, in [`NODES`] order.
+    /// Node namespaces, in [`Segment::names`] order.
     pub nodes: Vec<String>,
+    /// Node names ([`NODES`] unless started with [`Segment::start_sized`]).
+    pub names: Vec<String>,
     /// Each node's MAC on the segment.
     pub macs: Vec<String>,
     /// The agent's PID on each node (`None` while stopped).
@@ -162,6 +164,40 @@ impl Segment {
 
     /// Builds the segment with the agents gossiping as `gossip` says.
     pub fn start_with(name: &str, agent: &str, gossip: Gossip) -> Result<Segment, String> {
+        let names: Vec<String> = NODES.iter().map(|n| n.to_string()).collect();
+        Segment::start_sized(name, agent, gossip, &names, &static_file())
+    }
+
+    /// `n` nodes named n1..n`n` (addresses .11 up), every one a candidate of every IP in
+    /// `ips` (IPv4 Layer2 IPs of service default/many).
+    pub fn start_many(
+        name: &str,
+        agent: &str,
+        n: usize,
+        ips: &[String],
+    ) -> Result<Segment, String> {
+        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let file = format!(
+            "layer2:
+  - service: default/many
+    ips: [{}]
+    interface: eth0
+    candidates: [{}]
+",
+            ips.join(", "),
+            names.join(", ")
+        );
+        Segment::start_sized(name, agent, Gossip::OnSegment, &names, &file)
+    }
+
+    /// Builds the segment with nodes `names` reading `static_yaml`.
+    pub fn start_sized(
+        name: &str,
+        agent: &str,
+        gossip: Gossip,
+        names: &[String],
+        static_yaml: &str,
+    ) -> Result<Segment, String> {
         let dir = std::env::temp_dir().join(format!("berth-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -194,7 +230,7 @@ impl Segment {
             "eth0",
             &[&format!("{CLIENT4}/24"), &format!("{CLIENT6}/64")],
         )?;
-        std::fs::write(dir.join("static.yaml"), static_file()).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("static.yaml"), static_yaml).map_err(|e| e.to_string())?;
         std::fs::write(
             dir.join("gossip.key"),
             "berth-l2-test-key-0123456789abcdef\n",
@@ -202,7 +238,7 @@ impl Segment {
         .map_err(|e| e.to_string())?;
         let mut nodes = Vec::new();
         let mut macs = Vec::new();
-        for (i, n) in NODES.iter().enumerate() {
+        for (i, n) in names.iter().enumerate() {
             let ns = lab.namespace(n)?;
             let host = 11 + i;
             lab.plug(
@@ -242,13 +278,14 @@ impl Segment {
             bridge,
             nodes,
             macs,
-            agents: vec![None; NODES.len()],
+            agents: vec![None; names.len()],
+            names: names.to_vec(),
             dir,
             agent: agent.to_owned(),
             gossip,
             restarts: 0,
         };
-        for i in 0..NODES.len() {
+        for i in 0..seg.names.len() {
             seg.start_agent(i)?;
         }
         Ok(seg)
@@ -259,7 +296,7 @@ impl Segment {
         let host = 11 + i;
         let mut args = vec![
             "--node-name".to_owned(),
-            NODES[i].to_owned(),
+            self.names[i].clone(),
             "--static".to_owned(),
             self.dir.join("static.yaml").display().to_string(),
             "--metrics-listen".to_owned(),
@@ -267,7 +304,7 @@ impl Segment {
             // One per node: the nodes share the host's /run.
             "--state-dir".to_owned(),
             self.dir
-                .join(format!("state-{}", NODES[i]))
+                .join(format!("state-{}", self.names[i]))
                 .display()
                 .to_string(),
         ];
@@ -283,7 +320,7 @@ impl Segment {
                 "--gossip-key-file".to_owned(),
                 self.dir.join("gossip.key").display().to_string(),
             ]);
-            for j in 0..NODES.len() {
+            for j in 0..self.names.len() {
                 if j != i {
                     args.extend(["--gossip-seed".to_owned(), format!("{net}.{}:7946", 11 + j)]);
                 }
@@ -299,7 +336,7 @@ impl Segment {
         self.restarts += 1;
         let log = self
             .dir
-            .join(format!("agent-{}-{}.log", NODES[i], self.restarts));
+            .join(format!("agent-{}-{}.log", self.names[i], self.restarts));
         let pid = self.lab.spawn_env(
             &self.nodes[i],
             &self.agent,
@@ -508,8 +545,7 @@ impl Segment {
     /// Waits until the client reaches `ip` and returns the node that answered.
     pub fn wait_reachable(&self, ip: &str, limit: Duration) -> Option<String> {
         wait(limit, || {
-            Some(self.connect(ip, Duration::from_millis(500)))
-                .filter(|n| NODES.contains(&n.as_str()))
+            Some(self.connect(ip, Duration::from_millis(500))).filter(|n| self.names.contains(n))
         })
     }
 
@@ -535,7 +571,7 @@ impl Segment {
     /// The path of node `i`'s latest agent log.
     pub fn agent_log(&self, i: usize) -> PathBuf {
         self.dir
-            .join(format!("agent-{}-{}.log", NODES[i], self.restarts))
+            .join(format!("agent-{}-{}.log", self.names[i], self.restarts))
     }
 
     /// Every agent log, for a failure message.
