@@ -316,6 +316,8 @@ async fn membership(
         let advertise = args.gossip_advertise.unwrap_or(listen);
         let mut seeds = args.gossip_seed.clone();
         let mut node_seeds = None;
+        // The Ready Nodes (with --gossip-seeds-from-nodes): a joiner waits to see them all.
+        let mut ready_nodes: Option<watch::Receiver<BTreeSet<String>>> = None;
         if args.gossip_seeds_from_nodes {
             let client = cluster.context(
                 "--gossip-seeds-from-nodes reads the cluster's Nodes: it cannot be used with --static",
@@ -326,12 +328,15 @@ async fn membership(
                 );
             }
             let (tx, mut rx) = watch::channel(None);
+            let (ready_tx, ready_rx) = watch::channel(BTreeSet::new());
             tokio::spawn(berth_agent::kube_source::watch_node_seeds(
                 client,
                 args.node_name.clone(),
                 advertise,
                 tx,
+                ready_tx,
             ));
+            ready_nodes = Some(ready_rx);
             let from_nodes = loop {
                 match tokio::time::timeout(Duration::from_secs(30), rx.wait_for(Option::is_some))
                     .await
@@ -390,7 +395,47 @@ async fn membership(
                 }
             });
         }
-        if !seeds.is_empty() {
+        if let Some(ready) = ready_nodes {
+            // A full view before claiming: every Ready Node that is a Layer2 candidate seen
+            // alive (a partial view would elect this node for IPs whose owner it cannot see
+            // yet). Nodes without an agent make this wait for the whole --join-timeout.
+            let candidates: BTreeSet<String> = desired
+                .borrow()
+                .layer2
+                .iter()
+                .flat_map(|s| s.candidates.iter().cloned())
+                .collect();
+            let me = args.node_name.clone();
+            let deadline = tokio::time::Instant::now() + args.join_timeout;
+            loop {
+                let (a, r) = (alive.borrow().clone(), ready.borrow().clone());
+                // And at least one other member, as without the Node list (Nodes whose
+                // Ready condition is not reported are not waited for by name).
+                if berth_agent::kube_source::full_view(&a, &r, &candidates, &me)
+                    && (a.len() > 1 || seeds.is_empty())
+                {
+                    tracing::info!(
+                        members = a.len(),
+                        "joined the membership: every Ready candidate Node seen"
+                    );
+                    break;
+                }
+                let changed = tokio::time::timeout_at(deadline, alive.changed()).await;
+                if let Ok(Err(_)) = changed {
+                    anyhow::bail!("the membership stopped while joining");
+                }
+                if changed.is_err() {
+                    let missing: Vec<String> = r
+                        .iter()
+                        .filter(|n| *n != &me && candidates.contains(*n) && !a.contains(*n))
+                        .cloned()
+                        .collect();
+                    tracing::warn!(timeout = ?args.join_timeout, ?missing,
+                        "these Ready Nodes' agents are not seen in the membership: going on without them (check that the agent runs there, the key, and UDP reachability)");
+                    break;
+                }
+            }
+        } else if !seeds.is_empty() {
             let joined =
                 tokio::time::timeout(args.join_timeout, alive.wait_for(|a| a.len() > 1)).await;
             match joined {
