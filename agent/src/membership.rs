@@ -141,8 +141,8 @@ pub struct MembershipConfig {
     pub key: Vec<u8>,
     /// Protocol timing.
     pub timing: Timing,
-    /// File keeping this agent's [`Generation`] across restarts (`None`: a random one each
-    /// start, which a restart within the hour after a crash may lose to its dead identity).
+    /// File keeping this agent's [`Generation`] across restarts (`None`: the boot number
+    /// counts from the host's uptime, see [`identity::uptime_boot`]).
     pub generation_file: Option<std::path::PathBuf>,
     /// Counters to update; pass clones already registered, or register later with
     /// [`Membership::register_metrics`].
@@ -260,17 +260,20 @@ impl Membership {
         let mut rng = SmallRng::try_from_rng(&mut SysRng)
             .map_err(|e| MembershipError::Random(e.to_string()))?;
         let random: u32 = rand::RngExt::random(&mut rng);
-        let generation = match &cfg.generation_file {
-            Some(path) => Generation::advance(path, random).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "membership: a random generation instead: after a crash this agent may stay unseen by the others for up to an hour (make --state-dir writable)");
-                Generation::next(None, random)
-            }),
-            None => Generation::next(None, random),
+        let boot = match &cfg.generation_file {
+            Some(path) => match Generation::advance(path, random) {
+                Ok(g) => g.boot(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "membership: no generation file: the identity counts from the host's uptime instead (a restart after a reboot may stay unseen by the others for up to an hour; make --state-dir writable)");
+                    identity::uptime_boot(random)
+                }
+            },
+            None => identity::uptime_boot(random),
         };
         let identity = NodeId {
             name: cfg.node.clone(),
             addr: advertise,
-            boot: generation.boot(),
+            boot,
             unable: BTreeSet::new(),
         };
         let swim = Foca::new(identity.clone(), config.clone(), rng, PostcardCodec);

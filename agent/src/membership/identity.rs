@@ -100,6 +100,24 @@ impl Generation {
     }
 }
 
+/// The boot number without a generation file: milliseconds since the host booted, from
+/// `/proc/uptime` (not the wall clock: NTP steps do not move it), so every restart within one
+/// host boot outranks the previous ones; below any file-based [`Generation::boot`] for the
+/// first 49 days of uptime. Unreadable: `random`, which a restart has an even chance to lose
+/// with.
+pub fn uptime_boot(random: u32) -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| parse_uptime_ms(&s))
+        .unwrap_or(u64::from(random))
+}
+
+/// Milliseconds from `/proc/uptime`'s first field (`12345.67 ...`).
+fn parse_uptime_ms(text: &str) -> Option<u64> {
+    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then_some((secs * 1000.0) as u64)
+}
+
 impl foca::Identity for NodeId {
     type Addr = SocketAddr;
 
@@ -184,5 +202,22 @@ mod tests {
         std::fs::write(&file, "garbage").unwrap();
         assert_eq!(Generation::advance(&file, 8).unwrap(), Generation(4));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn without_a_file_the_boot_number_counts_from_the_uptime() {
+        assert_eq!(parse_uptime_ms("12345.67 99.00\n"), Some(12_345_670));
+        assert_eq!(parse_uptime_ms("garbage"), None);
+        assert_eq!(parse_uptime_ms("-1 2"), None);
+        let first = uptime_boot(0);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert!(
+            uptime_boot(0) > first,
+            "a later start must outrank an earlier one"
+        );
+        assert!(
+            first < Generation(1).boot(),
+            "below every file-based generation"
+        );
     }
 }
