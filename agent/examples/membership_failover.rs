@@ -47,6 +47,7 @@ fn config(node: &str, listen: SocketAddr, seeds: Vec<SocketAddr>) -> MembershipC
         key: KEY.to_vec(),
         timing: timing(),
         metrics: MembershipMetrics::default(),
+        generation_file: None,
     }
 }
 

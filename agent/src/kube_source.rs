@@ -347,29 +347,69 @@ pub fn node_seeds<'a>(
     out
 }
 
+/// Whether the Node's `Ready` condition is `True` (its kubelet reports in).
+pub fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether a joining agent sees every node it should before claiming IPs: each Ready node
+/// (other than itself) that is a Layer2 candidate must be in its alive set. A node that is
+/// Ready but whose agent is not seen yet may own IPs this agent would otherwise claim.
+pub fn full_view(
+    alive: &BTreeSet<String>,
+    ready: &BTreeSet<String>,
+    candidates: &BTreeSet<String>,
+    me: &str,
+) -> bool {
+    ready
+        .iter()
+        .filter(|n| n.as_str() != me && candidates.contains(*n))
+        .all(|n| alive.contains(n))
+}
+
 /// Watches Nodes and publishes [`node_seeds`] on `tx` whenever they change (the first time
-/// once the Nodes are listed), so the gossip needs no static seed list in a real cluster.
+/// once the Nodes are listed), so the gossip needs no static seed list in a real cluster, and
+/// the names of the Ready Nodes on `ready` (the universe a joining agent waits to see).
 pub async fn watch_node_seeds(
     client: Client,
     me: String,
     advertise: SocketAddr,
     tx: watch::Sender<Option<Vec<SocketAddr>>>,
+    ready: watch::Sender<BTreeSet<String>>,
 ) {
     let mut events = std::pin::pin!(
         watcher(Api::<Node>::all(client), watcher::Config::default()).default_backoff()
     );
-    let mut table: Table<Vec<SocketAddr>> = Table::default();
+    let mut table: Table<(Vec<SocketAddr>, bool)> = Table::default();
     while let Some(ev) = events.next().await {
         let changed = match ev {
             Ok(ev) => table.apply(ev, |n: &Node| {
-                (n.name_any(), Some(node_seeds([n], &me, advertise)))
+                (
+                    n.name_any(),
+                    Some((node_seeds([n], &me, advertise), node_ready(n))),
+                )
             }),
             Err(e) => watch_failed("nodes", "list/watch nodes", &e),
         };
         if !(changed && table.listed) {
             continue;
         }
-        let mut seeds: Vec<SocketAddr> = table.live.values().flatten().copied().collect();
+        let names: BTreeSet<String> = table
+            .live
+            .iter()
+            .filter(|(_, (_, r))| *r)
+            .map(|(n, _)| n.clone())
+            .collect();
+        ready.send_if_modified(|cur| {
+            let changed = *cur != names;
+            *cur = names;
+            changed
+        });
+        let mut seeds: Vec<SocketAddr> =
+            table.live.values().flat_map(|(s, _)| s).copied().collect();
         seeds.sort();
         seeds.dedup();
         tx.send_if_modified(|cur| {
@@ -634,6 +674,36 @@ mod tests {
             node_seeds(&nodes, "n1", v6),
             ["[fd00::12]:7000".parse::<SocketAddr>().unwrap()]
         );
+    }
+
+    #[test]
+    fn readiness_and_the_full_view_a_joiner_waits_for() {
+        let node = |conditions: serde_json::Value| -> Node {
+            serde_json::from_value(json!({"metadata": {"name": "n"},
+                "status": {"conditions": conditions}}))
+            .unwrap()
+        };
+        assert!(node_ready(&node(json!([
+            {"type": "MemoryPressure", "status": "False"},
+            {"type": "Ready", "status": "True"}]))));
+        assert!(!node_ready(&node(
+            json!([{"type": "Ready", "status": "Unknown"}])
+        )));
+        assert!(!node_ready(&node(json!([]))));
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let ready = set(&["n1", "n2", "n3", "gpu1"]);
+        let candidates = set(&["n1", "n2", "n3", "n4"]);
+        // n3 is Ready and a candidate but not seen yet: not a full view.
+        assert!(!full_view(&set(&["n1", "n2"]), &ready, &candidates, "n1"));
+        // Seen: full (gpu1 is no candidate, n4 not Ready: neither is waited for).
+        assert!(full_view(
+            &set(&["n1", "n2", "n3"]),
+            &ready,
+            &candidates,
+            "n1"
+        ));
+        // Alone in a one-node cluster: nothing to wait for.
+        assert!(full_view(&set(&["n1"]), &set(&["n1"]), &candidates, "n1"));
     }
 
     #[test]

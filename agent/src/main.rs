@@ -12,10 +12,15 @@ use tokio::sync::watch;
 
 use berth_agent::desired::{self, Desired};
 use berth_agent::layer2::announcer::Announcer;
+use berth_agent::layer2::arp_ignore::ArpIgnore;
 use berth_agent::layer2::interface;
-use berth_agent::membership::{Membership, MembershipConfig, MembershipMetrics, Timing};
+use berth_agent::layer2::link::LinkHealth;
+use berth_agent::layer2::link_watch;
+use berth_agent::membership::{
+    Membership, MembershipConfig, MembershipMetrics, Timing, UnableHandle,
+};
 use berth_agent::metrics::Metrics;
-use berth_agent::plan::{Plan, plan};
+use berth_agent::plan::{Plan, Unable, plan};
 use berth_agent::routes::{self, LocalRoutes, RoutesConfig};
 
 /// Berth's node agent: accepts traffic for Service IPs on this node (local routes), and
@@ -77,6 +82,19 @@ struct Args {
     /// every node. Required with --gossip-listen.
     #[arg(long, env = "BERTH_GOSSIP_KEY_FILE", requires = "gossip_listen")]
     gossip_key_file: Option<PathBuf>,
+    /// SWIM: how often this agent probes one other agent. Detection of a dead agent takes
+    /// about two probe intervals plus --gossip-suspicion; an agent that cannot answer for
+    /// about that long (CPU stall, paused) is declared down and its IPs move.
+    #[arg(long, default_value = "40ms", value_parser = parse_duration, env = "BERTH_GOSSIP_PROBE_INTERVAL")]
+    gossip_probe_interval: Duration,
+    /// SWIM: how long a direct probe waits for its ack before asking others to probe
+    /// (indirect probes); shorter than --gossip-probe-interval.
+    #[arg(long, default_value = "15ms", value_parser = parse_duration, env = "BERTH_GOSSIP_PROBE_TIMEOUT")]
+    gossip_probe_timeout: Duration,
+    /// SWIM: how long a suspected agent has to refute before it is declared down (up to 10
+    /// members; multiplied by log10 of the member count above).
+    #[arg(long, default_value = "60ms", value_parser = parse_duration, env = "BERTH_GOSSIP_SUSPICION")]
+    gossip_suspicion: Duration,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:9474", env = "BERTH_METRICS_LISTEN")]
     metrics_listen: SocketAddr,
@@ -90,6 +108,16 @@ struct Args {
     /// (a restarted agent must not claim IPs while it still believes it is alone).
     #[arg(long, default_value = "3s", value_parser = parse_duration, env = "BERTH_JOIN_TIMEOUT")]
     join_timeout: Duration,
+    /// How long an announcing interface must stay up again (after being down, deleted or
+    /// missing) before this node takes Layer2 IPs on it back: a flapping link does not move
+    /// IPs on every flap. While down, the other candidates answer for its IPs.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "BERTH_LINK_HOLD_DOWN")]
+    link_hold_down: Duration,
+    /// Where the agent keeps what it must undo after a crash (the arp_ignore values it
+    /// found); tmpfs, so it empties at boot like the sysctls. Empty: memory only. Two agents
+    /// in one network namespace need one each.
+    #[arg(long, default_value = "/run/berth-agent", env = "BERTH_STATE_DIR")]
+    state_dir: PathBuf,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "BERTH_LOG_FORMAT")]
     log_format: LogFormat,
@@ -225,6 +253,21 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
     .context("local routes")?;
     let (membership, alive) =
         membership(&args, desired.clone(), membership_metrics, cluster).await?;
+    // Without gossip nobody else hears what this node cannot serve: an empty map, kept open.
+    let (_no_gossip, mut others_unable) = watch::channel(Unable::new());
+    let mut unable_handle = None;
+    if let Some(m) = &membership {
+        others_unable = m.unable();
+        unable_handle = Some(m.unable_handle());
+    }
+    let link_events = Arc::new(tokio::sync::Notify::new());
+    let _link_watch = match link_watch::spawn(link_events.clone()) {
+        Ok(task) => Some(AbortOnDrop(task)),
+        Err(e) => {
+            tracing::error!(error = %e, "no netlink link watch");
+            None
+        }
+    };
     let mut agent = Agent {
         routes,
         me: args.node_name.clone(),
@@ -235,8 +278,16 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
         events,
         yields_changed: Arc::new(tokio::sync::Notify::new()),
         last_alive: BTreeSet::new(),
+        links: LinkHealth::new(args.link_hold_down),
+        link_events,
+        unable_handle,
+        announced_unable: BTreeSet::new(),
+        last_unable: Unable::new(),
+        arp_ignore: ArpIgnore::system(
+            Some(args.state_dir.clone()).filter(|d| !d.as_os_str().is_empty()),
+        ),
     };
-    let run = agent.run(desired, alive, ready_tx, wait_for_signal());
+    let run = agent.run(desired, alive, others_unable, ready_tx, wait_for_signal());
     let result = run.await;
     let _ = stop_tx.send(true);
     agent.shutdown().await;
@@ -265,6 +316,8 @@ async fn membership(
         let advertise = args.gossip_advertise.unwrap_or(listen);
         let mut seeds = args.gossip_seed.clone();
         let mut node_seeds = None;
+        // The Ready Nodes (with --gossip-seeds-from-nodes): a joiner waits to see them all.
+        let mut ready_nodes: Option<watch::Receiver<BTreeSet<String>>> = None;
         if args.gossip_seeds_from_nodes {
             let client = cluster.context(
                 "--gossip-seeds-from-nodes reads the cluster's Nodes: it cannot be used with --static",
@@ -275,12 +328,15 @@ async fn membership(
                 );
             }
             let (tx, mut rx) = watch::channel(None);
+            let (ready_tx, ready_rx) = watch::channel(BTreeSet::new());
             tokio::spawn(berth_agent::kube_source::watch_node_seeds(
                 client,
                 args.node_name.clone(),
                 advertise,
                 tx,
+                ready_tx,
             ));
+            ready_nodes = Some(ready_rx);
             let from_nodes = loop {
                 match tokio::time::timeout(Duration::from_secs(30), rx.wait_for(Option::is_some))
                     .await
@@ -299,13 +355,31 @@ async fn membership(
             seeds.extend(from_nodes);
             node_seeds = Some(rx);
         }
+        if args.gossip_probe_timeout >= args.gossip_probe_interval
+            || args.gossip_probe_timeout.is_zero()
+            || args.gossip_suspicion.is_zero()
+        {
+            anyhow::bail!(
+                "--gossip-probe-timeout ({:?}) must be above zero and shorter than --gossip-probe-interval ({:?}), and --gossip-suspicion ({:?}) above zero",
+                args.gossip_probe_timeout,
+                args.gossip_probe_interval,
+                args.gossip_suspicion
+            );
+        }
         let (m, mut alive) = Membership::start(MembershipConfig {
             node: args.node_name.clone(),
             listen,
             advertise,
             seeds: seeds.clone(),
             key,
-            timing: Timing::default(),
+            timing: Timing {
+                probe_period: args.gossip_probe_interval,
+                probe_rtt: args.gossip_probe_timeout,
+                suspect_to_down: args.gossip_suspicion,
+                ..Timing::default()
+            },
+            generation_file: Some(args.state_dir.join("generation"))
+                .filter(|_| !args.state_dir.as_os_str().is_empty()),
             metrics,
         })
         .await
@@ -321,7 +395,47 @@ async fn membership(
                 }
             });
         }
-        if !seeds.is_empty() {
+        if let Some(ready) = ready_nodes {
+            // A full view before claiming: every Ready Node that is a Layer2 candidate seen
+            // alive (a partial view would elect this node for IPs whose owner it cannot see
+            // yet). Nodes without an agent make this wait for the whole --join-timeout.
+            let candidates: BTreeSet<String> = desired
+                .borrow()
+                .layer2
+                .iter()
+                .flat_map(|s| s.candidates.iter().cloned())
+                .collect();
+            let me = args.node_name.clone();
+            let deadline = tokio::time::Instant::now() + args.join_timeout;
+            loop {
+                let (a, r) = (alive.borrow().clone(), ready.borrow().clone());
+                // And at least one other member, as without the Node list (Nodes whose
+                // Ready condition is not reported are not waited for by name).
+                if berth_agent::kube_source::full_view(&a, &r, &candidates, &me)
+                    && (a.len() > 1 || seeds.is_empty())
+                {
+                    tracing::info!(
+                        members = a.len(),
+                        "joined the membership: every Ready candidate Node seen"
+                    );
+                    break;
+                }
+                let changed = tokio::time::timeout_at(deadline, alive.changed()).await;
+                if let Ok(Err(_)) = changed {
+                    anyhow::bail!("the membership stopped while joining");
+                }
+                if changed.is_err() {
+                    let missing: Vec<String> = r
+                        .iter()
+                        .filter(|n| *n != &me && candidates.contains(*n) && !a.contains(*n))
+                        .cloned()
+                        .collect();
+                    tracing::warn!(timeout = ?args.join_timeout, ?missing,
+                        "these Ready Nodes' agents are not seen in the membership: going on without them (check that the agent runs there, the key, and UDP reachability)");
+                    break;
+                }
+            }
+        } else if !seeds.is_empty() {
             let joined =
                 tokio::time::timeout(args.join_timeout, alive.wait_for(|a| a.len() > 1)).await;
             match joined {
@@ -359,6 +473,15 @@ async fn membership(
     Ok((None, rx))
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct Agent {
     routes: LocalRoutes,
     me: String,
@@ -374,6 +497,18 @@ struct Agent {
     yields_changed: Arc<tokio::sync::Notify>,
     /// The membership at the last plan, to tell a heal (a node appears) from a loss.
     last_alive: BTreeSet<String>,
+    /// Whether each announcing interface can serve (link up, present, past its hold-down).
+    links: LinkHealth,
+    /// Notified on every netlink link or address event.
+    link_events: Arc<tokio::sync::Notify>,
+    /// Tells the other agents what this node cannot serve (`None` without gossip).
+    unable_handle: Option<UnableHandle>,
+    /// What this node last told them.
+    announced_unable: BTreeSet<String>,
+    /// Every node's unable specs at the last plan, to tell a candidate coming back from a loss.
+    last_unable: Unable,
+    /// The `arp_ignore` values changed, put back on exit.
+    arp_ignore: ArpIgnore,
 }
 
 impl Agent {
@@ -381,6 +516,7 @@ impl Agent {
         &mut self,
         mut desired: watch::Receiver<Desired>,
         mut alive: watch::Receiver<BTreeSet<String>>,
+        mut others_unable: watch::Receiver<Unable>,
         ready: watch::Sender<bool>,
         stop: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
@@ -390,14 +526,28 @@ impl Agent {
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let d = desired.borrow_and_update().clone();
+            let mut unable = others_unable.borrow_and_update().clone();
             let a = alive.borrow_and_update().clone();
+            self.check_links(&d).await;
+            let mine = self.links.unable();
+            if !mine.is_empty() {
+                unable.insert(self.me.clone(), mine);
+            }
             let membership_changed = a.len() as i64 != self.metrics.membership_size.get();
-            // A node appeared (a heal, or a restart): the election decides again, every yield
-            // made on the segment during a partition ends.
-            let grew = a.difference(&self.last_alive).next().is_some();
+            // A node appeared (a heal, or a restart), or a node can answer on an interface
+            // again: the election decides again, every yield made on the segment during a
+            // partition ends, and IPs taken now are defended while their previous owner
+            // (alive) catches up.
+            let regained = self.last_unable.iter().any(|(node, specs)| {
+                specs
+                    .iter()
+                    .any(|s| !unable.get(node).is_some_and(|u| u.contains(s)))
+            });
+            let grew = a.difference(&self.last_alive).next().is_some() || regained;
             self.last_alive = a.clone();
+            self.last_unable = unable.clone();
             self.metrics.membership_size.set(a.len() as i64);
-            let mut next = plan(&self.me, &d, &a);
+            let mut next = plan(&self.me, &d, &a, &unable);
             // Yielded IPs lose their route as a lost election would (unless also a local IP).
             let yielded: BTreeSet<IpAddr> =
                 self.announcers.values().flat_map(|a| a.yielded()).collect();
@@ -408,13 +558,73 @@ impl Agent {
             self.metrics.yielded_ips.set(yielded.len() as i64);
             self.apply(next, membership_changed, grew).await;
             let _ = ready.send(true);
+            let hold_down_ends = self.links.next_deadline();
             tokio::select! {
                 () = &mut stop => return Ok(()),
                 () = self.yields_changed.notified() => {}
+                () = self.link_events.notified() => {}
+                r = others_unable.changed() => r.context("the membership stopped")?,
+                () = async {
+                    match hold_down_ends {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
                 r = desired.changed() => r.context("the desired state's source stopped")?,
                 r = alive.changed() => r.context("the membership stopped")?,
                 _ = retry.tick() => {}
             }
+        }
+    }
+
+    /// Looks at every interface this node announces on: one that is down or gone makes the
+    /// node unable there (the others are told at once, through the membership), one that
+    /// changed index or MAC gets its announcer reopened (`apply` starts the new one and
+    /// announces its IPs with the new MAC at once).
+    async fn check_links(&mut self, d: &Desired) {
+        let now = tokio::time::Instant::now();
+        let specs: BTreeSet<String> = d
+            .layer2
+            .iter()
+            .filter(|s| s.candidates.contains(&self.me))
+            .map(|s| s.interface.clone())
+            .collect();
+        self.links.retain(&specs);
+        for spec in &specs {
+            let (seen, why) = link_watch::observe(spec);
+            let change = self.links.observe(spec, seen.clone(), now);
+            if change.replaced
+                && let Some(a) = self.announcers.remove(spec)
+            {
+                self.metrics.interface_reopens.inc();
+                if let berth_agent::layer2::link::Observed::Seen { interface, .. } = &seen {
+                    tracing::warn!(spec = %spec, old_index = a.interface().index, old_mac = %a.interface().mac,
+                        index = interface.index, mac = %interface.mac,
+                        "the interface was recreated or changed MAC: answering from the new one");
+                }
+                a.stop();
+            }
+            if change.serving_changed {
+                match (&seen, &why) {
+                    (_, Some(e)) => {
+                        tracing::warn!(spec = %spec, error = %e, "cannot answer on this interface: its Layer2 IPs go to other candidates")
+                    }
+                    (berth_agent::layer2::link::Observed::Seen { usable: false, .. }, _) => {
+                        tracing::warn!(spec = %spec, "the interface is down: its Layer2 IPs go to other candidates")
+                    }
+                    _ => tracing::info!(spec = %spec, "the interface is up again"),
+                }
+            }
+        }
+        self.links.tick(now);
+        let mine = self.links.unable();
+        self.metrics.unable_interfaces.set(mine.len() as i64);
+        if mine != self.announced_unable {
+            tracing::info!(unable = ?mine, "interfaces this node cannot answer on changed");
+            if let Some(h) = &self.unable_handle {
+                h.set(mine.clone()).await;
+            }
+            self.announced_unable = mine;
         }
     }
 
@@ -468,7 +678,7 @@ impl Agent {
             let started = interface::resolve(spec)
                 .map_err(anyhow::Error::from)
                 .and_then(|i| {
-                    ensure_arp_ignore(&i.name);
+                    self.arp_ignore.ensure(&i.name);
                     Announcer::start(i, self.metrics.clone(), self.yields_changed.clone())
                         .with_context(|| format!("opening packet sockets on {spec}"))
                 });
@@ -520,25 +730,9 @@ impl Agent {
             Ok(c) => tracing::info!(removed = c.removed.len(), "local routes removed"),
             Err(e) => tracing::error!(error = %e, "local routes not all removed"),
         }
-    }
-}
-
-/// With `arp_ignore` 0, Linux answers ARP for every IP it routes locally, on every interface:
-/// each node holding a local route for a Layer2 IP would answer for it. 1 makes the kernel
-/// answer only for addresses configured on the interface asked, leaving Layer2 IPs to us.
-fn ensure_arp_ignore(ifname: &str) {
-    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/arp_ignore");
-    match std::fs::read_to_string(&path) {
-        Ok(v) if v.trim() == "0" => match std::fs::write(&path, "1") {
-            Ok(()) => tracing::info!(
-                interface = ifname,
-                "set arp_ignore=1 so only the owner answers ARP for Layer2 IPs"
-            ),
-            Err(e) => {
-                tracing::warn!(interface = ifname, error = %e, "could not set arp_ignore=1: this node's kernel may answer ARP for Layer2 IPs it routes locally")
-            }
-        },
-        _ => {}
+        // Only now: with a Layer2 IP still routed locally, arp_ignore 0 would let the kernel
+        // answer for it.
+        self.arp_ignore.restore();
     }
 }
 
@@ -624,5 +818,11 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("--gossip-listen"), "{e}");
         assert_eq!(a.route_table, routes::DEFAULT_TABLE);
+        // The SWIM defaults are the timing the failover figures were measured with.
+        let t = Timing::default();
+        assert_eq!(a.gossip_probe_interval, t.probe_period);
+        assert_eq!(a.gossip_probe_timeout, t.probe_rtt);
+        assert_eq!(a.gossip_suspicion, t.suspect_to_down);
+        assert_eq!(a.link_hold_down, Duration::from_secs(2));
     }
 }

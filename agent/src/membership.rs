@@ -102,11 +102,11 @@ pub mod metrics;
 mod runner;
 pub mod timing;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use foca::{Foca, PostcardCodec};
 use prometheus_client::registry::Registry;
@@ -116,7 +116,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use auth::{AuthError, AuthKey, KeyError};
-pub use identity::NodeId;
+pub use identity::{Generation, NodeId};
 pub use metrics::MembershipMetrics;
 pub use timing::Timing;
 
@@ -141,6 +141,9 @@ pub struct MembershipConfig {
     pub key: Vec<u8>,
     /// Protocol timing.
     pub timing: Timing,
+    /// File keeping this agent's [`Generation`] across restarts (`None`: the boot number
+    /// counts from the host's uptime, see [`identity::uptime_boot`]).
+    pub generation_file: Option<std::path::PathBuf>,
     /// Counters to update; pass clones already registered, or register later with
     /// [`Membership::register_metrics`].
     pub metrics: MembershipMetrics,
@@ -197,6 +200,23 @@ pub struct Membership {
     metrics: MembershipMetrics,
     identity: NodeId,
     local_addr: SocketAddr,
+    unable: watch::Receiver<Unable>,
+}
+
+/// By node name, the interface specs that the other live members cannot answer on now
+/// (members with none are absent).
+pub type Unable = BTreeMap<String, BTreeSet<String>>;
+
+/// Tells the others which interface specs this agent cannot answer on (see
+/// [`Membership::unable_handle`]).
+#[derive(Clone)]
+pub struct UnableHandle(mpsc::Sender<runner::Command>);
+
+impl UnableHandle {
+    /// Replaces the set this agent announces; spread at once (a renamed identity).
+    pub async fn set(&self, unable: BTreeSet<String>) {
+        let _ = self.0.send(runner::Command::SetUnable(unable)).await;
+    }
 }
 
 impl Membership {
@@ -237,15 +257,28 @@ impl Membership {
         if advertise.ip().is_unspecified() {
             return Err(MembershipError::UnspecifiedAdvertise(advertise));
         }
-        let rng = SmallRng::try_from_rng(&mut SysRng)
+        let mut rng = SmallRng::try_from_rng(&mut SysRng)
             .map_err(|e| MembershipError::Random(e.to_string()))?;
+        let random: u32 = rand::RngExt::random(&mut rng);
+        let boot = match &cfg.generation_file {
+            Some(path) => match Generation::advance(path, random) {
+                Ok(g) => g.boot(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "membership: no generation file: the identity counts from the host's uptime instead (a restart after a reboot may stay unseen by the others for up to an hour; make --state-dir writable)");
+                    identity::uptime_boot(random)
+                }
+            },
+            None => identity::uptime_boot(random),
+        };
         let identity = NodeId {
             name: cfg.node.clone(),
             addr: advertise,
-            boot: boot_number(),
+            boot,
+            unable: BTreeSet::new(),
         };
         let swim = Foca::new(identity.clone(), config.clone(), rng, PostcardCodec);
         let (alive_tx, alive_rx) = watch::channel(BTreeSet::from([cfg.node.clone()]));
+        let (unable_tx, unable_rx) = watch::channel(Unable::new());
         cfg.metrics.members.set(1);
         let (commands, command_rx) = mpsc::channel(8);
         let runner = runner::Runner::new(
@@ -258,6 +291,7 @@ impl Membership {
             cfg.timing.clone(),
             config,
             alive_tx,
+            unable_tx,
             cfg.metrics.clone(),
         );
         let task = tokio::spawn(runner.run(command_rx));
@@ -270,6 +304,7 @@ impl Membership {
                 metrics: cfg.metrics,
                 identity,
                 local_addr: bound,
+                unable: unable_rx,
             },
             alive_rx,
         ))
@@ -300,6 +335,17 @@ impl Membership {
         SeedsHandle(self.commands.clone())
     }
 
+    /// A handle that announces the interface specs this agent cannot answer on.
+    pub fn unable_handle(&self) -> UnableHandle {
+        UnableHandle(self.commands.clone())
+    }
+
+    /// What the other members announce they cannot answer on; updated before the alive set
+    /// when both change.
+    pub fn unable(&self) -> watch::Receiver<Unable> {
+        self.unable.clone()
+    }
+
     /// Registers this membership's metrics (names start with `membership_`).
     pub fn register_metrics(&self, registry: &mut Registry) {
         self.metrics.register(registry);
@@ -327,12 +373,4 @@ impl Drop for Membership {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// Milliseconds since the epoch: a restarted agent's identity beats its previous one.
-fn boot_number() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(1)
 }

@@ -55,6 +55,10 @@ pub struct Metrics {
     pub membership_size: Gauge,
     /// Frames that could not be sent.
     pub send_errors: Counter,
+    /// Announcing interfaces this node cannot answer on now (down, missing, or held down).
+    pub unable_interfaces: Gauge,
+    /// Announcers reopened because their interface changed index or MAC.
+    pub interface_reopens: Counter,
 }
 
 impl Default for Metrics {
@@ -86,7 +90,19 @@ impl Metrics {
             owned_ips: Gauge::default(),
             membership_size: Gauge::default(),
             send_errors: Counter::default(),
+            unable_interfaces: Gauge::default(),
+            interface_reopens: Counter::default(),
         };
+        registry.register(
+            "unable_interfaces",
+            "Layer2 interfaces this node cannot answer on now (down, missing, or within the link hold-down); its IPs there are left to other candidates",
+            m.unable_interfaces.clone(),
+        );
+        registry.register(
+            "interface_reopens",
+            "Layer2 announcers reopened because their interface was recreated or changed MAC",
+            m.interface_reopens.clone(),
+        );
         registry.register(
             "requests_received",
             "ARP requests and Neighbor Solicitations received for an IP this node owns",

@@ -30,9 +30,14 @@ pub struct Plan {
     pub local: BTreeSet<IpAddr>,
 }
 
+/// By node name, the interface specs it cannot answer on now (see `layer2::link`).
+pub type Unable = BTreeMap<String, BTreeSet<String>>;
+
 /// Computes the plan of node `me`. An IP listed by two Services is elected once, with the
-/// first Service's candidates and interface (the operator never hands one IP to two).
-pub fn plan(me: &str, desired: &Desired, alive: &BTreeSet<String>) -> Plan {
+/// first Service's candidates and interface (the operator never hands one IP to two). A
+/// candidate that cannot answer on the Service's interface (`unable`) is left out of its
+/// election, as if it were dead, but keeps its announcer ready there for when it can again.
+pub fn plan(me: &str, desired: &Desired, alive: &BTreeSet<String>, unable: &Unable) -> Plan {
     let mut p = Plan {
         local: desired.local_ips.clone(),
         ..Plan::default()
@@ -41,11 +46,17 @@ pub fn plan(me: &str, desired: &Desired, alive: &BTreeSet<String>) -> Plan {
         if s.candidates.contains(me) {
             p.answer.entry(s.interface.clone()).or_default();
         }
+        let able: BTreeSet<String> = s
+            .candidates
+            .iter()
+            .filter(|c| !unable.get(*c).is_some_and(|u| u.contains(&s.interface)))
+            .cloned()
+            .collect();
         for ip in &s.ips {
             if p.elections.contains_key(ip) {
                 continue;
             }
-            let elected = owner::owner(*ip, &s.candidates, alive).map(str::to_owned);
+            let elected = owner::owner(*ip, &able, alive).map(str::to_owned);
             if elected.as_deref() == Some(me) {
                 p.answer.entry(s.interface.clone()).or_default().insert(*ip);
                 p.local.insert(*ip);
@@ -94,7 +105,7 @@ mod tests {
         let alive = names(&["n1", "n2", "n3"]);
         let plans: Vec<Plan> = ["n1", "n2", "n3"]
             .iter()
-            .map(|n| plan(n, &d, &alive))
+            .map(|n| plan(n, &d, &alive, &Unable::new()))
             .collect();
         for ip in &d.layer2[0].ips {
             let answering: Vec<usize> = (0..3)
@@ -128,16 +139,64 @@ mod tests {
         let d = desired();
         let ip: IpAddr = "192.168.1.240".parse().unwrap();
         let all = names(&["n1", "n2", "n3", "n4"]);
-        let first = plan("n1", &d, &all).elections[&ip].owner.clone().unwrap();
+        let none = Unable::new();
+        let first = plan("n1", &d, &all, &none).elections[&ip]
+            .owner
+            .clone()
+            .unwrap();
         let mut alive = all.clone();
         alive.remove(&first);
-        let second = plan("n1", &d, &alive).elections[&ip].owner.clone().unwrap();
+        let second = plan("n1", &d, &alive, &none).elections[&ip]
+            .owner
+            .clone()
+            .unwrap();
         assert_ne!(first, second);
-        let p = plan(&second, &d, &alive);
+        let p = plan(&second, &d, &alive, &none);
         assert!(p.answer["eth0"].contains(&ip));
-        let outsider = plan("n4", &d, &all);
+        let outsider = plan("n4", &d, &all, &none);
         assert!(outsider.answer.is_empty());
         assert!(!outsider.local.contains(&ip));
-        assert_eq!(plan("n1", &d, &names(&[])).elections[&ip].owner, None);
+        assert_eq!(
+            plan("n1", &d, &names(&[]), &none).elections[&ip].owner,
+            None
+        );
+    }
+
+    #[test]
+    fn a_node_that_cannot_answer_on_the_interface_is_left_out_until_it_can() {
+        let d = desired();
+        let alive = names(&["n1", "n2", "n3"]);
+        let none = Unable::new();
+        for ip in d.layer2[0].ips.clone() {
+            let owner = plan("n1", &d, &alive, &none).elections[&ip]
+                .owner
+                .clone()
+                .unwrap();
+            let unable = Unable::from([(owner.clone(), BTreeSet::from(["eth0".to_owned()]))]);
+            // Every node, the unable owner included, elects another one.
+            let next: BTreeSet<Option<String>> = ["n1", "n2", "n3"]
+                .iter()
+                .map(|n| plan(n, &d, &alive, &unable).elections[&ip].owner.clone())
+                .collect();
+            assert_eq!(next.len(), 1, "{ip}: the nodes disagree: {next:?}");
+            let next = next.into_iter().next().flatten().unwrap();
+            assert_ne!(next, owner);
+            // The same as if the owner were dead.
+            let mut without = alive.clone();
+            without.remove(&owner);
+            assert_eq!(
+                plan("n1", &d, &without, &none).elections[&ip].owner,
+                Some(next.clone())
+            );
+            let p = plan(&owner, &d, &alive, &unable);
+            assert!(!p.answer["eth0"].contains(&ip) && !p.local.contains(&ip));
+            assert!(p.answer.contains_key("eth0"), "announcer kept ready");
+            // Unable on another interface only: nothing changes here.
+            let elsewhere = Unable::from([(owner.clone(), BTreeSet::from(["eth1".to_owned()]))]);
+            assert_eq!(
+                plan("n1", &d, &alive, &elsewhere).elections[&ip].owner,
+                Some(owner)
+            );
+        }
     }
 }

@@ -23,6 +23,7 @@ fn config(node: &str, listen: SocketAddr, seeds: Vec<SocketAddr>, key: &[u8]) ->
         key: key.to_vec(),
         timing: Timing::fast(),
         metrics: MembershipMetrics::default(),
+        generation_file: None,
     }
 }
 
@@ -330,4 +331,35 @@ async fn authenticated_garbage_is_counted_and_harmless() {
         "garbage became a member: {now:?}"
     );
     wait_for(&mut ra, &set(&["a", "b", "c"]), "still working").await;
+}
+
+/// A member that announces interfaces it cannot answer on is seen with them by the others,
+/// then without them, and never leaves their alive set on the way (its IPs elsewhere stay).
+#[tokio::test]
+async fn an_unable_interface_spreads_without_the_member_leaving() {
+    let [(a, _), (b, mut b_alive), (c, mut c_alive)] = three().await;
+    let all = set(&["a", "b", "c"]);
+    let mut unable = [b.unable(), c.unable()];
+    a.unable_handle().set(set(&["eth0"])).await;
+    for (i, rx) in unable.iter_mut().enumerate() {
+        let seen = tokio::time::timeout(
+            PATIENCE,
+            rx.wait_for(|u| u.get("a") == Some(&set(&["eth0"]))),
+        )
+        .await;
+        assert!(seen.is_ok(), "member {i} never saw a's unable interface");
+    }
+    assert_eq!(*b_alive.borrow_and_update(), all);
+    assert_eq!(*c_alive.borrow_and_update(), all);
+    a.unable_handle().set(BTreeSet::new()).await;
+    for (i, rx) in unable.iter_mut().enumerate() {
+        let cleared = tokio::time::timeout(PATIENCE, rx.wait_for(|u| !u.contains_key("a"))).await;
+        assert!(cleared.is_ok(), "member {i} never saw a able again");
+    }
+    // Settled: still three, and the rename was never taken for a departure.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(*b_alive.borrow(), all);
+    assert_eq!(*c_alive.borrow(), all);
+    assert_eq!(b.metrics().members.get(), 3);
+    assert_eq!(a.metrics().rejoins.get(), 0);
 }

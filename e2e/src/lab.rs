@@ -515,7 +515,9 @@ pub fn up(spec: Spec) -> Result<Running, String> {
 /// Whether the built agent has the flags the lab passes (it is built by another change).
 fn agent_supported(spec: &Spec) -> bool {
     run(&spec.bin("berth-agent"), &["--help"])
-        .map(|h| h.contains("--gossip-listen") && h.contains("--node-name"))
+        .map(|h| {
+            h.contains("--gossip-listen") && h.contains("--node-name") && h.contains("--state-dir")
+        })
         .unwrap_or(false)
 }
 
@@ -531,6 +533,9 @@ fn agent_args(spec: &Spec, addr: &str) -> Vec<String> {
         "--gossip-seeds-from-nodes".to_owned(),
         "--metrics-listen".to_owned(),
         format!("{addr}:9473"),
+        // One per node: the nodes share the host's /run (the generation, arp_ignore records).
+        "--state-dir".to_owned(),
+        spec.dir.join(format!("state-{addr}")).display().to_string(),
     ]
 }
 

@@ -7,6 +7,9 @@
 //!        ┌──────────────┬──────────────┬──────────────┬──────────────┐
 //!   client .2/::2   n1 .11/::11     n2 .12/::12     n3 .13/::13      EIPs 10.0.0.240, fd00::240
 //! ```
+//!
+//! With [`Gossip::OwnLink`] the agents gossip over a second bridge (`br1`, the nodes' `eth1`,
+//! 10.1.0.0/24), so the client-facing link can fail while the membership stays whole.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -100,6 +103,17 @@ while time.monotonic()-t0<30:
     time.sleep(0.005)
 print('timeout -'); sys.exit(1)";
 
+/// How the agents find each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gossip {
+    /// No membership flags: every candidate is taken as alive.
+    Off,
+    /// SWIM over the client segment (`eth0`, 10.0.0.0/24).
+    OnSegment,
+    /// SWIM over a link of its own (`eth1` on bridge `br1`, 10.1.0.0/24).
+    OwnLink,
+}
+
 /// The segment and its processes; everything is removed on drop.
 pub struct Segment {
     /// The namespaces and processes.
@@ -108,8 +122,10 @@ pub struct Segment {
     pub client: String,
     /// The bridge's namespace.
     pub bridge: String,
-    /// Node namespaces, in [`NODES`] order.
+    /// Node namespaces, in [`Segment::names`] order.
     pub nodes: Vec<String>,
+    /// Node names ([`NODES`] unless started with [`Segment::start_sized`]).
+    pub names: Vec<String>,
     /// Each node's MAC on the segment.
     pub macs: Vec<String>,
     /// The agent's PID on each node (`None` while stopped).
@@ -117,7 +133,7 @@ pub struct Segment {
     /// Configs and logs.
     pub dir: PathBuf,
     agent: String,
-    gossip: bool,
+    gossip: Gossip,
     restarts: usize,
 }
 
@@ -138,6 +154,50 @@ impl Segment {
     /// Builds the segment and starts an agent and a server on each node. `gossip` gives the
     /// agents the membership flags (a key file and each other as seeds).
     pub fn start(name: &str, agent: &str, gossip: bool) -> Result<Segment, String> {
+        let how = if gossip {
+            Gossip::OnSegment
+        } else {
+            Gossip::Off
+        };
+        Segment::start_with(name, agent, how)
+    }
+
+    /// Builds the segment with the agents gossiping as `gossip` says.
+    pub fn start_with(name: &str, agent: &str, gossip: Gossip) -> Result<Segment, String> {
+        let names: Vec<String> = NODES.iter().map(|n| n.to_string()).collect();
+        Segment::start_sized(name, agent, gossip, &names, &static_file())
+    }
+
+    /// `n` nodes named n1..n`n` (addresses .11 up), every one a candidate of every IP in
+    /// `ips` (IPv4 Layer2 IPs of service default/many).
+    pub fn start_many(
+        name: &str,
+        agent: &str,
+        n: usize,
+        ips: &[String],
+    ) -> Result<Segment, String> {
+        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let file = format!(
+            "layer2:
+  - service: default/many
+    ips: [{}]
+    interface: eth0
+    candidates: [{}]
+",
+            ips.join(", "),
+            names.join(", ")
+        );
+        Segment::start_sized(name, agent, Gossip::OnSegment, &names, &file)
+    }
+
+    /// Builds the segment with nodes `names` reading `static_yaml`.
+    pub fn start_sized(
+        name: &str,
+        agent: &str,
+        gossip: Gossip,
+        names: &[String],
+        static_yaml: &str,
+    ) -> Result<Segment, String> {
         let dir = std::env::temp_dir().join(format!("berth-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -158,6 +218,9 @@ impl Segment {
                 "0",
             ],
         )?;
+        if gossip == Gossip::OwnLink {
+            lab.bridge(&bridge, "br1", &[])?;
+        }
         let client = lab.namespace("c")?;
         lab.plug(
             &bridge,
@@ -167,7 +230,7 @@ impl Segment {
             "eth0",
             &[&format!("{CLIENT4}/24"), &format!("{CLIENT6}/64")],
         )?;
-        std::fs::write(dir.join("static.yaml"), static_file()).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("static.yaml"), static_yaml).map_err(|e| e.to_string())?;
         std::fs::write(
             dir.join("gossip.key"),
             "berth-l2-test-key-0123456789abcdef\n",
@@ -175,7 +238,7 @@ impl Segment {
         .map_err(|e| e.to_string())?;
         let mut nodes = Vec::new();
         let mut macs = Vec::new();
-        for (i, n) in NODES.iter().enumerate() {
+        for (i, n) in names.iter().enumerate() {
             let ns = lab.namespace(n)?;
             let host = 11 + i;
             lab.plug(
@@ -186,6 +249,16 @@ impl Segment {
                 "eth0",
                 &[&format!("10.0.0.{host}/24"), &format!("fd00::{host}/64")],
             )?;
+            if gossip == Gossip::OwnLink {
+                lab.plug(
+                    &bridge,
+                    "br1",
+                    &format!("g{i}"),
+                    &ns,
+                    "eth1",
+                    &[&format!("10.1.0.{host}/24")],
+                )?;
+            }
             let mac = lab
                 .exec(&ns, "cat", &["/sys/class/net/eth0/address"])?
                 .trim()
@@ -205,13 +278,14 @@ impl Segment {
             bridge,
             nodes,
             macs,
-            agents: vec![None; NODES.len()],
+            agents: vec![None; names.len()],
+            names: names.to_vec(),
             dir,
             agent: agent.to_owned(),
             gossip,
             restarts: 0,
         };
-        for i in 0..NODES.len() {
+        for i in 0..seg.names.len() {
             seg.start_agent(i)?;
         }
         Ok(seg)
@@ -222,25 +296,33 @@ impl Segment {
         let host = 11 + i;
         let mut args = vec![
             "--node-name".to_owned(),
-            NODES[i].to_owned(),
+            self.names[i].clone(),
             "--static".to_owned(),
             self.dir.join("static.yaml").display().to_string(),
             "--metrics-listen".to_owned(),
             "127.0.0.1:9474".to_owned(),
+            // One per node: the nodes share the host's /run.
+            "--state-dir".to_owned(),
+            self.dir
+                .join(format!("state-{}", self.names[i]))
+                .display()
+                .to_string(),
         ];
-        if self.gossip {
+        let net = match self.gossip {
+            Gossip::Off => None,
+            Gossip::OnSegment => Some("10.0.0"),
+            Gossip::OwnLink => Some("10.1.0"),
+        };
+        if let Some(net) = net {
             args.extend([
                 "--gossip-listen".to_owned(),
-                format!("10.0.0.{host}:7946"),
+                format!("{net}.{host}:7946"),
                 "--gossip-key-file".to_owned(),
                 self.dir.join("gossip.key").display().to_string(),
             ]);
-            for j in 0..NODES.len() {
+            for j in 0..self.names.len() {
                 if j != i {
-                    args.extend([
-                        "--gossip-seed".to_owned(),
-                        format!("10.0.0.{}:7946", 11 + j),
-                    ]);
+                    args.extend(["--gossip-seed".to_owned(), format!("{net}.{}:7946", 11 + j)]);
                 }
             }
         }
@@ -254,7 +336,7 @@ impl Segment {
         self.restarts += 1;
         let log = self
             .dir
-            .join(format!("agent-{}-{}.log", NODES[i], self.restarts));
+            .join(format!("agent-{}-{}.log", self.names[i], self.restarts));
         let pid = self.lab.spawn_env(
             &self.nodes[i],
             &self.agent,
@@ -463,8 +545,7 @@ impl Segment {
     /// Waits until the client reaches `ip` and returns the node that answered.
     pub fn wait_reachable(&self, ip: &str, limit: Duration) -> Option<String> {
         wait(limit, || {
-            Some(self.connect(ip, Duration::from_millis(500)))
-                .filter(|n| NODES.contains(&n.as_str()))
+            Some(self.connect(ip, Duration::from_millis(500))).filter(|n| self.names.contains(n))
         })
     }
 
@@ -490,7 +571,7 @@ impl Segment {
     /// The path of node `i`'s latest agent log.
     pub fn agent_log(&self, i: usize) -> PathBuf {
         self.dir
-            .join(format!("agent-{}-{}.log", NODES[i], self.restarts))
+            .join(format!("agent-{}-{}.log", self.names[i], self.restarts))
     }
 
     /// Every agent log, for a failure message.

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::arbiter::{Action, Arbiter};
 use super::interface::Interface;
+use super::stall::{self, Stall};
 use super::{Mac, arp, ndp};
 use crate::metrics::Metrics;
 
@@ -180,6 +181,7 @@ impl Announcer {
                 owned: owned_rx.clone(),
                 yielded: yielded_tx,
                 yields_changed,
+                stall: Mutex::new(Stall::new(Instant::now())),
             },
             owned_rx,
             again.clone(),
@@ -270,6 +272,8 @@ struct Io {
     /// The arbiter's yielded set, published for the routes.
     yielded: watch::Sender<BTreeSet<IpAddr>>,
     yields_changed: Arc<Notify>,
+    /// Silent for a moment after this process was stalled (see [`stall`]).
+    stall: Mutex<Stall>,
 }
 
 impl Io {
@@ -291,19 +295,27 @@ impl Io {
     /// Whether `ip` is answered now: in the owned set as last sent (read at once, not when
     /// the task gets to the change) and not yielded.
     fn answers(&self, ip: IpAddr) -> bool {
-        self.owned.borrow().contains(&ip) && !lock(&self.arbiter).is_yielded(ip)
+        self.owned.borrow().contains(&ip)
+            && !lock(&self.arbiter).is_yielded(ip)
+            && !lock(&self.stall).paused(Instant::now())
     }
 
+    /// Announces `ip`: gratuitous ARP in request and reply form, or one unsolicited NA.
     fn announce(&self, ip: IpAddr) {
-        let frame = match ip {
-            IpAddr::V4(a) => arp::gratuitous(a, self.mac),
-            IpAddr::V6(a) => ndp::unsolicited(a, self.mac),
+        if lock(&self.stall).paused(Instant::now()) {
+            return;
+        }
+        let frames: Vec<Vec<u8>> = match ip {
+            IpAddr::V4(a) => arp::announcement(a, self.mac).into(),
+            IpAddr::V6(a) => vec![ndp::unsolicited(a, self.mac)],
         };
-        if self.send(ip, &frame) {
-            self.metrics
-                .gratuitous
-                .get_or_create(&Metrics::ip(ip))
-                .inc();
+        for frame in frames {
+            if self.send(ip, &frame) {
+                self.metrics
+                    .gratuitous
+                    .get_or_create(&Metrics::ip(ip))
+                    .inc();
+            }
         }
     }
 
@@ -418,14 +430,24 @@ async fn run(
     // (when, ip): announcements still to send. Shared by the receive paths (a reclaim
     // schedules its repeats) and the timers; never borrowed across an await.
     let pending: Mutex<Vec<(Instant, IpAddr)>> = Mutex::new(Vec::new());
+    // Shows the task runs; a late tick means the process was stalled (see `stall`).
+    let mut beat = tokio::time::interval(stall::BEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = {
             let p = lock(&pending);
             let announce = p.iter().map(|(t, _)| *t).min();
             let probe = lock(&io.arbiter).next_deadline();
-            announce.into_iter().chain(probe).min()
+            let resume = lock(&io.stall).resume_at();
+            announce.into_iter().chain(probe).chain(resume).min()
         };
         tokio::select! {
+            _ = beat.tick() => {
+                if lock(&io.stall).beat(Instant::now()) {
+                    tracing::warn!(interface = %io.interface, hold = ?stall::HOLD,
+                        "this agent was stalled (paused or starved of CPU): silent for a moment so the node that covered for it drops its IPs, then announcing them again");
+                }
+            }
             // The arbiter is consulted per frame: an ownership change between two frames
             // takes effect for the second.
             r = io.arp.recv_all(&mut buf, |f| io.handle(f, &mut lock(&pending))) => {
@@ -497,6 +519,27 @@ async fn run(
                     // Never announce an IP lost or yielded since it was scheduled.
                     if io.answers(ip) {
                         io.announce(ip);
+                    }
+                }
+                // The silence after a stall is over: announce everything owned again (a
+                // client may have followed the node that covered for this one).
+                let resumed = {
+                    let mut st = lock(&io.stall);
+                    let over = st.resume_at().is_some_and(|t| t <= now) && !st.paused(now);
+                    if over {
+                        st.resumed();
+                    }
+                    over
+                };
+                if resumed {
+                    let all: Vec<IpAddr> = io.owned.borrow().iter().copied().collect();
+                    let mut p = lock(&pending);
+                    for ip in all {
+                        if io.answers(ip) {
+                            io.announce(ip);
+                        }
+                        p.retain(|(_, q)| *q != ip);
+                        p.extend(ANNOUNCE_AT.iter().skip(1).map(|d| (now + *d, ip)));
                     }
                 }
                 let actions = lock(&io.arbiter).tick(now);

@@ -113,9 +113,22 @@ pub fn reply(req: &Request, mac: Mac) -> Vec<u8> {
 }
 
 /// A gratuitous ARP announcing `ip` at `mac`: the request form (sender IP = target IP,
-/// broadcast), which Linux, switches and routers all use to update an existing entry.
+/// broadcast, target MAC zero: an RFC 5227 ARP Announcement), which Linux, switches and
+/// routers all use to update an existing entry.
 pub fn gratuitous(ip: Ipv4Addr, mac: Mac) -> Vec<u8> {
     frame(Mac::BROADCAST, mac, OP_REQUEST, mac, ip, Mac::default(), ip)
+}
+
+/// The reply form of the same announcement (RFC 2002 4.6: an ARP reply, broadcast, sender and
+/// target IP `ip`, both MACs `mac`): some routers and firewalls update their entries only
+/// from replies, so takeovers send both forms, as keepalived and MetalLB do.
+pub fn gratuitous_reply(ip: Ipv4Addr, mac: Mac) -> Vec<u8> {
+    frame(Mac::BROADCAST, mac, OP_REPLY, mac, ip, mac, ip)
+}
+
+/// Every frame of a gratuitous announcement of `ip` at `mac`: request form, then reply form.
+pub fn announcement(ip: Ipv4Addr, mac: Mac) -> [Vec<u8>; 2] {
+    [gratuitous(ip, mac), gratuitous_reply(ip, mac)]
 }
 
 /// An RFC 5227 probe for `ip` from `mac` (request, sender IP 0.0.0.0, broadcast): whoever
@@ -183,6 +196,22 @@ mod tests {
         let g = gratuitous(Ipv4Addr::new(192, 168, 1, 240), Mac([2, 0, 0, 0, 0, 0x11]));
         assert_eq!(g, want);
         assert!(parse_request(&g).unwrap().is_gratuitous());
+    }
+
+    #[test]
+    fn builds_the_reply_form_byte_for_byte_and_announces_both() {
+        let ip = Ipv4Addr::new(192, 168, 1, 240);
+        let me = Mac([2, 0, 0, 0, 0, 0x11]);
+        let mut want = hex("ffffffffffff 020000000011 0806
+             0001 0800 06 04 0002 020000000011 c0a801f0 020000000011 c0a801f0");
+        want.resize(60, 0);
+        assert_eq!(gratuitous_reply(ip, me), want);
+        // Not a question: nobody answers it; other nodes' arbiters read it as a claim.
+        assert_eq!(parse_request(&want), None);
+        assert_eq!(parse_claim(&want), Some(Claim { ip, mac: me }));
+        let [request, reply] = announcement(ip, me);
+        assert_eq!(request, gratuitous(ip, me));
+        assert_eq!(reply, want);
     }
 
     #[test]

@@ -2,13 +2,18 @@
 //! node owns, and announcing them on takeover.
 //!
 //! [`arp`] and [`ndp`] are pure: bytes in, bytes out. [`interface`] finds the interface and its
-//! MAC; [`announcer`] does the socket I/O.
+//! MAC; [`link`] decides whether it can serve (fed by [`link_watch`]); [`announcer`] does the
+//! socket I/O.
 
 pub mod announcer;
 pub mod arbiter;
 pub mod arp;
+pub mod arp_ignore;
 pub mod interface;
+pub mod link;
+pub mod link_watch;
 pub mod ndp;
+pub mod stall;
 
 use std::fmt;
 use std::str::FromStr;

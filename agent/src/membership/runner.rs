@@ -25,6 +25,8 @@ pub(crate) enum Command {
     Leave(oneshot::Sender<()>),
     /// Replace the seed list (announced to at once if we are alone).
     SetSeeds(Vec<SocketAddr>),
+    /// Announce the interface specs this agent cannot answer on (a renamed identity).
+    SetUnable(BTreeSet<String>),
 }
 
 /// At most this many seeds are announced to per round, so a long seed list stays cheap.
@@ -127,6 +129,7 @@ pub(crate) struct Runner {
     /// The configuration foca runs with (foca has no getter).
     config: foca::Config,
     pub(crate) alive: watch::Sender<BTreeSet<String>>,
+    pub(crate) unable: watch::Sender<super::Unable>,
     pub(crate) metrics: MembershipMetrics,
     timers: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
@@ -147,6 +150,7 @@ impl Runner {
         timing: super::Timing,
         config: foca::Config,
         alive: watch::Sender<BTreeSet<String>>,
+        unable: watch::Sender<super::Unable>,
         metrics: MembershipMetrics,
     ) -> Self {
         Self {
@@ -160,6 +164,7 @@ impl Runner {
             timing,
             config,
             alive,
+            unable,
             metrics,
             timers: BinaryHeap::new(),
             seq: 0,
@@ -192,6 +197,7 @@ impl Runner {
                             self.announce_to_seeds(SEEDS_PER_ROUND, &mut fx);
                         }
                     }
+                    Some(Command::SetUnable(unable)) => self.set_unable(unable, &mut fx),
                     Some(Command::Leave(done)) => {
                         self.leave().await;
                         let _ = done.send(());
@@ -237,6 +243,31 @@ impl Runner {
         fx.timers.clear();
         self.apply(fx).await;
         tracing::info!("membership: left the cluster");
+    }
+
+    /// Renames our identity to carry `unable`. foca keeps its member list and gossips the new
+    /// identity at once; the others see a rename of the same member (same address, larger
+    /// boot number), never a departure, so the IPs this node owns elsewhere do not move.
+    fn set_unable(&mut self, unable: BTreeSet<String>, fx: &mut Effects) {
+        let current = self.swim.identity().clone();
+        if current.unable == unable {
+            return;
+        }
+        let next = NodeId {
+            boot: current.boot.wrapping_add(1),
+            unable,
+            ..current
+        };
+        tracing::info!(unable = ?next.unable, boot = next.boot, "membership: announcing the interfaces this agent cannot answer on");
+        if let Err(e) = self.swim.change_identity(next, &mut *fx) {
+            tracing::warn!(error = %e, "membership: cannot announce the interfaces this agent cannot answer on");
+        }
+        // Gossip reaches a few members per round: two more rounds spread it faster.
+        for _ in 0..2 {
+            if let Err(e) = self.swim.gossip(&mut *fx) {
+                tracing::debug!(error = %e, "membership: gossip failed");
+            }
+        }
     }
 
     fn announce_to_seeds(&mut self, count: usize, fx: &mut Effects) {
@@ -351,8 +382,24 @@ impl Runner {
         }
     }
 
-    /// The names of the active members plus our own.
+    /// The names of the active members plus our own, and what the others cannot answer on
+    /// (published first, so a reader woken by the alive set sees both).
     fn publish(&mut self) {
+        let mut unable = super::Unable::new();
+        for m in self.swim.iter_members() {
+            let id = m.id();
+            if !id.unable.is_empty() && id.name != self.own_name {
+                unable
+                    .entry(id.name.clone())
+                    .or_default()
+                    .extend(id.unable.iter().cloned());
+            }
+        }
+        self.unable.send_if_modified(|current| {
+            let changed = *current != unable;
+            *current = unable;
+            changed
+        });
         let mut alive: BTreeSet<String> = self
             .swim
             .iter_members()
