@@ -708,6 +708,9 @@ impl Agent {
         for (spec, ips) in &next.answer {
             if let Some(a) = self.announcers.get(spec) {
                 owned_total += ips.len();
+                for ip in ips {
+                    self.metrics.owned(*ip);
+                }
                 a.set_owned(ips.clone(), grew);
                 if grew {
                     a.view_grew();

@@ -179,6 +179,23 @@ impl Metrics {
         }
     }
 
+    /// An IP this node owns: its counters exist from now on (at 0), so the first conflict or
+    /// yield is a rate, and dashboards and alerts see the series before anything happens.
+    pub fn owned(&self, ip: IpAddr) {
+        let labels = Metrics::ip(ip);
+        for family in [
+            &self.requests,
+            &self.replies,
+            &self.gratuitous,
+            &self.conflicts,
+            &self.yields,
+            &self.defences,
+            &self.reclaims,
+        ] {
+            family.get_or_create(&labels).inc_by(0);
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -255,6 +272,23 @@ pub async fn serve(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn an_owned_ip_has_its_counters_before_anything_happens() {
+        let m = Metrics::new();
+        m.owned("10.0.0.240".parse().unwrap());
+        let text = m.render();
+        for name in [
+            "conflicts",
+            "yields",
+            "defences",
+            "reclaims",
+            "replies_sent",
+        ] {
+            let line = format!(r#"berth_agent_{name}_total{{ip="10.0.0.240",protocol="arp"}} 0"#);
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+        }
+    }
 
     #[test]
     fn exposition_has_the_documented_names() {
