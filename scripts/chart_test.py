@@ -54,6 +54,9 @@ CI_FILES = [
     "ipv6-values.yaml",
     "pvc-values.yaml",
     "cert-manager-values.yaml",
+    "bgp-addpath-values.yaml",
+    "bgp-self-values.yaml",
+    "dual-stack-values.yaml",
 ]
 BINARIES = {
     "berth-operator": ROOT / "operator",

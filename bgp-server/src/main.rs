@@ -22,7 +22,7 @@ use berth_proto::v1::speaker_server::SpeakerServer;
 /// Two ways to run it. Driven by the operator: `--grpc-socket` and/or `--grpc-listen` serve
 /// the `berth.bgp.v1.Speaker` API, and `--state-dir` keeps the last accepted state so that a
 /// restart announces it at once, before any client connects. Standalone: `--config FILE`
-/// (global ASN and router ID, peers, static routes; the format is in the README); SIGHUP
+/// (global ASN and router ID, peers, static routes; the format is in docs/development.md); SIGHUP
 /// reloads the routes from the file. Either way SIGTERM closes every session within a second,
 /// whatever the peers do: where graceful restart is negotiated the routers keep the routes
 /// until the speaker is back (the session closes with a Cease where both sides set the RFC

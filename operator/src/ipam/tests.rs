@@ -285,6 +285,29 @@ fn dual_stack_service_holds_one_ip_per_family_and_releases_both() {
     assert_eq!(ipam.held(), 0);
 }
 
+/// The dual-stack setup docs/install.md shows: the IPv4 pool is the default, the IPv6 pool
+/// selects every Service with an empty selector; a dual-stack Service asking for neither
+/// gets one IP of each.
+#[test]
+fn a_default_pool_and_an_empty_selector_serve_both_families() {
+    let mut ipam = engine(vec![
+        default_pool("public-v4", "198.51.100.0/24"),
+        PoolSpec {
+            service_selector: Some(Selector::default()),
+            ..pool("public-v6", "2001:db8:100::/120")
+        },
+    ]);
+    let svc = holder("web");
+    let a = ipam.allocate(&v4(svc.clone())).unwrap();
+    let b = ipam
+        .allocate(&Request::new(svc.clone(), Family::V6))
+        .unwrap();
+    assert_eq!(
+        (a.pool.as_str(), b.pool.as_str()),
+        ("public-v4", "public-v6")
+    );
+}
+
 // ---- sharing (MetalLB's rules) ----
 
 #[test]

@@ -1,5 +1,6 @@
-//! docs/routers.md shows users the router configurations the tests run: every file under
-//! docs/routers/ (which the tests include) appears in it verbatim, in a code block.
+//! The guides show users what the tests run: docs/routers.md carries every router file under
+//! docs/routers/ (which the tests include) and docs/install.md the chart's scenario values
+//! files, verbatim, in code blocks.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -41,5 +42,28 @@ fn the_lab_router_files_name_the_lab_addresses() {
             "{f}"
         );
         assert!(conf.contains(&format!("neighbor {}", NODES[0].1)), "{f}");
+    }
+}
+
+/// docs/install.md shows the chart's scenario values files (which `scripts/test-chart`
+/// renders and validates) verbatim.
+#[test]
+fn the_install_guide_carries_the_tested_values_files_verbatim() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let guide = std::fs::read_to_string(root.join("docs/install.md")).unwrap();
+    let blocks: Vec<&str> = guide.split("```").skip(1).step_by(2).collect();
+    for f in [
+        "bgp-addpath-values.yaml",
+        "bgp-self-values.yaml",
+        "layer2-values.yaml",
+        "dual-stack-values.yaml",
+    ] {
+        let values = std::fs::read_to_string(root.join("charts/berth/ci").join(f)).unwrap();
+        assert!(
+            blocks
+                .iter()
+                .any(|b| b.strip_prefix("yaml\n").unwrap_or(b) == values),
+            "docs/install.md has no code block equal to charts/berth/ci/{f}: copy it in"
+        );
     }
 }
