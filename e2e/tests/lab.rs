@@ -1034,9 +1034,10 @@ fn bgppeer_communities_reach_the_router() {
 /// A migration: MetalLB's pool converted by `berthctl convert-metallb`, OpenELB's written by
 /// hand (docs/migration.md); 100 MetalLB-annotated and 20 OpenELB-annotated Services exist
 /// with the IPs the old load balancer gave them (in its own order) while Berth's operator is
-/// down; once it runs, every Service keeps its IP, is Berth's (its pool recorded), the router
-/// routes it over every node and connections land. (No MetalLB runs here, so the overlap
-/// before the hand-over is not exercised.)
+/// down, the old load balancer standing in as a static route at the router and local routes
+/// on the nodes; once Berth's operator runs, every Service keeps its IP, is Berth's (its pool
+/// recorded), the router routes it over every node, and after the old routes go connections
+/// still land: a client connecting throughout the hand-over is never refused.
 #[test]
 fn services_handed_over_from_metallb_and_openelb_keep_their_ips() {
     let Some(mut r) = up("g") else { return };
@@ -1069,6 +1070,71 @@ fn services_handed_over_from_metallb_and_openelb_keep_their_ips() {
         "apiVersion: berth.dev/v1alpha1\nkind: Eip\nmetadata: {name: eip-sample}\nspec: {address: 198.51.102.0/27, protocol: bgp}\n",
     );
     r.kubectl(&["apply", "-f", &openelb]).unwrap();
+
+    // The old load balancer, as the network sees it: the router sends the pools to every
+    // node and the nodes accept them (MetalLB's routes and kube-proxy's rules in a cluster).
+    let old_routes = |r: &Running, add: bool| {
+        let op = if add { "add" } else { "del" };
+        for pool in ["198.51.101.0/24", "198.51.102.0/27"] {
+            let mut args = vec!["route", op, pool];
+            if add {
+                for (_, addr) in NODES {
+                    args.extend(["nexthop", "via", addr]);
+                }
+            }
+            r.lab.exec(&r.ns.router, "ip", &args).unwrap();
+            for node in &r.ns.nodes {
+                r.lab
+                    .exec(
+                        node,
+                        "ip",
+                        &["route", op, "local", pool, "dev", "lo", "table", "local"],
+                    )
+                    .unwrap();
+            }
+        }
+    };
+    old_routes(&r, true);
+    let sample = [
+        "198.51.101.250",
+        "198.51.101.151",
+        "198.51.102.30",
+        "198.51.102.11",
+    ];
+    for ip in sample {
+        let c = r.connect(ip, SERVICE_PORT, 30);
+        assert!(
+            landed_on_every_node(&c),
+            "the old load balancer does not serve {ip}: {c}"
+        );
+    }
+    // Clients keep connecting through the whole hand-over: every connection must be answered.
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = {
+        let stop = stop.clone();
+        let client = r.ns.client.clone();
+        std::thread::spawn(move || {
+            let (mut tried, mut failed) = (0usize, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                for ip in sample {
+                    let out = std::process::Command::new("ip")
+                        .args(["netns", "exec", &client, "python3", "-c", lab::CONNECT, ip])
+                        .arg(SERVICE_PORT.to_string())
+                        .arg("2")
+                        .output();
+                    let text = out
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_else(|e| format!("error={e}"));
+                    tried += 2;
+                    if text.contains("error") || text.contains("empty") || text.trim().is_empty() {
+                        failed.push(format!("{ip}: {}", text.trim()));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (tried, failed)
+        })
+    };
 
     // The hand-over: the old load balancer's Services, with its IPs, and Berth not running.
     r.lab.terminate(r.procs.operator);
@@ -1188,7 +1254,26 @@ fn services_handed_over_from_metallb_and_openelb_keep_their_ips() {
         );
     }
 
-    // Announced over every node and answered.
+    // Announced over every node: the old load balancer goes (MetalLB uninstalled).
+    for (_, ip, _) in [&want[0], &want[99], &want[100], &want[119]] {
+        assert!(
+            hops_become(&r, ip, &all_nodes(), 30),
+            "no route for {ip}\n{}",
+            logs(&dir)
+        );
+    }
+    old_routes(&r, false);
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let (tried, failed) = probe.join().unwrap();
+    assert!(tried > 40, "the probe made only {tried} connections");
+    assert!(
+        failed.is_empty(),
+        "{} of {tried} connections failed during the hand-over: {failed:?}",
+        failed.len()
+    );
+
+    // Answered now by Berth alone.
     for (_, ip, _) in [&want[0], &want[99], &want[100], &want[119]] {
         assert!(
             hops_become(&r, ip, &all_nodes(), 30),

@@ -181,9 +181,11 @@ impl Metrics {
         self.reconcile_duration
             .get_or_create(&labels)
             .observe(seconds);
-        if failed {
-            self.reconcile_errors.get_or_create(&labels).inc();
-        }
+        // The error counter exists from the first reconcile on (at 0), so a rate sees the
+        // first failure.
+        self.reconcile_errors
+            .get_or_create(&labels)
+            .inc_by(u64::from(failed));
     }
 
     /// Counts a failed push to a speaker.
