@@ -815,6 +815,7 @@ def check_dashboard(chart: Path, objects: list[dict]) -> list[str]:
 API_TYPES = {
     "Service": ("", "services"),
     "Node": ("", "nodes"),
+    "Namespace": ("", "namespaces"),
     "Pod": ("", "pods"),
     "Secret": ("", "secrets"),
     "ConfigMap": ("", "configmaps"),

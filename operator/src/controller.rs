@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use berth_api::{BgpConf, BgpPeer, Eip};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -140,6 +140,8 @@ pub struct Stores {
     pub secrets: Store<Secret>,
     /// The Layer2 assignment ConfigMaps the operator wrote in Berth's namespace.
     pub assignments: Store<ConfigMap>,
+    /// Namespaces: their labels, which pools' `namespaceSelector` matches.
+    pub namespaces: Store<Namespace>,
 }
 
 /// Everything a reconcile needs.
@@ -213,6 +215,20 @@ fn logged<K>(resource: &'static str, e: Result<K, watcher::Error>) -> Option<K> 
             None
         }
     }
+}
+
+/// Every Namespace's labels, by name (what the pools' `namespaceSelector` reads).
+fn namespace_labels(store: &Store<Namespace>) -> BTreeMap<String, BTreeMap<String, String>> {
+    store
+        .state()
+        .iter()
+        .map(|n| {
+            (
+                n.metadata.name.clone().unwrap_or_default(),
+                n.metadata.labels.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 /// Names, generations and deletion marks of a store's objects: they change when a spec
@@ -325,6 +341,10 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         Api::<Secret>::namespaced(client.clone(), &ns),
         watcher::Config::default(),
     );
+    let (namespaces, namespace_events) = reflect(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    );
     // Only the operator writes these (RBAC keeps tenants out of Berth's namespace); a change
     // by anyone else (an admin deleting one) reconciles its Service, which writes it back.
     let (assignments, assignment_events) = reflect(
@@ -367,10 +387,12 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         pods,
         secrets,
         assignments,
+        namespaces,
     };
 
     // Node, pool and BGP-settings changes touch every Service; peers, pods and Secrets only
-    // the speakers.
+    // the speakers. Namespace label changes touch every Service too (rare; the pools'
+    // namespaceSelector is matched against them); other Namespace events nothing.
     let drive = {
         let shared = shared.clone();
         let all_tx = all_tx.clone();
@@ -395,6 +417,15 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         // Spec changes, creations and deletions only: the operator's own status writes
         // (after every allocation, every 10 s for peers) must not reconcile everything.
         let eip_nudge = spec_changes("eips.berth.dev", stores.eips.clone(), eip_events);
+        let ns_store = stores.namespaces.clone();
+        let mut ns_labels_seen = namespace_labels(&ns_store);
+        let namespace_nudge = namespace_events.filter_map(move |e| {
+            let now = namespace_labels(&ns_store);
+            let changed = now != ns_labels_seen;
+            ns_labels_seen = now;
+            let pass = logged("namespaces", e).is_some() && changed;
+            async move { pass.then_some(()) }
+        });
         let conf_nudge = spec_changes("bgpconfs.berth.dev", stores.confs.clone(), conf_events);
         let speaker_nudge = futures::stream::select_all([
             spec_changes("bgppeers.berth.dev", stores.peers.clone(), peer_events).boxed(),
@@ -410,6 +441,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
                 node_nudge.boxed(),
                 eip_nudge.boxed(),
                 conf_nudge.boxed(),
+                namespace_nudge.boxed(),
             ]);
             let mut speakers = speaker_nudge;
             loop {
@@ -444,6 +476,10 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         (
             "configmaps",
             stores.assignments.wait_until_ready().await.is_ok(),
+        ),
+        (
+            "namespaces",
+            stores.namespaces.wait_until_ready().await.is_ok(),
         ),
     ] {
         if !ready {

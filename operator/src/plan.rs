@@ -15,8 +15,8 @@ use berth_api::names;
 use k8s_openapi::api::core::v1::Service;
 
 use crate::convert::{allocated_pool_value, ingress_ips};
-use crate::ipam::{Family, Ipam, ServiceKey};
-use crate::service::{Intent, intent};
+use crate::ipam::{Family, Ipam, Labels, ServiceKey};
+use crate::service::{Intent, intent_in};
 
 /// Whether an Event is routine or needs the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +94,16 @@ pub const INVALID_SERVICE: &str = "InvalidService";
 
 /// Decides for one Service. `ipam` is changed (allocations, releases) as decided.
 pub fn plan(svc: &Service, take_unclassed: bool, ipam: &mut Ipam) -> Plan {
+    plan_in(svc, take_unclassed, &Labels::new(), ipam)
+}
+
+/// [`plan`] with the labels of the Service's Namespace (for pools' `namespaceSelector`).
+pub fn plan_in(
+    svc: &Service,
+    take_unclassed: bool,
+    namespace_labels: &Labels,
+    ipam: &mut Ipam,
+) -> Plan {
     let key = ServiceKey::new(
         svc.metadata.namespace.clone().unwrap_or_default(),
         svc.metadata.name.clone().unwrap_or_default(),
@@ -117,7 +127,7 @@ pub fn plan(svc: &Service, take_unclassed: bool, ipam: &mut Ipam) -> Plan {
     let intent = if deleting {
         Ok(Intent::NotOurs)
     } else {
-        intent(svc, take_unclassed)
+        intent_in(svc, take_unclassed, namespace_labels)
     };
     let requests = match intent {
         Ok(Intent::Ours(reqs)) => reqs,

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use berth_api::names;
 use k8s_openapi::api::core::v1::Service;
 
-use crate::ipam::{Family, Holder, Port, Protocol, Request, ServiceKey, TrafficPolicy};
+use crate::ipam::{Family, Holder, Labels, Port, Protocol, Request, ServiceKey, TrafficPolicy};
 
 /// Whether Berth handles a Service, and what it asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +40,16 @@ fn err(field: impl Into<String>, why: impl Into<String>) -> IntentError {
 
 /// Reads a Service. `take_unclassed`: handle LoadBalancer Services without a class.
 pub fn intent(svc: &Service, take_unclassed: bool) -> Result<Intent, IntentError> {
+    intent_in(svc, take_unclassed, &Labels::new())
+}
+
+/// [`intent`] with the labels of the Service's Namespace, which pools' `namespaceSelector`
+/// is matched against.
+pub fn intent_in(
+    svc: &Service,
+    take_unclassed: bool,
+    namespace_labels: &Labels,
+) -> Result<Intent, IntentError> {
     let Some(spec) = &svc.spec else {
         return Ok(Intent::NotOurs);
     };
@@ -187,7 +197,7 @@ pub fn intent(svc: &Service, take_unclassed: bool) -> Result<Intent, IntentError
                     .iter()
                     .copied()
                     .find(|ip| ip.is_ipv4() == (family == Family::V4)),
-                namespace_labels: Default::default(),
+                namespace_labels: namespace_labels.clone(),
                 service_labels: labels.clone(),
             })
             .collect(),

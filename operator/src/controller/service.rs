@@ -29,7 +29,7 @@ use crate::announce::{self, Computed};
 use crate::convert::{self, claims};
 use crate::ipam::{Ipam, ServiceKey};
 use crate::nexthops::{NextHop, TrafficPolicy};
-use crate::plan::{Finalizer, Plan, Severity, plan};
+use crate::plan::{Finalizer, Plan, Severity, plan_in};
 
 /// Lists every Service and every Eip and rebuilds the IPAM engine from their claims. Claims
 /// that conflict are reported as Warnings on the later Service; it gets a new IP when
@@ -169,7 +169,23 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
         let Ok(mut ipam) = ctx.shared.ipam.lock() else {
             return Ok(Action::requeue(Duration::from_secs(1)));
         };
-        let p = plan(svc, ctx.settings.take_unclassed, &mut ipam);
+        let namespace_labels = svc
+            .metadata
+            .namespace
+            .as_deref()
+            .and_then(|ns| {
+                ctx.stores
+                    .namespaces
+                    .get(&kube::runtime::reflector::ObjectRef::new(ns))
+            })
+            .and_then(|n| n.metadata.labels.clone())
+            .unwrap_or_default();
+        let p = plan_in(
+            svc,
+            ctx.settings.take_unclassed,
+            &namespace_labels,
+            &mut ipam,
+        );
         ctx.shared.metrics.pools(&ipam);
         p
     };

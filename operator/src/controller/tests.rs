@@ -46,6 +46,7 @@ struct World {
     secrets: Writer<Secret>,
     confs: Writer<BgpConf>,
     pods: Writer<Pod>,
+    namespaces: Writer<k8s_openapi::api::core::v1::Namespace>,
 }
 
 fn store<K>() -> (reflector::Store<K>, Writer<K>)
@@ -127,6 +128,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
     let (pods, pod_w) = store::<Pod>();
     let (secrets, secret_w) = store::<Secret>();
     let (assignments, _assignment_w) = store::<k8s_openapi::api::core::v1::ConfigMap>();
+    let (namespaces, namespace_w) = store::<k8s_openapi::api::core::v1::Namespace>();
     let settings = Settings {
         take_unclassed: false,
         namespace: "berth-system".into(),
@@ -157,6 +159,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
             pods,
             secrets,
             assignments,
+            namespaces,
         },
         recorder,
     });
@@ -169,10 +172,18 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
         secrets: secret_w,
         confs: conf_w,
         pods: pod_w,
+        namespaces: namespace_w,
     }
 }
 
 impl World {
+    fn namespace(&mut self, name: &str, labels: Value) {
+        let n =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
+        self.namespaces
+            .apply_watcher_event(&watcher::Event::Apply(n));
+    }
+
     fn add_node(&mut self, name: &str, ip: &str, ready: bool, labels: Value) {
         let n: Node = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": labels},
@@ -991,4 +1002,34 @@ fn tls_files_are_read_anew_at_each_connection() {
     std::fs::write(&files.cert, "cert-2").unwrap();
     assert_eq!(files.load().unwrap().cert, b"cert-2");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A pool with a `namespaceSelector` serves Services of the Namespaces whose labels match,
+/// read from the Namespace objects; others get the default pool.
+#[tokio::test]
+async fn a_namespace_selector_pool_serves_only_matching_namespaces() {
+    let mut team = pool("team-a", "198.51.100.64/30");
+    team.default = false;
+    team.namespace_selector = Some(crate::ipam::Selector {
+        match_labels: [("team".to_owned(), "a".to_owned())].into(),
+        requirements: vec![],
+    });
+    let mut w = world(vec![pool("blue", "198.51.100.8/30"), team], &[]);
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.namespace("shop", json!({"team": "b"}));
+    let mut other = web("Cluster", json!({}));
+    other.metadata.name = Some("other".into());
+    w.reconcile(other).await;
+    assert_eq!(
+        w.route("198.51.100.9"),
+        ["n1"],
+        "team b's Service: the default pool"
+    );
+    w.namespace("shop", json!({"team": "a"}));
+    w.reconcile(web("Cluster", json!({}))).await;
+    assert_eq!(
+        w.route("198.51.100.65"),
+        ["n1"],
+        "team a's Service: the selected pool"
+    );
 }
