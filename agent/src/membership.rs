@@ -261,10 +261,10 @@ impl Membership {
             .map_err(|e| MembershipError::Random(e.to_string()))?;
         let random: u32 = rand::RngExt::random(&mut rng);
         let boot = match &cfg.generation_file {
-            Some(path) => match Generation::advance(path, random) {
+            Some(path) => match Generation::advance(path, Generation::fresh(random)) {
                 Ok(g) => g.boot(),
                 Err(e) => {
-                    tracing::warn!(error = %e, "membership: no generation file: the identity counts from the host's uptime instead (a restart after a reboot may stay unseen by the others for up to an hour; make --state-dir writable)");
+                    tracing::warn!(error = %e, "membership: no generation file: the identity counts from the host's uptime instead (a restart within this boot may stay unseen by the others for up to an hour; make --state-dir writable)");
                     identity::uptime_boot(random)
                 }
             },

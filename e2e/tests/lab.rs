@@ -810,10 +810,9 @@ fn a_verb_missing_from_the_chart_fails_with_a_403_in_the_log() {
 /// `helm uninstall` as the lab can play it: the workloads stopped in Helm's uninstall order
 /// (StatefulSet: the speaker; Deployment: the operator; DaemonSet: the agents; SIGTERM, as
 /// the kubelet sends), then the chart's RBAC objects deleted. No node keeps a route of Berth's
-/// (`proto 66`) or answers ARP for a Layer2 IP. The Services keep the operator's finalizer
-/// (what charts/berth/README.md "Uninstall" says today): deleting one leaves it Terminating
-/// until the finalizer is removed by hand as documented there. The routers' stale routes
-/// (graceful restart, up to the BgpConf's restart time) are documented, not waited for here.
+/// (`proto 66`) or answers ARP for a Layer2 IP; no Service carries a Berth finalizer, so
+/// deleting one afterwards is immediate; the router drops the routes when the graceful
+/// restart time runs out (set to 5 s for the test).
 #[test]
 fn uninstall_in_helms_order_leaves_nothing_on_the_nodes() {
     let Some(mut r) = up("u") else { return };
@@ -851,6 +850,21 @@ fn uninstall_in_helms_order_leaves_nothing_on_the_nodes() {
         logs(&dir)
     );
     no_refusals(&r);
+    // A short graceful-restart time, so the router's stale routes run out within the test.
+    r.kubectl(&[
+        "patch",
+        "bgpconf",
+        "default",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"gracefulRestart":{"restartTime":5}}}"#,
+    ])
+    .unwrap();
+    assert!(
+        hops_become(&r, &bgp_ip, &all_nodes(), 30),
+        "no route for {bgp_ip} after the BgpConf change\n{}",
+        logs(&dir)
+    );
 
     // Helm's uninstall order: StatefulSet, Deployment, DaemonSet, then RBAC.
     r.lab.terminate(r.procs.speaker);
@@ -873,7 +887,7 @@ fn uninstall_in_helms_order_leaves_nothing_on_the_nodes() {
         "{l2_ip} is still answered after uninstall"
     );
 
-    // Today's Services: the finalizer stays, a delete hangs, the documented fix frees it.
+    // No Service carries a finalizer of Berth's: deleting one after uninstall is immediate.
     let finalizers = r
         .kubectl(&[
             "get",
@@ -885,38 +899,22 @@ fn uninstall_in_helms_order_leaves_nothing_on_the_nodes() {
             "jsonpath={.metadata.finalizers}",
         ])
         .unwrap();
-    assert!(finalizers.contains("berth.dev/release-ip"), "{finalizers}");
+    assert!(!finalizers.contains("berth.dev"), "{finalizers}");
     r.kubectl(&["delete", "svc", "web", "-n", "demo", "--wait=false"])
         .unwrap();
-    let terminating = r
-        .kubectl(&[
-            "get",
-            "svc",
-            "web",
-            "-n",
-            "demo",
-            "-o",
-            "jsonpath={.metadata.deletionTimestamp}",
-        ])
-        .unwrap();
-    assert!(
-        !terminating.is_empty(),
-        "demo/web was not held by the finalizer"
-    );
-    r.kubectl(&[
-        "patch",
-        "svc",
-        "web",
-        "-n",
-        "demo",
-        "--type=json",
-        "-p",
-        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
-    ])
-    .unwrap();
     assert!(
         r.kubectl(&["get", "svc", "web", "-n", "demo"]).is_err(),
-        "demo/web is still there after its finalizer was removed"
+        "demo/web is stuck after uninstall"
+    );
+    // The router drops the stale routes when the restart time it was told runs out (5 s
+    // here): nothing stays announced.
+    let gone = wait_for(Duration::from_secs(30), || {
+        r.router_next_hops(&bgp_ip).is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the router still routes {bgp_ip} after uninstall: {}",
+        r.router_route(&bgp_ip)
     );
 }
 

@@ -95,25 +95,27 @@ pub fn ingress_ips(svc: &Service) -> Vec<IpAddr> {
 
 /// What a Service's status claims, for the rebuild at start-up and at leader hand-over. A
 /// Service that is no longer Berth's, or whose spec Berth cannot read, still claims what its
-/// status lists while Berth's finalizer is on it: its IPs must not be handed to anyone else
-/// before the controller has released them.
+/// status lists while Berth's marks are on it (the `berth.dev/allocated-pool` annotation, or
+/// the finalizer earlier versions added): its IPs must not be handed to anyone else before
+/// the controller has released them.
 pub fn claims(svc: &Service, take_unclassed: bool) -> Vec<Claim> {
     let ips = ingress_ips(svc);
     if ips.is_empty() {
         return Vec::new();
     }
-    let ours_by_finalizer = svc
-        .metadata
-        .finalizers
-        .iter()
-        .flatten()
-        .any(|f| f == names::FINALIZER_SERVICE);
     let pool = svc
         .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(names::ANNOTATION_ALLOCATED_POOL))
         .cloned();
+    let ours_by_finalizer = pool.is_some()
+        || svc
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == names::FINALIZER_SERVICE);
     let holder = match intent(svc, take_unclassed) {
         Ok(Intent::Ours(reqs)) => reqs.into_iter().next().map(|r| r.holder),
         _ if ours_by_finalizer => Some(crate::ipam::Holder::new(crate::ipam::ServiceKey::new(

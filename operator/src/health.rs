@@ -53,6 +53,13 @@ impl ServiceHealth {
         self.by_service.remove(key);
     }
 
+    /// Forgets every Service not in `present` (sorted): deleted ones, also those that held no
+    /// IP (a pending Service leaves no trace in the engine for the sweep to find).
+    pub fn retain_present(&mut self, present: &[ServiceKey]) {
+        self.by_service
+            .retain(|k, _| present.binary_search(k).is_ok());
+    }
+
     /// The totals the gauges show.
     pub fn totals(&self) -> Totals {
         let mut t = Totals::default();
@@ -93,7 +100,7 @@ mod tests {
         assert_eq!(before.pending, Some("Exhausted"));
         let before = h.update(&key("c"), |s| s.without_next_hop = false);
         assert!(before.without_next_hop);
-        h.remove(&key("b"));
+        h.retain_present(&[key("a"), key("c")]);
         let t = h.totals();
         assert!(t.pending.is_empty());
         assert_eq!((t.without_next_hop, t.layer2_ips), (0, 2));

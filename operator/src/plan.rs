@@ -55,14 +55,15 @@ impl Note {
     }
 }
 
-/// The finalizer's fate.
+/// The fate of `berth.dev/release-ip`, the finalizer earlier versions put on every Service:
+/// none is added any more (a Service deleted while the operator is gone, after `helm
+/// uninstall`, must not hang in Terminating; a vanished Service's IPs are released by the
+/// sweep), and the one a Service still carries is removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finalizer {
-    /// Leave it as it is.
+    /// It has none: nothing to write.
     Keep,
-    /// Add `berth.dev/release-ip`.
-    Add,
-    /// Remove it (after the release).
+    /// Remove it (after the release, when the Service is being deleted).
     Remove,
 }
 
@@ -199,10 +200,10 @@ pub fn plan_in(
             let held = ipam.ips_of(&key).to_vec();
             return Plan {
                 key,
-                finalizer: if has_finalizer || held.is_empty() {
-                    Finalizer::Keep
+                finalizer: if has_finalizer {
+                    Finalizer::Remove
                 } else {
-                    Finalizer::Add
+                    Finalizer::Keep
                 },
                 ingress: None,
                 allocated_pool: None,
@@ -283,9 +284,9 @@ pub fn plan_in(
     Plan {
         key,
         finalizer: if has_finalizer {
-            Finalizer::Keep
+            Finalizer::Remove
         } else {
-            Finalizer::Add
+            Finalizer::Keep
         },
         ingress: (status_ips != held).then(|| held.clone()),
         allocated_pool: (pool_value != recorded_pool).then_some(pool_value),

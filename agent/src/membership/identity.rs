@@ -61,14 +61,27 @@ pub struct GenerationError {
 }
 
 impl Generation {
-    /// The generation after `previous` (a random one without: no file yet, after a reboot
-    /// or the first start); wraps to 1 after `u32::MAX`.
-    pub fn next(previous: Option<Generation>, random: u32) -> Generation {
+    /// The generation after `previous`; without one (no file yet: the first start, or a
+    /// reboot emptied `/run`) `fresh`, the wall clock in seconds: the identities of the
+    /// previous boot (which the others remember for an hour) started from the clock of that
+    /// boot and counted up by one per restart, so the new one outranks them unless the clock
+    /// went back by more than the time between the two boots. Wraps to 1 after `u32::MAX`
+    /// (seconds since 1970 fit until 2106).
+    pub fn next(previous: Option<Generation>, fresh: u32) -> Generation {
         match previous {
             Some(Generation(g)) => Generation(g.checked_add(1).unwrap_or(1)),
-            // Half the range: room for many restarts before a wrap.
-            None => Generation((random >> 1).max(1)),
+            None => Generation(fresh.max(1)),
         }
+    }
+
+    /// [`Generation::next`]'s `fresh`: the wall clock in whole seconds (`random` if the clock
+    /// reads before 1970 or past 2106).
+    pub fn fresh(random: u32) -> u32 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u32::try_from(d.as_secs()).ok())
+            .unwrap_or(random)
     }
 
     /// The identity's boot number: the generation in the high half, renewals count up in
@@ -78,13 +91,13 @@ impl Generation {
     }
 
     /// Reads the previous generation from `path`, takes the next one and writes it back.
-    /// A missing or unreadable file counts as none.
-    pub fn advance(path: &std::path::Path, random: u32) -> Result<Generation, GenerationError> {
+    /// A missing or unreadable file counts as none (`fresh` is used, see [`Generation::next`]).
+    pub fn advance(path: &std::path::Path, fresh: u32) -> Result<Generation, GenerationError> {
         let previous = std::fs::read_to_string(path)
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .map(Generation);
-        let next = Generation::next(previous, random);
+        let next = Generation::next(previous, fresh);
         let err = |e: std::io::Error| GenerationError {
             path: path.display().to_string(),
             why: e.to_string(),
@@ -191,16 +204,23 @@ mod tests {
         };
         assert!(new.win_addr_conflict(&old));
         assert!(!old.win_addr_conflict(&new));
-        // Without a file (first start, a reboot emptied /run) a random one, never 0.
+        // Without a file (first start, a reboot emptied /run): the clock in seconds, never 0,
+        // which outranks the previous boot's generations (its clock, plus one per restart).
         assert_eq!(Generation::next(None, 0), Generation(1));
-        assert_eq!(Generation::next(None, u32::MAX), Generation(u32::MAX >> 1));
+        let before_reboot = Generation::next(Some(Generation(1_800_000_000 + 40)), 0);
+        let after_reboot = Generation::next(None, 1_800_000_000 + 300);
+        assert!(after_reboot.boot() > before_reboot.boot());
+        assert!(
+            Generation::fresh(7) > 1_700_000_000,
+            "the clock, not the fallback"
+        );
         assert_eq!(
             Generation::next(Some(Generation(u32::MAX)), 7),
             Generation(1)
         );
         // A torn or foreign file counts as none.
         std::fs::write(&file, "garbage").unwrap();
-        assert_eq!(Generation::advance(&file, 8).unwrap(), Generation(4));
+        assert_eq!(Generation::advance(&file, 8).unwrap(), Generation(8));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

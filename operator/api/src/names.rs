@@ -43,8 +43,10 @@ pub const ANNOTATION_ALLOCATED_POOL: &str = "berth.dev/allocated-pool";
 /// lives in Berth's namespace: see [`crate::layer2`].
 pub const ANNOTATION_LAYER2: &str = "berth.dev/layer2";
 
-/// Finalizer the operator puts on every Service it assigned an IP to, so the IP is released
-/// (and withdrawn from routers) before the Service disappears.
+/// Finalizer earlier versions of the operator put on every Service they assigned an IP to.
+/// None is added any more (after `helm uninstall` it left deleted Services in Terminating);
+/// the operator removes it from the Services that still carry it, and releases a deleted
+/// Service's IPs when it sees the Service gone.
 pub const FINALIZER_SERVICE: &str = "berth.dev/release-ip";
 
 /// Finalizer the operator puts on every Eip: a pool whose IPs are still held by Services is

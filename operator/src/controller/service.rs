@@ -18,7 +18,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -122,8 +122,21 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let api: Api<Service> = Api::all(ctx.client.clone());
     let all = tokio_stream_from(all);
-    let controller = Controller::new(api, watcher::Config::default());
-    tokio::spawn(sweeper(ctx.clone(), controller.store()));
+    // Our own reflector, so the sweep waits on the same store the controller reconciles from
+    // being filled (the sweep must never take an unlisted Service for a deleted one).
+    let (store, writer) = kube::runtime::reflector::store();
+    let (listed_tx, listed) = tokio::sync::watch::channel(false);
+    let services = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |e| {
+            if matches!(e, Ok(watcher::Event::InitDone)) {
+                listed_tx.send_replace(true);
+            }
+        })
+        .applied_objects();
+    let controller = Controller::for_stream(services, store.clone());
+    tokio::spawn(sweeper(ctx.clone(), store, listed));
     controller
         .watches_stream(slice_events, |slice| {
             let ns = slice.metadata.namespace.clone();
@@ -233,31 +246,19 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
     })
 }
 
-/// Writes the plan: finalizer (first when added, last when removed), annotation, status,
-/// Events.
+/// Writes the plan: annotation, status, Events, and last the removal of an old finalizer.
 async fn carry_out(svc: &Service, plan: &Plan, ctx: &Context) -> Result<(), Error> {
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let pp = PatchParams::default();
     let mut finalizers: Vec<String> = svc.finalizers().to_vec();
-    if plan.finalizer == Finalizer::Add || plan.allocated_pool.is_some() {
-        if plan.finalizer == Finalizer::Add {
-            finalizers.push(names::FINALIZER_SERVICE.to_owned());
-        }
-        let mut meta = json!({
-            // Optimistic concurrency: a finalizer list replaced by a merge patch must be
-            // the one we read.
-            "resourceVersion": svc.resource_version(),
-            "finalizers": finalizers,
-        });
-        if let Some(v) = &plan.allocated_pool {
-            meta["annotations"] = json!({ names::ANNOTATION_ALLOCATED_POOL: v });
-        }
-        if plan.finalizer != Finalizer::Remove {
-            api.patch(&name, &pp, &Patch::Merge(json!({ "metadata": meta })))
-                .await?;
-        }
+    if plan.finalizer == Finalizer::Keep
+        && let Some(v) = &plan.allocated_pool
+    {
+        let meta = json!({ "annotations": { names::ANNOTATION_ALLOCATED_POOL: v } });
+        api.patch(&name, &pp, &Patch::Merge(json!({ "metadata": meta })))
+            .await?;
     }
     if let Some(ips) = &plan.ingress {
         let ingress: Vec<_> = ips
@@ -486,17 +487,26 @@ async fn next_hops_of(
     Ok(c.bgp)
 }
 
-/// Services the engine holds IPs for but the API no longer has (deleted while their
-/// finalizer was forced off): released, so nothing leaks.
-pub fn sweep(ctx: &Context, present: &[ServiceKey]) -> Vec<ServiceKey> {
+/// Services the engine holds IPs for but the API no longer has (deleted: Services carry no
+/// finalizer, so a deletion is seen only as their absence): released, their routes
+/// withdrawn, so nothing leaks. `present` is read with the engine locked: a Service
+/// allocated just before is in the store already (reconciles run on stored objects), so it
+/// is never taken for gone.
+pub fn sweep(ctx: &Context, present: impl FnOnce() -> Vec<ServiceKey>) -> Vec<ServiceKey> {
     let Ok(mut ipam) = ctx.shared.ipam.lock() else {
         return Vec::new();
     };
+    let mut present = present();
+    present.sort();
     let gone: Vec<ServiceKey> = ipam
         .services()
         .filter(|k| present.binary_search(k).is_err())
         .cloned()
         .collect();
+    if let Ok(mut health) = ctx.shared.health.lock() {
+        health.retain_present(&present);
+        ctx.shared.metrics.services(&health.totals());
+    }
     for k in &gone {
         ipam.release(k);
         if let Ok(mut t) = ctx.shared.routes.lock() {
@@ -509,24 +519,41 @@ pub fn sweep(ctx: &Context, present: &[ServiceKey]) -> Vec<ServiceKey> {
     gone
 }
 
-/// Every resync interval, releases what Services that vanished still hold.
-async fn sweeper(ctx: Arc<Context>, store: kube::runtime::reflector::Store<Service>) {
-    if store.wait_until_ready().await.is_err() {
+/// How often vanished Services are looked for: a deleted Service's route is withdrawn
+/// within about this long.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Every [`SWEEP_EVERY`], releases what Services that vanished still hold.
+async fn sweeper(
+    ctx: Arc<Context>,
+    store: kube::runtime::reflector::Store<Service>,
+    mut listed: tokio::sync::watch::Receiver<bool>,
+) {
+    if listed.wait_for(|l| *l).await.is_err() {
+        warn!("the Service watch ended before its first list: deleted Services are not released");
         return;
     }
-    loop {
-        tokio::time::sleep(ctx.settings.resync).await;
-        let mut present: Vec<ServiceKey> = store
+    info!(every = ?SWEEP_EVERY, "releasing the IPs of deleted Services as they go");
+    let keys = |store: &kube::runtime::reflector::Store<Service>| -> Vec<ServiceKey> {
+        store
             .state()
             .iter()
             .map(|s| ServiceKey::new(s.namespace().unwrap_or_default(), s.name_any()))
-            .collect();
-        present.sort();
-        for k in sweep(&ctx, &present) {
-            info!(service = %k, "released the IPs of a Service that no longer exists");
+            .collect()
+    };
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let gone = sweep(&ctx, || keys(&store));
+        if !gone.is_empty() {
             ctx.shared.eip_dirty.notify_one();
+            // A Service waiting for an IP of that pool may get it now.
             let _ = ctx.shared.reconcile_all.send(());
         }
+        for k in &gone {
+            info!(service = %k, "released the IPs of a deleted Service");
+        }
+        let mut present = keys(&store);
+        present.sort();
         // Assignments whose Service vanished without a reconcile (finalizer forced off).
         let orphans: Vec<ServiceKey> = ctx
             .stores

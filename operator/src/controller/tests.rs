@@ -288,8 +288,7 @@ fn allocated(policy: &str, ip: &str) -> Service {
     web(
         policy,
         json!({
-            "metadata": {"finalizers": [names::FINALIZER_SERVICE],
-                         "annotations": {names::ANNOTATION_ALLOCATED_POOL: "blue"}},
+            "metadata": {"annotations": {names::ANNOTATION_ALLOCATED_POOL: "blue"}},
             "status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}},
         }),
     )
@@ -308,7 +307,7 @@ fn events(seen: &[Seen]) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn a_new_service_gets_finalizer_pool_ip_and_an_event_in_that_order() {
+async fn a_new_service_gets_pool_ip_and_an_event_in_that_order_and_no_finalizer() {
     let mut w = world(vec![pool("blue", "198.51.100.8/30")], &[]);
     w.add_node("n1", "10.0.0.11", true, json!({}));
     w.reconcile(web("Cluster", json!({}))).await;
@@ -321,11 +320,10 @@ async fn a_new_service_gets_finalizer_pool_ip_and_an_event_in_that_order() {
     assert_eq!(writes[0].method, "PATCH");
     assert_eq!(writes[0].path, "/api/v1/namespaces/shop/services/web");
     let meta = &writes[0].body["metadata"];
-    assert_eq!(
-        meta["resourceVersion"], "7",
-        "finalizer patch is conditional"
+    assert!(
+        meta["finalizers"].is_null(),
+        "no finalizer: a Service deleted after uninstall must not hang"
     );
-    assert_eq!(meta["finalizers"], json!([names::FINALIZER_SERVICE]));
     assert_eq!(
         meta["annotations"][names::ANNOTATION_ALLOCATED_POOL],
         "blue"
@@ -418,8 +416,9 @@ async fn an_exhausted_pool_leaves_the_service_pending_with_a_warning_that_says_s
 }
 
 #[tokio::test]
-async fn deletion_releases_the_ip_withdraws_the_route_and_drops_the_finalizer() {
-    let svc = allocated("Cluster", "198.51.100.9");
+async fn deletion_of_a_service_with_the_old_finalizer_releases_and_drops_it() {
+    let mut svc = allocated("Cluster", "198.51.100.9");
+    svc.metadata.finalizers = Some(vec![names::FINALIZER_SERVICE.into()]);
     let mut w = world(
         vec![pool("blue", "198.51.100.8/30")],
         std::slice::from_ref(&svc),
@@ -471,9 +470,37 @@ async fn a_type_change_releases_the_ip_and_clears_status() {
         "{seen:#?}"
     );
     assert!(
-        seen.iter()
-            .any(|s| s.method == "PATCH" && s.body["metadata"]["finalizers"] == json!([]))
+        seen.iter().any(|s| s.method == "PATCH"
+            && s.body["metadata"]["annotations"][names::ANNOTATION_ALLOCATED_POOL].is_null()
+            && s.body["metadata"]["annotations"]
+                .as_object()
+                .is_some_and(|a| a.contains_key(names::ANNOTATION_ALLOCATED_POOL))),
+        "the pool annotation is removed: {seen:#?}"
     );
+}
+
+/// A Service deleted (no finalizer holds it) is seen gone by the sweep: its IP released,
+/// its route withdrawn, its health forgotten; one still present is left alone.
+#[tokio::test]
+async fn the_sweep_releases_a_deleted_service() {
+    let svc = allocated("Cluster", "198.51.100.9");
+    let mut other = allocated("Cluster", "198.51.100.10");
+    other.metadata.name = Some("other".into());
+    let mut w = world(
+        vec![pool("blue", "198.51.100.8/30")],
+        &[svc.clone(), other.clone()],
+    );
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.reconcile(svc).await;
+    w.reconcile(other).await;
+    w.synced_ips();
+    let kept = ServiceKey::new("shop", "other");
+    let gone = super::service::sweep(&w.ctx, || vec![kept.clone()]);
+    assert_eq!(gone, [ServiceKey::new("shop", "web")]);
+    assert!(w.route("198.51.100.9").is_empty());
+    assert_eq!(w.route("198.51.100.10"), ["n1"]);
+    assert_eq!(w.synced_ips(), ["198.51.100.9".parse::<IpAddr>().unwrap()]);
+    assert!(super::service::sweep(&w.ctx, || vec![kept.clone()]).is_empty());
 }
 
 #[tokio::test]

@@ -52,11 +52,6 @@ fn annotate(s: &mut Service, k: &str, v: &str) {
 /// Writes a plan back onto the Service, as the controller's patches do.
 fn apply(s: &mut Service, p: &Plan) {
     match p.finalizer {
-        Finalizer::Add => s
-            .metadata
-            .finalizers
-            .get_or_insert_with(Vec::new)
-            .push(names::FINALIZER_SERVICE.into()),
         Finalizer::Remove => {
             if let Some(f) = s.metadata.finalizers.as_mut() {
                 f.retain(|f| f != names::FINALIZER_SERVICE)
@@ -108,11 +103,15 @@ fn reasons(p: &Plan) -> Vec<&'static str> {
 }
 
 #[test]
-fn a_new_service_gets_the_finalizer_an_ip_and_one_event() {
+fn a_new_service_gets_an_ip_and_one_event_and_no_finalizer() {
     let mut ipam = engine(vec![pool("blue", "10.0.0.0/24", true)]);
     let mut s = svc("web", |_| {});
     let p = plan(&s, false, &mut ipam);
-    assert_eq!(p.finalizer, Finalizer::Add);
+    assert_eq!(
+        p.finalizer,
+        Finalizer::Keep,
+        "no finalizer: uninstall must not strand it"
+    );
     assert_eq!(p.ingress, Some(vec![ip("10.0.0.1")]));
     assert_eq!(p.allocated_pool, Some(Some("blue".into())));
     assert_eq!(p.notes[0].message, "assigned 10.0.0.1 from pool blue");
@@ -201,8 +200,10 @@ fn an_exhausted_pool_says_so_and_a_release_lets_the_next_one_through() {
         p.notes[0].message,
         "pool tiny exhausted: 2 of 2 in use; free an IP or add addresses to a pool"
     );
-    // s0 deleted: the finalizer comes off after the release, and s2 gets the IP.
+    // s0 (with the finalizer of an earlier version) deleted: the finalizer comes off after
+    // the release, and s2 gets the IP.
     let mut gone = services[0].clone();
+    gone.metadata.finalizers = Some(vec![names::FINALIZER_SERVICE.into()]);
     gone.metadata.deletion_timestamp = Some(Time(Default::default()));
     let d = plan(&gone, false, &mut ipam);
     assert_eq!(d.finalizer, Finalizer::Remove);
@@ -240,7 +241,7 @@ fn a_type_change_releases_and_clears_what_berth_wrote() {
     apply(&mut s, &p);
     spec(&mut s).type_ = Some("ClusterIP".into());
     let p = plan(&s, false, &mut ipam);
-    assert_eq!(p.finalizer, Finalizer::Remove);
+    assert_eq!(p.finalizer, Finalizer::Keep, "it never had one");
     assert_eq!(p.ingress, Some(vec![]));
     assert_eq!(p.allocated_pool, Some(None));
     assert_eq!(ipam.held(), 0);
@@ -430,7 +431,7 @@ fn restart_rebuild_gives_identical_ips_for_1000_services_in_shuffled_order() {
         }
         s.metadata.deletion_timestamp = Some(Time(jiff_from_secs(1_800_000_000)));
         let p = plan(s, false, &mut ipam);
-        assert_eq!(p.finalizer, Finalizer::Remove);
+        assert_eq!(reasons(&p), ["IPReleased"]);
         false
     });
     for i in 1000..1100 {
@@ -475,4 +476,18 @@ fn restart_rebuild_gives_identical_ips_for_1000_services_in_shuffled_order() {
 
 fn jiff_from_secs(s: i64) -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::from_second(s).unwrap()
+}
+
+/// The finalizer earlier versions added comes off a Service that carries it, whose IP stays.
+#[test]
+fn an_old_finalizer_is_removed_and_the_ip_kept() {
+    let mut ipam = engine(vec![pool("blue", "10.0.0.0/24", true)]);
+    let mut s = svc("web", |_| {});
+    let first = plan(&s, false, &mut ipam);
+    apply(&mut s, &first);
+    s.metadata.finalizers = Some(vec![names::FINALIZER_SERVICE.into()]);
+    let p = plan(&s, false, &mut ipam);
+    assert_eq!(p.finalizer, Finalizer::Remove);
+    assert_eq!(p.held, [ip("10.0.0.1")]);
+    assert_eq!(p.ingress, None, "the IP does not move");
 }
