@@ -74,8 +74,18 @@ pub fn convert(docs: &[Value], l2_interface: Option<&str>) -> Result<Conversion,
         let name = name(pool);
         let object = id(pool);
         let spec = &pool["spec"];
-        let in_l2: Vec<&&Value> = l2.iter().filter(|a| advertises(a, &name)).collect();
-        let in_bgp: Vec<&&Value> = bgp.iter().filter(|a| advertises(a, &name)).collect();
+        let mut in_l2: Vec<&&Value> = Vec::new();
+        for a in &l2 {
+            if advertises(a, pool)? {
+                in_l2.push(a);
+            }
+        }
+        let mut in_bgp: Vec<&&Value> = Vec::new();
+        for a in &bgp {
+            if advertises(a, pool)? {
+                in_bgp.push(a);
+            }
+        }
         let layer2 = !in_l2.is_empty() && in_bgp.is_empty();
         if !in_l2.is_empty() && !in_bgp.is_empty() {
             out.notes.push(format!(
@@ -89,7 +99,6 @@ pub fn convert(docs: &[Value], l2_interface: Option<&str>) -> Result<Conversion,
         }
         for a in in_l2.iter().chain(in_bgp.iter()) {
             for unsupported in [
-                "ipAddressPoolSelectors",
                 "nodeSelectors",
                 "peers",
                 "aggregationLength",
@@ -154,6 +163,14 @@ pub fn convert(docs: &[Value], l2_interface: Option<&str>) -> Result<Conversion,
             base.insert("interface".into(), json!(i));
         }
         let priority = alloc["priority"].as_i64().unwrap_or(0);
+        if !(0..=1_000_000).contains(&priority) {
+            return Err(error(
+                &object,
+                format!(
+                    "serviceAllocation.priority {priority} is outside Berth's 0-1000000: lower it"
+                ),
+            ));
+        }
         if priority != 0 {
             base.insert("priority".into(), json!(priority));
         }
@@ -266,16 +283,42 @@ fn id(d: &Value) -> String {
     format!("{}/{}", d["kind"].as_str().unwrap_or("?"), name(d))
 }
 
-/// An advertisement applies to a pool it lists, or to every pool when it lists none and has
-/// no pool selector.
-fn advertises(adv: &Value, pool: &str) -> bool {
+/// An advertisement applies to a pool it lists, to a pool whose labels one of its
+/// `ipAddressPoolSelectors` matches (`matchLabels` only), or to every pool when it has
+/// neither. A selector with `matchExpressions` is refused: list the pools by name.
+fn advertises(adv: &Value, pool: &Value) -> Result<bool, ConvertError> {
     let spec = &adv["spec"];
-    match spec["ipAddressPools"].as_array().filter(|a| !a.is_empty()) {
-        Some(list) => list.iter().any(|p| p == pool),
-        None => spec["ipAddressPoolSelectors"]
-            .as_array()
-            .is_none_or(|a| a.is_empty()),
+    let name = name(pool);
+    let listed = spec["ipAddressPools"].as_array().filter(|a| !a.is_empty());
+    let selectors = spec["ipAddressPoolSelectors"]
+        .as_array()
+        .filter(|a| !a.is_empty());
+    if listed.is_some_and(|l| l.iter().any(|p| p == name.as_str())) {
+        return Ok(true);
     }
+    let Some(selectors) = selectors else {
+        return Ok(listed.is_none());
+    };
+    let labels = pool["metadata"]["labels"].as_object();
+    for sel in selectors {
+        if sel["matchExpressions"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+        {
+            return Err(error(
+                &id(adv),
+                "spec.ipAddressPoolSelectors with matchExpressions is not converted: list the pools in ipAddressPools instead",
+            ));
+        }
+        let matches = sel["matchLabels"].as_object().is_none_or(|w| {
+            w.iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        });
+        if matches {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// One Eip's addresses: a block, or the span of several blocks with the gaps excluded.
@@ -322,8 +365,29 @@ fn shapes(
         if list.len() == 1 {
             let (_, _, text) = &list[0];
             let is_cidr = text.contains('/');
+            if let Ok(net) = text.trim().parse::<IpNet>()
+                && net.trunc() != net
+            {
+                return Err(error(
+                    object,
+                    format!(
+                        "spec.addresses entry {text:?} has host bits set: write {} (Berth refuses it at admission)",
+                        net.trunc()
+                    ),
+                ));
+            }
+            let wide = !is_cidr
+                || text
+                    .trim()
+                    .parse::<IpNet>()
+                    .is_ok_and(|n| n.prefix_len() < 24);
+            if v4 && avoid_buggy && wide {
+                notes.push(format!(
+                    "{object}: avoidBuggyIPs: MetalLB skips every .0 and .255 address; Berth skips only a CIDR's network and broadcast address: add the others to excludes if clients need them avoided"
+                ));
+            }
             let mut shape = Shape {
-                address: text.clone(),
+                address: text.split_whitespace().collect(),
                 excludes: Vec::new(),
                 network_and_broadcast: false,
                 family,
@@ -501,6 +565,10 @@ fn peers(list: &[&Value], out: &mut Conversion) -> Result<(), ConvertError> {
             "vrf",
             "connectTime",
             "dynamicASN",
+            "disableMP",
+            "enableGracefulRestart",
+            "dualStackAddressFamily",
+            "interface",
         ] {
             if !s[unsupported].is_null() {
                 out.notes.push(format!(
@@ -529,12 +597,13 @@ fn seconds(d: &str) -> Option<u64> {
         }
         let n: u64 = digits.parse().ok()?;
         digits.clear();
-        total += n * match c {
+        let unit = match c {
             'h' => 3600,
             'm' => 60,
             's' => 1,
             _ => return None,
         };
+        total = total.checked_add(n.checked_mul(unit)?)?;
     }
     digits.is_empty().then_some(total)
 }

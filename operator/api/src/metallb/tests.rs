@@ -214,3 +214,52 @@ fn durations_are_go_durations() {
     assert_eq!(seconds("90"), None);
     assert_eq!(seconds("1.5s"), None);
 }
+
+#[test]
+fn pool_selectors_host_bits_and_overflows_are_handled() {
+    let by_label = r#"
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: lan, labels: {zone: office}}
+spec: {addresses: [10.0.0.0/28]}
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata: {name: office}
+spec:
+  ipAddressPoolSelectors: [{matchLabels: {zone: office}}]
+  interfaces: [eth2]
+"#;
+    let c = convert(&docs(by_label), None).unwrap();
+    assert_eq!(
+        find(&c, "Eip", "lan")["spec"]["protocol"],
+        "layer2",
+        "selected by label: {:#?}",
+        c.notes
+    );
+    let expressions = by_label.replace(
+        "[{matchLabels: {zone: office}}]",
+        "[{matchExpressions: [{key: zone, operator: Exists}]}]",
+    );
+    let e = convert(&docs(&expressions), None).unwrap_err();
+    assert!(e.why.contains("ipAddressPools"), "{e}");
+
+    let host_bits = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: x}\nspec: {addresses: [10.0.0.5/24]}\n";
+    let e = convert(&docs(host_bits), None).unwrap_err();
+    assert!(e.why.contains("10.0.0.0/24"), "{e}");
+
+    assert_eq!(seconds("99999999999999999999h"), None);
+    assert_eq!(
+        seconds("9999999999999999h"),
+        None,
+        "overflow is refused, not wrapped"
+    );
+
+    let mp = "apiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: p}\nspec: {myASN: 1, peerASN: 2, peerAddress: 10.0.0.1, disableMP: true}\n";
+    let c = convert(&docs(mp), None).unwrap();
+    assert!(
+        c.notes.iter().any(|n| n.contains("spec.disableMP")),
+        "{:#?}",
+        c.notes
+    );
+}
