@@ -257,6 +257,14 @@ fn consts(source: &str) -> Vec<(String, String, String)> {
             continue;
         }
         if let Some(rest) = t.strip_prefix("pub const ") {
+            // rustfmt puts a long value on the next line.
+            let joined;
+            let rest = if rest.ends_with(": &str =") {
+                joined = format!("{rest} {}", lines.next().unwrap_or_default().trim());
+                joined.as_str()
+            } else {
+                rest
+            };
             if let Some((name, rest)) = rest.split_once(": &str = \"")
                 && let Some((value, _)) = rest.split_once('"')
             {
@@ -300,13 +308,14 @@ mod tests {
 
     #[test]
     fn names_are_read_with_their_docs() {
-        let src = "/// First line.\n/// Second.\npub const A: &str = \"x/a\";\n\nconst B: u8 = 1;\n/// Doc.\npub const C: &str = \"c\";\n/// List.\npub const L: [&str; 2] = [\n    \"l/1\",\n    \"l/2\",\n];\n";
+        let src = "/// First line.\n/// Second.\npub const A: &str = \"x/a\";\n\nconst B: u8 = 1;\n/// Doc.\npub const C: &str = \"c\";\n/// List.\npub const L: [&str; 2] = [\n    \"l/1\",\n    \"l/2\",\n];\n/// Wrapped.\npub const W: &str =\n    \"w/long\";\n";
         assert_eq!(
             consts(src),
             [
                 ("A".into(), "x/a".into(), "First line. Second.".into()),
                 ("C".into(), "c".into(), "Doc.".into()),
-                ("L".into(), "l/1`, `l/2".into(), "List.".into())
+                ("L".into(), "l/1`, `l/2".into(), "List.".into()),
+                ("W".into(), "w/long".into(), "Wrapped.".into())
             ]
         );
     }
