@@ -52,6 +52,11 @@ impl RouteTable {
         }
     }
 
+    /// Every Service contributing a route, sorted.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.by_service.keys()
+    }
+
     /// Replaces what `service` contributes (its IPs and their next hops; an IP with no next
     /// hop is not announced). Returns the IPs whose merged route changed, sorted.
     pub fn set(

@@ -503,6 +503,22 @@ pub fn sweep(ctx: &Context, present: impl FnOnce() -> Vec<ServiceKey>) -> Vec<Se
         .filter(|k| present.binary_search(k).is_err())
         .cloned()
         .collect();
+    // Routes of vanished Services too, not only of those the engine holds: a reconcile that
+    // was in its API calls when its Service went writes its routes after the release, and
+    // nothing else would ever withdraw them.
+    if let Ok(mut t) = ctx.shared.routes.lock() {
+        let stale: Vec<ServiceKey> = t
+            .services()
+            .filter(|k| present.binary_search(k).is_err() && !gone.contains(k))
+            .cloned()
+            .collect();
+        for k in stale {
+            let changed = t.remove(&k);
+            if !changed.is_empty() {
+                let _ = ctx.shared.sync.send(SyncEvent::Routes(changed));
+            }
+        }
+    }
     if let Ok(mut health) = ctx.shared.health.lock() {
         health.retain_present(&present);
         ctx.shared.metrics.services(&health.totals());
@@ -543,18 +559,10 @@ async fn sweeper(
     };
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
-        let gone = sweep(&ctx, || keys(&store));
-        if !gone.is_empty() {
-            ctx.shared.eip_dirty.notify_one();
-            // A Service waiting for an IP of that pool may get it now.
-            let _ = ctx.shared.reconcile_all.send(());
-        }
-        for k in &gone {
-            info!(service = %k, "released the IPs of a deleted Service");
-        }
         let mut present = keys(&store);
         present.sort();
-        // Assignments whose Service vanished without a reconcile (finalizer forced off).
+        // Assignments of vanished Services go first: agents stop answering before the IP is
+        // released and handed to a waiting Service.
         let orphans: Vec<ServiceKey> = ctx
             .stores
             .assignments
@@ -567,13 +575,29 @@ async fn sweeper(
             })
             .filter(|k| present.binary_search(k).is_err())
             .collect();
+        let mut kept = false;
         for k in orphans {
             match set_assignment(&ctx, &k, None).await {
                 Ok(()) => {
                     info!(service = %k, "removed the Layer2 assignment of a Service that no longer exists")
                 }
-                Err(e) => warn!(service = %k, %e, "could not remove an orphaned Layer2 assignment"),
+                Err(e) => {
+                    kept = true;
+                    warn!(service = %k, %e, "could not remove an orphaned Layer2 assignment; the release waits")
+                }
             }
+        }
+        if kept {
+            continue;
+        }
+        let gone = sweep(&ctx, || keys(&store));
+        if !gone.is_empty() {
+            ctx.shared.eip_dirty.notify_one();
+            // A Service waiting for an IP of that pool may get it now.
+            let _ = ctx.shared.reconcile_all.send(());
+        }
+        for k in &gone {
+            info!(service = %k, "released the IPs of a deleted Service");
         }
     }
 }

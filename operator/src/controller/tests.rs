@@ -501,6 +501,25 @@ async fn the_sweep_releases_a_deleted_service() {
     assert_eq!(w.route("198.51.100.10"), ["n1"]);
     assert_eq!(w.synced_ips(), ["198.51.100.9".parse::<IpAddr>().unwrap()]);
     assert!(super::service::sweep(&w.ctx, || vec![kept.clone()]).is_empty());
+    // A reconcile that was in its API calls when the Service went writes its routes after
+    // the release: the next sweep withdraws them (nothing else would).
+    w.ctx.shared.routes.lock().unwrap().set(
+        &ServiceKey::new("shop", "web"),
+        vec![(
+            "198.51.100.9".parse().unwrap(),
+            vec![crate::nexthops::NextHop {
+                node: "n1".into(),
+                address: "10.0.0.11".parse().unwrap(),
+                weight: None,
+            }],
+        )],
+    );
+    assert_eq!(w.route("198.51.100.9"), ["n1"]);
+    super::service::sweep(&w.ctx, || vec![kept.clone()]);
+    assert!(
+        w.route("198.51.100.9").is_empty(),
+        "a stale write-back stays announced"
+    );
 }
 
 #[tokio::test]
