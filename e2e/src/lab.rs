@@ -1,19 +1,23 @@
 //! The lab: the whole of Berth on one machine. Network namespaces for a router (FRR, or
 //! BIRD 2), three nodes, a client and a control plane; the in-memory API server (a test
-//! double, see [`crate::apiserver`]) in the control-plane namespace; the real `berth-operator`,
-//! one `berth-bgp-server` and one `berth-agent` per node, with mTLS material made for the run.
+//! double, see [`crate::apiserver`]) in the control-plane namespace; Berth installed from
+//! its chart: every object `charts/berth` renders is applied, and the lab's kubelet
+//! ([`crate::kubelet`]) runs each workload's Pods from their rendered Pod spec (two operator
+//! replicas in Pod namespaces of their own, the bgp-server StatefulSet's replica on node1,
+//! an agent on every node).
 //!
 //! ```text
 //!                 client (10.1.0.2) ── router (10.1.0.1 | br0 10.0.0.1, FRR AS 64513)
 //!                      └─ eth1 10.0.0.50 ─┐            │ bridge br0 10.0.0.0/24
-//!        ctl 10.0.0.100 (API server, operator)  node1 .11 (speaker, agent)  node2 .12  node3 .13
+//!        ctl 10.0.0.100 (API server)  node1 .11 (speaker, agent)  node2 .12 (agent)  node3 .13 (agent)
+//!        operator Pods 10.0.0.101, .102
 //! ```
 //!
 //! The host reaches the API server through a forwarder on 127.0.0.1 (`kubectl` works from the
 //! host with the kubeconfig the lab writes, as the admin); the namespaces reach it at
-//! 10.0.0.100:6443 (HTTPS). The API server enforces RBAC: the lab renders `charts/berth` with
-//! `examples/lab/chart/values.yaml`, applies its ServiceAccounts, Roles, ClusterRoles and bindings,
-//! and the operator and the agents run with their ServiceAccounts' tokens.
+//! 10.0.0.100:6443 (HTTPS). The API server enforces RBAC and CRD admission: the lab renders
+//! `charts/berth` with `examples/lab/chart/values.yaml`, applies everything it renders, and
+//! each Pod runs with its ServiceAccount's token.
 //! Everything is removed on failure, on Ctrl-C, and by `lab down`.
 
 use std::io::{Read, Write};
@@ -23,6 +27,7 @@ use std::time::Duration;
 
 use crate::bird::Bird;
 use crate::frr::{Frr, wait_for};
+use crate::kubelet;
 use crate::netns::{Lab, run};
 use crate::pki;
 
@@ -112,10 +117,61 @@ pub struct Running {
     pub router: Router,
     /// Namespace names.
     pub ns: Namespaces,
-    /// The processes Berth runs.
-    pub procs: Procs,
-    operator_launch: Launch,
-    speaker_launch: Launch,
+    /// The in-memory API server's PID.
+    pub apiserver: u32,
+    /// The Pods the lab's kubelet runs, in the order the chart renders their workloads.
+    pub pods: Vec<PodRun>,
+    /// Every object the chart rendered, as applied (after [`Spec::rbac_edit`]).
+    pub chart: Vec<serde_json::Value>,
+    /// Pods whose readiness probe still answered 503 when `up` returned, with the probe.
+    pub unready: Vec<String>,
+}
+
+/// A Pod the lab's kubelet runs.
+#[derive(Debug, Clone)]
+pub struct PodRun {
+    /// What it runs and where (see [`kubelet::schedule`]).
+    pub plan: kubelet::PodPlan,
+    /// Its network namespace (the node's for hostNetwork Pods).
+    pub netns: String,
+    /// Its Pod IP.
+    pub ip: String,
+    /// Its node's IP.
+    pub host_ip: String,
+    launches: Vec<Launch>,
+    /// The PIDs of its containers' processes, in container order.
+    pub pids: Vec<u32>,
+}
+
+impl PodRun {
+    /// Whether the Pod belongs to the chart's `component` (`operator`, `bgp-server`, `agent`).
+    pub fn is(&self, component: &str) -> bool {
+        self.plan
+            .labels
+            .get("app.kubernetes.io/component")
+            .and_then(|v| v.as_str())
+            == Some(component)
+    }
+
+    /// The container port named `name` (e.g. `metrics`) of its first container.
+    pub fn port(&self, name: &str) -> Option<u16> {
+        self.plan.containers().first().and_then(|c| {
+            c["ports"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"].as_str() == Some(name))?["containerPort"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+        })
+    }
+
+    /// Its log (the first container's).
+    pub fn log(&self) -> PathBuf {
+        self.launches
+            .first()
+            .map(|l| l.log.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// The lab's namespace names.
@@ -164,19 +220,6 @@ impl Launch {
         };
         lab.spawn_env(&self.ns, &self.program, &args, &env, &log)
     }
-}
-
-/// PIDs of Berth's processes.
-#[derive(Debug, Clone, Default)]
-pub struct Procs {
-    /// The in-memory API server.
-    pub apiserver: u32,
-    /// The operator.
-    pub operator: u32,
-    /// The speaker (on node1).
-    pub speaker: u32,
-    /// One agent per node, in [`NODES`] order (empty when the agent is not built).
-    pub agents: Vec<u32>,
 }
 
 fn e(x: impl std::fmt::Display) -> String {
@@ -322,17 +365,13 @@ pub fn up(spec: Spec) -> Result<Running, String> {
     let mut lab = Lab::fixed(&spec.prefix);
     let ns = topology(&mut lab)?;
 
-    // mTLS material as production uses it: one CA, a server certificate for the speakers,
-    // a client certificate for the operator.
+    // The cluster's CA and the API server's serving certificate (kubectl sends tokens only
+    // over TLS). The speaker's and the operator's mTLS material is the chart's own (its
+    // Secrets, generated at render time), mounted into their Pods.
     let pki_dir = spec.dir.join("pki");
     let ca = pki::Ca::new("berth-lab-ca")?;
-    let speaker_leaf = ca.issue(&["berth-bgp-server"], true)?;
-    let operator_leaf = ca.issue(&["berth-operator"], false)?;
-    let (s_cert, s_key, ca_pem) = pki::write(&pki_dir, "speaker", &ca, &speaker_leaf)?;
-    let (o_cert, o_key, _) = pki::write(&pki_dir, "operator", &ca, &operator_leaf)?;
-    // The API server's serving certificate (kubectl sends tokens only over TLS).
     let api_leaf = ca.issue(&[CONTROL, "127.0.0.1", "localhost"], true)?;
-    let (api_cert, api_key, _) = pki::write(&pki_dir, "apiserver", &ca, &api_leaf)?;
+    let (api_cert, api_key, ca_pem) = pki::write(&pki_dir, "apiserver", &ca, &api_leaf)?;
 
     let router = match spec.router {
         RouterKind::Frr => Router::Frr(Frr::start(&mut lab, &ns.router, &spec.dir, &frr_conf())?),
@@ -407,84 +446,64 @@ pub fn up(spec: Spec) -> Result<Running, String> {
     })?;
 
     apply_examples(&spec)?;
-    apply_chart_rbac(&spec)?;
-    let operator_kc = component_kubeconfig(&spec, &api_addr, &ca_pem, "operator")?;
-    let agent_kc = component_kubeconfig(&spec, &api_addr, &ca_pem, "agent")?;
+    let chart = apply_chart(&spec)?;
 
-    // The speaker on node1, as its StatefulSet Pod would run it (hostNetwork, mTLS).
-    let (_, speaker_addr) = NODES[0];
-    let state_dir = spec.dir.join("speaker-state");
-    std::fs::create_dir_all(&state_dir).map_err(e)?;
-    let path = |p: &Path| p.display().to_string();
-    let speaker_launch = Launch {
-        ns: ns.nodes[0].clone(),
-        program: spec.bin("berth-bgp-server"),
-        args: vec![
-            "--grpc-listen".into(),
-            format!("{speaker_addr}:50051"),
-            "--tls-ca".into(),
-            path(&ca_pem),
-            "--tls-cert".into(),
-            path(&s_cert),
-            "--tls-key".into(),
-            path(&s_key),
-            "--state-dir".into(),
-            path(&state_dir),
-            "--metrics-addr".into(),
-            format!("{speaker_addr}:9474"),
-        ],
-        env: Vec::new(),
-        log: spec.dir.join("speaker.log"),
-    };
-    let speaker = speaker_launch.start(&mut lab)?;
-
-    let operator_launch = Launch {
-        ns: ns.control.clone(),
-        program: spec.bin("berth-operator"),
-        args: vec![
-            "--speaker-ca".into(),
-            path(&ca_pem),
-            "--speaker-cert".into(),
-            path(&o_cert),
-            "--speaker-key".into(),
-            path(&o_key),
-            "--resync-seconds".into(),
-            "30".into(),
-            "--lease-seconds".into(),
-            "5".into(),
-            "--metrics-address".into(),
-            format!("{CONTROL}:9472"),
-        ],
-        env: vec![
-            ("KUBECONFIG".into(), operator_kc.clone()),
-            ("POD_NAME".into(), "berth-operator-0".into()),
-            // As during a migration from MetalLB or OpenELB, whose Services have no class
-            // (the lab's own Services have Berth's class either way).
-            ("BERTH_TAKE_UNCLASSED".into(), "true".into()),
-        ],
-        log: spec.dir.join("operator.log"),
-    };
-    let operator = operator_launch.start(&mut lab)?;
-
-    let mut agents = Vec::new();
-    if spec.bin_dir.join("berth-agent").exists() && agent_supported(&spec) {
-        // The shared membership key, as the chart's Secret would hold it.
-        let key: String = pki::random_hex(32)?;
-        std::fs::write(spec.dir.join("gossip.key"), key).map_err(e)?;
-        for (i, (name, addr)) in NODES.iter().enumerate() {
-            let pid = lab.spawn_env(
-                &ns.nodes[i],
-                &spec.bin("berth-agent"),
-                &agent_args(&spec, addr)
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>(),
-                &[("KUBECONFIG", agent_kc.as_str()), ("NODE_NAME", name)],
-                &spec.dir.join(format!("agent-{name}.log")),
+    // The kubelet: every Pod of the rendered workloads, started from its Pod spec.
+    let nodes: Vec<kubelet::NodeInfo> = NODES
+        .iter()
+        .map(|(name, addr)| kubelet::NodeInfo {
+            name: (*name).to_owned(),
+            addr: (*addr).to_owned(),
+            labels: [("kubernetes.io/hostname".to_owned(), (*name).to_owned())].into(),
+        })
+        .collect();
+    let plans = kubelet::schedule(&chart, &nodes)?;
+    let mut pods = Vec::new();
+    let mut tokens = std::collections::BTreeMap::new();
+    let mut pod_nets = 0u8;
+    for plan in plans {
+        let i = NODES
+            .iter()
+            .position(|(n, _)| *n == plan.node)
+            .ok_or_else(|| format!("pod {} was placed on unknown node {}", plan.name, plan.node))?;
+        let host_ip = NODES[i].1.to_owned();
+        let (netns, ip) = if plan.host_network() {
+            (ns.nodes[i].clone(), host_ip.clone())
+        } else {
+            // Its own network namespace on the nodes' bridge, as a CNI would give it.
+            pod_nets += 1;
+            let ip = format!("{POD_NET}{}", 100 + pod_nets);
+            let netns = lab.namespace(&format!("pod{pod_nets}"))?;
+            lab.plug(
+                &ns.router,
+                "br0",
+                &format!("pp{pod_nets}"),
+                &netns,
+                "eth0",
+                &[&format!("{ip}/24")],
             )?;
-            agents.push(pid);
-        }
+            lab.exec(&netns, "ip", &["route", "add", "default", "via", ROUTER])?;
+            (netns, ip)
+        };
+        let pod = start_pod(
+            &mut lab,
+            &spec,
+            &api_addr,
+            &ca_pem,
+            &mut tokens,
+            plan,
+            netns,
+            ip,
+            host_ip,
+        )?;
+        pods.push(pod);
     }
+    let unready = probe_pods(
+        &lab,
+        &spec,
+        &pods.iter().collect::<Vec<_>>(),
+        Duration::from_secs(30),
+    )?;
 
     // The "Pods": one server per node answering with the node's name.
     for (i, (name, _)) in NODES.iter().enumerate() {
@@ -501,42 +520,365 @@ pub fn up(spec: Spec) -> Result<Running, String> {
         spec,
         router,
         ns,
-        procs: Procs {
-            apiserver,
-            operator,
-            speaker,
-            agents,
-        },
-        operator_launch,
-        speaker_launch,
+        apiserver,
+        pods,
+        chart,
+        unready,
     })
 }
 
-/// Whether the built agent has the flags the lab passes (it is built by another change).
-fn agent_supported(spec: &Spec) -> bool {
-    run(&spec.bin("berth-agent"), &["--help"])
-        .map(|h| {
-            h.contains("--gossip-listen") && h.contains("--node-name") && h.contains("--state-dir")
-        })
-        .unwrap_or(false)
+/// The first three octets of the bridge's subnet; Pods without hostNetwork get `.101` on.
+const POD_NET: &str = "10.0.0.";
+
+/// Starts one Pod: its volumes as files, its Pod object and status in the API, then each
+/// container from its spec (see [`kubelet`]).
+#[allow(clippy::too_many_arguments)]
+fn start_pod(
+    lab: &mut Lab,
+    spec: &Spec,
+    api_addr: &str,
+    ca: &Path,
+    tokens: &mut std::collections::BTreeMap<String, String>,
+    plan: kubelet::PodPlan,
+    netns: String,
+    ip: String,
+    host_ip: String,
+) -> Result<PodRun, String> {
+    let pod_dir = spec.dir.join("pods").join(&plan.name);
+    std::fs::create_dir_all(&pod_dir).map_err(e)?;
+    let volumes = materialise_volumes(spec, &plan, &pod_dir)?;
+
+    let object = pod_dir.join("pod.json");
+    std::fs::write(&object, plan.object().to_string()).map_err(e)?;
+    kubectl(
+        spec,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            &object.display().to_string(),
+        ],
+    )?;
+    set_pod_status(spec, &plan, &ip, &host_ip, false)?;
+
+    let fields = kubelet::PodFields {
+        name: plan.name.clone(),
+        namespace: plan.namespace.clone(),
+        node: plan.node.clone(),
+        pod_ip: ip.clone(),
+        host_ip: host_ip.clone(),
+        service_account: plan.service_account(),
+    };
+    // The ServiceAccount's token, as the kubelet would mount it (see kubelet's module doc).
+    let kubeconfig = if plan.automount_token() {
+        let sa = plan.service_account();
+        let token = match tokens.get(&sa) {
+            Some(t) => t.clone(),
+            None => {
+                let t = kubectl(
+                    spec,
+                    &[
+                        "create",
+                        "token",
+                        &sa,
+                        "-n",
+                        &plan.namespace,
+                        "--duration=48h",
+                    ],
+                )?
+                .trim()
+                .to_owned();
+                tokens.insert(sa.clone(), t.clone());
+                t
+            }
+        };
+        let path = pod_dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            kubeconfig(&format!("https://{api_addr}"), ca, &token),
+        )
+        .map_err(e)?;
+        Some(path.display().to_string())
+    } else {
+        None
+    };
+
+    let containers = plan.containers();
+    let mut launches = Vec::new();
+    for c in &containers {
+        let cname = c["name"].as_str().unwrap_or("?");
+        let mut env = kubelet::env(c, &fields)?;
+        let to: Vec<(String, String)> = kubelet::mounts(c)
+            .into_iter()
+            .map(|m| {
+                volumes
+                    .get(&m.volume)
+                    .map(|dir| (m.path.clone(), dir.display().to_string()))
+                    .ok_or_else(|| {
+                        format!(
+                            "pod {}: container {cname} mounts volume {} that the Pod does not declare",
+                            plan.name, m.volume
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let fix = |s: &str, env: &[(String, String)]| {
+            kubelet::rewrite_paths(&kubelet::expand(s, env), &to)
+        };
+        for (_, v) in &mut env {
+            *v = kubelet::rewrite_paths(v, &to);
+        }
+        let strings = |k: &str| -> Vec<String> {
+            c[k].as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str())
+                .map(|a| fix(a, &env))
+                .collect()
+        };
+        let command = strings("command");
+        let args = strings("args");
+        let entry = command.first().ok_or_else(|| {
+            format!(
+                "pod {}: container {cname} has no command (the lab runs the chart's command, not an image entrypoint)",
+                plan.name
+            )
+        })?;
+        let base = Path::new(entry)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let binary = spec.bin_dir.join(&base);
+        if !binary.exists() {
+            return Err(format!(
+                "pod {}: container {cname} runs {entry}, and no {base} is built in {}",
+                plan.name,
+                spec.bin_dir.display()
+            ));
+        }
+        let mut argv = kubelet::setpriv_args(&plan, c);
+        argv.push("--".into());
+        argv.push(binary.display().to_string());
+        argv.extend(command.iter().skip(1).cloned());
+        argv.extend(args);
+        if let Some(kc) = &kubeconfig {
+            env.push(("KUBECONFIG".into(), kc.clone()));
+        }
+        let log = if containers.len() == 1 {
+            spec.dir.join(format!("{}.log", plan.name))
+        } else {
+            spec.dir.join(format!("{}-{cname}.log", plan.name))
+        };
+        launches.push(Launch {
+            ns: netns.clone(),
+            program: "setpriv".into(),
+            args: argv,
+            env,
+            log,
+        });
+    }
+    let mut pids = Vec::new();
+    for l in &launches {
+        pids.push(l.start(lab)?);
+    }
+    Ok(PodRun {
+        plan,
+        netns,
+        ip,
+        host_ip,
+        launches,
+        pids,
+    })
 }
 
-/// The agent's flags on the node with `addr`: gossip among the nodes with a key made for the
-/// run (production mounts it from a Secret), seeds from the Node objects' InternalIPs (as in
-/// a real cluster: no static list), metrics on the node address.
-fn agent_args(spec: &Spec, addr: &str) -> Vec<String> {
-    vec![
-        "--gossip-listen".to_owned(),
-        format!("{addr}:{GOSSIP_PORT}"),
-        "--gossip-key-file".to_owned(),
-        spec.dir.join("gossip.key").display().to_string(),
-        "--gossip-seeds-from-nodes".to_owned(),
-        "--metrics-listen".to_owned(),
-        format!("{addr}:9473"),
-        // One per node: the nodes share the host's /run (the generation, arp_ignore records).
-        "--state-dir".to_owned(),
-        spec.dir.join(format!("state-{addr}")).display().to_string(),
-    ]
+/// Writes a Pod's volumes: Secrets and ConfigMaps read back from the API server (as the
+/// kubelet reads them) with their `defaultMode` and, with `fsGroup`, that group as owner;
+/// emptyDir per Pod; hostPath per node. Returns each volume's directory.
+fn materialise_volumes(
+    spec: &Spec,
+    plan: &kubelet::PodPlan,
+    pod_dir: &Path,
+) -> Result<std::collections::BTreeMap<String, PathBuf>, String> {
+    use base64::Engine;
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = std::collections::BTreeMap::new();
+    for v in plan.spec["volumes"].as_array().into_iter().flatten() {
+        let name = v["name"]
+            .as_str()
+            .ok_or_else(|| format!("pod {}: a volume has no name", plan.name))?;
+        let dir = if let Some(path) = v["hostPath"]["path"].as_str() {
+            spec.dir
+                .join("nodes")
+                .join(&plan.node)
+                .join(path.trim_start_matches('/'))
+        } else {
+            pod_dir.join("volumes").join(name)
+        };
+        std::fs::create_dir_all(&dir).map_err(e)?;
+        let (source, kind) = if v.get("secret").is_some() {
+            (&v["secret"], "secret")
+        } else if v.get("configMap").is_some() {
+            (&v["configMap"], "configmap")
+        } else if v.get("emptyDir").is_some() {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(e)?;
+            out.insert(name.to_owned(), dir);
+            continue;
+        } else if v.get("hostPath").is_some() {
+            out.insert(name.to_owned(), dir);
+            continue;
+        } else {
+            return Err(format!(
+                "pod {}: volume {name} is of a kind the lab's kubelet does not mount: {v}",
+                plan.name
+            ));
+        };
+        let object_name = source["secretName"]
+            .as_str()
+            .or_else(|| source["name"].as_str())
+            .ok_or_else(|| format!("pod {}: volume {name} names no {kind}", plan.name))?;
+        let got = kubectl(
+            spec,
+            &[
+                "get",
+                kind,
+                object_name,
+                "-n",
+                &plan.namespace,
+                "-o",
+                "json",
+            ],
+        )
+        .map_err(|x| format!("pod {}: volume {name}: {x}", plan.name))?;
+        let object: serde_json::Value = serde_json::from_str(&got).map_err(e)?;
+        let mode = source["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+        for (key, value) in object["data"].as_object().into_iter().flatten() {
+            let text = value.as_str().unwrap_or_default();
+            let bytes = if kind == "secret" {
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|x| format!("{kind} {object_name} key {key}: {x}"))?
+            } else {
+                text.as_bytes().to_vec()
+            };
+            let file = dir.join(key);
+            std::fs::write(&file, bytes).map_err(e)?;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).map_err(e)?;
+            if let Some(g) = plan.fs_group() {
+                std::os::unix::fs::chown(&file, Some(0), Some(g)).map_err(e)?;
+            }
+        }
+        out.insert(name.to_owned(), dir);
+    }
+    Ok(out)
+}
+
+/// Writes a Pod's status as the kubelet reports it.
+fn set_pod_status(
+    spec: &Spec,
+    plan: &kubelet::PodPlan,
+    ip: &str,
+    host_ip: &str,
+    ready: bool,
+) -> Result<(), String> {
+    let status = serde_json::json!({"status": {
+        "phase": "Running",
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "hostIP": host_ip,
+        "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+    }});
+    kubectl(
+        spec,
+        &[
+            "patch",
+            "pod",
+            &plan.name,
+            "-n",
+            &plan.namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Runs every container's readiness and liveness probe (HTTP GET at the Pod IP, on the port
+/// the chart names) until all answer 200 or `timeout` passes, marking each Pod Ready when its
+/// probes pass. A probe that gets no HTTP answer or a 404 is a chart bug (a port or path the
+/// binary does not serve): an error. One answering 503 by then leaves its Pod NotReady, as a
+/// kubelet would; its name and reason are returned.
+fn probe_pods(
+    lab: &Lab,
+    spec: &Spec,
+    pods: &[&PodRun],
+    timeout: Duration,
+) -> Result<Vec<String>, String> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut pending: Vec<&PodRun> = pods.to_vec();
+    let mut last: std::collections::BTreeMap<String, String> = Default::default();
+    loop {
+        let mut still = Vec::new();
+        for pod in pending {
+            let mut ok = true;
+            for c in pod.plan.containers() {
+                for kind in ["readinessProbe", "livenessProbe"] {
+                    let Some(probe) = kubelet::http_probe(c, kind)? else {
+                        continue;
+                    };
+                    let url = format!("http://{}:{}{}", pod.ip, probe.port, probe.path);
+                    let code = lab
+                        .exec(
+                            &pod.netns,
+                            "curl",
+                            &[
+                                "-s",
+                                "-o",
+                                "/dev/null",
+                                "-w",
+                                "%{http_code}",
+                                "--max-time",
+                                "2",
+                                &url,
+                            ],
+                        )
+                        .unwrap_or_else(|_| "000".into());
+                    if code.trim() != "200" {
+                        ok = false;
+                        last.insert(
+                            pod.plan.name.clone(),
+                            format!("{kind} GET {url} answered {}", code.trim()),
+                        );
+                    }
+                }
+            }
+            if ok {
+                set_pod_status(spec, &pod.plan, &pod.ip, &pod.host_ip, true)?;
+                last.remove(&pod.plan.name);
+            } else {
+                still.push(pod);
+            }
+        }
+        pending = still;
+        if pending.is_empty() || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut unready = Vec::new();
+    for pod in pending {
+        let why = last.get(&pod.plan.name).cloned().unwrap_or_default();
+        if !why.ends_with(" 503") {
+            return Err(format!(
+                "pod {}: {why} (a port or path the binary does not serve?): see {}",
+                pod.plan.name,
+                pod.log().display()
+            ));
+        }
+        unready.push(format!("{}: {why}", pod.plan.name));
+    }
+    Ok(unready)
 }
 
 /// The agents' gossip (membership) port.
@@ -576,15 +918,6 @@ for i in range(n):
     s.close()
 print(' '.join(f'{k}={v}' for k,v in sorted(seen.items())))";
 
-/// The kinds of the chart's RBAC: what the lab applies of the rendered chart.
-const RBAC_KINDS: [&str; 5] = [
-    "ServiceAccount",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "Role",
-    "RoleBinding",
-];
-
 /// The release the lab renders (the name the chart's objects are prefixed with).
 pub const RELEASE: &str = "berth";
 /// The namespace the lab installs into.
@@ -613,16 +946,12 @@ pub fn render_chart(spec: &Spec) -> Result<Vec<serde_json::Value>, String> {
     serde_json::from_str(&out).map_err(|x| format!("chart_render.py printed no JSON array: {x}"))
 }
 
-/// Applies the chart's ServiceAccounts, Roles, ClusterRoles and bindings (after
-/// [`Spec::rbac_edit`]), as `helm install` would.
-fn apply_chart_rbac(spec: &Spec) -> Result<(), String> {
-    let mut rbac: Vec<serde_json::Value> = render_chart(spec)?
+/// Applies every object the chart renders (after [`Spec::rbac_edit`]), as `helm install`
+/// would; returns them. The CRDs are the API server's from the start (`config/crd/`, which
+/// the chart's `crds/` must equal: the chart tests check it).
+fn apply_chart(spec: &Spec) -> Result<Vec<serde_json::Value>, String> {
+    let mut objects: Vec<serde_json::Value> = render_chart(spec)?
         .into_iter()
-        .filter(|o| {
-            o.get("kind")
-                .and_then(serde_json::Value::as_str)
-                .is_some_and(|k| RBAC_KINDS.contains(&k))
-        })
         .map(|mut o| {
             if let Some(m) = o.as_object_mut() {
                 m.remove("__source");
@@ -631,10 +960,10 @@ fn apply_chart_rbac(spec: &Spec) -> Result<(), String> {
         })
         .collect();
     if let Some(edit) = spec.rbac_edit {
-        edit(&mut rbac);
+        edit(&mut objects);
     }
-    let file = spec.dir.join("chart-rbac.json");
-    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": rbac});
+    let file = spec.dir.join("chart.json");
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
     std::fs::write(&file, list.to_string()).map_err(e)?;
     kubectl(
         spec,
@@ -646,30 +975,30 @@ fn apply_chart_rbac(spec: &Spec) -> Result<(), String> {
             &file.display().to_string(),
         ],
     )?;
-    Ok(())
+    Ok(objects)
 }
 
-/// A kubeconfig for a component (`operator`, `agent`) with its ServiceAccount's token, made
-/// by the TokenRequest API as the kubelet would mount it; returns its path.
-fn component_kubeconfig(
-    spec: &Spec,
-    api_addr: &str,
-    ca: &Path,
-    component: &str,
-) -> Result<String, String> {
-    let sa = format!("{RELEASE}-{component}");
-    let token = kubectl(
-        spec,
-        &["create", "token", &sa, "-n", NAMESPACE, "--duration=48h"],
-    )?;
-    let path = spec.dir.join(format!("kubeconfig-{component}"));
-    std::fs::write(
-        &path,
-        kubeconfig(&format!("https://{api_addr}"), ca, token.trim()),
-    )
-    .map_err(e)?;
-    Ok(path.display().to_string())
-}
+/// Helm's uninstall order by kind (helm's `releaseutil.UninstallOrder`, the kinds the chart
+/// has); kinds not listed go last.
+const UNINSTALL_ORDER: [&str; 17] = [
+    "Service",
+    "StatefulSet",
+    "Deployment",
+    "DaemonSet",
+    "RoleBinding",
+    "Role",
+    "ClusterRoleBinding",
+    "ClusterRole",
+    "ConfigMap",
+    "Secret",
+    "ServiceAccount",
+    "PodDisruptionBudget",
+    "ServiceMonitor",
+    "PodMonitor",
+    "PrometheusRule",
+    "CustomResourceDefinition",
+    "Namespace",
+];
 
 /// The refusals (401 and 403) the lab's API server has served so far, one message a line.
 pub fn refusals(spec: &Spec) -> Result<Vec<String>, String> {
@@ -688,7 +1017,7 @@ pub fn refusals(spec: &Spec) -> Result<Vec<String>, String> {
 }
 
 /// Applies `examples/lab/*.yaml` with kubectl (server-side apply), then writes the status of
-/// the objects whose status the cluster itself would set (Nodes, the speaker's Pod).
+/// the objects whose status the cluster itself would set (the Nodes).
 fn apply_examples(spec: &Spec) -> Result<(), String> {
     let dir = spec.repo.join("examples/lab");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -721,25 +1050,6 @@ fn apply_examples(spec: &Spec) -> Result<(), String> {
             ],
         )?;
     }
-    let (node, addr) = NODES[0];
-    let _ = node;
-    let pod_status = format!(
-        r#"{{"status":{{"phase":"Running","podIP":"{addr}","hostIP":"{addr}","podIPs":[{{"ip":"{addr}"}}]}}}}"#
-    );
-    kubectl(
-        spec,
-        &[
-            "patch",
-            "pod",
-            "berth-bgp-server-0",
-            "-n",
-            "berth-system",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &pod_status,
-        ],
-    )?;
     Ok(())
 }
 
@@ -824,21 +1134,140 @@ impl Running {
             .to_owned()
     }
 
-    /// Stops the operator (SIGTERM, as a rollout does) and starts it again.
+    /// The Pods of the chart's `component` (`operator`, `bgp-server`, `agent`).
+    pub fn pods_of(&self, component: &str) -> Vec<&PodRun> {
+        self.pods.iter().filter(|p| p.is(component)).collect()
+    }
+
+    /// The log of every Pod of `component`, concatenated (restarts included).
+    pub fn log_of(&self, component: &str) -> String {
+        let mut out = String::new();
+        for p in self.pods_of(component) {
+            let stem = p.plan.name.clone();
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&self.spec.dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.ok().map(|f| f.path()))
+                .filter(|f| {
+                    f.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{stem}.")))
+                })
+                .collect();
+            files.sort();
+            for f in files {
+                out.push_str(&std::fs::read_to_string(f).unwrap_or_default());
+            }
+        }
+        out
+    }
+
+    /// Stops (SIGTERM, as the kubelet does) every container of the component's Pods.
+    pub fn stop(&mut self, component: &str) {
+        for p in self.pods.iter_mut().filter(|p| p.is(component)) {
+            for pid in std::mem::take(&mut p.pids) {
+                self.lab.terminate(pid);
+            }
+        }
+    }
+
+    /// Starts the component's Pods that are stopped, from the same Pod spec.
+    pub fn start(&mut self, component: &str) -> Result<(), String> {
+        for p in self.pods.iter_mut().filter(|p| p.is(component)) {
+            if p.pids.is_empty() {
+                for l in &p.launches {
+                    p.pids.push(l.start(&mut self.lab)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A rollout of the operator: each replica stopped (SIGTERM) and started again in turn,
+    /// the next once the restarted one answers its readiness probe.
     pub fn restart_operator(&mut self) -> Result<(), String> {
-        self.lab.terminate(self.procs.operator);
-        self.procs.operator = self.operator_launch.start(&mut self.lab)?;
+        let names: Vec<String> = self
+            .pods_of("operator")
+            .iter()
+            .map(|p| p.plan.name.clone())
+            .collect();
+        for name in names {
+            let Some(i) = self.pods.iter().position(|p| p.plan.name == name) else {
+                continue;
+            };
+            for pid in std::mem::take(&mut self.pods[i].pids) {
+                self.lab.terminate(pid);
+            }
+            let launches = self.pods[i].launches.clone();
+            for l in &launches {
+                let pid = l.start(&mut self.lab)?;
+                self.pods[i].pids.push(pid);
+            }
+            let unready = probe_pods(
+                &self.lab,
+                &self.spec,
+                &[&self.pods[i]],
+                Duration::from_secs(30),
+            )?;
+            if !unready.is_empty() {
+                return Err(format!("after a restart: {}", unready.join("; ")));
+            }
+        }
         Ok(())
     }
 
     /// Kills the speaker with SIGKILL (a crash).
     pub fn crash_speaker(&mut self) {
-        self.lab.kill(self.procs.speaker);
+        for p in self.pods.iter_mut().filter(|p| p.is("bgp-server")) {
+            for pid in std::mem::take(&mut p.pids) {
+                self.lab.kill(pid);
+            }
+        }
     }
 
     /// Starts the speaker again (after [`Running::crash_speaker`]).
     pub fn start_speaker(&mut self) -> Result<(), String> {
-        self.procs.speaker = self.speaker_launch.start(&mut self.lab)?;
+        self.start("bgp-server")
+    }
+
+    /// `helm uninstall` as the lab plays it: the chart's objects deleted in Helm's order; a
+    /// workload's deletion stops its Pods (SIGTERM) and removes their Pod objects, as the
+    /// garbage collector and the kubelet would.
+    pub fn uninstall(&mut self) -> Result<(), String> {
+        let rank = |o: &serde_json::Value| {
+            let kind = o["kind"].as_str().unwrap_or_default();
+            UNINSTALL_ORDER
+                .iter()
+                .position(|k| *k == kind)
+                .unwrap_or(UNINSTALL_ORDER.len())
+        };
+        let mut objects = self.chart.clone();
+        objects.sort_by_key(rank);
+        for (n, o) in objects.iter().enumerate() {
+            let file = self.spec.dir.join(format!("uninstall-{n}.json"));
+            std::fs::write(&file, o.to_string()).map_err(e)?;
+            kubectl(
+                &self.spec,
+                &["delete", "--wait=false", "-f", &file.display().to_string()],
+            )?;
+            let workload = format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap_or_default(),
+                o["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            let mut gone = Vec::new();
+            for p in self.pods.iter_mut().filter(|p| p.plan.workload == workload) {
+                for pid in std::mem::take(&mut p.pids) {
+                    self.lab.terminate(pid);
+                }
+                gone.push((p.plan.name.clone(), p.plan.namespace.clone()));
+            }
+            for (name, ns) in gone {
+                kubectl(
+                    &self.spec,
+                    &["delete", "pod", &name, "-n", &ns, "--wait=false"],
+                )?;
+            }
+        }
         Ok(())
     }
 

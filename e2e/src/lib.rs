@@ -6,6 +6,7 @@ pub mod apiserver;
 pub mod bird;
 pub mod frr;
 pub mod gobgp;
+pub mod kubelet;
 pub mod lab;
 pub mod layer2;
 pub mod metric_names;

@@ -138,6 +138,90 @@ fn no_refusals(r: &Running) {
         refused.join("\n"),
         logs(&r.spec.dir)
     );
+    assert!(
+        r.unready.is_empty(),
+        "Pods not ready after lab up: {:?}\n{}",
+        r.unready,
+        logs(&r.spec.dir)
+    );
+}
+
+/// The lab runs what the chart renders: two operator Pods (one leads, holding the Lease;
+/// the other stands by, ready), the bgp-server StatefulSet's Pod and an agent Pod per node,
+/// every Pod Ready by its own probes, each process with the user and capabilities its
+/// securityContext gives it.
+fn installed_from_the_chart(r: &Running) {
+    let operators = r.pods_of("operator");
+    assert_eq!(operators.len(), 2, "operator Pods: {}", operators.len());
+    assert_eq!(r.pods_of("bgp-server").len(), 1);
+    assert_eq!(r.pods_of("agent").len(), NODES.len());
+    let ready = r
+        .kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            lab::NAMESPACE,
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status} {end}"#,
+        ])
+        .unwrap();
+    assert_eq!(
+        ready.matches("=True").count(),
+        2 + 1 + NODES.len(),
+        "not every Pod is Ready: {ready}"
+    );
+    let holder = wait_for(Duration::from_secs(20), || {
+        r.kubectl(&[
+            "get",
+            "lease",
+            "berth-operator",
+            "-n",
+            lab::NAMESPACE,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .ok()
+        .filter(|h| !h.is_empty())
+    })
+    .unwrap_or_else(|| panic!("no operator holds the Lease\n{}", logs(&r.spec.dir)));
+    let mut leading = Vec::new();
+    for p in &operators {
+        let port = p.port("metrics").unwrap();
+        let text = r
+            .lab
+            .exec(
+                &p.netns,
+                "curl",
+                &[
+                    "-sf",
+                    "--max-time",
+                    "5",
+                    &format!("http://{}:{port}/metrics", p.ip),
+                ],
+            )
+            .unwrap();
+        if text.lines().any(|l| l == "berth_operator_leader 1") {
+            leading.push(p.plan.name.clone());
+        }
+        // The Deployment's securityContext: uid 65532, no capabilities, no new privileges.
+        let status = std::fs::read_to_string(format!("/proc/{}/status", p.pids[0])).unwrap();
+        for want in ["Uid:\t65532", "CapEff:\t0000000000000000", "NoNewPrivs:\t1"] {
+            assert!(
+                status.contains(want),
+                "{}: no {want:?} in\n{status}",
+                p.plan.name
+            );
+        }
+    }
+    assert_eq!(
+        leading.join(","),
+        holder,
+        "the Lease holder is not the one leading"
+    );
+    // The agent: root with NET_ADMIN and NET_RAW only (bits 12 and 13).
+    let agent = r.pods_of("agent")[0];
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pids[0])).unwrap();
+    assert!(status.contains("CapEff:\t0000000000003000"), "{status}");
 }
 
 fn landed_on_every_node(counts: &str) -> bool {
@@ -191,6 +275,7 @@ fn bgp_service_lifecycle() {
         ));
     }
     invalid_eip_is_refused(&r);
+    installed_from_the_chart(&r);
     // 2. Connections land on every node.
     let counts = r.connect(&ip, SERVICE_PORT, 100);
     assert!(
@@ -540,7 +625,7 @@ fn restarts_do_not_disturb_the_router() {
 fn layer2_service_fails_over() {
     let Some(r) = up("c") else { return };
     let dir = r.spec.dir.clone();
-    if r.procs.agents.is_empty() {
+    if r.pods_of("agent").is_empty() {
         panic!(
             "the lab started no agents: berth-agent is not built with the lab's flags\n{}",
             logs(&dir)
@@ -632,13 +717,16 @@ fn layer2_service_fails_over() {
 /// instead of drawing an empty panel or an alert that never fires.
 fn the_chart_reads_only_exported_metrics(r: &Running) {
     use berth_e2e::metric_names;
-    let mut targets = vec![
-        (r.ns.control.clone(), format!("{}:9472", lab::CONTROL)),
-        (r.ns.nodes[0].clone(), format!("{}:9474", NODES[0].1)),
-    ];
-    for (i, (_, addr)) in NODES.iter().enumerate() {
-        targets.push((r.ns.nodes[i].clone(), format!("{addr}:9473")));
-    }
+    // Every Pod's port named `metrics`, as the chart's Services and PodMonitor scrape it.
+    let targets: Vec<(String, String)> = r
+        .pods
+        .iter()
+        .filter_map(|p| Some((p.netns.clone(), format!("{}:{}", p.ip, p.port("metrics")?))))
+        .collect();
+    assert!(
+        targets.len() >= 2 + NODES.len(),
+        "not every Pod names a metrics port: {targets:?}"
+    );
     let mut exported = std::collections::BTreeSet::new();
     for (ns, addr) in &targets {
         let url = format!("http://{addr}/metrics");
@@ -799,7 +887,7 @@ fn a_verb_missing_from_the_chart_fails_with_a_403_in_the_log() {
         None,
         "demo/web got an IP without the operator being allowed to write its status"
     );
-    let log = std::fs::read_to_string(dir.join("operator.log")).unwrap_or_default();
+    let log = r.log_of("operator");
     assert!(
         log.contains("is forbidden: User") && log.contains("services/status"),
         "the operator's log does not name the 403:\n{}",
@@ -807,9 +895,9 @@ fn a_verb_missing_from_the_chart_fails_with_a_403_in_the_log() {
     );
 }
 
-/// `helm uninstall` as the lab can play it: the workloads stopped in Helm's uninstall order
-/// (StatefulSet: the speaker; Deployment: the operator; DaemonSet: the agents; SIGTERM, as
-/// the kubelet sends), then the chart's RBAC objects deleted. No node keeps a route of Berth's
+/// `helm uninstall` as the lab can play it: every object the chart rendered deleted in Helm's
+/// uninstall order, each workload's Pods stopped as it goes (StatefulSet: the speaker;
+/// Deployment: the operators; DaemonSet: the agents; SIGTERM, as the kubelet sends). No node keeps a route of Berth's
 /// (`proto 66`) or answers ARP for a Layer2 IP; no Service carries a Berth finalizer, so
 /// deleting one afterwards is immediate; the router drops the routes when the graceful
 /// restart time runs out (set to 5 s for the test).
@@ -818,7 +906,7 @@ fn uninstall_in_helms_order_leaves_nothing_on_the_nodes() {
     let Some(mut r) = up("u") else { return };
     let dir = r.spec.dir.clone();
     assert!(
-        !r.procs.agents.is_empty(),
+        !r.pods_of("agent").is_empty(),
         "the lab started no agents\n{}",
         logs(&dir)
     );
@@ -866,14 +954,8 @@ fn uninstall_in_helms_order_leaves_nothing_on_the_nodes() {
         logs(&dir)
     );
 
-    // Helm's uninstall order: StatefulSet, Deployment, DaemonSet, then RBAC.
-    r.lab.terminate(r.procs.speaker);
-    r.lab.terminate(r.procs.operator);
-    for pid in std::mem::take(&mut r.procs.agents) {
-        r.lab.terminate(pid);
-    }
-    let rbac = r.spec.dir.join("chart-rbac.json").display().to_string();
-    r.kubectl(&["delete", "-f", &rbac]).unwrap();
+    // Everything the chart rendered, deleted in Helm's order; the workloads' Pods stop.
+    r.uninstall().unwrap();
 
     assert_eq!(
         berth_routes(&r),
@@ -967,7 +1049,7 @@ fn the_agents_are_held_to_their_role() {
         NODES
             .iter()
             .any(|(n, _)| {
-                std::fs::read_to_string(dir.join(format!("agent-{n}.log")))
+                std::fs::read_to_string(dir.join(format!("berth-agent-{n}.log")))
                     .unwrap_or_default()
                     .contains("is forbidden: User")
             })
@@ -1135,7 +1217,7 @@ fn services_handed_over_from_metallb_and_openelb_keep_their_ips() {
     };
 
     // The hand-over: the old load balancer's Services, with its IPs, and Berth not running.
-    r.lab.terminate(r.procs.operator);
+    r.stop("operator");
     let mut services = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: legacy}\n");
     let mut want: Vec<(String, String, &str)> = Vec::new();
     for i in 0..120u32 {

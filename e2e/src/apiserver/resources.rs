@@ -183,6 +183,16 @@ impl Registry {
             b("apps", "v1", "DaemonSet", "daemonsets", true)
                 .with_status()
                 .short(&["ds"]),
+            // The chart's PodDisruptionBudgets (the lab applies everything it renders).
+            b(
+                "policy",
+                "v1",
+                "PodDisruptionBudget",
+                "poddisruptionbudgets",
+                true,
+            )
+            .with_status()
+            .short(&["pdb"]),
             b("rbac.authorization.k8s.io", "v1", "Role", "roles", true),
             b(
                 "rbac.authorization.k8s.io",

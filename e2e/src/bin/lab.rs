@@ -186,7 +186,7 @@ fn main() -> anyhow::Result<()> {
             println!("waiting for the Service web to get an IP and the router its route ...");
             let Some(ip) = running.service_ip("demo", "web", Duration::from_secs(60)) else {
                 bail!(
-                    "Service demo/web got no IP within 60 s: see {}/operator.log",
+                    "Service demo/web got no IP within 60 s: see {}/berth-operator-*.log",
                     spec.dir.display()
                 );
             };
