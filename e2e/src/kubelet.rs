@@ -1,6 +1,6 @@
-//! The lab's kubelet: the workloads `charts/berth` renders (Deployments, StatefulSets,
-//! DaemonSets) become Pods on the lab's nodes, and each container starts **from its rendered
-//! Pod spec**: command and args, env (values and downward-API fields) with `$(VAR)`
+//! The lab's kubelet: the workloads `helm install` of `charts/berth` created (Deployments,
+//! StatefulSets, DaemonSets, read back from the API server) become Pods on the lab's nodes,
+//! and each container starts **from its Pod spec**: command and args, env (values and downward-API fields) with `$(VAR)`
 //! expansion, Secret/ConfigMap/emptyDir/hostPath volumes, the node's network namespace for
 //! `hostNetwork`, and the user, groups, capabilities and no-new-privs of its securityContext
 //! (through `setpriv`, so the kernel enforces them). Nothing about how a binary is started is

@@ -1,7 +1,7 @@
 //! The lab: the whole of Berth on one machine. Network namespaces for a router (FRR, or
 //! BIRD 2), three nodes, a client and a control plane; the in-memory API server (a test
 //! double, see [`crate::apiserver`]) in the control-plane namespace; Berth installed from
-//! its chart: every object `charts/berth` renders is applied, and the lab's kubelet
+//! its chart by the README's `helm install`, and the lab's kubelet
 //! ([`crate::kubelet`]) runs each workload's Pods from their rendered Pod spec (two operator
 //! replicas in Pod namespaces of their own, the bgp-server StatefulSet's replica on node1,
 //! an agent on every node).
@@ -15,9 +15,9 @@
 //!
 //! The host reaches the API server through a forwarder on 127.0.0.1 (`kubectl` works from the
 //! host with the kubeconfig the lab writes, as the admin); the namespaces reach it at
-//! 10.0.0.100:6443 (HTTPS). The API server enforces RBAC and CRD admission: the lab renders
-//! `charts/berth` with `examples/lab/chart/values.yaml`, applies everything it renders, and
-//! each Pod runs with its ServiceAccount's token.
+//! 10.0.0.100:6443 (HTTPS). The API server enforces RBAC and CRD admission: the lab runs the
+//! README's install commands (`helm install` through Helm's SDK, `scripts/helm`) with
+//! `examples/lab/chart/values.yaml`, and each Pod runs with its ServiceAccount's token.
 //! Everything is removed on failure, on Ctrl-C, and by `lab down`.
 
 use std::io::{Read, Write};
@@ -121,7 +121,7 @@ pub struct Running {
     pub apiserver: u32,
     /// The Pods the lab's kubelet runs, in the order the chart renders their workloads.
     pub pods: Vec<PodRun>,
-    /// Every object the chart rendered, as applied (after [`Spec::rbac_edit`]).
+    /// The chart's workloads (Deployments, StatefulSets, DaemonSets) as installed.
     pub chart: Vec<serde_json::Value>,
     /// Pods whose readiness probe still answered 503 when `up` returned, with the probe.
     pub unready: Vec<String>,
@@ -445,8 +445,23 @@ pub fn up(spec: Spec) -> Result<Running, String> {
         )
     })?;
 
+    install_as_the_readme_says(&spec)?;
     apply_examples(&spec)?;
-    let chart = apply_chart(&spec)?;
+    edit_rbac(&spec)?;
+    // The workloads as the API server holds them (the controllers' and kubelet's view).
+    let got = kubectl(
+        &spec,
+        &[
+            "get",
+            "deployments,statefulsets,daemonsets",
+            "-n",
+            NAMESPACE,
+            "-o",
+            "json",
+        ],
+    )?;
+    let workloads: serde_json::Value = serde_json::from_str(&got).map_err(e)?;
+    let chart: Vec<serde_json::Value> = workloads["items"].as_array().cloned().unwrap_or_default();
 
     // The kubelet: every Pod of the rendered workloads, started from its Pod spec.
     let nodes: Vec<kubelet::NodeInfo> = NODES
@@ -923,59 +938,116 @@ pub const RELEASE: &str = "berth";
 /// The namespace the lab installs into.
 pub const NAMESPACE: &str = "berth-system";
 
-/// Renders `charts/berth` with the lab's values through Helm's engine (the venv's
-/// helm-python-sdk, `scripts/chart_render.py`): every object, as JSON.
-pub fn render_chart(spec: &Spec) -> Result<Vec<serde_json::Value>, String> {
-    let python = spec.repo.join(".venv/bin/python");
-    if !python.exists() {
-        return Err(format!(
-            "{} is missing: make the venv with `python3 -m venv .venv && .venv/bin/pip install -r scripts/ci-python-requirements.txt` (as .ci/run does)",
-            python.display()
-        ));
-    }
-    let script = spec.repo.join("scripts/chart_render.py");
-    let out = run(
-        &python.display().to_string(),
-        &[
-            &script.display().to_string(),
-            "--values",
-            &spec.values().display().to_string(),
-        ],
-    )
-    .map_err(|x| format!("rendering charts/berth failed: {x}"))?;
-    serde_json::from_str(&out).map_err(|x| format!("chart_render.py printed no JSON array: {x}"))
+/// The commands of the README's "Install" section (its first `sh` block), one per line,
+/// `\` continuations joined, split into words (the block has no quoting).
+pub fn readme_install_commands(readme: &str) -> Result<Vec<Vec<String>>, String> {
+    let section = readme
+        .split("\n## Install\n")
+        .nth(1)
+        .ok_or("README.md has no \"## Install\" section")?;
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .ok_or("README.md's Install section has no ```sh block")?;
+    let joined = block.replace("\\\n", " ");
+    Ok(joined
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default())
+        .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|w| !w.is_empty())
+        .collect())
 }
 
-/// Applies every object the chart renders (after [`Spec::rbac_edit`]), as `helm install`
-/// would; returns them. The CRDs are the API server's from the start (`config/crd/`, which
-/// the chart's `crds/` must equal: the chart tests check it).
-fn apply_chart(spec: &Spec) -> Result<Vec<serde_json::Value>, String> {
-    let mut objects: Vec<serde_json::Value> = render_chart(spec)?
+/// Installs Berth with the README's install commands, run as written: `kubectl` against the
+/// lab, `helm` through `scripts/helm` (Helm's own SDK: `helm install` resolves CRDs, stores
+/// the release as a Secret, applies every object), with the lab's values file added.
+fn install_as_the_readme_says(spec: &Spec) -> Result<(), String> {
+    let readme = std::fs::read_to_string(spec.repo.join("README.md")).map_err(e)?;
+    let kc = spec.kubeconfig().display().to_string();
+    for argv in readme_install_commands(&readme)? {
+        let args: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+        match argv[0].as_str() {
+            "kubectl" => {
+                kubectl(spec, &args)?;
+            }
+            "helm" => {
+                let values = spec.values().display().to_string();
+                let mut all = args.clone();
+                all.extend(["-f", &values, "--kubeconfig", &kc]);
+                helm(spec, &all).map_err(|x| format!("the README's `{}`: {x}", argv.join(" ")))?;
+            }
+            other => {
+                return Err(format!(
+                    "the README's install block runs `{other}`, which the lab cannot run: keep it to kubectl and helm"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `scripts/helm` from the repository's root (the README's paths are relative to it).
+fn helm(spec: &Spec, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(spec.repo.join("scripts/helm"))
+        .args(args)
+        .current_dir(&spec.repo)
+        .output()
+        .map_err(|x| format!("scripts/helm: {x}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "helm {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Applies [`Spec::rbac_edit`] to the installed chart's Roles and ClusterRoles (an admin
+/// editing them before the Pods start).
+fn edit_rbac(spec: &Spec) -> Result<(), String> {
+    let Some(edit) = spec.rbac_edit else {
+        return Ok(());
+    };
+    let got = kubectl(
+        spec,
+        &[
+            "get",
+            "clusterroles,roles",
+            "-A",
+            "-l",
+            &format!("app.kubernetes.io/instance={RELEASE}"),
+            "-o",
+            "json",
+        ],
+    )?;
+    let list: serde_json::Value = serde_json::from_str(&got).map_err(e)?;
+    let mut objects: Vec<serde_json::Value> = list["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
         .into_iter()
         .map(|mut o| {
-            if let Some(m) = o.as_object_mut() {
-                m.remove("__source");
+            if let Some(m) = o["metadata"].as_object_mut() {
+                for k in [
+                    "resourceVersion",
+                    "uid",
+                    "managedFields",
+                    "creationTimestamp",
+                ] {
+                    m.remove(k);
+                }
             }
             o
         })
         .collect();
-    if let Some(edit) = spec.rbac_edit {
-        edit(&mut objects);
-    }
-    let file = spec.dir.join("chart.json");
+    edit(&mut objects);
+    let file = spec.dir.join("rbac-edited.json");
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
     std::fs::write(&file, list.to_string()).map_err(e)?;
-    kubectl(
-        spec,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            &file.display().to_string(),
-        ],
-    )?;
-    Ok(objects)
+    kubectl(spec, &["replace", "-f", &file.display().to_string()])?;
+    Ok(())
 }
 
 /// Helm's uninstall order by kind (helm's `releaseutil.UninstallOrder`, the kinds the chart
@@ -1229,44 +1301,49 @@ impl Running {
         self.start("bgp-server")
     }
 
-    /// `helm uninstall` as the lab plays it: the chart's objects deleted in Helm's order; a
-    /// workload's deletion stops its Pods (SIGTERM) and removes their Pod objects, as the
-    /// garbage collector and the kubelet would.
+    /// `helm uninstall` (Helm's SDK, `scripts/helm`): Helm deletes the release's objects in
+    /// its order; the lab's kubelet then stops (SIGTERM) the Pods whose workload is gone, in
+    /// that order too, and removes their Pod objects, as the garbage collector would.
     pub fn uninstall(&mut self) -> Result<(), String> {
-        let rank = |o: &serde_json::Value| {
-            let kind = o["kind"].as_str().unwrap_or_default();
+        let kc = self.spec.kubeconfig().display().to_string();
+        run(
+            &self.spec.repo.join("scripts/helm").display().to_string(),
+            &[
+                "uninstall",
+                RELEASE,
+                "--namespace",
+                NAMESPACE,
+                "--kubeconfig",
+                &kc,
+            ],
+        )?;
+        let rank = |w: &str| {
+            let kind = w.split('/').next().unwrap_or_default();
             UNINSTALL_ORDER
                 .iter()
                 .position(|k| *k == kind)
                 .unwrap_or(UNINSTALL_ORDER.len())
         };
-        let mut objects = self.chart.clone();
-        objects.sort_by_key(rank);
-        for (n, o) in objects.iter().enumerate() {
-            let file = self.spec.dir.join(format!("uninstall-{n}.json"));
-            std::fs::write(&file, o.to_string()).map_err(e)?;
+        let mut order: Vec<usize> = (0..self.pods.len()).collect();
+        order.sort_by_key(|i| rank(&self.pods[*i].plan.workload));
+        for i in order {
+            let (kind, name) = self.pods[i]
+                .plan
+                .workload
+                .split_once('/')
+                .map(|(k, n)| (k.to_ascii_lowercase(), n.to_owned()))
+                .unwrap_or_default();
+            if kubectl(&self.spec, &["get", &kind, &name, "-n", NAMESPACE]).is_ok() {
+                return Err(format!("{kind}/{name} is still there after helm uninstall"));
+            }
+            for pid in std::mem::take(&mut self.pods[i].pids) {
+                self.lab.terminate(pid);
+            }
+            let pod = self.pods[i].plan.name.clone();
             kubectl(
                 &self.spec,
-                &["delete", "--wait=false", "-f", &file.display().to_string()],
+                &["delete", "pod", &pod, "-n", NAMESPACE, "--wait=false"],
             )?;
-            let workload = format!(
-                "{}/{}",
-                o["kind"].as_str().unwrap_or_default(),
-                o["metadata"]["name"].as_str().unwrap_or_default()
-            );
-            let mut gone = Vec::new();
-            for p in self.pods.iter_mut().filter(|p| p.plan.workload == workload) {
-                for pid in std::mem::take(&mut p.pids) {
-                    self.lab.terminate(pid);
-                }
-                gone.push((p.plan.name.clone(), p.plan.namespace.clone()));
-            }
-            for (name, ns) in gone {
-                kubectl(
-                    &self.spec,
-                    &["delete", "pod", &name, "-n", &ns, "--wait=false"],
-                )?;
-            }
         }
         Ok(())
     }

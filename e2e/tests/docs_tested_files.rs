@@ -67,3 +67,32 @@ fn the_install_guide_carries_the_tested_values_files_verbatim() {
         );
     }
 }
+
+/// The README's install block is what the lab runs (`lab::up` runs each command): kubectl
+/// and helm only, and the helm command installs this repository's chart as release `berth`
+/// into the namespace the lab uses.
+#[test]
+fn the_readme_install_block_is_the_labs() {
+    use berth_e2e::lab;
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let commands = lab::readme_install_commands(&readme).unwrap();
+    assert!(
+        commands.iter().all(|c| c[0] == "kubectl" || c[0] == "helm"),
+        "{commands:?}"
+    );
+    let helm: Vec<&Vec<String>> = commands.iter().filter(|c| c[0] == "helm").collect();
+    assert_eq!(helm.len(), 1, "{commands:?}");
+    assert_eq!(
+        helm[0][..4],
+        ["helm", "install", lab::RELEASE, "charts/berth"].map(String::from),
+        "{commands:?}"
+    );
+    assert!(
+        helm[0]
+            .windows(2)
+            .any(|w| w[0] == "--namespace" && w[1] == lab::NAMESPACE),
+        "{commands:?}"
+    );
+}

@@ -70,6 +70,7 @@ mod object;
 pub mod openapi;
 pub mod paging;
 pub mod patch;
+pub mod protobuf;
 pub mod rbac;
 pub mod resources;
 pub mod selector;
@@ -175,9 +176,16 @@ impl Server {
         if let Some(dir) = crds {
             registry.load_crd_dir(dir)?;
         }
+        let store = Arc::new(Store::new(config.history_limit));
+        if let Some(rt) = registry.find("apiextensions.k8s.io", "v1", "customresourcedefinitions") {
+            for crd in registry.crds() {
+                // Two files defining one CRD: the API server serves the later (as loaded).
+                let _ = store.create(rt, "", crd.clone());
+            }
+        }
         Ok(Arc::new(Server {
             registry,
-            store: Arc::new(Store::new(config.history_limit)),
+            store,
             auth: auth::Auth::new(config.admin_token.clone()),
             config,
         }))

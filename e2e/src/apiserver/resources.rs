@@ -135,6 +135,7 @@ pub enum LoadError {
 #[derive(Debug, Clone)]
 pub struct Registry {
     types: Vec<ResourceType>,
+    crds: Vec<Value>,
 }
 
 impl Default for Registry {
@@ -183,6 +184,18 @@ impl Registry {
             b("apps", "v1", "DaemonSet", "daemonsets", true)
                 .with_status()
                 .short(&["ds"]),
+            // The CRDs themselves, as objects: those given at start are stored (so `helm
+            // install` finds its chart's CRDs present and skips them, as on a cluster where
+            // they are installed); one created later is stored but not served.
+            b(
+                "apiextensions.k8s.io",
+                "v1",
+                "CustomResourceDefinition",
+                "customresourcedefinitions",
+                false,
+            )
+            .with_status()
+            .short(&["crd", "crds"]),
             // The chart's PodDisruptionBudgets (the lab applies everything it renders).
             b(
                 "policy",
@@ -216,7 +229,10 @@ impl Registry {
                 false,
             ),
         ];
-        Registry { types }
+        Registry {
+            types,
+            crds: Vec::new(),
+        }
     }
 
     /// Adds the custom resources of every `*.yaml`/`*.yml` file in `dir` (documents of other
@@ -247,15 +263,7 @@ impl Registry {
     /// Adds the custom resources of the CRDs in a YAML text (several documents allowed).
     pub fn load_crd_yaml(&mut self, text: &str, path: &str) -> Result<usize, LoadError> {
         let mut n = 0;
-        for doc in serde_yaml_ng::Deserializer::from_str(text) {
-            let v: Value =
-                serde::Deserialize::deserialize(doc).map_err(|source| LoadError::Yaml {
-                    path: path.to_owned(),
-                    source,
-                })?;
-            if v.get("kind").and_then(Value::as_str) != Some("CustomResourceDefinition") {
-                continue;
-            }
+        for v in crd_documents(text, path)? {
             for t in crd_types(&v, path)? {
                 self.types.retain(|x| {
                     !(x.group == t.group && x.version == t.version && x.plural == t.plural)
@@ -263,8 +271,14 @@ impl Registry {
                 self.types.push(t);
                 n += 1;
             }
+            self.crds.push(v);
         }
         Ok(n)
+    }
+
+    /// The CRD objects loaded so far (the API server stores them as objects at start).
+    pub fn crds(&self) -> &[Value] {
+        &self.crds
     }
 
     /// Every served resource.
@@ -412,6 +426,21 @@ fn column(c: &Value) -> Option<Column> {
         priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
         json_path,
     })
+}
+
+/// The CustomResourceDefinition documents of a YAML text (other kinds skipped).
+fn crd_documents(text: &str, path: &str) -> Result<Vec<Value>, LoadError> {
+    let mut out = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let v: Value = serde::Deserialize::deserialize(doc).map_err(|source| LoadError::Yaml {
+            path: path.to_owned(),
+            source,
+        })?;
+        if v.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition") {
+            out.push(v);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
