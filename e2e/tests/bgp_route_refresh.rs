@@ -80,12 +80,15 @@ routes:
 
     // The peer's OPEN offers IPv4 unicast only: IPv6 is not negotiated.
     let mut s = establish(port);
-    assert!(read_until(&mut s, announces).is_some(), "{}", log());
-    // Everything the first sync sends, up to the End-of-RIB.
-    let eor = read_until(
-        &mut s,
-        |m| matches!(m, Message::Update(u) if u.is_end_of_rib().is_some()),
-    );
+    // Everything the first sync sends, up to the End-of-RIB, in one read: the announcement
+    // and the End-of-RIB can arrive in one segment, and read_until keeps no bytes between
+    // calls (two calls lost the End-of-RIB under load).
+    let mut announced = false;
+    let eor = read_until(&mut s, |m| {
+        announced |= announces(m);
+        matches!(m, Message::Update(u) if u.is_end_of_rib().is_some())
+    });
+    assert!(announced, "no announcement: {}", log());
     assert!(eor.is_some(), "no End-of-RIB: {}", log());
 
     // IPv6 unicast was not negotiated: nothing may come back.
