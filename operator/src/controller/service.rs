@@ -177,20 +177,39 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
     result
 }
 
+/// How soon a Service whose Namespace is not in the watch yet is looked at again.
+pub const NAMESPACE_WAIT: Duration = Duration::from_secs(1);
+
 async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> {
     let plan = {
         let Ok(mut ipam) = ctx.shared.ipam.lock() else {
             return Ok(Action::requeue(Duration::from_secs(1)));
         };
-        let namespace_labels = svc
-            .metadata
-            .namespace
-            .as_deref()
-            .and_then(|ns| {
-                ctx.stores
-                    .namespaces
-                    .get(&kube::runtime::reflector::ObjectRef::new(ns))
-            })
+        let namespace = svc.metadata.namespace.as_deref().and_then(|ns| {
+            ctx.stores
+                .namespaces
+                .get(&kube::runtime::reflector::ObjectRef::new(ns))
+        });
+        // A Service in a Namespace the watch has not delivered yet (just created): planned
+        // with no labels, a pool's namespaceSelector would refuse it, or a lower-priority
+        // pool would hand it an IP it keeps. It waits for its Namespace instead.
+        if namespace.is_none()
+            && svc.metadata.deletion_timestamp.is_none()
+            && ipam.pools().any(|p| p.spec().namespace_selector.is_some())
+            && ipam
+                .ips_of(&crate::ipam::ServiceKey::new(
+                    svc.namespace().unwrap_or_default(),
+                    svc.name_any(),
+                ))
+                .is_empty()
+        {
+            info!(
+                namespace = svc.metadata.namespace.as_deref().unwrap_or_default(),
+                "the Service's Namespace is not in the watch yet; retrying in 1 s"
+            );
+            return Ok(Action::requeue(NAMESPACE_WAIT));
+        }
+        let namespace_labels = namespace
             .and_then(|n| n.metadata.labels.clone())
             .unwrap_or_default();
         let p = plan_in(
@@ -273,11 +292,31 @@ async fn carry_out(svc: &Service, plan: &Plan, ctx: &Context) -> Result<(), Erro
         .await?;
     }
     for note in &plan.notes {
-        let t = match note.severity {
-            Severity::Normal => EventType::Normal,
-            Severity::Warning => EventType::Warning,
+        publish(
+            ctx,
+            svc,
+            event_type(note),
+            note.reason,
+            note.message.clone(),
+        )
+        .await;
+    }
+    for (other, note) in &plan.elsewhere {
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(other.namespace.clone()),
+            name: Some(other.name.clone()),
+            ..Default::default()
         };
-        publish(ctx, svc, t, note.reason, note.message.clone()).await;
+        publish_on(
+            ctx,
+            &reference,
+            event_type(note),
+            note.reason,
+            note.message.clone(),
+        )
+        .await;
     }
     if plan.finalizer == Finalizer::Remove {
         finalizers.retain(|f| f != names::FINALIZER_SERVICE);
@@ -304,10 +343,27 @@ async fn carry_out(svc: &Service, plan: &Plan, ctx: &Context) -> Result<(), Erro
     Ok(())
 }
 
+fn event_type(note: &crate::plan::Note) -> EventType {
+    match note.severity {
+        Severity::Normal => EventType::Normal,
+        Severity::Warning => EventType::Warning,
+    }
+}
+
 /// Records an Event on the Service; a failure is logged, never fatal (the status tells the
 /// same story).
 async fn publish(ctx: &Context, svc: &Service, t: EventType, reason: &str, note: String) {
-    let reference: ObjectReference = svc.object_ref(&());
+    publish_on(ctx, &svc.object_ref(&()), t, reason, note).await;
+}
+
+/// Records an Event on the object `reference` names.
+async fn publish_on(
+    ctx: &Context,
+    reference: &ObjectReference,
+    t: EventType,
+    reason: &str,
+    note: String,
+) {
     let ev = Event {
         type_: t,
         reason: reason.to_owned(),
@@ -315,7 +371,7 @@ async fn publish(ctx: &Context, svc: &Service, t: EventType, reason: &str, note:
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+    if let Err(e) = ctx.recorder.publish(&ev, reference).await {
         warn!(%e, reason, "could not record Event");
     }
 }

@@ -1187,3 +1187,97 @@ async fn a_namespace_selector_pool_serves_only_matching_namespaces() {
         "team a's Service: the selected pool"
     );
 }
+
+/// A Service whose Namespace the watch has not delivered yet is not planned with empty
+/// labels (a namespaceSelector pool would refuse it, another pool would hand it an IP it
+/// keeps): it is requeued, nothing is written, and once the Namespace is seen it gets the
+/// selected pool's IP.
+#[tokio::test]
+async fn a_service_in_an_unseen_namespace_waits_for_it() {
+    let mut team = pool("team-a", "198.51.100.64/30");
+    team.default = false;
+    team.namespace_selector = Some(crate::ipam::Selector {
+        match_labels: [("team".to_owned(), "a".to_owned())].into(),
+        requirements: vec![],
+    });
+    let mut w = world(vec![pool("blue", "198.51.100.8/30"), team], &[]);
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    let action = service::reconcile(Arc::new(web("Cluster", json!({}))), w.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(service::NAMESPACE_WAIT)
+    );
+    assert!(w.take().is_empty(), "nothing written while it waits");
+    let key = ServiceKey::new("shop", "web");
+    assert!(w.ctx.shared.ipam.lock().unwrap().ips_of(&key).is_empty());
+    w.namespace("shop", json!({"team": "a"}));
+    w.reconcile(web("Cluster", json!({}))).await;
+    assert_eq!(
+        w.ctx.shared.ipam.lock().unwrap().ips_of(&key),
+        ["198.51.100.65".parse::<IpAddr>().unwrap()]
+    );
+}
+
+/// The older of two Services sharing an IP is edited onto the newer's port: the collision
+/// is found at its reconcile, the Event is recorded on the newer Service, and nothing is
+/// written to either Service (no IP moves).
+#[tokio::test]
+async fn a_colliding_sharing_edit_is_an_event_on_the_newer_service_and_moves_nothing() {
+    let svc = |name: &str, created: &str, port: u16| {
+        let mut s = allocated("Cluster", "198.51.100.9");
+        s.metadata.name = Some(name.into());
+        s.metadata.uid = Some(format!("uid-{name}"));
+        s.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            created.parse().unwrap(),
+        ));
+        s.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(names::ANNOTATION_SHARING_KEY.into(), "k".into());
+        s.spec.as_mut().unwrap().ports = Some(vec![k8s_openapi::api::core::v1::ServicePort {
+            port: i32::from(port),
+            ..Default::default()
+        }]);
+        s
+    };
+    let older = svc("older", "2026-01-01T00:00:00Z", 80);
+    let newer = svc("newer", "2026-02-01T00:00:00Z", 443);
+    let mut w = world(
+        vec![pool("blue", "198.51.100.8/30")],
+        &[older.clone(), newer.clone()],
+    );
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.reconcile(older.clone()).await;
+    w.reconcile(newer.clone()).await;
+    w.take();
+
+    let edited = svc("older", "2026-01-01T00:00:00Z", 443);
+    w.reconcile(edited).await;
+    let seen = w.take();
+    let writes: Vec<_> = seen
+        .iter()
+        .filter(|s| s.path.contains("/services/"))
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    let posted: Vec<_> = seen
+        .iter()
+        .filter(|s| s.method == "POST" && s.path.ends_with("/events"))
+        .collect();
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!(posted[0].body["reason"], "SharingConflict");
+    assert_eq!(posted[0].body["regarding"]["name"], "newer");
+    assert_eq!(posted[0].body["type"], "Warning");
+    assert!(
+        posted[0].body["note"]
+            .as_str()
+            .unwrap()
+            .contains("port 443/TCP is already used on 198.51.100.9 by shop/older"),
+        "{}",
+        posted[0].body["note"]
+    );
+    let key = |n: &str| ServiceKey::new("shop", n);
+    let ipam = w.ctx.shared.ipam.lock().unwrap();
+    assert_eq!(ipam.ips_of(&key("older")), ipam.ips_of(&key("newer")));
+}
