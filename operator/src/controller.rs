@@ -278,6 +278,21 @@ where
     })
 }
 
+/// Takes the Node views the decisions read from `store` into `shared`; true when they
+/// changed (readiness, schedulability, exclusion labels, InternalIPs), false for a kubelet
+/// heartbeat or any other change Berth does not read: only then is every Service reconciled.
+pub fn nodes_changed(store: &Store<Node>, shared: &Shared) -> bool {
+    let views = node_views(store.state().iter().map(|n| &**n));
+    match shared.nodes.lock() {
+        Ok(mut n) => {
+            let changed = **n != *views;
+            *n = views;
+            changed
+        }
+        Err(_) => true,
+    }
+}
+
 /// Runs the operator's controllers until one of them fails or the Lease is lost.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let (sync_tx, sync_rx) = mpsc::unbounded_channel();
@@ -404,15 +419,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         // Only what the decisions read (readiness, schedulability, labels, InternalIPs):
         // kubelet status updates that change nothing of it reconcile nothing.
         let node_nudge = node_events.filter_map(move |e| {
-            let views = node_views(nodes_store.state().iter().map(|n| &**n));
-            let changed = match node_shared.nodes.lock() {
-                Ok(mut n) => {
-                    let changed = **n != *views;
-                    *n = views;
-                    changed
-                }
-                Err(_) => true,
-            };
+            let changed = nodes_changed(&nodes_store, &node_shared);
             let pass = logged("nodes", e).is_some() && changed;
             async move { pass.then_some(()) }
         });

@@ -1281,3 +1281,75 @@ async fn a_colliding_sharing_edit_is_an_event_on_the_newer_service_and_moves_not
     let ipam = w.ctx.shared.ipam.lock().unwrap();
     assert_eq!(ipam.ips_of(&key("older")), ipam.ips_of(&key("newer")));
 }
+
+/// What the watch task decides per Node event: a kubelet heartbeat (new resourceVersion,
+/// lastHeartbeatTime, allocatable) reconciles no Service; readiness, an exclusion label or
+/// an address does. Counted over a burst of 100 heartbeats of 10 nodes.
+#[tokio::test]
+async fn node_heartbeats_reconcile_no_service() {
+    let mut w = world(vec![], &[]);
+    let node = |name: &str, ready: &str, beat: u32, labels: Value, ip: &str| -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels, "resourceVersion": beat.to_string()},
+            "status": {
+                "conditions": [{"type": "Ready", "status": ready,
+                                "lastHeartbeatTime": format!("2026-01-01T00:{:02}:{:02}Z", beat / 60 % 60, beat % 60),
+                                "reason": "KubeletReady"}],
+                "addresses": [{"type": "InternalIP", "address": ip}],
+                "allocatable": {"cpu": format!("{}m", 1000 + beat)},
+            }
+        }))
+        .unwrap()
+    };
+    // One Node event as the watch task sees it: 1 when it reconciles every Service.
+    let event = |w: &mut World, n: Node| -> u32 {
+        w.nodes.apply_watcher_event(&watcher::Event::Apply(n));
+        u32::from(super::nodes_changed(&w.ctx.stores.nodes, &w.ctx.shared))
+    };
+    let mut reconciles = 0;
+    for i in 0..10 {
+        reconciles += event(
+            &mut w,
+            node(
+                &format!("n{i}"),
+                "True",
+                0,
+                json!({}),
+                &format!("10.0.0.{}", 10 + i),
+            ),
+        );
+    }
+    assert_eq!(reconciles, 10, "each new node is a change");
+    reconciles = 0;
+    for beat in 1..=10 {
+        for i in 0..10 {
+            reconciles += event(
+                &mut w,
+                node(
+                    &format!("n{i}"),
+                    "True",
+                    beat,
+                    json!({}),
+                    &format!("10.0.0.{}", 10 + i),
+                ),
+            );
+        }
+    }
+    assert_eq!(reconciles, 0, "100 heartbeats, no reconcile");
+    reconciles += event(&mut w, node("n3", "False", 11, json!({}), "10.0.0.13"));
+    reconciles += event(
+        &mut w,
+        node(
+            "n4",
+            "True",
+            11,
+            json!({"node.kubernetes.io/exclude-from-external-load-balancers": ""}),
+            "10.0.0.14",
+        ),
+    );
+    reconciles += event(&mut w, node("n5", "True", 11, json!({}), "10.0.0.99"));
+    assert_eq!(
+        reconciles, 3,
+        "readiness, exclusion and address changes each reconcile"
+    );
+}
