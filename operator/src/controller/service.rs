@@ -255,7 +255,10 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
     }
     // Only Berth's own Services wait for something; another's (NotBerths) is said once per
     // change of it, not every minute.
-    let failed = plan.ours && plan.notes.iter().any(|n| n.severity == Severity::Warning);
+    // A Service waiting whose Event went on another one (the newer of two that collide)
+    // waits all the same.
+    let failed = plan.ours
+        && (plan.pending.is_some() || plan.notes.iter().any(|n| n.severity == Severity::Warning));
     // A Service still waiting for an IP is retried even without a trigger, in case the
     // pool it waits for frees up by a path we do not watch.
     Ok(if failed {
