@@ -32,8 +32,8 @@ use crate::nexthops::{NextHop, TrafficPolicy};
 use crate::plan::{Finalizer, Plan, Severity, plan_in};
 
 /// Lists every Service and every Eip and rebuilds the IPAM engine from their claims. Claims
-/// that conflict are reported as Warnings on the later Service; it gets a new IP when
-/// reconciled.
+/// that conflict are reported as Warnings on the later Service; nothing is moved for it (a
+/// claim colliding with an older holder keeps its status IP, see `plan`).
 pub async fn rebuild(ctx: &Context) -> Result<Vec<Service>, Error> {
     let api: Api<Service> = Api::all(ctx.client.clone());
     let mut all = Vec::new();
@@ -77,7 +77,16 @@ pub async fn rebuild(ctx: &Context) -> Result<Vec<Service>, Error> {
                 svc,
                 EventType::Warning,
                 "IPConflict",
-                format!("{c}; the Service will be given another IP"),
+                match c.reason {
+                    // Nothing moves: it keeps the IP in its status, and its reconcile says
+                    // which Service collides and what to change (SharingConflict).
+                    crate::ipam::ConflictReason::Share(_) => format!(
+                        "{c}; the older Service keeps it, this one is not given another IP (nothing moves): make the two shareable again or move one of them"
+                    ),
+                    crate::ipam::ConflictReason::SecondOfFamily(held) => format!(
+                        "{c}; the Service keeps {held}, and its status is rewritten to show only that"
+                    ),
+                },
             )
             .await;
         }
