@@ -664,6 +664,10 @@ def check_rbac(objects: list[dict]) -> list[str]:
                         problems.append(f"ClusterRole/{o['metadata']['name']}: Secrets cluster-wide")
                     if {"create", "update", "patch", "delete", "deletecollection"} & set(r["verbs"]):
                         problems.append(f"Role/{o['metadata']['name']}: writes Secrets")
+                    # list/watch cannot be narrowed by resourceNames: it reads every Secret of
+                    # the namespace (the chart's TLS keys and gossip key among them).
+                    if {"list", "watch"} & set(r["verbs"]):
+                        problems.append(f"Role/{o['metadata']['name']}: lists or watches every Secret of its namespace; get the named ones")
                 if o["kind"] == "ClusterRole" and {"nodes/proxy", "pods/exec", "serviceaccounts/token"} & set(r.get("resources", [])):
                     problems.append(f"ClusterRole/{o['metadata']['name']}: {r}")
     sas = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ServiceAccount"}
@@ -687,6 +691,30 @@ def check_rbac(objects: list[dict]) -> list[str]:
             sc = c.get("securityContext", {})
             if sc.get("privileged") or sc.get("allowPrivilegeEscalation") is not False:
                 problems.append(f"{w['kind']}/{w['metadata']['name']}: privileged or privilege escalation allowed")
+    return problems
+
+
+def check_secret_names(chart: Path, values: dict, objects: list[dict]) -> list[str]:
+    """The operator's Role reads Secrets with `get` only, limited to the names in
+    operator.bgpPasswordSecrets when that list is not empty."""
+    if not (_merged(chart, values).get("rbac") or {}).get("create", True):
+        return []
+    names = _merged(chart, values)["operator"].get("bgpPasswordSecrets") or []
+    rules = [
+        r
+        for o in objects
+        if o["kind"] == "Role" and o["metadata"]["name"].endswith("-operator")
+        for r in o.get("rules", [])
+        if "secrets" in r.get("resources", [])
+    ]
+    if len(rules) != 1:
+        return [f"the operator's Role has {len(rules)} rules on Secrets, expected one (get)"]
+    r = rules[0]
+    problems = []
+    if r.get("verbs") != ["get"]:
+        problems.append(f"the operator's Role grants {r.get('verbs')} on Secrets, expected [get]")
+    if (r.get("resourceNames") or []) != names:
+        problems.append(f"the operator's Role names Secrets {r.get('resourceNames')}, operator.bgpPasswordSecrets says {names}")
     return problems
 
 
@@ -1141,6 +1169,7 @@ def run_all(chart: Path, run: Run, only: list[str] | None = None) -> None:
         run.check(f"{f}: Services and monitors find their ports", lambda objs=objs: check_services(objs))
         run.check(f"{f}: images and pull secrets from the values", lambda objs=objs, values=values: check_images(chart, values, objs))
         run.check(f"{f}: RBAC and security contexts", lambda objs=objs: check_rbac(objs))
+        run.check(f"{f}: operator Secrets narrowed to operator.bgpPasswordSecrets", lambda objs=objs, values=values: check_secret_names(chart, values, objs))
         if (values.get("rbac") or {}).get("create", True):
             run.check(f"{f}: RBAC grants every resource the code uses", lambda objs=objs: check_rbac_covers_code(objs))
         run.check(f"{f}: no admission webhooks", lambda objs=objs: check_no_webhooks(objs))
@@ -1195,6 +1224,10 @@ MUTATIONS = [
      lambda c: _edit(c / "templates/agent/daemonset.yaml", "targetPort: metrics", "targetPort: prometheus")),
     ("Secrets readable cluster-wide", "default-values.yaml: RBAC",
      lambda c: _edit(c / "templates/agent/rbac.yaml", "resources: [services]", "resources: [services, secrets]")),
+    ("Secrets listed by the operator", "default-values.yaml: RBAC",
+     lambda c: _edit(c / "templates/operator/rbac.yaml", "verbs: [get]\n", "verbs: [get, list, watch]\n")),
+    ("operator.bgpPasswordSecrets not applied", "external-certs-values.yaml: operator Secrets narrowed",
+     lambda c: _edit(c / "templates/operator/rbac.yaml", "{{- with .Values.operator.bgpPasswordSecrets }}", "{{- with .Values.operator.bgpPasswordSecretz }}")),
     ("a resource the code uses, not granted", "default-values.yaml: RBAC grants",
      lambda c: _edit(c / "templates/operator/rbac.yaml", "resources: [endpointslices]", "resources: [endpoints]")),
     ("a pull secret left out of one workload", "external-certs-values.yaml: images",

@@ -1365,3 +1365,157 @@ fn services_handed_over_from_metallb_and_openelb_keep_their_ips() {
     }
     no_refusals(&r);
 }
+
+/// Narrows the operator's rendered Role to get the Secret `router-md5` only, as the chart
+/// renders it with `operator.bgpPasswordSecrets: [router-md5]`.
+// The type of `Spec::rbac_edit`.
+#[allow(clippy::ptr_arg)]
+fn only_router_md5(objects: &mut Vec<serde_json::Value>) {
+    for o in objects.iter_mut().filter(|o| {
+        o["kind"] == "Role" && o["metadata"]["name"] == format!("{}-operator", lab::RELEASE)
+    }) {
+        if let Some(rules) = o["rules"].as_array_mut() {
+            for rule in rules
+                .iter_mut()
+                .filter(|r| r["resources"] == serde_json::json!(["secrets"]))
+            {
+                rule["resourceNames"] = serde_json::json!(["router-md5"]);
+            }
+        }
+    }
+}
+
+/// TCP MD5 end to end with least-privilege Secrets: the operator `get`s the Secret the
+/// router's BgpPeer names (its Role narrowed to that name, as `operator.bgpPasswordSecrets`
+/// renders it), the speaker signs the session and FRR, set to the same password, routes the
+/// Service again; a rotated password reaches the session without a restart (the operator
+/// reads the Secret again every 30 s); a BgpPeer naming a Secret outside the Role gets
+/// `Configured=False` (`SecretForbidden`) with the API server's 403, and the router's peer
+/// stays configured.
+#[test]
+fn md5_password_from_a_named_secret_reaches_the_router() {
+    if let Some(why) = berth_e2e::lab_unavailable(&["/usr/lib/frr/bgpd", "/usr/bin/kubectl"]) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut s = spec("p");
+    s.rbac_edit = Some(only_router_md5);
+    let dir = s.dir.clone();
+    let r = lab::up(s).unwrap_or_else(|e| panic!("lab up: {e}\n{}", logs(&dir)));
+    let ip = r
+        .service_ip("demo", "web", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("demo/web got no IP\n{}", logs(&dir)));
+    assert!(
+        hops_become(&r, &ip, &all_nodes(), 30),
+        "no route for {ip}\n{}",
+        logs(&dir)
+    );
+    let lab::Router::Frr(frr) = &r.router else {
+        panic!("the lab test runs FRR")
+    };
+    let secret = |password_b64: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: router-md5, namespace: berth-system}}\ndata: {{password: {password_b64}}}\n"
+        )
+    };
+    let frr_password = |pw: &str| {
+        frr.vtysh(
+            &r.lab,
+            &format!(
+                "configure terminal\nrouter bgp 64513\nneighbor {} password {pw}",
+                NODES[0].1
+            ),
+        )
+        .unwrap_or_else(|e| panic!("FRR password: {e}"));
+    };
+    // lab-s3cret
+    apply(&r, "router-md5", &secret("bGFiLXMzY3JldA=="));
+    frr_password("lab-s3cret");
+    r.kubectl(&[
+        "patch",
+        "bgppeer",
+        "router",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"passwordSecretRef":{"name":"router-md5"}}}"#,
+    ])
+    .unwrap();
+    let session_up = |secs: u64| {
+        wait_for(Duration::from_secs(secs), || {
+            let out = frr
+                .vtysh(&r.lab, &format!("show bgp neighbor {} json", NODES[0].1))
+                .ok()?;
+            out.contains("\"bgpState\":\"Established\"").then_some(())
+        })
+        .is_some()
+    };
+    assert!(
+        session_up(60) && hops_become(&r, &ip, &all_nodes(), 30),
+        "no signed session with FRR: {:?}\n{}",
+        frr.vtysh(&r.lab, &format!("show bgp neighbor {}", NODES[0].1)),
+        logs(&dir)
+    );
+    let configured = || {
+        r.kubectl(&[
+            "get",
+            "bgppeer",
+            "router",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Configured\")].status}",
+        ])
+        .unwrap_or_default()
+    };
+    assert_eq!(configured(), "True", "{}", logs(&dir));
+
+    // Rotation: both sides get the new password; the operator picks it up by itself.
+    apply(&r, "router-md5", &secret("bGFiLXMzY3JldDI="));
+    frr_password("lab-s3cret2");
+    // The old session may survive the key change for up to its hold time; wait for a new one.
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(
+        session_up(90) && hops_become(&r, &ip, &all_nodes(), 30),
+        "the rotated password never reached the session: {:?}\n{}",
+        frr.vtysh(&r.lab, &format!("show bgp neighbor {}", NODES[0].1)),
+        logs(&dir)
+    );
+
+    // A peer naming a Secret the operator may not read: left out, told why; the router's
+    // peer stays.
+    apply(
+        &r,
+        "other-md5",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: other-md5, namespace: berth-system}\ndata: {password: b3RoZXI=}\n",
+    );
+    apply(
+        &r,
+        "other-peer",
+        "apiVersion: berth.dev/v1alpha1\nkind: BgpPeer\nmetadata: {name: other}\nspec: {address: 10.0.0.2, peerAsn: 64514, passwordSecretRef: {name: other-md5}}\n",
+    );
+    let reason = wait_for(Duration::from_secs(60), || {
+        let out = r
+            .kubectl(&[
+                "get",
+                "bgppeer",
+                "other",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Configured\")].reason}: {.status.conditions[?(@.type==\"Configured\")].message}",
+            ])
+            .ok()?;
+        out.starts_with("SecretForbidden").then_some(out)
+    });
+    let reason =
+        reason.unwrap_or_else(|| panic!("BgpPeer other is not SecretForbidden\n{}", logs(&dir)));
+    assert!(
+        reason.contains("berth-system/other-md5") && reason.contains("operator.bgpPasswordSecrets"),
+        "{reason}"
+    );
+    assert_eq!(configured(), "True", "{}", logs(&dir));
+    assert!(hops_become(&r, &ip, &all_nodes(), 30), "{}", logs(&dir));
+    // The only refusals: the operator's gets of that one Secret.
+    let refused = r.refusals().unwrap();
+    assert!(
+        !refused.is_empty() && refused.iter().all(|l| l.contains("\"other-md5\"")),
+        "{refused:?}"
+    );
+}

@@ -10,6 +10,7 @@
 
 pub mod eip;
 pub mod leader;
+pub mod secrets;
 pub mod service;
 pub mod speaker;
 #[cfg(test)]
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use berth_api::{BgpConf, BgpPeer, Eip};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -33,6 +34,7 @@ use crate::index::{SliceIndex, node_views};
 use crate::ipam::{Ipam, PoolEditError};
 use crate::metrics::Metrics;
 use crate::nexthops::NodeView;
+use crate::passwords::SecretCache;
 use crate::routes::RouteTable;
 
 /// How the operator runs; from flags and environment (see `main.rs`).
@@ -121,6 +123,10 @@ pub struct Shared {
     pub nodes: Mutex<Arc<Vec<NodeView>>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The Secrets BgpPeers name, as last read ([`secrets`]).
+    pub secrets: Mutex<SecretCache>,
+    /// A BgpPeer's spec changed: its Secrets are read again before the speakers are told.
+    pub peers_changed: Notify,
 }
 
 /// The stores the decisions read.
@@ -136,8 +142,6 @@ pub struct Stores {
     pub peers: Store<BgpPeer>,
     /// bgp-server Pods.
     pub pods: Store<Pod>,
-    /// Secrets in Berth's namespace.
-    pub secrets: Store<Secret>,
     /// The Layer2 assignment ConfigMaps the operator wrote in Berth's namespace.
     pub assignments: Store<ConfigMap>,
     /// Namespaces: their labels, which pools' `namespaceSelector` matches.
@@ -274,6 +278,21 @@ where
     })
 }
 
+/// Takes the Node views the decisions read from `store` into `shared`; true when they
+/// changed (readiness, schedulability, exclusion labels, InternalIPs), false for a kubelet
+/// heartbeat or any other change Berth does not read: only then is every Service reconciled.
+pub fn nodes_changed(store: &Store<Node>, shared: &Shared) -> bool {
+    let views = node_views(store.state().iter().map(|n| &**n));
+    match shared.nodes.lock() {
+        Ok(mut n) => {
+            let changed = **n != *views;
+            *n = views;
+            changed
+        }
+        Err(_) => true,
+    }
+}
+
 /// Runs the operator's controllers until one of them fails or the Lease is lost.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let (sync_tx, sync_rx) = mpsc::unbounded_channel();
@@ -290,6 +309,8 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         slices: Mutex::new(SliceIndex::default()),
         nodes: Mutex::new(Arc::new(Vec::new())),
         metrics: metrics.clone(),
+        secrets: Mutex::new(SecretCache::new()),
+        peers_changed: Notify::new(),
     });
     let ns = settings.namespace.clone();
     let (nodes, node_events) =
@@ -337,10 +358,6 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         Api::<Pod>::namespaced(client.clone(), &ns),
         watcher::Config::default().labels(&settings.speaker_selector),
     );
-    let (secrets, secret_events) = reflect(
-        Api::<Secret>::namespaced(client.clone(), &ns),
-        watcher::Config::default(),
-    );
     let (namespaces, namespace_events) = reflect(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
@@ -385,14 +402,14 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         confs,
         peers,
         pods,
-        secrets,
         assignments,
         namespaces,
     };
 
-    // Node, pool and BGP-settings changes touch every Service; peers, pods and Secrets only
-    // the speakers. Namespace label changes touch every Service too (rare; the pools'
-    // namespaceSelector is matched against them); other Namespace events nothing.
+    // Node, pool and BGP-settings changes touch every Service; peers and pods only the
+    // speakers (a peer change once its Secrets are read again). Namespace label changes touch
+    // every Service too (rare; the pools' namespaceSelector is matched against them); other
+    // Namespace events nothing.
     let drive = {
         let shared = shared.clone();
         let all_tx = all_tx.clone();
@@ -402,15 +419,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         // Only what the decisions read (readiness, schedulability, labels, InternalIPs):
         // kubelet status updates that change nothing of it reconcile nothing.
         let node_nudge = node_events.filter_map(move |e| {
-            let views = node_views(nodes_store.state().iter().map(|n| &**n));
-            let changed = match node_shared.nodes.lock() {
-                Ok(mut n) => {
-                    let changed = **n != *views;
-                    *n = views;
-                    changed
-                }
-                Err(_) => true,
-            };
+            let changed = nodes_changed(&nodes_store, &node_shared);
             let pass = logged("nodes", e).is_some() && changed;
             async move { pass.then_some(()) }
         });
@@ -427,15 +436,11 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
             async move { pass.then_some(()) }
         });
         let conf_nudge = spec_changes("bgpconfs.berth.dev", stores.confs.clone(), conf_events);
-        let speaker_nudge = futures::stream::select_all([
-            spec_changes("bgppeers.berth.dev", stores.peers.clone(), peer_events).boxed(),
-            pod_events
-                .filter_map(|e| async move { logged("pods", e).map(|_| ()) })
-                .boxed(),
-            secret_events
-                .filter_map(|e| async move { logged("secrets", e).map(|_| ()) })
-                .boxed(),
-        ]);
+        let mut peer_nudge =
+            spec_changes("bgppeers.berth.dev", stores.peers.clone(), peer_events).boxed();
+        let speaker_nudge = pod_events
+            .filter_map(|e| async move { logged("pods", e).map(|_| ()) })
+            .boxed();
         async move {
             let mut everyone = futures::stream::select_all([
                 node_nudge.boxed(),
@@ -455,6 +460,8 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
                     Some(()) = speakers.next() => {
                         let _ = shared.sync.send(SyncEvent::Full);
                     }
+                    // The Secret reader sends the full state once it has read them.
+                    Some(()) = peer_nudge.next() => shared.peers_changed.notify_one(),
                     else => return,
                 }
             }
@@ -472,7 +479,6 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         ("bgpconfs", stores.confs.wait_until_ready().await.is_ok()),
         ("bgppeers", stores.peers.wait_until_ready().await.is_ok()),
         ("pods", stores.pods.wait_until_ready().await.is_ok()),
-        ("secrets", stores.secrets.wait_until_ready().await.is_ok()),
         (
             "configmaps",
             stores.assignments.wait_until_ready().await.is_ok(),
@@ -486,6 +492,16 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
             return Err(Error::StoreNotReady(what).into());
         }
     }
+
+    // Every password a peer names is read before the first push: a speaker must never be
+    // told a peer without its key (it would connect unsigned).
+    secrets::refresh(&client, &ns, &stores.peers, &shared).await;
+    let secret_reader = tokio::spawn(secrets::run(
+        client.clone(),
+        ns.clone(),
+        stores.peers.clone(),
+        shared.clone(),
+    ));
 
     let recorder = kube::runtime::events::Recorder::new(
         client.clone(),
@@ -534,5 +550,6 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         r = drive => Err(anyhow::anyhow!("watches stopped: {r:?}")),
         r = slice_task => Err(anyhow::anyhow!("EndpointSlice watch stopped: {r:?}")),
         r = assignment_task => Err(anyhow::anyhow!("ConfigMap watch stopped: {r:?}")),
+        r = secret_reader => Err(anyhow::anyhow!("BgpPeer Secret reader stopped: {r:?}")),
     }
 }

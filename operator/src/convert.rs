@@ -118,10 +118,13 @@ pub fn claims(svc: &Service, take_unclassed: bool) -> Vec<Claim> {
             .any(|f| f == names::FINALIZER_SERVICE);
     let holder = match intent(svc, take_unclassed) {
         Ok(Intent::Ours(reqs)) => reqs.into_iter().next().map(|r| r.holder),
-        _ if ours_by_finalizer => Some(crate::ipam::Holder::new(crate::ipam::ServiceKey::new(
-            svc.metadata.namespace.clone().unwrap_or_default(),
-            svc.metadata.name.clone().unwrap_or_default(),
-        ))),
+        _ if ours_by_finalizer => Some(crate::ipam::Holder {
+            uid: svc.metadata.uid.clone().unwrap_or_default(),
+            ..crate::ipam::Holder::new(crate::ipam::ServiceKey::new(
+                svc.metadata.namespace.clone().unwrap_or_default(),
+                svc.metadata.name.clone().unwrap_or_default(),
+            ))
+        }),
         _ => None,
     };
     let Some(holder) = holder else {

@@ -10,6 +10,7 @@ pub mod index;
 pub mod ipam;
 pub mod metrics;
 pub mod nexthops;
+pub mod passwords;
 pub mod plan;
 pub mod pools;
 pub mod routes;

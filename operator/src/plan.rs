@@ -15,7 +15,7 @@ use berth_api::names;
 use k8s_openapi::api::core::v1::Service;
 
 use crate::convert::{allocated_pool_value, ingress_ips};
-use crate::ipam::{Family, Ipam, Labels, ServiceKey};
+use crate::ipam::{AllocError, Family, Ipam, Labels, ServiceKey};
 use crate::service::{Intent, intent_in};
 
 /// Whether an Event is routine or needs the user.
@@ -80,6 +80,9 @@ pub struct Plan {
     pub allocated_pool: Option<Option<String>>,
     /// Events to record.
     pub notes: Vec<Note>,
+    /// Events to record on other Services: of two that collide on an IP after a sharing
+    /// edit, the newer one is told, whichever of them was reconciled.
+    pub elsewhere: Vec<(ServiceKey, Note)>,
     /// The IPs the Service holds afterwards (routes follow these).
     pub held: Vec<IpAddr>,
     /// Whether the Service is Berth's (next hops are computed only then).
@@ -124,6 +127,26 @@ pub fn plan_in(
     let status_ips = ingress_ips(svc);
     let deleting = svc.metadata.deletion_timestamp.is_some();
     let mut notes = Vec::new();
+    let mut elsewhere = Vec::new();
+
+    // The engine holds IPs for another instance of this name: that Service was deleted and
+    // this one created since (faster than the sweep noticed). It is a new holder: what the
+    // old one held is released, and this one asks afresh.
+    let uid = svc.metadata.uid.as_deref().unwrap_or_default();
+    if !uid.is_empty()
+        && ipam
+            .uid_of(&key)
+            .is_some_and(|held_by| !held_by.is_empty() && held_by != uid)
+    {
+        let released = ipam.release(&key);
+        notes.push(Note::normal(
+            "IPReleased",
+            format!(
+                "released {}: held by the earlier Service of this name, which was deleted",
+                list(&released)
+            ),
+        ));
+    }
 
     let intent = if deleting {
         Ok(Intent::NotOurs)
@@ -186,6 +209,7 @@ pub fn plan_in(
                 allocated_pool: (clear_status && recorded_pool.is_some() && !deleting)
                     .then_some(None),
                 notes,
+                elsewhere,
                 held: Vec::new(),
                 ours: false,
                 pending: None,
@@ -209,6 +233,7 @@ pub fn plan_in(
                 allocated_pool: None,
                 pending: held.is_empty().then_some(INVALID_SERVICE),
                 notes,
+                elsewhere,
                 held,
                 ours: true,
             };
@@ -230,6 +255,9 @@ pub fn plan_in(
     }
 
     let mut allocs: Vec<(IpAddr, String)> = Vec::new();
+    // What the status shows afterwards: the IPs held, and a status IP kept although another
+    // Service holds it now (a sharing edit seen only after a restart: nothing moves).
+    let mut shown: Vec<IpAddr> = Vec::new();
     let mut pending = None;
     for req in &requests {
         let before = ipam
@@ -245,12 +273,22 @@ pub fn plan_in(
             .copied()
             .find(|ip| Family::of(*ip) == req.family)
             .filter(|_| before.is_none() && req.requested.is_none());
-        let kept = from_status.and_then(|ip| {
+        let kept = from_status.map(|ip| {
             let mut preferred = req.clone();
             preferred.requested = Some(ip);
-            ipam.allocate(&preferred).ok()
+            match ipam.allocate(&preferred) {
+                // Held by a Service it may no longer share with: this one is not moved
+                // elsewhere; the newer of the two is told.
+                Err(AllocError::Share(_)) => ipam.collision_at(ip, &req.holder).map(|()| None),
+                r => r.map(Some).or(Ok(None)),
+            }
         });
-        match kept.map(Ok).unwrap_or_else(|| ipam.allocate(req)) {
+        let result = match kept {
+            Some(Ok(Some(a))) => Ok(a),
+            Some(Err(e)) => Err(e),
+            _ => ipam.allocate(req),
+        };
+        match result {
             Ok(a) => {
                 if before.is_none() {
                     notes.push(Note::normal(
@@ -258,16 +296,34 @@ pub fn plan_in(
                         format!("assigned {} from pool {}", a.ip, a.pool),
                     ));
                 }
+                shown.push(a.ip);
                 allocs.push((a.ip, a.pool));
             }
             Err(e) => {
                 if before.is_none() {
                     pending.get_or_insert(e.reason());
                 }
-                notes.push(Note::warning("AllocationFailed", e.to_string()));
+                match &e {
+                    AllocError::SharingEdit { newer, .. } => {
+                        let note = Note::warning("SharingConflict", e.to_string());
+                        if *newer == key {
+                            notes.push(note);
+                        } else {
+                            elsewhere.push((newer.clone(), note));
+                        }
+                        // Its status IP stays (nothing moves), held or not.
+                        if before.is_none()
+                            && let Some(ip) = from_status
+                        {
+                            shown.push(ip);
+                        }
+                    }
+                    _ => notes.push(Note::warning("AllocationFailed", e.to_string())),
+                }
                 // An IP still held (e.g. a requested IP that differs) stays in use.
                 if let Some(ip) = before {
                     let pool = ipam.pool_of(ip).unwrap_or_default().to_owned();
+                    shown.push(ip);
                     allocs.push((ip, pool));
                 }
             }
@@ -288,9 +344,10 @@ pub fn plan_in(
         } else {
             Finalizer::Keep
         },
-        ingress: (status_ips != held).then(|| held.clone()),
+        ingress: (status_ips != shown).then_some(shown),
         allocated_pool: (pool_value != recorded_pool).then_some(pool_value),
         notes,
+        elsewhere,
         held,
         ours: true,
         pending,

@@ -182,6 +182,7 @@ pub fn intent_in(
         policy,
         backend,
         created,
+        uid: meta.uid.clone().unwrap_or_default(),
     };
     let pool =
         requested_by(names::ANNOTATION_POOL, &names::FOREIGN_POOL_ANNOTATIONS).map(|(_, v)| v);

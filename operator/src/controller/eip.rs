@@ -14,8 +14,9 @@ use super::Context;
 use crate::convert;
 use crate::pools::{Facts, status};
 
-/// Brings the engine's pools in line with the Eips in the store. An edit the engine refuses
-/// (it would strand IPs in use) leaves the pool as it was and is remembered for the status.
+/// Brings the engine's pools in line with the Eips in the store. An edit that removes IPs in
+/// use is applied to new allocations only (their Services keep them) and is remembered for
+/// the status, which names those Services until they are gone or moved.
 pub fn sync_pools(ctx: &Context) {
     sync_pools_of(&ctx.stores.eips, &ctx.shared);
 }
@@ -48,7 +49,20 @@ pub fn sync_pools_of(store: &kube::runtime::reflector::Store<Eip>, shared: &supe
             }
         };
         if ipam.pool(&name).map(|p| p.spec()) == Some(&spec) {
-            errors.remove(&name);
+            // Taken in already; an edit that removed IPs in use stays reported until the
+            // Services holding them are gone or moved.
+            let affected = ipam.stranded(&name);
+            if affected.is_empty() {
+                errors.remove(&name);
+            } else {
+                errors.insert(
+                    name.clone(),
+                    crate::ipam::PoolEditError::WouldStrand {
+                        pool: name,
+                        affected,
+                    },
+                );
+            }
             continue;
         }
         match ipam.upsert_pool(spec) {

@@ -32,8 +32,8 @@ use crate::nexthops::{NextHop, TrafficPolicy};
 use crate::plan::{Finalizer, Plan, Severity, plan_in};
 
 /// Lists every Service and every Eip and rebuilds the IPAM engine from their claims. Claims
-/// that conflict are reported as Warnings on the later Service; it gets a new IP when
-/// reconciled.
+/// that conflict are reported as Warnings on the later Service; nothing is moved for it (a
+/// claim colliding with an older holder keeps its status IP, see `plan`).
 pub async fn rebuild(ctx: &Context) -> Result<Vec<Service>, Error> {
     let api: Api<Service> = Api::all(ctx.client.clone());
     let mut all = Vec::new();
@@ -77,7 +77,16 @@ pub async fn rebuild(ctx: &Context) -> Result<Vec<Service>, Error> {
                 svc,
                 EventType::Warning,
                 "IPConflict",
-                format!("{c}; the Service will be given another IP"),
+                match c.reason {
+                    // Nothing moves: it keeps the IP in its status, and its reconcile says
+                    // which Service collides and what to change (SharingConflict).
+                    crate::ipam::ConflictReason::Share(_) => format!(
+                        "{c}; the older Service keeps it, this one is not given another IP (nothing moves): make the two shareable again or move one of them"
+                    ),
+                    crate::ipam::ConflictReason::SecondOfFamily(held) => format!(
+                        "{c}; the Service keeps {held}, and its status is rewritten to show only that"
+                    ),
+                },
             )
             .await;
         }
@@ -177,20 +186,39 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
     result
 }
 
+/// How soon a Service whose Namespace is not in the watch yet is looked at again.
+pub const NAMESPACE_WAIT: Duration = Duration::from_secs(1);
+
 async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> {
     let plan = {
         let Ok(mut ipam) = ctx.shared.ipam.lock() else {
             return Ok(Action::requeue(Duration::from_secs(1)));
         };
-        let namespace_labels = svc
-            .metadata
-            .namespace
-            .as_deref()
-            .and_then(|ns| {
-                ctx.stores
-                    .namespaces
-                    .get(&kube::runtime::reflector::ObjectRef::new(ns))
-            })
+        let namespace = svc.metadata.namespace.as_deref().and_then(|ns| {
+            ctx.stores
+                .namespaces
+                .get(&kube::runtime::reflector::ObjectRef::new(ns))
+        });
+        // A Service in a Namespace the watch has not delivered yet (just created): planned
+        // with no labels, a pool's namespaceSelector would refuse it, or a lower-priority
+        // pool would hand it an IP it keeps. It waits for its Namespace instead.
+        if namespace.is_none()
+            && svc.metadata.deletion_timestamp.is_none()
+            && ipam.pools().any(|p| p.spec().namespace_selector.is_some())
+            && ipam
+                .ips_of(&crate::ipam::ServiceKey::new(
+                    svc.namespace().unwrap_or_default(),
+                    svc.name_any(),
+                ))
+                .is_empty()
+        {
+            info!(
+                namespace = svc.metadata.namespace.as_deref().unwrap_or_default(),
+                "the Service's Namespace is not in the watch yet; retrying in 1 s"
+            );
+            return Ok(Action::requeue(NAMESPACE_WAIT));
+        }
+        let namespace_labels = namespace
             .and_then(|n| n.metadata.labels.clone())
             .unwrap_or_default();
         let p = plan_in(
@@ -236,7 +264,10 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
     }
     // Only Berth's own Services wait for something; another's (NotBerths) is said once per
     // change of it, not every minute.
-    let failed = plan.ours && plan.notes.iter().any(|n| n.severity == Severity::Warning);
+    // A Service waiting whose Event went on another one (the newer of two that collide)
+    // waits all the same.
+    let failed = plan.ours
+        && (plan.pending.is_some() || plan.notes.iter().any(|n| n.severity == Severity::Warning));
     // A Service still waiting for an IP is retried even without a trigger, in case the
     // pool it waits for frees up by a path we do not watch.
     Ok(if failed {
@@ -273,11 +304,31 @@ async fn carry_out(svc: &Service, plan: &Plan, ctx: &Context) -> Result<(), Erro
         .await?;
     }
     for note in &plan.notes {
-        let t = match note.severity {
-            Severity::Normal => EventType::Normal,
-            Severity::Warning => EventType::Warning,
+        publish(
+            ctx,
+            svc,
+            event_type(note),
+            note.reason,
+            note.message.clone(),
+        )
+        .await;
+    }
+    for (other, note) in &plan.elsewhere {
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(other.namespace.clone()),
+            name: Some(other.name.clone()),
+            ..Default::default()
         };
-        publish(ctx, svc, t, note.reason, note.message.clone()).await;
+        publish_on(
+            ctx,
+            &reference,
+            event_type(note),
+            note.reason,
+            note.message.clone(),
+        )
+        .await;
     }
     if plan.finalizer == Finalizer::Remove {
         finalizers.retain(|f| f != names::FINALIZER_SERVICE);
@@ -304,10 +355,27 @@ async fn carry_out(svc: &Service, plan: &Plan, ctx: &Context) -> Result<(), Erro
     Ok(())
 }
 
+fn event_type(note: &crate::plan::Note) -> EventType {
+    match note.severity {
+        Severity::Normal => EventType::Normal,
+        Severity::Warning => EventType::Warning,
+    }
+}
+
 /// Records an Event on the Service; a failure is logged, never fatal (the status tells the
 /// same story).
 async fn publish(ctx: &Context, svc: &Service, t: EventType, reason: &str, note: String) {
-    let reference: ObjectReference = svc.object_ref(&());
+    publish_on(ctx, &svc.object_ref(&()), t, reason, note).await;
+}
+
+/// Records an Event on the object `reference` names.
+async fn publish_on(
+    ctx: &Context,
+    reference: &ObjectReference,
+    t: EventType,
+    reason: &str,
+    note: String,
+) {
     let ev = Event {
         type_: t,
         reason: reason.to_owned(),
@@ -315,7 +383,7 @@ async fn publish(ctx: &Context, svc: &Service, t: EventType, reason: &str, note:
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+    if let Err(e) = ctx.recorder.publish(&ev, reference).await {
         warn!(%e, reason, "could not record Event");
     }
 }

@@ -517,45 +517,16 @@ fn resolve(ctx: &Context, p: &BgpPeer) -> Result<Peer, (&'static str, String)> {
     })
 }
 
-/// The TCP MD5 password from the referenced Secret.
+/// The TCP MD5 password from the referenced Secret, as last read by [`super::secrets`].
 fn password(ctx: &Context, r: &berth_api::SecretKeyRef) -> Result<String, (&'static str, String)> {
-    let ours = &ctx.settings.namespace;
-    let ns = r.namespace.clone().unwrap_or(ours.clone());
-    if &ns != ours {
+    let Ok(cache) = ctx.shared.secrets.lock() else {
         return Err((
-            "SecretMissing",
-            format!(
-                "spec.passwordSecretRef names namespace {ns}, but the operator reads Secrets only in {ours}: move the Secret there"
-            ),
-        ));
-    }
-    let Some(secret) = ctx.stores.secrets.get(&ObjectRef::new(&r.name).within(&ns)) else {
-        return Err((
-            "SecretMissing",
-            format!(
-                "Secret {ns}/{} (spec.passwordSecretRef) does not exist: create it with the password under key {:?}; the peer is not configured on any speaker until then",
-                r.name, r.key
-            ),
+            "SecretPending",
+            "the operator's Secret cache is unavailable (a thread panicked); restart the operator"
+                .to_owned(),
         ));
     };
-    let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(&r.key)) else {
-        return Err((
-            "SecretKeyMissing",
-            format!(
-                "Secret {ns}/{} has no key {:?} (spec.passwordSecretRef.key): add it or name the right key",
-                r.name, r.key
-            ),
-        ));
-    };
-    String::from_utf8(bytes.0.clone()).map_err(|_| {
-        (
-            "SecretKeyInvalid",
-            format!(
-                "Secret {ns}/{} key {:?} is not UTF-8 text: store the password as plain text",
-                r.name, r.key
-            ),
-        )
-    })
+    cache.password(&ctx.settings.namespace, r)
 }
 
 async fn push_full(ctx: &Context, conn: &mut Conn, generation: u64) -> Result<(), String> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use berth_api::{BgpConf, BgpPeer, Eip, names};
 use http::{Request, Response};
-use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::client::Body;
 use kube::runtime::reflector::{self, store::Writer};
@@ -43,7 +43,8 @@ struct World {
     sync: mpsc::UnboundedReceiver<SyncEvent>,
     nodes: Writer<Node>,
     peers: Writer<BgpPeer>,
-    secrets: Writer<Secret>,
+    /// Secrets the mock API server answers a GET with.
+    served: Served,
     confs: Writer<BgpConf>,
     pods: Writer<Pod>,
     namespaces: Writer<k8s_openapi::api::core::v1::Namespace>,
@@ -58,11 +59,16 @@ where
     (w.as_reader(), w)
 }
 
+/// Secrets the mock API server serves by name: the status code and the body of a GET.
+type Served = Arc<Mutex<BTreeMap<String, (u16, Value)>>>;
+
 /// Answers every request the way the API server would for these tests: writes echo the
-/// object back (a PATCH of a Service returns a Service), everything else is 404.
+/// object back (a PATCH of a Service returns a Service), a GET of a Secret in Berth's
+/// namespace answers what `secrets` holds for it, everything else is 404.
 fn serve(
     mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    secrets: Served,
 ) {
     tokio::spawn(async move {
         while let Some((req, send)) = handle.next_request().await {
@@ -75,19 +81,24 @@ fn serve(
                 path: path.clone(),
                 body: body.clone(),
             });
-            let reply = if path.contains("/services/") {
-                json!({"apiVersion": "v1", "kind": "Service",
-                       "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "8"}})
+            let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "reason": "NotFound", "code": 404, "message": "not found"});
+            let secret = path
+                .strip_prefix("/api/v1/namespaces/berth-system/secrets/")
+                .filter(|_| method == "GET")
+                .map(|name| secrets.lock().unwrap().get(name).cloned());
+            let (code, reply) = if let Some(answer) = secret {
+                answer.unwrap_or((404, not_found))
+            } else if path.contains("/services/") {
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "8"}}),
+                )
             } else if method == "POST" || method == "PATCH" {
-                body
+                (200, body)
             } else {
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                       "reason": "NotFound", "code": 404, "message": "not found"})
-            };
-            let code = if reply.get("code").is_some() {
-                404
-            } else {
-                200
+                (404, not_found)
             };
             let resp = Response::builder()
                 .status(code)
@@ -102,7 +113,8 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, "default");
     let seen = Arc::new(Mutex::new(Vec::new()));
-    serve(handle, seen.clone());
+    let served: Served = Arc::default();
+    serve(handle, seen.clone(), served.clone());
     let (tx, rx) = mpsc::unbounded_channel();
     let claims: Vec<_> = claims_of
         .iter()
@@ -120,13 +132,14 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
         slices: Mutex::new(SliceIndex::default()),
         nodes: Mutex::new(Arc::new(Vec::new())),
         metrics: Arc::new(Metrics::default()),
+        secrets: Mutex::new(crate::passwords::SecretCache::new()),
+        peers_changed: Notify::new(),
     });
     let (nodes, node_w) = store::<Node>();
     let (eips, _eip_w) = store::<Eip>();
     let (confs, conf_w) = store::<BgpConf>();
     let (peers, peer_w) = store::<BgpPeer>();
     let (pods, pod_w) = store::<Pod>();
-    let (secrets, secret_w) = store::<Secret>();
     let (assignments, _assignment_w) = store::<k8s_openapi::api::core::v1::ConfigMap>();
     let (namespaces, namespace_w) = store::<k8s_openapi::api::core::v1::Namespace>();
     let settings = Settings {
@@ -157,7 +170,6 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
             confs,
             peers,
             pods,
-            secrets,
             assignments,
             namespaces,
         },
@@ -169,7 +181,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
         sync: rx,
         nodes: node_w,
         peers: peer_w,
-        secrets: secret_w,
+        served,
         confs: conf_w,
         pods: pod_w,
         namespaces: namespace_w,
@@ -177,6 +189,44 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
 }
 
 impl World {
+    /// Serves Secret `name` in Berth's namespace with this data (base64 values).
+    fn serve_secret(&self, name: &str, data: Value) {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": "berth-system"}, "data": data});
+        self.served
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), (200, secret));
+    }
+
+    /// Answers a GET of Secret `name` with this error code, as an API server would.
+    fn refuse_secret(&self, name: &str, code: u16) {
+        let reason = if code == 403 {
+            "Forbidden"
+        } else {
+            "InternalError"
+        };
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": reason, "code": code,
+            "message": format!("secrets \"{name}\" is forbidden: User \"system:serviceaccount:berth-system:berth-operator\" cannot get resource \"secrets\"")});
+        self.served
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), (code, status));
+    }
+
+    /// Reads the Secrets the peers name, as the Secret reader does; true when a password
+    /// changed.
+    async fn read_secrets(&self) -> bool {
+        super::secrets::refresh(
+            &self.ctx.client,
+            "berth-system",
+            &self.ctx.stores.peers,
+            &self.ctx.shared,
+        )
+        .await
+    }
+
     fn namespace(&mut self, name: &str, labels: Value) {
         let n =
             serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap();
@@ -597,13 +647,22 @@ async fn each_replica_gets_the_peers_its_node_matches_with_the_secrets_password(
     w.peers.apply_watcher_event(&watcher::Event::Apply(peer(
         "spine", "10.0.9.1", None, None,
     )));
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "bgp-auth", "namespace": "berth-system"},
-        "data": {"password": "czNjcjN0"},
-    }))
-    .unwrap();
-    w.secrets
-        .apply_watcher_event(&watcher::Event::Apply(secret));
+    w.serve_secret("bgp-auth", json!({"password": "czNjcjN0"}));
+    assert!(w.read_secrets().await);
+    // Only the named Secret, by name: no list or watch of every Secret in the namespace.
+    let reads: Vec<(String, String)> = w
+        .take()
+        .into_iter()
+        .filter(|s| s.path.contains("secrets"))
+        .map(|s| (s.method, s.path))
+        .collect();
+    assert_eq!(
+        reads,
+        [(
+            "GET".to_owned(),
+            "/api/v1/namespaces/berth-system/secrets/bgp-auth".to_owned()
+        )]
+    );
 
     let peers = peers_for_tests(&w.ctx);
     let routes = BTreeMap::new();
@@ -639,6 +698,7 @@ async fn a_peer_whose_secret_is_missing_is_left_out_and_its_condition_says_what_
     let p = peer("tor", "10.0.0.1", None, Some("bgp-auth"));
     w.peers
         .apply_watcher_event(&watcher::Event::Apply(p.clone()));
+    w.read_secrets().await;
     assert!(peers_for_tests(&w.ctx).is_empty());
     let status = peer_status_for_tests(&w.ctx, &p);
     let c = &status.conditions[0];
@@ -653,13 +713,8 @@ async fn a_peer_whose_secret_is_missing_is_left_out_and_its_condition_says_what_
     );
 
     // With the Secret but without the key: named too.
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "bgp-auth", "namespace": "berth-system"},
-        "data": {"pw": "czNjcjN0"},
-    }))
-    .unwrap();
-    w.secrets
-        .apply_watcher_event(&watcher::Event::Apply(secret));
+    w.serve_secret("bgp-auth", json!({"pw": "czNjcjN0"}));
+    w.read_secrets().await;
     let c = peer_status_for_tests(&w.ctx, &p).conditions[0].clone();
     assert_eq!(c.reason, "SecretKeyMissing");
     assert!(
@@ -667,6 +722,61 @@ async fn a_peer_whose_secret_is_missing_is_left_out_and_its_condition_says_what_
         "{}",
         c.message
     );
+}
+
+/// A Secret the operator may not read (403: not in the Role's resourceNames) leaves its peer
+/// out with a condition naming the Secret and the chart value; the other peers stay. A
+/// rotated password is picked up by the next read; an API server error keeps the last one.
+#[tokio::test]
+async fn a_forbidden_secret_leaves_only_its_peer_out_and_a_rotation_is_picked_up() {
+    let mut w = world(vec![], &[]);
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    let good = peer("tor-a", "10.0.0.1", None, Some("tor-a-md5"));
+    let barred = peer("tor-b", "10.0.0.2", None, Some("tor-b-md5"));
+    for p in [&good, &barred] {
+        w.peers
+            .apply_watcher_event(&watcher::Event::Apply(p.clone()));
+    }
+    w.serve_secret("tor-a-md5", json!({"password": "b25l"}));
+    w.refuse_secret("tor-b-md5", 403);
+    assert!(w.read_secrets().await);
+    let passwords = |w: &World| -> Vec<(String, String)> {
+        peers_for_tests(&w.ctx)
+            .into_iter()
+            .map(|p| (p.name, p.password.unwrap_or_default()))
+            .collect()
+    };
+    assert_eq!(passwords(&w), [("tor-a".to_owned(), "one".to_owned())]);
+    let c = peer_status_for_tests(&w.ctx, &barred).conditions[0].clone();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "SecretForbidden")
+    );
+    assert!(
+        c.message.contains("berth-system/tor-b-md5")
+            && c.message.contains("operator.bgpPasswordSecrets"),
+        "{}",
+        c.message
+    );
+    assert_eq!(
+        peer_status_for_tests(&w.ctx, &good).conditions[0].status,
+        "True"
+    );
+
+    // Nothing changed: a periodic read says so (no full push).
+    assert!(!w.read_secrets().await);
+    // Rotated: the next read has it.
+    w.serve_secret("tor-a-md5", json!({"password": "dHdv"}));
+    assert!(w.read_secrets().await);
+    assert_eq!(passwords(&w), [("tor-a".to_owned(), "two".to_owned())]);
+    // The API server fails for a while: the key in use stays.
+    w.refuse_secret("tor-a-md5", 500);
+    assert!(!w.read_secrets().await);
+    assert_eq!(passwords(&w), [("tor-a".to_owned(), "two".to_owned())]);
+    // Granted at last: tor-b joins.
+    w.serve_secret("tor-b-md5", json!({"password": "dGhyZWU="}));
+    assert!(w.read_secrets().await);
+    assert_eq!(passwords(&w).len(), 2);
 }
 
 /// A speaker replica standing in for berth-bgp-server: records the calls it answers.
@@ -866,17 +976,15 @@ async fn a_bad_bgppeer_is_left_out_and_the_others_stay_configured() {
     let mut waiting = peer("waits", "10.0.0.3", None, None);
     waiting.spec.passive = true;
     let long = peer("long-pw", "10.0.0.4", None, Some("long"));
-    w.secrets.apply_watcher_event(&watcher::Event::Apply(
-        serde_json::from_value(json!({
-            "metadata": {"name": "long", "namespace": "berth-system"},
-            "data": {"password": k8s_openapi::ByteString(vec![b'x'; 81])},
-        }))
-        .unwrap(),
-    ));
+    w.serve_secret(
+        "long",
+        json!({"password": k8s_openapi::ByteString(vec![b'x'; 81])}),
+    );
     for p in [&first, &copy, &waiting, &long] {
         w.peers
             .apply_watcher_event(&watcher::Event::Apply(p.clone()));
     }
+    w.read_secrets().await;
     let names: Vec<String> = peers_for_tests(&w.ctx)
         .iter()
         .map(|p| p.name.clone())
@@ -1077,5 +1185,171 @@ async fn a_namespace_selector_pool_serves_only_matching_namespaces() {
         w.route("198.51.100.65"),
         ["n1"],
         "team a's Service: the selected pool"
+    );
+}
+
+/// A Service whose Namespace the watch has not delivered yet is not planned with empty
+/// labels (a namespaceSelector pool would refuse it, another pool would hand it an IP it
+/// keeps): it is requeued, nothing is written, and once the Namespace is seen it gets the
+/// selected pool's IP.
+#[tokio::test]
+async fn a_service_in_an_unseen_namespace_waits_for_it() {
+    let mut team = pool("team-a", "198.51.100.64/30");
+    team.default = false;
+    team.namespace_selector = Some(crate::ipam::Selector {
+        match_labels: [("team".to_owned(), "a".to_owned())].into(),
+        requirements: vec![],
+    });
+    let mut w = world(vec![pool("blue", "198.51.100.8/30"), team], &[]);
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    let action = service::reconcile(Arc::new(web("Cluster", json!({}))), w.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(service::NAMESPACE_WAIT)
+    );
+    assert!(w.take().is_empty(), "nothing written while it waits");
+    let key = ServiceKey::new("shop", "web");
+    assert!(w.ctx.shared.ipam.lock().unwrap().ips_of(&key).is_empty());
+    w.namespace("shop", json!({"team": "a"}));
+    w.reconcile(web("Cluster", json!({}))).await;
+    assert_eq!(
+        w.ctx.shared.ipam.lock().unwrap().ips_of(&key),
+        ["198.51.100.65".parse::<IpAddr>().unwrap()]
+    );
+}
+
+/// The older of two Services sharing an IP is edited onto the newer's port: the collision
+/// is found at its reconcile, the Event is recorded on the newer Service, and nothing is
+/// written to either Service (no IP moves).
+#[tokio::test]
+async fn a_colliding_sharing_edit_is_an_event_on_the_newer_service_and_moves_nothing() {
+    let svc = |name: &str, created: &str, port: u16| {
+        let mut s = allocated("Cluster", "198.51.100.9");
+        s.metadata.name = Some(name.into());
+        s.metadata.uid = Some(format!("uid-{name}"));
+        s.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            created.parse().unwrap(),
+        ));
+        s.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(names::ANNOTATION_SHARING_KEY.into(), "k".into());
+        s.spec.as_mut().unwrap().ports = Some(vec![k8s_openapi::api::core::v1::ServicePort {
+            port: i32::from(port),
+            ..Default::default()
+        }]);
+        s
+    };
+    let older = svc("older", "2026-01-01T00:00:00Z", 80);
+    let newer = svc("newer", "2026-02-01T00:00:00Z", 443);
+    let mut w = world(
+        vec![pool("blue", "198.51.100.8/30")],
+        &[older.clone(), newer.clone()],
+    );
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.reconcile(older.clone()).await;
+    w.reconcile(newer.clone()).await;
+    w.take();
+
+    let edited = svc("older", "2026-01-01T00:00:00Z", 443);
+    w.reconcile(edited).await;
+    let seen = w.take();
+    let writes: Vec<_> = seen
+        .iter()
+        .filter(|s| s.path.contains("/services/"))
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    let posted: Vec<_> = seen
+        .iter()
+        .filter(|s| s.method == "POST" && s.path.ends_with("/events"))
+        .collect();
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!(posted[0].body["reason"], "SharingConflict");
+    assert_eq!(posted[0].body["regarding"]["name"], "newer");
+    assert_eq!(posted[0].body["type"], "Warning");
+    assert!(
+        posted[0].body["note"]
+            .as_str()
+            .unwrap()
+            .contains("port 443/TCP is already used on 198.51.100.9 by shop/older"),
+        "{}",
+        posted[0].body["note"]
+    );
+    let key = |n: &str| ServiceKey::new("shop", n);
+    let ipam = w.ctx.shared.ipam.lock().unwrap();
+    assert_eq!(ipam.ips_of(&key("older")), ipam.ips_of(&key("newer")));
+}
+
+/// What the watch task decides per Node event: a kubelet heartbeat (new resourceVersion,
+/// lastHeartbeatTime, allocatable) reconciles no Service; readiness, an exclusion label or
+/// an address does. Counted over a burst of 100 heartbeats of 10 nodes.
+#[tokio::test]
+async fn node_heartbeats_reconcile_no_service() {
+    let mut w = world(vec![], &[]);
+    let node = |name: &str, ready: &str, beat: u32, labels: Value, ip: &str| -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels, "resourceVersion": beat.to_string()},
+            "status": {
+                "conditions": [{"type": "Ready", "status": ready,
+                                "lastHeartbeatTime": format!("2026-01-01T00:{:02}:{:02}Z", beat / 60 % 60, beat % 60),
+                                "reason": "KubeletReady"}],
+                "addresses": [{"type": "InternalIP", "address": ip}],
+                "allocatable": {"cpu": format!("{}m", 1000 + beat)},
+            }
+        }))
+        .unwrap()
+    };
+    // One Node event as the watch task sees it: 1 when it reconciles every Service.
+    let event = |w: &mut World, n: Node| -> u32 {
+        w.nodes.apply_watcher_event(&watcher::Event::Apply(n));
+        u32::from(super::nodes_changed(&w.ctx.stores.nodes, &w.ctx.shared))
+    };
+    let mut reconciles = 0;
+    for i in 0..10 {
+        reconciles += event(
+            &mut w,
+            node(
+                &format!("n{i}"),
+                "True",
+                0,
+                json!({}),
+                &format!("10.0.0.{}", 10 + i),
+            ),
+        );
+    }
+    assert_eq!(reconciles, 10, "each new node is a change");
+    reconciles = 0;
+    for beat in 1..=10 {
+        for i in 0..10 {
+            reconciles += event(
+                &mut w,
+                node(
+                    &format!("n{i}"),
+                    "True",
+                    beat,
+                    json!({}),
+                    &format!("10.0.0.{}", 10 + i),
+                ),
+            );
+        }
+    }
+    assert_eq!(reconciles, 0, "100 heartbeats, no reconcile");
+    reconciles += event(&mut w, node("n3", "False", 11, json!({}), "10.0.0.13"));
+    reconciles += event(
+        &mut w,
+        node(
+            "n4",
+            "True",
+            11,
+            json!({"node.kubernetes.io/exclude-from-external-load-balancers": ""}),
+            "10.0.0.14",
+        ),
+    );
+    reconciles += event(&mut w, node("n5", "True", 11, json!({}), "10.0.0.99"));
+    assert_eq!(
+        reconciles, 3,
+        "readiness, exclusion and address changes each reconcile"
     );
 }

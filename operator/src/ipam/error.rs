@@ -82,6 +82,19 @@ pub enum ShareError {
     },
 }
 
+impl ShareError {
+    /// The Service already holding the IP that this one may not share it with.
+    pub fn holder(&self) -> &ServiceKey {
+        match self {
+            ShareError::NotShared { holder, .. }
+            | ShareError::KeyMismatch { holder, .. }
+            | ShareError::PortInUse { holder, .. }
+            | ShareError::PolicyMismatch { holder, .. }
+            | ShareError::BackendMismatch { holder, .. } => holder,
+        }
+    }
+}
+
 /// Why a Service got no IP.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AllocError {
@@ -157,6 +170,18 @@ pub enum AllocError {
     /// The IP cannot be shared.
     #[error(transparent)]
     Share(#[from] ShareError),
+    /// A Service already holding `ip` was edited (ports, sharing key, traffic policy) so
+    /// that it may no longer share it with another holder. Nothing moves: both keep the IP,
+    /// the edit is not taken in, and the newer of the two is told.
+    #[error(
+        "{error}; nothing moved: {newer} is the newer of the two and is not given another IP, the edit of ports, sharing key or traffic policy is not taken in until the two can share again (undo the edit, or move one Service with berth.dev/pool or another IP)"
+    )]
+    SharingEdit {
+        /// Why they can no longer share (boxed: the error type stays small).
+        error: Box<ShareError>,
+        /// The newer of the two Services (where the Event goes).
+        newer: ServiceKey,
+    },
     /// The Service already holds another IP of this family; IPs never change silently.
     #[error("this Service already holds {held}; release it first to move to {requested}")]
     AlreadyAssigned {
@@ -169,7 +194,7 @@ pub enum AllocError {
 
 impl AllocError {
     /// Every value [`AllocError::reason`] gives, so a metric can show each one (also at 0).
-    pub const REASONS: [&'static str; 12] = [
+    pub const REASONS: [&'static str; 13] = [
         "UnknownPool",
         "PoolDisabled",
         "PoolOverlaps",
@@ -181,6 +206,7 @@ impl AllocError {
         "Exhausted",
         "NoPool",
         "NotShareable",
+        "SharingEdit",
         "AlreadyAssigned",
     ];
 
@@ -198,6 +224,7 @@ impl AllocError {
             AllocError::Exhausted(_) => "Exhausted",
             AllocError::NoPool => "NoPool",
             AllocError::Share(_) => "NotShareable",
+            AllocError::SharingEdit { .. } => "SharingEdit",
             AllocError::AlreadyAssigned { .. } => "AlreadyAssigned",
         }
     }
@@ -251,7 +278,7 @@ fn strand_message(pool: &str, affected: &[(ServiceKey, IpAddr)]) -> String {
         .map(|(s, ip)| format!("{s} ({ip})"))
         .collect();
     format!(
-        "pool {pool}: the edit would take away IPs in use by {}; move or delete those Services first, or keep their IPs in the pool",
+        "pool {pool}: the edit would take away IPs in use by {}; they keep their IPs and no new IP is given from outside the edited range; move or delete those Services to finish the edit, or keep their IPs in the pool",
         list.join(", ")
     )
 }

@@ -97,6 +97,9 @@ pub struct Holder {
     /// Ordering among claims: the older (smaller) claim wins a conflict at rebuild. The
     /// operator uses the Service's creation timestamp (seconds since the epoch).
     pub created: i64,
+    /// The Service's `metadata.uid` (empty: unknown). A Service deleted and created again
+    /// under the same name has another: it is a new holder, not the old one.
+    pub uid: String,
 }
 
 impl Holder {
@@ -109,7 +112,14 @@ impl Holder {
             policy: TrafficPolicy::Cluster,
             backend: String::new(),
             created: 0,
+            uid: String::new(),
         }
+    }
+
+    /// Whether this holder came after `other` (later creation, then name): of two
+    /// Services that collide on an IP, the newer one is told and the older one keeps it.
+    pub fn is_newer_than(&self, other: &Holder) -> bool {
+        (self.created, &self.service) > (other.created, &other.service)
     }
 
     /// Whether this holder may join `ip` beside `others`, by MetalLB's rules: the same

@@ -12,7 +12,12 @@
 //! - [`Ipam::rebuild`] from the Services' status ends in the same state whatever the order of
 //!   the claims; of two claims that cannot share, the older one wins and the later one is
 //!   reported, never merged;
-//! - an edit that would take an in-use IP out of its pool is refused, naming the Services;
+//! - an edit that would take an in-use IP out of its pool is reported, naming the Services:
+//!   they keep their IPs, and nothing new is handed out from the part the edit removed;
+//! - a holder's sharing constraints (ports, key, policy) are re-checked at each allocation
+//!   call: an edit that makes two holders collide is refused and nothing moves;
+//! - a holder is a Service *instance* (its uid): one deleted and created again under the
+//!   same name is a new holder;
 //! - memory grows with the number of allocations, never with pool sizes; allocation and
 //!   release cost O(log n) in allocations (times the number of excludes of the pool).
 
@@ -137,6 +142,26 @@ pub struct Ipam {
     used: BTreeMap<String, u128>,
 }
 
+/// [`AllocError::SharingEdit`] for `new` colliding on `ip` with one of `holders` (`e`),
+/// phrased for the newer of the two: the Event goes there, the older keeps the IP.
+fn collision(ip: IpAddr, new: &Holder, holders: &[Holder], e: ShareError) -> AllocError {
+    match holders.iter().find(|h| &h.service == e.holder()) {
+        Some(other) if other.is_newer_than(new) => AllocError::SharingEdit {
+            error: Box::new(
+                other
+                    .can_share(ip, std::slice::from_ref(new))
+                    .err()
+                    .unwrap_or(e),
+            ),
+            newer: other.service.clone(),
+        },
+        _ => AllocError::SharingEdit {
+            error: Box::new(e),
+            newer: new.service.clone(),
+        },
+    }
+}
+
 fn fam_index(f: Family) -> usize {
     match f {
         Family::V4 => 0,
@@ -231,6 +256,13 @@ impl Ipam {
             .into_iter()
             .find(|p| p.is_usable(ip))
             .map(|p| p.name().to_owned())
+            // An IP its pool's edit removed while in use (see `upsert_pool`) still counts
+            // against that pool after a restart, so its status keeps naming the Services.
+            .or_else(|| {
+                recorded
+                    .filter(|name| self.pools.contains_key(*name))
+                    .map(str::to_owned)
+            })
     }
 
     fn by_priority(&self) -> Vec<&Pool> {
@@ -247,23 +279,13 @@ impl Ipam {
             .find(|ip| Family::of(*ip) == family)
     }
 
-    /// Adds a pool or changes one. Growing always works; an edit that would take an in-use IP
-    /// away is refused with the Services affected, and nothing changes.
+    /// Adds a pool or changes one. Growing always works. An edit that takes in-use IPs out
+    /// of the pool is applied to new allocations (nothing is handed out from the removed
+    /// part any more), while the Services holding those IPs keep them, still counted against
+    /// this pool ([`Ipam::stranded`]); the error names them, so the user can move them.
     pub fn upsert_pool(&mut self, spec: PoolSpec) -> Result<(), PoolEditError> {
         let pool = Pool::parse(spec)?;
         let name = pool.name().to_owned();
-        let affected: Vec<(ServiceKey, IpAddr)> = self
-            .ips
-            .iter()
-            .filter(|(ip, e)| e.pool.as_deref() == Some(name.as_str()) && !pool.is_usable(**ip))
-            .flat_map(|(ip, e)| e.holders.iter().map(move |h| (h.service.clone(), *ip)))
-            .collect();
-        if !affected.is_empty() {
-            return Err(PoolEditError::WouldStrand {
-                pool: name,
-                affected,
-            });
-        }
         // IPs held without a pool (their pool was deleted) are adopted by a pool that may hand
         // them out again, so they count where users look.
         for (ip, e) in self.ips.iter_mut() {
@@ -273,7 +295,27 @@ impl Ipam {
         }
         self.pools.insert(name.clone(), pool);
         self.recount();
+        let affected = self.stranded(&name);
+        if !affected.is_empty() {
+            return Err(PoolEditError::WouldStrand {
+                pool: name,
+                affected,
+            });
+        }
         Ok(())
+    }
+
+    /// The Services holding IPs that count against pool `name` but that it no longer hands
+    /// out (an edit removed them while in use), with those IPs; sorted by IP.
+    pub fn stranded(&self, name: &str) -> Vec<(ServiceKey, IpAddr)> {
+        let Some(pool) = self.pools.get(name) else {
+            return Vec::new();
+        };
+        self.ips
+            .iter()
+            .filter(|(ip, e)| e.pool.as_deref() == Some(name) && !pool.is_usable(**ip))
+            .flat_map(|(ip, e)| e.holders.iter().map(move |h| (h.service.clone(), *ip)))
+            .collect()
     }
 
     /// Removes a pool. The IPs it gave stay held (nothing assigned is lost) but count against
@@ -336,6 +378,7 @@ impl Ipam {
             {
                 return Err(AllocError::AlreadyAssigned { held, requested });
             }
+            self.recheck(held, &req.holder)?;
             let pool = self
                 .ips
                 .get(&held)
@@ -391,6 +434,59 @@ impl Ipam {
             return Err(AllocError::Exhausted(exhausted));
         }
         Err(first_err.unwrap_or(AllocError::NoPool))
+    }
+
+    /// Takes in the holder's current sharing constraints for `ip`, which it holds, when they
+    /// still allow sharing with every other holder; otherwise keeps the ones in force and says
+    /// which two collide, phrased for the newer of them (where the Event goes).
+    fn recheck(&mut self, ip: IpAddr, new: &Holder) -> Result<(), AllocError> {
+        let Some(entry) = self.ips.get_mut(&ip) else {
+            return Ok(());
+        };
+        if let Err(e) = new.can_share(ip, &entry.holders) {
+            return Err(collision(ip, new, &entry.holders, e));
+        }
+        let Some(slot) = entry.holders.iter_mut().find(|h| h.service == new.service) else {
+            return Ok(());
+        };
+        if *slot == *new {
+            return Ok(());
+        }
+        let old = std::mem::replace(slot, new.clone());
+        let still_keyed = |key: &str| entry.holders.iter().any(|h| h.key() == Some(key));
+        if let Some(k) = old.key().filter(|k| !still_keyed(k))
+            && let Some(set) = self.by_key.get_mut(k)
+        {
+            set.remove(&ip);
+            if set.is_empty() {
+                self.by_key.remove(k);
+            }
+        }
+        if let Some(k) = new.key() {
+            self.by_key.entry(k.to_owned()).or_default().insert(ip);
+        }
+        Ok(())
+    }
+
+    /// Why `holder` may not take `ip`, which others hold and whose status says `holder` had
+    /// it (a sharing edit seen only after a restart): [`AllocError::SharingEdit`], phrased
+    /// for the newer of the two. `Ok` when it may share after all.
+    pub fn collision_at(&self, ip: IpAddr, holder: &Holder) -> Result<(), AllocError> {
+        let holders = self.holders(ip);
+        holder
+            .can_share(ip, holders)
+            .map_err(|e| collision(ip, holder, holders, e))
+    }
+
+    /// The uid of the Service instance holding `service`'s IPs (empty: unknown).
+    pub fn uid_of(&self, service: &ServiceKey) -> Option<&str> {
+        let ip = self.by_service.get(service)?.first()?;
+        self.ips
+            .get(ip)?
+            .holders
+            .iter()
+            .find(|h| &h.service == service)
+            .map(|h| h.uid.as_str())
     }
 
     /// The pools to try, in order; refusals that leave nothing to try are errors.

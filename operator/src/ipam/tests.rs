@@ -727,7 +727,7 @@ fn growing_a_pool_always_works_and_keeps_ips() {
 }
 
 #[test]
-fn shrinking_or_excluding_an_in_use_ip_is_refused_naming_the_services() {
+fn shrinking_or_excluding_an_in_use_ip_is_reported_naming_the_services() {
     let mut ipam = engine(vec![default_pool("a", "10.0.0.0/24")]);
     let req = Request {
         requested: Some(ip("10.0.0.200")),
@@ -745,6 +745,10 @@ fn shrinking_or_excluding_an_in_use_ip_is_refused_naming_the_services() {
         }
     );
     assert!(err.to_string().contains("in use by ns/web (10.0.0.200)"));
+    assert_eq!(
+        ipam.stranded("a"),
+        [(ServiceKey::new("ns", "web"), ip("10.0.0.200"))]
+    );
     let exclude = PoolSpec {
         excludes: vec!["10.0.0.200".into()],
         ..default_pool("a", "10.0.0.0/24")
@@ -753,14 +757,70 @@ fn shrinking_or_excluding_an_in_use_ip_is_refused_naming_the_services() {
         ipam.upsert_pool(exclude),
         Err(PoolEditError::WouldStrand { .. })
     ));
-    assert_eq!(
-        ipam.pool("a").unwrap().size(),
-        Count::new(254),
-        "a refused edit changes nothing"
-    );
     // Shrinking around the IP in use is fine.
     ipam.upsert_pool(default_pool("a", "10.0.0.128/25"))
         .unwrap();
+    assert!(ipam.stranded("a").is_empty());
+}
+
+/// A shrink that would take an IP in use away keeps that IP with its Service (it still
+/// counts against the pool, and the Service keeps it across reconciles and a restart), but
+/// no new IP comes from the removed part any more.
+#[test]
+fn a_refused_shrink_stops_handing_out_the_removed_range() {
+    let mut ipam = engine(vec![default_pool("a", "10.0.0.0/30")]);
+    // 10.0.0.1 and .2 usable; .2 held.
+    let web = Request {
+        requested: Some(ip("10.0.0.2")),
+        ..v4(holder("web"))
+    };
+    ipam.allocate(&web).unwrap();
+    // The user removes .2 and .3 (a /31 range of .0-.1, network and broadcast counted).
+    let narrowed = PoolSpec {
+        use_network_and_broadcast: true,
+        ..default_pool("a", "10.0.0.0-10.0.0.1")
+    };
+    assert!(ipam.upsert_pool(narrowed.clone()).is_err());
+    assert_eq!(
+        ipam.pool_of(ip("10.0.0.2")),
+        Some("a"),
+        "still counted there"
+    );
+    // The Service keeps it (idempotent allocation).
+    assert_eq!(ipam.allocate(&web).unwrap().ip, ip("10.0.0.2"));
+    // New allocations come only from what is left: .0 and .1, then nothing.
+    let got: Vec<IpAddr> = ["x", "y"]
+        .iter()
+        .map(|n| ipam.allocate(&v4(holder(n))).unwrap().ip)
+        .collect();
+    assert_eq!(got, [ip("10.0.0.0"), ip("10.0.0.1")]);
+    assert!(matches!(
+        ipam.allocate(&v4(holder("z"))),
+        Err(AllocError::Exhausted(_))
+    ));
+    // A requested IP in the removed part is refused.
+    assert!(
+        ipam.allocate(&Request {
+            requested: Some(ip("10.0.0.3")),
+            ..v4(holder("q"))
+        })
+        .is_err()
+    );
+    // After a restart the stranded IP is still its Service's and still named.
+    let claims = [Claim {
+        holder: holder("web"),
+        ip: ip("10.0.0.2"),
+        pool: Some("a".into()),
+    }];
+    let (rebuilt, report) = Ipam::rebuild([narrowed], claims);
+    assert!(report.unpooled.is_empty(), "{report:?}");
+    assert_eq!(
+        rebuilt.stranded("a"),
+        [(ServiceKey::new("ns", "web"), ip("10.0.0.2"))]
+    );
+    // Once released, the edit is complete.
+    ipam.release(&ServiceKey::new("ns", "web"));
+    assert!(ipam.stranded("a").is_empty());
 }
 
 #[test]
@@ -819,4 +879,62 @@ fn memory_does_not_grow_with_pool_size() {
     };
     let p = Pool::parse(spec).unwrap();
     assert_eq!(p.usable().len(), 3);
+}
+
+// ---- sharing edits, instances ----
+
+#[test]
+fn a_sharing_edit_is_taken_in_when_it_still_shares_and_refused_when_it_collides() {
+    let mut ipam = engine(vec![default_pool("a", "10.0.0.0/24")]);
+    let a = Holder {
+        created: 1,
+        ..shared("a", "k", &[80])
+    };
+    let b = Holder {
+        created: 2,
+        ..shared("b", "k", &[443])
+    };
+    let got = ipam.allocate(&v4(a.clone())).unwrap().ip;
+    assert_eq!(ipam.allocate(&v4(b.clone())).unwrap().ip, got);
+    // b moves to 8443: taken in (443 is free for a third).
+    let b2 = Holder {
+        ports: shared("b", "k", &[8443]).ports,
+        ..b.clone()
+    };
+    assert_eq!(ipam.allocate(&v4(b2.clone())).unwrap().ip, got);
+    assert!(ipam.holders(got).contains(&b2));
+    // b onto a's port: refused, b's constraints in force stay, nothing moves.
+    let b3 = Holder {
+        ports: shared("b", "k", &[80]).ports,
+        ..b.clone()
+    };
+    let e = ipam.allocate(&v4(b3)).unwrap_err();
+    assert!(
+        matches!(&e, AllocError::SharingEdit { newer, .. } if *newer == ServiceKey::new("ns", "b")),
+        "{e:?}"
+    );
+    assert_eq!(e.reason(), "SharingEdit");
+    assert!(ipam.holders(got).contains(&b2));
+    assert_eq!(ipam.ips_of(&ServiceKey::new("ns", "b")), [got]);
+    // b to another key: refused too (a keeps key k), b stays as it was.
+    let b4 = Holder {
+        sharing_key: Some("other".into()),
+        ..b2.clone()
+    };
+    assert!(
+        ipam.allocate(&v4(b4)).is_err(),
+        "a keeps key k: they cannot share"
+    );
+}
+
+#[test]
+fn the_uid_of_the_holding_instance_is_known() {
+    let mut ipam = engine(vec![default_pool("a", "10.0.0.0/24")]);
+    let h = Holder {
+        uid: "u1".into(),
+        ..holder("web")
+    };
+    ipam.allocate(&v4(h)).unwrap();
+    assert_eq!(ipam.uid_of(&ServiceKey::new("ns", "web")), Some("u1"));
+    assert_eq!(ipam.uid_of(&ServiceKey::new("ns", "other")), None);
 }

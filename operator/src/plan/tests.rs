@@ -319,15 +319,29 @@ fn the_ip_in_status_is_kept_when_the_engine_does_not_hold_it() {
     let p = plan(&restored, false, &mut ipam);
     assert_eq!(p.held, [ip("10.0.0.9")]);
     assert_eq!(p.ingress, None, "the status is already right");
-    // Held by another Service meanwhile: a fresh IP, as before.
+    // Held by another Service meanwhile, which it may not share with: nothing moves (no
+    // fresh IP behind the user's back); it keeps the IP in its status, holds nothing in the
+    // engine, and the newer of the two is told (same creation time: by name, "web").
     let mut ipam = engine(vec![pool("blue", "10.0.0.0/28", true)]);
     let other = svc("other", |s| {
         spec(s).load_balancer_ip = Some("10.0.0.9".into());
     });
     assert_eq!(plan(&other, false, &mut ipam).held, [ip("10.0.0.9")]);
     let p = plan(&restored, false, &mut ipam);
-    assert_eq!(p.held.len(), 1);
-    assert_ne!(p.held[0], ip("10.0.0.9"));
+    assert!(p.held.is_empty(), "{:?}", p.held);
+    assert_eq!(p.ingress, None, "its status IP is not taken away");
+    assert_eq!(p.pending, Some("SharingEdit"));
+    assert_eq!(reasons(&p), ["SharingConflict"]);
+    assert!(
+        p.notes[0].message.contains("held by shop/other"),
+        "{}",
+        p.notes[0].message
+    );
+    // Once the other lets go, it holds its IP again.
+    ipam.release(&ServiceKey::new("shop", "other"));
+    let p = plan(&restored, false, &mut ipam);
+    assert_eq!(p.held, [ip("10.0.0.9")]);
+    assert_eq!((reasons(&p), p.ingress), (vec!["IPAllocated"], None));
 }
 
 #[test]
@@ -490,4 +504,168 @@ fn an_old_finalizer_is_removed_and_the_ip_kept() {
     assert_eq!(p.finalizer, Finalizer::Remove);
     assert_eq!(p.held, [ip("10.0.0.1")]);
     assert_eq!(p.ingress, None, "the IP does not move");
+}
+
+fn created_at(s: &mut Service, secs: i64) {
+    s.metadata.creation_timestamp = Some(Time(jiff_from_secs(secs)));
+}
+
+fn sharing(s: &mut Service, key: &str, port: i32) {
+    annotate(s, names::ANNOTATION_SHARING_KEY, key);
+    spec(s).ports = Some(vec![ServicePort {
+        port,
+        ..Default::default()
+    }]);
+}
+
+/// Two Services share an IP; the newer is edited onto the older's port. The edit is
+/// re-checked: the newer is told (on itself), nothing moves, and the engine keeps the
+/// constraints in force. After a restart (rebuild from status), the older keeps the IP
+/// in the engine and the newer keeps it in its status, told again.
+#[test]
+fn a_sharing_edit_that_collides_moves_nothing_and_tells_the_newer_also_after_a_restart() {
+    let mut ipam = engine(vec![pool("blue", "10.0.0.0/24", true)]);
+    let mut older = svc("older", |s| {
+        created_at(s, 100);
+        sharing(s, "k", 80);
+    });
+    let mut newer = svc("newer", |s| {
+        created_at(s, 200);
+        sharing(s, "k", 443);
+    });
+    let p = plan(&older, false, &mut ipam);
+    apply(&mut older, &p);
+    let p = plan(&newer, false, &mut ipam);
+    apply(&mut newer, &p);
+    assert_eq!(p.held, [ip("10.0.0.1")], "they share");
+
+    // The newer Service now wants port 80 too.
+    spec(&mut newer).ports = Some(vec![ServicePort {
+        port: 80,
+        ..Default::default()
+    }]);
+    let p = plan(&newer, false, &mut ipam);
+    assert_eq!(p.held, [ip("10.0.0.1")], "nothing moves");
+    assert_eq!(p.ingress, None);
+    assert_eq!(reasons(&p), ["SharingConflict"]);
+    assert!(p.elsewhere.is_empty());
+    let m = &p.notes[0].message;
+    assert!(
+        m.contains("port 80/TCP is already used on 10.0.0.1 by shop/older")
+            && m.contains("nothing moved")
+            && m.contains("shop/newer is the newer"),
+        "{m}"
+    );
+    // Re-checked at every reconcile, not only at the edit.
+    assert_eq!(
+        reasons(&plan(&newer, false, &mut ipam)),
+        ["SharingConflict"]
+    );
+    // The older one, reconciled, is not disturbed and says nothing.
+    let p = plan(&older, false, &mut ipam);
+    assert!(p.notes.is_empty() && p.elsewhere.is_empty(), "{p:?}");
+    assert_eq!(p.held, [ip("10.0.0.1")]);
+
+    // Restart: rebuilt from both statuses in either order.
+    for services in [[&older, &newer], [&newer, &older]] {
+        let (mut rebuilt, report) = Ipam::rebuild(
+            [pool("blue", "10.0.0.0/24", true)],
+            services.iter().flat_map(|s| claims(s, false)),
+        );
+        assert_eq!(report.conflicts.len(), 1);
+        assert_eq!(
+            report.conflicts[0].service,
+            ServiceKey::new("shop", "newer")
+        );
+        let p = plan(&older, false, &mut rebuilt);
+        assert_eq!(
+            (p.held.as_slice(), &p.ingress),
+            (&[ip("10.0.0.1")][..], &None)
+        );
+        let p = plan(&newer, false, &mut rebuilt);
+        assert_eq!(p.ingress, None, "its status IP stays: nothing moves");
+        assert!(p.held.is_empty(), "the older holds it in the engine");
+        assert_eq!(p.pending, Some("SharingEdit"));
+        assert_eq!(reasons(&p), ["SharingConflict"]);
+    }
+
+    // Undone: they share again, and the engine takes the current constraints in.
+    spec(&mut newer).ports = Some(vec![ServicePort {
+        port: 8443,
+        ..Default::default()
+    }]);
+    let p = plan(&newer, false, &mut ipam);
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+    let third = svc("third", |s| {
+        created_at(s, 300);
+        sharing(s, "k", 443);
+    });
+    assert_eq!(
+        plan(&third, false, &mut ipam).held,
+        [ip("10.0.0.1")],
+        "443 is free on the shared IP once the edit is taken in"
+    );
+}
+
+/// When the older Service is the one edited onto the newer's port, the Event still goes on
+/// the newer one, phrased from its side.
+#[test]
+fn a_collision_made_by_the_older_is_told_to_the_newer() {
+    let mut ipam = engine(vec![pool("blue", "10.0.0.0/24", true)]);
+    let mut older = svc("older", |s| {
+        created_at(s, 100);
+        sharing(s, "k", 80);
+    });
+    let newer = svc("newer", |s| {
+        created_at(s, 200);
+        sharing(s, "k", 443);
+    });
+    let p = plan(&older, false, &mut ipam);
+    apply(&mut older, &p);
+    plan(&newer, false, &mut ipam);
+    spec(&mut older).ports = Some(vec![ServicePort {
+        port: 443,
+        ..Default::default()
+    }]);
+    let p = plan(&older, false, &mut ipam);
+    assert!(p.notes.is_empty(), "{:?}", p.notes);
+    assert_eq!(p.held, [ip("10.0.0.1")]);
+    assert_eq!(p.elsewhere.len(), 1);
+    let (on, note) = &p.elsewhere[0];
+    assert_eq!(on, &ServiceKey::new("shop", "newer"));
+    assert_eq!(note.reason, "SharingConflict");
+    assert!(
+        note.message
+            .contains("port 443/TCP is already used on 10.0.0.1 by shop/older"),
+        "{}",
+        note.message
+    );
+}
+
+/// A Service deleted and created again under the same name before the sweep saw the
+/// deletion is a new holder: the old instance's IP is released and the new one's spec
+/// decides (here, another requested IP: no AlreadyAssigned).
+#[test]
+fn a_service_recreated_under_the_same_name_is_a_new_holder() {
+    let mut ipam = engine(vec![pool("blue", "10.0.0.0/24", true)]);
+    let first = svc("web", |s| s.metadata.uid = Some("uid-1".into()));
+    assert_eq!(plan(&first, false, &mut ipam).held, [ip("10.0.0.1")]);
+    // The same instance again: kept.
+    assert!(plan(&first, false, &mut ipam).notes.is_empty());
+    let second = svc("web", |s| {
+        s.metadata.uid = Some("uid-2".into());
+        annotate(s, names::ANNOTATION_REQUESTED_IP, "10.0.0.9");
+    });
+    let p = plan(&second, false, &mut ipam);
+    assert_eq!(p.held, [ip("10.0.0.9")]);
+    assert_eq!(reasons(&p), ["IPReleased", "IPAllocated"]);
+    assert!(
+        p.notes[0].message.contains("released 10.0.0.1"),
+        "{:?}",
+        p.notes
+    );
+    assert!(
+        ipam.holders(ip("10.0.0.1")).is_empty(),
+        "the old IP is free"
+    );
 }
