@@ -21,10 +21,19 @@
 //!   the whole one in one step, as the others' views do within the gossip's spread. So that
 //!   steady churn elsewhere cannot hold a member back forever, one held for
 //!   [`MAX_HOLD_FACTOR`] times the hold-down is admitted anyway.
-//! - This agent itself counts from its own start, and the members it sees while joining
-//!   count from that start too: a restarted agent takes nothing until the hold-down after
-//!   its start (while the others, who saw it appear, hold it down as long), and never elects
+//! - This agent itself counts from the end of its join, and the members it sees while
+//!   joining count from then too: a restarted agent takes nothing until the hold-down after
+//!   its join (the others, who saw it appear a little earlier, hold it down as long and drop
+//!   its IPs a few ms before it takes them: a gap, never two answering), and never elects
 //!   itself in a view where the others are still held down (it would take every IP).
+//! - A member once admitted stays admitted until it leaves: what appears later does not hold
+//!   it back.
+//! - A member back within [`FLAP`] (1 s) with the same start generation is taken back as it
+//!   was, not held: it was declared down without having failed (a false suspicion on a
+//!   loaded machine, a short stall), and the agent itself never saw anything (it holds
+//!   nothing); holding it would leave the views apart for a whole hold-down. Observers that
+//!   measure the absence on either side of 1 s disagree for a hold-down: the segment's
+//!   arbitration keeps one answer per question meanwhile.
 //!
 //! During a partition each side's view holds only itself; at the heal every agent holds
 //! the other side down for the hold-down, so the elections stay those of the partition (and
@@ -49,9 +58,22 @@ pub struct FailbackHoldDown {
     me: String,
     /// By live member: its start generation (`None` until known) and when it appeared.
     seen: BTreeMap<String, (Option<u32>, Instant)>,
+    /// The live members admitted so far: they stay admitted until they leave, whatever
+    /// appears later.
+    admitted: BTreeSet<String>,
+    /// Members that left lately: their generation, when they appeared, whether they were
+    /// admitted, and when they left (a quick return is a false down, not a failure).
+    gone: BTreeMap<String, (Option<u32>, Instant, bool, Instant)>,
     /// When the view last grew.
     last_growth: Instant,
 }
+
+/// A member back within this long with the same start generation is not held down: it
+/// was declared down without having failed (a false suspicion on a loaded machine, a stall
+/// of a fraction of a second) and is elected again at once, as before the hold-down, so a
+/// flap does not leave the agents' views apart for a whole hold-down. A restart (another
+/// generation) or a longer absence (a partition, a cut link) is held down.
+pub const FLAP: Duration = Duration::from_secs(1);
 
 impl FailbackHoldDown {
     /// This agent (`me`) started at `start`, and `initial` is its view after joining: those
@@ -73,6 +95,8 @@ impl FailbackHoldDown {
             hold_down,
             me: me.to_owned(),
             seen,
+            admitted: BTreeSet::new(),
+            gone: BTreeMap::new(),
             last_growth: start,
         }
     }
@@ -88,9 +112,29 @@ impl FailbackHoldDown {
         generations: &BTreeMap<String, u32>,
         now: Instant,
     ) -> bool {
-        let before = self.seen.len();
-        self.seen.retain(|n, _| alive.contains(n) || *n == self.me);
-        let mut changed = self.seen.len() != before;
+        // Admissions due before this view count first: a member once admitted stays so.
+        let due: Vec<String> = self
+            .seen
+            .keys()
+            .filter(|n| self.admitted_at(n).is_some_and(|t| now >= t))
+            .cloned()
+            .collect();
+        self.admitted.extend(due);
+        self.gone
+            .retain(|_, (_, _, _, left)| now.duration_since(*left) < FLAP);
+        let left: Vec<String> = self
+            .seen
+            .keys()
+            .filter(|n| !alive.contains(*n) && **n != self.me)
+            .cloned()
+            .collect();
+        let mut changed = !left.is_empty();
+        for name in left {
+            if let Some((g, since)) = self.seen.remove(&name) {
+                let was = self.admitted.remove(&name);
+                self.gone.insert(name, (g, since, was, now));
+            }
+        }
         for name in alive {
             if *name == self.me {
                 continue;
@@ -98,11 +142,24 @@ impl FailbackHoldDown {
             let generation = generations.get(name).copied();
             match self.seen.get_mut(name) {
                 Some((Some(g), _)) if generation.is_none_or(|now_g| now_g == *g) => {}
-                Some((known @ None, _)) => *known = generation,
+                Some((known @ None, _)) if generation.is_some() => *known = generation,
+                Some((None, _)) => {}
                 _ => {
-                    self.seen.insert(name.clone(), (generation, now));
-                    self.last_growth = now;
                     changed = true;
+                    // Back quickly with the same generation: a flap, taken back as it was.
+                    if let Some((g, since, was, _)) = self.gone.remove(name)
+                        && !self.seen.contains_key(name)
+                        && (g.is_none() || generation.is_none() || g == generation)
+                    {
+                        self.seen.insert(name.clone(), (g.or(generation), since));
+                        if was {
+                            self.admitted.insert(name.clone());
+                        }
+                        continue;
+                    }
+                    self.seen.insert(name.clone(), (generation, now));
+                    self.admitted.remove(name);
+                    self.last_growth = now;
                 }
             }
         }
@@ -112,6 +169,9 @@ impl FailbackHoldDown {
     /// When `name` (as seen now) is admitted; `None` if it is not live.
     fn admitted_at(&self, name: &str) -> Option<Instant> {
         let (_, since) = self.seen.get(name)?;
+        if self.admitted.contains(name) {
+            return Some(*since);
+        }
         let quiet = self.last_growth + self.hold_down;
         let cap = *since + self.hold_down * MAX_HOLD_FACTOR;
         Some((*since + self.hold_down).max(quiet.min(cap)))
@@ -231,7 +291,7 @@ mod tests {
         let mut h = start("n2", t0, &[("n2", 1)]);
         let t1 = t0 + Duration::from_secs(60);
         see(&mut h, &[("n1", 8), ("n2", 1)], t1);
-        see(&mut h, &[("n2", 1)], t1 + Duration::from_secs(2));
+        see(&mut h, &[("n2", 1)], t1 + Duration::from_secs(1));
         let again = t1 + Duration::from_millis(2500);
         see(&mut h, &[("n1", 8), ("n2", 1)], again);
         assert_eq!(h.admitted(t1 + H), names(&["n2"]), "continuously alive");
@@ -263,6 +323,49 @@ mod tests {
         }
     }
 
+    /// A member that appears does not hold back those already admitted, however recently
+    /// (a false down of one member shortly after a cold start must not silence everyone).
+    #[test]
+    fn an_appearance_never_holds_back_an_admitted_member() {
+        let t0 = Instant::now();
+        let mut h = start("n1", t0, &[("n1", 1), ("n2", 1), ("n3", 1)]);
+        assert_eq!(h.admitted(t0 + H), names(&["n1", "n2", "n3"]));
+        // n3 is cut off and comes back 1.5 s after everyone was admitted.
+        see(&mut h, &[("n1", 1), ("n2", 1)], t0 + H + ms(500));
+        let back = t0 + H + ms(500) + FLAP;
+        see(&mut h, &[("n1", 1), ("n2", 1), ("n3", 1)], back);
+        assert_eq!(h.admitted(back), names(&["n1", "n2"]));
+        assert_eq!(h.admitted(back + H), names(&["n1", "n2", "n3"]));
+    }
+
+    /// A member back within [`FLAP`] with the same generation was a false down: taken back
+    /// as it was; back later, or restarted, it is held down.
+    #[test]
+    fn a_flap_is_not_held_down_but_a_longer_absence_is() {
+        let t0 = Instant::now();
+        let mut h = start("n1", t0, &[("n1", 0), ("n2", 1), ("n3", 1)]);
+        let t1 = t0 + Duration::from_secs(60);
+        assert_eq!(h.admitted(t1), names(&["n1", "n2", "n3"]));
+        assert!(see(&mut h, &[("n1", 0), ("n3", 1)], t1));
+        assert!(see(
+            &mut h,
+            &[("n1", 0), ("n2", 1), ("n3", 1)],
+            t1 + ms(300)
+        ));
+        assert_eq!(h.admitted(t1 + ms(300)), names(&["n1", "n2", "n3"]));
+        // Gone for longer than a flap: held.
+        see(&mut h, &[("n1", 0), ("n3", 1)], t1 + ms(1000));
+        let back = t1 + ms(1000) + FLAP;
+        see(&mut h, &[("n1", 0), ("n2", 1), ("n3", 1)], back);
+        assert_eq!(h.admitted(back), names(&["n1", "n3"]));
+        assert_eq!(h.admitted(back + H), names(&["n1", "n2", "n3"]));
+        // Back quickly but restarted: held.
+        let t2 = back + H + ms(10);
+        see(&mut h, &[("n1", 0), ("n3", 1)], t2);
+        see(&mut h, &[("n1", 0), ("n2", 2), ("n3", 1)], t2 + ms(100));
+        assert_eq!(h.admitted(t2 + ms(100)), names(&["n1", "n3"]));
+    }
+
     #[test]
     fn steady_churn_cannot_hold_a_member_back_forever() {
         let t0 = Instant::now();
@@ -270,14 +373,14 @@ mod tests {
         let t1 = t0 + Duration::from_secs(60);
         let mut members: BTreeSet<String> = names(&["n0", "n1"]);
         h.observe(&members, &BTreeMap::new(), t1);
-        // A new member every second from then on.
-        for k in 1..=20u64 {
-            members.insert(format!("m{k}"));
-            h.observe(&members, &BTreeMap::new(), t1 + Duration::from_secs(k));
-        }
+        // A new member every second from then on: n1 waits for the cap, then stays admitted.
         let cap = t1 + H * MAX_HOLD_FACTOR;
-        assert!(!h.admitted(cap - ms(1)).contains("n1"));
-        assert!(h.admitted(cap).contains("n1"));
+        for k in 1..=20u64 {
+            let now = t1 + Duration::from_secs(k);
+            members.insert(format!("m{k}"));
+            h.observe(&members, &BTreeMap::new(), now);
+            assert_eq!(h.admitted(now).contains("n1"), now >= cap, "+{k}s");
+        }
     }
 
     #[test]
