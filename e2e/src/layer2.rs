@@ -411,6 +411,14 @@ impl Segment {
                     &[&format!("10.1.0.{host}/24")],
                 )?;
             }
+            // Linux drops a link's IPv6 addresses when it goes down (keep_addr_on_down 0):
+            // after a link cut and restore the node would keep answering NDP for the EIP
+            // but have no address and no route back to the client. Nodes keep theirs.
+            lab.exec(
+                &ns,
+                "sysctl",
+                &["-qw", "net.ipv6.conf.eth0.keep_addr_on_down=1"],
+            )?;
             let mac = lab
                 .exec(&ns, "cat", &["/sys/class/net/eth0/address"])?
                 .trim()
