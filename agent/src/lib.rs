@@ -2,6 +2,7 @@
 //! building blocks, wired together by `main.rs`.
 
 pub mod desired;
+pub mod failback;
 pub mod kube_source;
 pub mod layer2;
 pub mod membership;

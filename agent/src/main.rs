@@ -11,13 +11,14 @@ use clap::{Parser, ValueEnum};
 use tokio::sync::watch;
 
 use berth_agent::desired::{self, Desired};
+use berth_agent::failback::FailbackHoldDown;
 use berth_agent::layer2::announcer::Announcer;
 use berth_agent::layer2::arp_ignore::ArpIgnore;
 use berth_agent::layer2::interface;
 use berth_agent::layer2::link::LinkHealth;
 use berth_agent::layer2::link_watch;
 use berth_agent::membership::{
-    Membership, MembershipConfig, MembershipMetrics, Timing, UnableHandle,
+    Generations, Membership, MembershipConfig, MembershipMetrics, Timing, UnableHandle,
 };
 use berth_agent::metrics::Metrics;
 use berth_agent::plan::{Plan, Unable, plan};
@@ -113,6 +114,13 @@ struct Args {
     /// IPs on every flap. While down, the other candidates answer for its IPs.
     #[arg(long, default_value = "2s", value_parser = parse_duration, env = "BERTH_LINK_HOLD_DOWN")]
     link_hold_down: Duration,
+    /// How long a node freshly in the membership (an agent restarted, or seen again after a
+    /// partition) must stay alive, with no other node appearing meanwhile, before the Layer2
+    /// election gives it IPs; this agent itself waits as long after its start. Every agent
+    /// applies it to what it sees, so after a partition heals each IP moves at most once.
+    /// 0 turns it off. With --gossip-listen only.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "BERTH_FAILBACK_HOLD_DOWN")]
+    failback_hold_down: Duration,
     /// Where the agent keeps what it must undo after a crash (the arp_ignore values it
     /// found); tmpfs, so it empties at boot like the sysctls. Empty: memory only. Two agents
     /// in one network namespace need one each.
@@ -255,10 +263,24 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
         membership(&args, desired.clone(), membership_metrics, cluster).await?;
     // Without gossip nobody else hears what this node cannot serve: an empty map, kept open.
     let (_no_gossip, mut others_unable) = watch::channel(Unable::new());
+    let (_no_generations, mut generations) = watch::channel(Generations::new());
     let mut unable_handle = None;
+    let mut failback = None;
     if let Some(m) = &membership {
         others_unable = m.unable();
         unable_handle = Some(m.unable_handle());
+        generations = m.generations();
+        // Without gossip the alive set never changes: nobody comes back, nothing to hold.
+        // This agent's own hold-down counts from the end of its join, a little after the
+        // others first saw it: they admit it first and drop its IPs a few ms before it takes
+        // them (a gap, never two answering).
+        failback = Some(FailbackHoldDown::new(
+            &args.node_name,
+            args.failback_hold_down,
+            tokio::time::Instant::now(),
+            &alive.borrow(),
+            &generations.borrow(),
+        ));
     }
     let link_events = Arc::new(tokio::sync::Notify::new());
     let _link_watch = match link_watch::spawn(link_events.clone()) {
@@ -283,11 +305,20 @@ async fn serve(args: Args, first: Desired) -> anyhow::Result<()> {
         unable_handle,
         announced_unable: BTreeSet::new(),
         last_unable: Unable::new(),
+        failback,
+        held: BTreeSet::new(),
         arp_ignore: ArpIgnore::system(
             Some(args.state_dir.clone()).filter(|d| !d.as_os_str().is_empty()),
         ),
     };
-    let run = agent.run(desired, alive, others_unable, ready_tx, wait_for_signal());
+    let run = agent.run(
+        desired,
+        alive,
+        others_unable,
+        generations,
+        ready_tx,
+        wait_for_signal(),
+    );
     let result = run.await;
     let _ = stop_tx.send(true);
     agent.shutdown().await;
@@ -507,6 +538,10 @@ struct Agent {
     announced_unable: BTreeSet<String>,
     /// Every node's unable specs at the last plan, to tell a candidate coming back from a loss.
     last_unable: Unable,
+    /// Which live members the election may use (`None` without gossip).
+    failback: Option<FailbackHoldDown>,
+    /// The members held down at the last plan (for the log).
+    held: BTreeSet<String>,
     /// The `arp_ignore` values changed, put back on exit.
     arp_ignore: ArpIgnore,
 }
@@ -517,6 +552,7 @@ impl Agent {
         mut desired: watch::Receiver<Desired>,
         mut alive: watch::Receiver<BTreeSet<String>>,
         mut others_unable: watch::Receiver<Unable>,
+        mut generations: watch::Receiver<Generations>,
         ready: watch::Sender<bool>,
         stop: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
@@ -527,13 +563,18 @@ impl Agent {
         loop {
             let d = desired.borrow_and_update().clone();
             let mut unable = others_unable.borrow_and_update().clone();
-            let a = alive.borrow_and_update().clone();
+            // The alive set first: the generations are published before it, so every name
+            // read here has its generation in what is read next.
+            let raw = alive.borrow_and_update().clone();
+            let gens = generations.borrow_and_update().clone();
+            let a = self.admitted(&raw, &gens);
             self.check_links(&d).await;
             let mine = self.links.unable();
             if !mine.is_empty() {
                 unable.insert(self.me.clone(), mine);
             }
-            let membership_changed = a.len() as i64 != self.metrics.membership_size.get();
+            let membership_changed =
+                raw.len() as i64 != self.metrics.membership_size.get() || a != self.last_alive;
             // A node appeared (a heal, or a restart), or a node can answer on an interface
             // again: the election decides again, every yield made on the segment during a
             // partition ends, and IPs taken now are defended while their previous owner
@@ -546,7 +587,7 @@ impl Agent {
             let grew = a.difference(&self.last_alive).next().is_some() || regained;
             self.last_alive = a.clone();
             self.last_unable = unable.clone();
-            self.metrics.membership_size.set(a.len() as i64);
+            self.metrics.membership_size.set(raw.len() as i64);
             let mut next = plan(&self.me, &d, &a, &unable);
             // Yielded IPs lose their route as a lost election would (unless also a local IP).
             let yielded: BTreeSet<IpAddr> =
@@ -558,7 +599,14 @@ impl Agent {
             self.metrics.yielded_ips.set(yielded.len() as i64);
             self.apply(next, membership_changed, grew).await;
             let _ = ready.send(true);
-            let hold_down_ends = self.links.next_deadline();
+            let now = tokio::time::Instant::now();
+            let hold_down_ends = [
+                self.links.next_deadline(),
+                self.failback.as_ref().and_then(|f| f.next_deadline(now)),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             tokio::select! {
                 () = &mut stop => return Ok(()),
                 () = self.yields_changed.notified() => {}
@@ -572,9 +620,43 @@ impl Agent {
                 } => {}
                 r = desired.changed() => r.context("the desired state's source stopped")?,
                 r = alive.changed() => r.context("the membership stopped")?,
+                // A restart faster than the others noticed the death changes only this.
+                r = generations.changed() => r.context("the membership stopped")?,
                 _ = retry.tick() => {}
             }
         }
+    }
+
+    /// The live members the election may use now: without the ones held down by the failback
+    /// hold-down (logged when that set changes).
+    fn admitted(&mut self, raw: &BTreeSet<String>, gens: &Generations) -> BTreeSet<String> {
+        let Some(f) = &mut self.failback else {
+            return raw.clone();
+        };
+        let now = tokio::time::Instant::now();
+        f.observe(raw, gens, now);
+        let held = f.held(now);
+        let names: BTreeSet<String> = held.keys().cloned().collect();
+        if names != self.held {
+            let admitted: Vec<&String> = self.held.difference(&names).collect();
+            if !admitted.is_empty() {
+                tracing::info!(
+                    ?admitted,
+                    "failback hold-down over: these nodes are Layer2 candidates again"
+                );
+            }
+            if !names.is_empty() {
+                let until = held
+                    .values()
+                    .max()
+                    .map(|t| t.saturating_duration_since(now));
+                tracing::info!(held = ?names, ?until, "failback hold-down: nodes new in the membership are not Layer2 candidates yet");
+            }
+            self.held = names;
+        }
+        self.metrics.held_down_members.set(self.held.len() as i64);
+        let admitted = f.admitted(now);
+        raw.intersection(&admitted).cloned().collect()
     }
 
     /// Looks at every interface this node announces on: one that is down or gone makes the
@@ -827,5 +909,6 @@ mod tests {
         assert_eq!(a.gossip_probe_timeout, t.probe_rtt);
         assert_eq!(a.gossip_suspicion, t.suspect_to_down);
         assert_eq!(a.link_hold_down, Duration::from_secs(2));
+        assert_eq!(a.failback_hold_down, Duration::from_secs(2));
     }
 }

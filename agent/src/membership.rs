@@ -201,11 +201,16 @@ pub struct Membership {
     identity: NodeId,
     local_addr: SocketAddr,
     unable: watch::Receiver<Unable>,
+    generations: watch::Receiver<Generations>,
 }
 
 /// By node name, the interface specs that the other live members cannot answer on now
 /// (members with none are absent).
 pub type Unable = BTreeMap<String, BTreeSet<String>>;
+
+/// By node name, the start generation of every live member (the high 32 bits of its boot
+/// number, see [`Generation`]; this agent's own is 0): a change means the agent restarted.
+pub type Generations = BTreeMap<String, u32>;
 
 /// Tells the others which interface specs this agent cannot answer on (see
 /// [`Membership::unable_handle`]).
@@ -279,6 +284,8 @@ impl Membership {
         let swim = Foca::new(identity.clone(), config.clone(), rng, PostcardCodec);
         let (alive_tx, alive_rx) = watch::channel(BTreeSet::from([cfg.node.clone()]));
         let (unable_tx, unable_rx) = watch::channel(Unable::new());
+        let (generations_tx, generations_rx) =
+            watch::channel(Generations::from([(cfg.node.clone(), 0)]));
         cfg.metrics.members.set(1);
         let (commands, command_rx) = mpsc::channel(8);
         let runner = runner::Runner::new(
@@ -292,6 +299,7 @@ impl Membership {
             config,
             alive_tx,
             unable_tx,
+            generations_tx,
             cfg.metrics.clone(),
         );
         let task = tokio::spawn(runner.run(command_rx));
@@ -305,6 +313,7 @@ impl Membership {
                 identity,
                 local_addr: bound,
                 unable: unable_rx,
+                generations: generations_rx,
             },
             alive_rx,
         ))
@@ -344,6 +353,12 @@ impl Membership {
     /// when both change.
     pub fn unable(&self) -> watch::Receiver<Unable> {
         self.unable.clone()
+    }
+
+    /// Every live member's start generation (this agent's own as 0); updated before the alive
+    /// set when both change.
+    pub fn generations(&self) -> watch::Receiver<Generations> {
+        self.generations.clone()
     }
 
     /// Registers this membership's metrics (names start with `membership_`).

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub unable_interfaces: Gauge,
     /// Announcers reopened because their interface changed index or MAC.
     pub interface_reopens: Counter,
+    /// Live members not yet Layer2 candidates (within the failback hold-down), this node
+    /// included while it is.
+    pub held_down_members: Gauge,
 }
 
 impl Default for Metrics {
@@ -92,7 +95,13 @@ impl Metrics {
             send_errors: Counter::default(),
             unable_interfaces: Gauge::default(),
             interface_reopens: Counter::default(),
+            held_down_members: Gauge::default(),
         };
+        registry.register(
+            "held_down_members",
+            "Nodes alive in the membership that are not Layer2 candidates yet: new in the membership (a restart, a heal) and within the failback hold-down",
+            m.held_down_members.clone(),
+        );
         registry.register(
             "unable_interfaces",
             "Layer2 interfaces this node cannot answer on now (down, missing, or within the link hold-down); its IPs there are left to other candidates",

@@ -103,6 +103,158 @@ while time.monotonic()-t0<30:
     time.sleep(0.005)
 print('timeout -'); sys.exit(1)";
 
+/// Asks who has each of argv 5.. every argv 3 seconds for argv 4 seconds, from interface
+/// argv 1 (ARP from argv 2's IPv4 address for IPv4 IPs, a Neighbor Solicitation from argv 2's
+/// IPv6 address for IPv6 ones: argv 2 is `v4,v6`). Prints `ready` once its sockets are open,
+/// then per question and IP `time ip macs` (`-`: no answer; time from `ready`). Only answers to
+/// the question count: ARP replies to the client's IPv4 address, solicited Neighbor
+/// Advertisements; a gratuitous ARP or unsolicited NA (a takeover's announcement) is not an
+/// answer, so an IP handed over within a window shows one MAC, and two MACs mean two nodes
+/// answered the same question.
+pub const SAMPLER: &str = r#"import socket,sys,struct,time,select
+ifname,srcs,every,span,ips=sys.argv[1],sys.argv[2].split(','),float(sys.argv[3]),float(sys.argv[4]),sys.argv[5:]
+mac=bytes.fromhex(open(f'/sys/class/net/{ifname}/address').read().strip().replace(':',''))
+a=socket.socket(socket.AF_PACKET,socket.SOCK_RAW,socket.htons(0x0806)); a.bind((ifname,0))
+n=socket.socket(socket.AF_PACKET,socket.SOCK_RAW,socket.htons(0x86dd)); n.bind((ifname,0))
+s4=socket.inet_aton(srcs[0]); s6=socket.inet_pton(socket.AF_INET6,srcs[1])
+def csum(d):
+    if len(d)%2: d+=b'\0'
+    t=sum(struct.unpack('!%dH'%(len(d)//2),d))
+    while t>>16: t=(t&0xffff)+(t>>16)
+    return (~t)&0xffff
+frames=[]; v4={}; v6={}
+for ip in ips:
+    if ':' in ip:
+        tgt=socket.inet_pton(socket.AF_INET6,ip); v6[tgt]=ip
+        group=b'\xff\x02'+b'\0'*9+b'\x01\xff'+tgt[13:]
+        icmp=struct.pack('!BBHI',135,0,0,0)+tgt+b'\x01\x01'+mac
+        icmp=icmp[:2]+struct.pack('!H',csum(s6+group+struct.pack('!I',len(icmp))+b'\0\0\0\x3a'+icmp))+icmp[4:]
+        frames.append((n,b'\x33\x33'+group[12:]+mac+b'\x86\xdd'+struct.pack('!IHBB',0x60000000,len(icmp),58,255)+s6+group+icmp))
+    else:
+        tip=socket.inet_aton(ip); v4[tip]=ip
+        frames.append((a,b'\xff'*6+mac+b'\x08\x06'+struct.pack('!HHBBH',1,0x0800,6,4,1)+mac+s4+b'\0'*6+tip))
+print('ready',flush=True)
+t0=time.monotonic(); out=[]
+while time.monotonic()-t0<span:
+    sent=time.monotonic(); macs={ip:set() for ip in ips}
+    for sock,f in frames: sock.send(f)
+    end=sent+every
+    while True:
+        left=end-time.monotonic()
+        if left<=0: break
+        r,_,_=select.select([a,n],[],[],left)
+        for sock in r:
+            f=sock.recv(2048)
+            if sock is a and f[12:14]==b'\x08\x06' and f[20:22]==b'\x00\x02' and f[28:32] in v4 and f[38:42]==s4:
+                macs[v4[f[28:32]]].add(f[22:28].hex(':'))
+            if sock is n and len(f)>=78 and f[12:14]==b'\x86\xdd' and f[20]==58 and f[54]==136 and f[58]&0x40 and f[62:78] in v6 and f[6:12]!=mac:
+                macs[v6[f[62:78]]].add(f[6:12].hex(':'))
+    for ip in ips: out.append(f"{sent-t0:.3f} {ip} {','.join(sorted(macs[ip])) or '-'}")
+print('\n'.join(out),flush=True)"#;
+
+/// One question of a [`Sampler`]: when it was asked, for which IP, and every MAC that
+/// answered before the next question.
+#[derive(Clone, Debug)]
+pub struct Window {
+    /// When the question went out.
+    pub at: Instant,
+    /// The IP asked for.
+    pub ip: String,
+    /// The MACs that answered (lower case), none if nobody did.
+    pub macs: Vec<String>,
+}
+
+/// Who answers a set of IPs, asked from the client every few tens of milliseconds for a
+/// while ([`SAMPLER`]) while the test injects faults; killed on drop.
+pub struct Sampler {
+    child: std::process::Child,
+    started: Instant,
+}
+
+impl Sampler {
+    /// Starts asking from namespace `client` (the segment's client addresses) about `ips`
+    /// every `every` for `span`; returns once its sockets are open.
+    pub fn start(
+        client: &str,
+        ips: &[&str],
+        every: Duration,
+        span: Duration,
+    ) -> Result<Sampler, String> {
+        use std::io::Read;
+        let srcs = format!("{CLIENT4},{CLIENT6}");
+        let (every, span) = (
+            every.as_secs_f64().to_string(),
+            span.as_secs_f64().to_string(),
+        );
+        let mut args = vec![
+            "netns", "exec", client, "python3", "-c", SAMPLER, "eth0", &srcs, &every, &span,
+        ];
+        args.extend_from_slice(ips);
+        let mut child = std::process::Command::new("ip")
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting the sampler: {e}"))?;
+        // Byte by byte: a buffered reader could swallow what follows the first line.
+        let mut first = Vec::new();
+        if let Some(out) = child.stdout.as_mut() {
+            let mut byte = [0u8; 1];
+            while first.len() < 64 && matches!(out.read(&mut byte), Ok(1)) && byte[0] != b'\n' {
+                first.push(byte[0]);
+            }
+        }
+        let started = Instant::now();
+        let first = String::from_utf8_lossy(&first).into_owned();
+        if first.trim() != "ready" {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the sampler did not start: {first:?}"));
+        }
+        Ok(Sampler { child, started })
+    }
+
+    /// Waits for the span to end and returns every question, in order.
+    pub fn finish(mut self) -> Result<Vec<Window>, String> {
+        use std::io::Read;
+        let mut text = String::new();
+        if let Some(out) = self.child.stdout.as_mut() {
+            out.read_to_string(&mut text)
+                .map_err(|e| format!("reading the sampler: {e}"))?;
+        }
+        let _ = self.child.wait();
+        let mut windows = Vec::new();
+        for line in text.lines() {
+            let mut f = line.split(' ');
+            let (Some(at), Some(ip), Some(macs)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let Ok(at) = at.parse::<f64>() else {
+                continue;
+            };
+            windows.push(Window {
+                at: self.started + Duration::from_secs_f64(at),
+                ip: ip.to_owned(),
+                macs: if macs == "-" {
+                    Vec::new()
+                } else {
+                    macs.split(',').map(str::to_lowercase).collect()
+                },
+            });
+        }
+        Ok(windows)
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// How the agents find each other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Gossip {
@@ -259,6 +411,14 @@ impl Segment {
                     &[&format!("10.1.0.{host}/24")],
                 )?;
             }
+            // Linux drops a link's IPv6 addresses when it goes down (keep_addr_on_down 0):
+            // after a link cut and restore the node would keep answering NDP for the EIP
+            // but have no address and no route back to the client. Nodes keep theirs.
+            lab.exec(
+                &ns,
+                "sysctl",
+                &["-qw", "net.ipv6.conf.eth0.keep_addr_on_down=1"],
+            )?;
             let mac = lab
                 .exec(&ns, "cat", &["/sys/class/net/eth0/address"])?
                 .trim()

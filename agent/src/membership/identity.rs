@@ -113,6 +113,14 @@ impl Generation {
     }
 }
 
+/// The start generation in a boot number (its high 32 bits, see [`Generation::boot`]):
+/// renewals leave it, a restart changes it. An agent without a generation file (boot from
+/// [`uptime_boot`]) keeps the same one for 49 days of uptime, so its restarts are seen only
+/// when the others noticed its death first.
+pub fn start_generation(boot: u64) -> u32 {
+    u32::try_from(boot >> 32).unwrap_or(u32::MAX)
+}
+
 /// The boot number without a generation file: milliseconds since the host booted, from
 /// `/proc/uptime` (not the wall clock: NTP steps do not move it), so every restart within one
 /// host boot outranks the previous ones; below any file-based [`Generation::boot`] for the
@@ -204,6 +212,9 @@ mod tests {
         };
         assert!(new.win_addr_conflict(&old));
         assert!(!old.win_addr_conflict(&new));
+        // The failback hold-down tells the restart from the renewals by the start generation.
+        assert_eq!(start_generation(old.boot), first.0);
+        assert_eq!(start_generation(new.boot), second.0);
         // Without a file (first start, a reboot emptied /run): the clock in seconds, never 0,
         // which outranks the previous boot's generations (its clock, plus one per restart).
         assert_eq!(Generation::next(None, 0), Generation(1));

@@ -130,6 +130,7 @@ pub(crate) struct Runner {
     config: foca::Config,
     pub(crate) alive: watch::Sender<BTreeSet<String>>,
     pub(crate) unable: watch::Sender<super::Unable>,
+    pub(crate) generations: watch::Sender<super::Generations>,
     pub(crate) metrics: MembershipMetrics,
     timers: BinaryHeap<Reverse<Scheduled>>,
     seq: u64,
@@ -151,6 +152,7 @@ impl Runner {
         config: foca::Config,
         alive: watch::Sender<BTreeSet<String>>,
         unable: watch::Sender<super::Unable>,
+        generations: watch::Sender<super::Generations>,
         metrics: MembershipMetrics,
     ) -> Self {
         Self {
@@ -165,6 +167,7 @@ impl Runner {
             config,
             alive,
             unable,
+            generations,
             metrics,
             timers: BinaryHeap::new(),
             seq: 0,
@@ -382,8 +385,8 @@ impl Runner {
         }
     }
 
-    /// The names of the active members plus our own, and what the others cannot answer on
-    /// (published first, so a reader woken by the alive set sees both).
+    /// The names of the active members plus our own, what the others cannot answer on and
+    /// their start generations (published first, so a reader woken by the alive set sees all).
     fn publish(&mut self) {
         let mut unable = super::Unable::new();
         for m in self.swim.iter_members() {
@@ -398,6 +401,25 @@ impl Runner {
         self.unable.send_if_modified(|current| {
             let changed = *current != unable;
             *current = unable;
+            changed
+        });
+        // Each member's start generation: a restart faster than the others noticed the death
+        // keeps the name in the alive set, and the failback hold-down must still see it.
+        let mut generations: super::Generations = self
+            .swim
+            .iter_members()
+            .filter(|m| m.id().name != self.own_name)
+            .map(|m| {
+                (
+                    m.id().name.clone(),
+                    super::identity::start_generation(m.id().boot),
+                )
+            })
+            .collect();
+        generations.insert(self.own_name.clone(), 0);
+        self.generations.send_if_modified(|current| {
+            let changed = *current != generations;
+            *current = generations;
             changed
         });
         let mut alive: BTreeSet<String> = self
