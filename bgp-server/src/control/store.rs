@@ -173,18 +173,22 @@ impl Store {
 
     /// Replaces the saved state, atomically, and empties the journal.
     pub fn save(&self, state: &v1::DesiredState) -> Result<(), StoreError> {
+        self.save_encoded(&state.encode_to_vec())
+    }
+
+    /// Writes an already encoded `berth.bgp.v1.DesiredState` (an Apply's own bytes) as the
+    /// state, atomically, as [`Store::save`] does: the table is not encoded a second time.
+    pub fn save_encoded(&self, body: &[u8]) -> Result<(), StoreError> {
         let path = self.path();
         let io = |source| StoreError::Io {
             path: path.clone(),
             source,
         };
         std::fs::create_dir_all(&self.dir).map_err(io)?;
-        let body = state.encode_to_vec();
-        let mut bytes = Vec::with_capacity(body.len() + 24);
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&(body.len() as u64).to_be_bytes());
-        bytes.extend_from_slice(&fnv1a(&body).to_be_bytes());
-        bytes.extend_from_slice(&body);
+        let mut header = Vec::with_capacity(24);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&(body.len() as u64).to_be_bytes());
+        header.extend_from_slice(&fnv1a(body).to_be_bytes());
         let tmp = self.dir.join(format!(".{FILE}.tmp"));
         {
             // A leftover of a crash keeps its mode through `create`: start afresh.
@@ -195,7 +199,8 @@ impl Store {
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
+            f.write_all(&header).map_err(io)?;
+            f.write_all(body).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
         std::fs::rename(&tmp, &path).map_err(io)?;
