@@ -423,7 +423,7 @@ fn measure_api_bird(args: &Args, paths: usize, dir: &Path) -> anyhow::Result<Api
     let add_paths = if paths > 1 { " add paths tx;" } else { "" };
     writeln!(
         conf,
-        "protocol bgp rx {{
+        "protocol bgp uplink {{
   local {NODE} as 64512;
   neighbor {ROUTER} as 64513;
   connect retry time 1;
