@@ -687,7 +687,7 @@ fn session_changed(e: &SessionEvent) -> v1::SessionChanged {
 /// Applied state from a persisted file, when there is a usable one; otherwise why the file
 /// there is not used (logged too), or nothing when there is none.
 pub fn restore(store: &Store) -> Result<Option<Applied>, String> {
-    let state = match store.load() {
+    let encoded = match store.load_encoded() {
         Ok(Some(s)) => s,
         Ok(None) => return Ok(None),
         Err(e) => {
@@ -695,11 +695,18 @@ pub fn restore(store: &Store) -> Result<Option<Applied>, String> {
             return Err(format!("not used: {e}"));
         }
     };
-    match convert::desired_state(&state) {
-        Ok(mut cfg) => {
-            let mut desired = cfg.desired();
-            cfg.routes = Vec::new();
-            let mut generation = state.generation;
+    // Route by route, as an Apply: a restart never holds the decoded table either.
+    let converted = lean::convert(&encoded, &Desired::new());
+    drop(encoded);
+    match converted {
+        Ok(Converted {
+            generation,
+            settings: cfg,
+            desired,
+            ..
+        }) => {
+            let mut desired = desired;
+            let mut generation = generation;
             let (changes, torn) = store.changes();
             if let Some(e) = torn {
                 tracing::warn!(error = %e, "journal ends early; the changes before it are used");

@@ -217,6 +217,24 @@ impl Store {
         }
     }
 
+    /// The saved state still encoded (checked whole and undamaged, not decoded): a restart
+    /// converts it route by route as an Apply does. `None` when there is none.
+    pub fn load_encoded(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.path();
+        let mut bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        let header = match checked(&bytes) {
+            Ok(body) => bytes.len() - body.len(),
+            Err(why) => return Err(StoreError::Corrupt { path, why }),
+        };
+        // In place: the table is not copied.
+        bytes.drain(..header);
+        Ok(Some(bytes))
+    }
+
     /// The saved state: `None` when there is none.
     pub fn load(&self) -> Result<Option<v1::DesiredState>, StoreError> {
         let path = self.path();
@@ -232,6 +250,12 @@ impl Store {
 }
 
 fn decode(bytes: &[u8]) -> Result<v1::DesiredState, String> {
+    let body = checked(bytes)?;
+    v1::DesiredState::decode(body).map_err(|e| format!("not a desired state: {e}"))
+}
+
+/// The body of a whole, undamaged state file (the encoded `DesiredState`).
+fn checked(bytes: &[u8]) -> Result<&[u8], String> {
     let rest = bytes
         .strip_prefix(MAGIC)
         .ok_or("not a Berth state file (bad magic)")?;
@@ -248,7 +272,7 @@ fn decode(bytes: &[u8]) -> Result<v1::DesiredState, String> {
     if fnv1a(body) != sum {
         return Err("checksum mismatch (the file was damaged)".to_owned());
     }
-    v1::DesiredState::decode(body).map_err(|e| format!("not a desired state: {e}"))
+    Ok(body)
 }
 
 /// Whether `dir` exists or can be created: checked at start so a bad `--state-dir` is a clear
@@ -288,6 +312,7 @@ mod tests {
         assert!(s.load().unwrap().is_none());
         s.save(&state(3)).unwrap();
         assert_eq!(s.load().unwrap(), Some(state(3)));
+        assert_eq!(s.load_encoded().unwrap(), Some(state(3).encode_to_vec()));
         s.save(&state(4)).unwrap();
         assert_eq!(s.load().unwrap(), Some(state(4)));
         let _ = std::fs::remove_dir_all(&s.dir);
