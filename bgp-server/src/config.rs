@@ -31,7 +31,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::rib::{Desired, PathAttrs};
+use crate::rib::{Desired, PathAttrs, Paths};
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -323,52 +323,10 @@ impl SpeakerConfig {
         }
         let mut prefixes = BTreeSet::new();
         for (i, r) in self.routes.iter().enumerate() {
-            let f = |name: &str| format!("routes[{i}].{name}");
             if !prefixes.insert(r.prefix) {
-                return Err(invalid(
-                    f("prefix"),
-                    format!(
-                        "{} is listed twice: give all its next hops in one entry",
-                        r.prefix
-                    ),
-                ));
+                return Err(duplicate(i, r.prefix));
             }
-            if r.prefix.trunc() != r.prefix {
-                return Err(invalid(
-                    f("prefix"),
-                    format!("has host bits set: did you mean {}?", r.prefix.trunc()),
-                ));
-            }
-            if r.next_hops.is_empty() {
-                return Err(invalid(f("nextHops"), "needs at least one next hop"));
-            }
-            let mut addrs = BTreeSet::new();
-            for nh in &r.next_hops {
-                let a = nh.address();
-                if a.is_ipv4() != r.prefix.addr().is_ipv4() {
-                    return Err(invalid(
-                        f("nextHops"),
-                        format!("{a} is not of the prefix's family"),
-                    ));
-                }
-                if !addrs.insert(a) {
-                    return Err(invalid(f("nextHops"), format!("{a} is listed twice")));
-                }
-                if nh.weight() == Some(0) {
-                    return Err(invalid(
-                        f("nextHops"),
-                        format!("{a}: weight must be at least 1 (leave the next hop out instead)"),
-                    ));
-                }
-            }
-            for c in &r.communities {
-                parse_community(c).ok_or_else(|| {
-                    invalid(
-                        f("communities"),
-                        format!("{c:?} is not asn:value with both parts 0-65535"),
-                    )
-                })?;
-            }
+            check_route(i, r)?;
         }
         Ok(())
     }
@@ -376,41 +334,97 @@ impl SpeakerConfig {
     /// The routes as the desired RIB.
     pub fn desired(&self) -> Desired {
         let mut d = Desired::new();
-        // Paths with equal attributes share one allocation.
-        let mut interned: HashMap<PathAttrs, Arc<PathAttrs>> = HashMap::new();
-        let mut intern = |a: PathAttrs| {
-            interned
-                .entry(a.clone())
-                .or_insert_with(|| Arc::new(a))
-                .clone()
-        };
+        let mut interned = HashMap::new();
         for r in &self.routes {
-            let base = PathAttrs {
-                communities: r
-                    .communities
-                    .iter()
-                    .filter_map(|c| parse_community(c))
-                    .collect(),
-                local_pref: r.local_pref,
-                large_communities: r
-                    .large_communities
-                    .iter()
-                    .map(|[a, b, c]| (*a, *b, *c))
-                    .collect(),
-                ..PathAttrs::default()
-            };
-            let paths = d.entry(r.prefix).or_default();
-            for nh in &r.next_hops {
-                let attrs = PathAttrs {
-                    weight: nh.weight(),
-                    ..base.clone()
-                };
-                paths.insert(nh.address(), intern(attrs));
-            }
-            paths.shrink_to_fit();
+            // Validated states list each prefix once; otherwise the last entry wins.
+            d.insert(r.prefix, route_paths(r, &mut interned));
         }
         d
     }
+}
+
+/// A route listed a second time (`routes[i]` is the second).
+pub fn duplicate(i: usize, prefix: IpNet) -> ConfigError {
+    invalid(
+        format!("routes[{i}].prefix"),
+        format!("{prefix} is listed twice: give all its next hops in one entry"),
+    )
+}
+
+/// The rules for one route (`routes[i]`), all but that its prefix is listed once: shared by a
+/// whole state's validation and the Apply that converts one route at a time.
+pub fn check_route(i: usize, r: &RouteConfig) -> Result<(), ConfigError> {
+    let f = |name: &str| format!("routes[{i}].{name}");
+    if r.prefix.trunc() != r.prefix {
+        return Err(invalid(
+            f("prefix"),
+            format!("has host bits set: did you mean {}?", r.prefix.trunc()),
+        ));
+    }
+    if r.next_hops.is_empty() {
+        return Err(invalid(f("nextHops"), "needs at least one next hop"));
+    }
+    let mut addrs = BTreeSet::new();
+    for nh in &r.next_hops {
+        let a = nh.address();
+        if a.is_ipv4() != r.prefix.addr().is_ipv4() {
+            return Err(invalid(
+                f("nextHops"),
+                format!("{a} is not of the prefix's family"),
+            ));
+        }
+        if !addrs.insert(a) {
+            return Err(invalid(f("nextHops"), format!("{a} is listed twice")));
+        }
+        if nh.weight() == Some(0) {
+            return Err(invalid(
+                f("nextHops"),
+                format!("{a}: weight must be at least 1 (leave the next hop out instead)"),
+            ));
+        }
+    }
+    for c in &r.communities {
+        parse_community(c).ok_or_else(|| {
+            invalid(
+                f("communities"),
+                format!("{c:?} is not asn:value with both parts 0-65535"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// One route's paths, attributes shared through `intern` (paths with equal attributes share
+/// one allocation).
+pub fn route_paths(r: &RouteConfig, intern: &mut HashMap<PathAttrs, Arc<PathAttrs>>) -> Paths {
+    let base = PathAttrs {
+        communities: r
+            .communities
+            .iter()
+            .filter_map(|c| parse_community(c))
+            .collect(),
+        local_pref: r.local_pref,
+        large_communities: r
+            .large_communities
+            .iter()
+            .map(|[a, b, c]| (*a, *b, *c))
+            .collect(),
+        ..PathAttrs::default()
+    };
+    let mut paths = Paths::new();
+    for nh in &r.next_hops {
+        let attrs = PathAttrs {
+            weight: nh.weight(),
+            ..base.clone()
+        };
+        let shared = intern
+            .entry(attrs.clone())
+            .or_insert_with(|| Arc::new(attrs))
+            .clone();
+        paths.insert(nh.address(), shared);
+    }
+    paths.shrink_to_fit();
+    paths
 }
 
 /// `asn:value` as the 32-bit community.

@@ -14,7 +14,6 @@ use berth_bgp_server::control::store::{self, Store};
 use berth_bgp_server::control::tls;
 use berth_bgp_server::rib::Snapshot;
 use berth_bgp_server::speaker::{Health, Listeners, Options, StatusBoard};
-use berth_proto::v1::speaker_server::SpeakerServer;
 
 /// Berth's BGP speaker: announces each Service IP to the configured routers with one path per
 /// eligible node (ADD-PATH), exactly as its desired state says.
@@ -228,13 +227,10 @@ async fn serve(
             listeners.clone(),
         )
         .with_health(readiness.clone());
-        let svc = SpeakerServer::new(control)
-            .max_decoding_message_size(berth_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(berth_proto::MAX_MESSAGE_BYTES);
+        // Apply's table is converted route by route, never decoded whole (`service::Lean`).
+        let svc = service::Lean::new(control);
         let (health_reporter, health) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<SpeakerServer<Control>>()
-            .await;
+        health_reporter.set_serving::<service::Lean>().await;
         if let Some(path) = &args.grpc_socket {
             // A socket file left by an earlier run would make bind fail.
             let _ = std::fs::remove_file(path);

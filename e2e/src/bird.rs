@@ -13,6 +13,7 @@ pub const BIRD: &str = "/usr/sbin/bird";
 pub struct Bird {
     ns: String,
     ctl: PathBuf,
+    pid: u32,
 }
 
 impl Bird {
@@ -40,7 +41,13 @@ impl Bird {
         Ok(Bird {
             ns: ns.to_owned(),
             ctl,
+            pid,
         })
+    }
+
+    /// The daemon's process ID (for its memory figures).
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// Runs a birdc command.

@@ -187,6 +187,49 @@ async fn apply_reapply_partial_stale_invalid_restart_and_corrupt_state() {
         "a re-apply sent UPDATEs"
     );
 
+    // The operator's resync: the same state under a newer generation. Accepted with that
+    // generation, and neither the state file (not rewritten: same inode, same mtime) nor the
+    // peer sees anything.
+    let file = dir.join("state").join("desired-state.pb");
+    let stamp = |f: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(f).unwrap();
+        (
+            m.ino(),
+            m.mtime(),
+            m.mtime_nsec(),
+            std::fs::read(f).unwrap(),
+        )
+    };
+    let file_before = stamp(&file);
+    let r = api
+        .apply(v1::ApplyRequest {
+            state: Some(state(2, vec![one.clone()])),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.generation, r.routes_changed, r.peers_changed),
+        (2, 0, false)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        updates_received(&frr, &lab),
+        before,
+        "an identical re-apply with a newer generation sent UPDATEs"
+    );
+    assert!(
+        stamp(&file) == file_before,
+        "an identical re-apply rewrote the state file"
+    );
+    let s = api
+        .get_state(v1::GetStateRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.generation, 2);
+
     // Partial change: a second prefix arrives; the first is not touched at FRR.
     let version = rib_version(&frr, &lab, "198.51.100.10/32");
     let two = route("198.51.100.20/32", &["10.0.0.12"]);

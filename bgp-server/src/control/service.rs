@@ -8,9 +8,13 @@ use std::time::Instant;
 
 use berth_proto::v1;
 use ipnet::IpNet;
+use prost::Message;
+use prost::bytes::Bytes;
 use tokio::sync::{Mutex, watch};
+use tonic::codegen::{BoxFuture, http};
 use tonic::{Request, Response, Status};
 
+use super::apply::{self as lean, Converted};
 use super::convert::{self, InvalidArgument};
 use super::store::Store;
 use crate::config::SpeakerConfig;
@@ -218,37 +222,51 @@ impl Control {
         )
     }
 
-    async fn persist(&self, call: &str, state: v1::DesiredState) -> Result<(), Status> {
+    async fn persist_encoded(&self, call: &str, state: Bytes) -> Result<(), Status> {
         let Some(store) = self.store.clone() else {
             return Ok(());
         };
-        off_thread(move || store.save(&state)).await.map_err(|e| {
-            self.reject(
-                call,
-                "persist_failed",
-                Status::internal(format!("{e}: the state was not applied; fix --state-dir")),
-            )
-        })
+        off_thread(move || store.save_encoded(&state))
+            .await
+            .map_err(|e| {
+                self.reject(
+                    call,
+                    "persist_failed",
+                    Status::internal(format!("{e}: the state was not applied; fix --state-dir")),
+                )
+            })
     }
 
-    async fn do_apply(&self, req: v1::ApplyRequest) -> Result<v1::ApplyResponse, Status> {
-        let state = req.state.ok_or_else(|| {
-            self.invalid(
+    /// An Apply: the state stays encoded until it is converted route by route against the
+    /// applied routes ([`lean::convert`], on the blocking pool: it scales with the table).
+    /// A state identical to the applied one (the operator resends the whole table on every
+    /// resync) is accepted with its generation and touches neither the disk nor the peers.
+    async fn do_apply(&self, req: EncodedApplyRequest) -> Result<v1::ApplyResponse, Status> {
+        let Some(encoded) = req.state else {
+            return Err(self.invalid(
                 "apply",
                 &InvalidArgument {
                     field: "state".into(),
                     why: "is required".into(),
                 },
-            )
-        })?;
-        let mut cfg = convert::desired_state(&state).map_err(|e| self.invalid("apply", &e))?;
-        let new_desired = cfg.desired();
-        cfg.routes = Vec::new();
+            ));
+        };
         let mut applied = self.applied.lock().await;
-        if state.generation < applied.generation {
-            return Err(self.stale("apply", state.generation, applied.generation));
+        let base = applied.desired.clone();
+        let bytes = encoded.clone();
+        let converted = tokio::task::spawn_blocking(move || lean::convert(&bytes, &base))
+            .await
+            .map_err(|e| Status::internal(format!("converting the state failed: {e}")))?;
+        let Converted {
+            generation,
+            settings: cfg,
+            desired: new_desired,
+            changed: routes_changed,
+            touched,
+        } = converted.map_err(|e| self.invalid("apply", &e))?;
+        if generation < applied.generation {
+            return Err(self.stale("apply", generation, applied.generation));
         }
-        let routes_changed = changed_prefixes(&applied.desired, &new_desired);
         let peers_changed = *applied.settings != cfg;
         // What the state needs from the system (the listener, MD5 keys) is checked here, before
         // it is accepted and persisted: a state that cannot run must never be restored at the
@@ -260,10 +278,17 @@ impl Control {
                 Status::failed_precondition(e.to_string()),
             )
         })?;
-        let generation = state.generation;
-        self.persist("apply", state).await?;
+        if routes_changed > 0 || peers_changed {
+            // The client's bytes are the state file's body: nothing is encoded again.
+            self.persist_encoded("apply", encoded).await?;
+            applied.journaled = 0;
+        } else {
+            // The file keeps the generation of the last state that changed something: a
+            // restarted speaker then reports an older generation, and the writer's next push
+            // (a full Apply after any reconnect) brings it level.
+            drop(encoded);
+        }
         let rebound = prepared.commit();
-        applied.journaled = 0;
         applied.generation = generation;
         if let Some(h) = &self.health {
             h.set(PERSISTED, None);
@@ -276,7 +301,13 @@ impl Control {
         if routes_changed > 0 {
             applied.desired = Arc::new(new_desired);
             let routes = applied.desired.clone();
-            self.desired.send_modify(|s| *s = s.next(routes));
+            // Few changes: sessions holding the previous version send only those prefixes.
+            self.desired.send_modify(|s| {
+                *s = match touched {
+                    Some(t) => s.next_delta(routes, t),
+                    None => s.next(routes),
+                }
+            });
         }
         self.announce("apply", applied.generation, routes_changed);
         Ok(v1::ApplyResponse {
@@ -387,37 +418,6 @@ impl Control {
             peers,
             route_count: applied.desired.len() as u64,
             routes: api.routes,
-        }
-    }
-}
-
-/// Prefixes whose paths differ between two states (added, removed or changed).
-pub fn changed_prefixes(old: &Desired, new: &Desired) -> usize {
-    let mut n = 0;
-    let mut a = old.iter().peekable();
-    let mut b = new.iter().peekable();
-    loop {
-        match (a.peek(), b.peek()) {
-            (None, None) => return n,
-            (Some((pa, xa)), Some((pb, xb))) if pa == pb => {
-                if xa != xb {
-                    n += 1;
-                }
-                a.next();
-                b.next();
-            }
-            (Some((pa, _)), Some((pb, _))) if pa < pb => {
-                n += 1;
-                a.next();
-            }
-            (Some(_), None) => {
-                n += 1;
-                a.next();
-            }
-            _ => {
-                n += 1;
-                b.next();
-            }
         }
     }
 }
@@ -539,11 +539,13 @@ impl v1::speaker_server::Speaker for Control {
         &self,
         request: Request<v1::ApplyRequest>,
     ) -> Result<Response<v1::ApplyResponse>, Status> {
-        let started = Instant::now();
-        let out = self.do_apply(request.into_inner()).await;
-        self.metrics
-            .applied("apply", out.is_ok(), started.elapsed().as_secs_f64());
-        out.map(Response::new)
+        // The generated server's path, used in process only: the served one is [`Lean`], which
+        // never decodes the whole state. Re-encoded so both take one code path.
+        let req = request.into_inner();
+        let encoded = EncodedApplyRequest {
+            state: req.state.map(|s| Bytes::from(s.encode_to_vec())),
+        };
+        self.apply_encoded(encoded).await.map(Response::new)
     }
 
     async fn update_routes(
@@ -568,6 +570,109 @@ impl v1::speaker_server::Speaker for Control {
     }
 }
 
+impl Control {
+    /// Apply with its state still encoded, timed and counted.
+    pub async fn apply_encoded(
+        &self,
+        req: EncodedApplyRequest,
+    ) -> Result<v1::ApplyResponse, Status> {
+        let started = Instant::now();
+        let out = self.do_apply(req).await;
+        self.metrics
+            .applied("apply", out.is_ok(), started.elapsed().as_secs_f64());
+        out
+    }
+}
+
+/// Apply's request as it arrives, with the state left encoded: the same wire format as
+/// `berth.bgp.v1.ApplyRequest` (field 1, length-delimited), so clients see no difference.
+/// The bytes are a slice of the received message, not a copy.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EncodedApplyRequest {
+    /// The `berth.bgp.v1.DesiredState`, encoded; `None` when the request has none.
+    #[prost(bytes = "bytes", optional, tag = "1")]
+    pub state: Option<Bytes>,
+}
+
+/// The `berth.bgp.v1.Speaker` service as served: Apply decodes into
+/// [`EncodedApplyRequest`] (the table is converted route by route, never held twice), every
+/// other method is the generated server's.
+#[derive(Clone)]
+pub struct Lean {
+    control: Control,
+    generated: v1::speaker_server::SpeakerServer<Control>,
+}
+
+impl Lean {
+    /// The service over `control`, accepting messages up to [`berth_proto::MAX_MESSAGE_BYTES`].
+    pub fn new(control: Control) -> Lean {
+        Lean {
+            generated: v1::speaker_server::SpeakerServer::new(control.clone())
+                .max_decoding_message_size(berth_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(berth_proto::MAX_MESSAGE_BYTES),
+            control,
+        }
+    }
+}
+
+/// Apply's handler for the lean path.
+struct LeanApply(Control);
+
+impl tonic::server::UnaryService<EncodedApplyRequest> for LeanApply {
+    type Response = v1::ApplyResponse;
+    type Future = BoxFuture<Response<v1::ApplyResponse>, Status>;
+
+    fn call(&mut self, request: Request<EncodedApplyRequest>) -> Self::Future {
+        let control = self.0.clone();
+        Box::pin(async move {
+            control
+                .apply_encoded(request.into_inner())
+                .await
+                .map(Response::new)
+        })
+    }
+}
+
+impl tonic::server::NamedService for Lean {
+    const NAME: &'static str = v1::speaker_server::SERVICE_NAME;
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for Lean
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != APPLY_PATH {
+            return self.generated.call(req);
+        }
+        let control = self.control.clone();
+        Box::pin(async move {
+            let codec =
+                tonic_prost::ProstCodec::<v1::ApplyResponse, EncodedApplyRequest>::default();
+            let mut grpc = tonic::server::Grpc::new(codec).apply_max_message_size_config(
+                Some(berth_proto::MAX_MESSAGE_BYTES),
+                Some(berth_proto::MAX_MESSAGE_BYTES),
+            );
+            Ok(grpc.unary(LeanApply(control), req).await)
+        })
+    }
+}
+
+/// Apply's HTTP/2 path.
+const APPLY_PATH: &str = "/berth.bgp.v1.Speaker/Apply";
+
 /// A session event as Watch reports it.
 fn session_changed(e: &SessionEvent) -> v1::SessionChanged {
     let name = |s: Option<State>| s.map_or_else(|| "Removed".to_owned(), |s| format!("{s:?}"));
@@ -582,7 +687,7 @@ fn session_changed(e: &SessionEvent) -> v1::SessionChanged {
 /// Applied state from a persisted file, when there is a usable one; otherwise why the file
 /// there is not used (logged too), or nothing when there is none.
 pub fn restore(store: &Store) -> Result<Option<Applied>, String> {
-    let state = match store.load() {
+    let encoded = match store.load_encoded() {
         Ok(Some(s)) => s,
         Ok(None) => return Ok(None),
         Err(e) => {
@@ -590,11 +695,18 @@ pub fn restore(store: &Store) -> Result<Option<Applied>, String> {
             return Err(format!("not used: {e}"));
         }
     };
-    match convert::desired_state(&state) {
-        Ok(mut cfg) => {
-            let mut desired = cfg.desired();
-            cfg.routes = Vec::new();
-            let mut generation = state.generation;
+    // Route by route, as an Apply: a restart never holds the decoded table either.
+    let converted = lean::convert(&encoded, &Desired::new());
+    drop(encoded);
+    match converted {
+        Ok(Converted {
+            generation,
+            settings: cfg,
+            desired,
+            ..
+        }) => {
+            let mut desired = desired;
+            let mut generation = generation;
             let (changes, torn) = store.changes();
             if let Some(e) = torn {
                 tracing::warn!(error = %e, "journal ends early; the changes before it are used");

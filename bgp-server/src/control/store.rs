@@ -173,18 +173,22 @@ impl Store {
 
     /// Replaces the saved state, atomically, and empties the journal.
     pub fn save(&self, state: &v1::DesiredState) -> Result<(), StoreError> {
+        self.save_encoded(&state.encode_to_vec())
+    }
+
+    /// Writes an already encoded `berth.bgp.v1.DesiredState` (an Apply's own bytes) as the
+    /// state, atomically, as [`Store::save`] does: the table is not encoded a second time.
+    pub fn save_encoded(&self, body: &[u8]) -> Result<(), StoreError> {
         let path = self.path();
         let io = |source| StoreError::Io {
             path: path.clone(),
             source,
         };
         std::fs::create_dir_all(&self.dir).map_err(io)?;
-        let body = state.encode_to_vec();
-        let mut bytes = Vec::with_capacity(body.len() + 24);
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&(body.len() as u64).to_be_bytes());
-        bytes.extend_from_slice(&fnv1a(&body).to_be_bytes());
-        bytes.extend_from_slice(&body);
+        let mut header = Vec::with_capacity(24);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&(body.len() as u64).to_be_bytes());
+        header.extend_from_slice(&fnv1a(body).to_be_bytes());
         let tmp = self.dir.join(format!(".{FILE}.tmp"));
         {
             // A leftover of a crash keeps its mode through `create`: start afresh.
@@ -195,7 +199,8 @@ impl Store {
                 .mode(0o600)
                 .open(&tmp)
                 .map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
+            f.write_all(&header).map_err(io)?;
+            f.write_all(body).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
         std::fs::rename(&tmp, &path).map_err(io)?;
@@ -210,6 +215,24 @@ impl Store {
             // over the new state (those of a generation at least the state's).
             Ok(()) => sync_dir().map_err(io),
         }
+    }
+
+    /// The saved state still encoded (checked whole and undamaged, not decoded): a restart
+    /// converts it route by route as an Apply does. `None` when there is none.
+    pub fn load_encoded(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.path();
+        let mut bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        let header = match checked(&bytes) {
+            Ok(body) => bytes.len() - body.len(),
+            Err(why) => return Err(StoreError::Corrupt { path, why }),
+        };
+        // In place: the table is not copied.
+        bytes.drain(..header);
+        Ok(Some(bytes))
     }
 
     /// The saved state: `None` when there is none.
@@ -227,6 +250,12 @@ impl Store {
 }
 
 fn decode(bytes: &[u8]) -> Result<v1::DesiredState, String> {
+    let body = checked(bytes)?;
+    v1::DesiredState::decode(body).map_err(|e| format!("not a desired state: {e}"))
+}
+
+/// The body of a whole, undamaged state file (the encoded `DesiredState`).
+fn checked(bytes: &[u8]) -> Result<&[u8], String> {
     let rest = bytes
         .strip_prefix(MAGIC)
         .ok_or("not a Berth state file (bad magic)")?;
@@ -243,7 +272,7 @@ fn decode(bytes: &[u8]) -> Result<v1::DesiredState, String> {
     if fnv1a(body) != sum {
         return Err("checksum mismatch (the file was damaged)".to_owned());
     }
-    v1::DesiredState::decode(body).map_err(|e| format!("not a desired state: {e}"))
+    Ok(body)
 }
 
 /// Whether `dir` exists or can be created: checked at start so a bad `--state-dir` is a clear
@@ -283,6 +312,7 @@ mod tests {
         assert!(s.load().unwrap().is_none());
         s.save(&state(3)).unwrap();
         assert_eq!(s.load().unwrap(), Some(state(3)));
+        assert_eq!(s.load_encoded().unwrap(), Some(state(3).encode_to_vec()));
         s.save(&state(4)).unwrap();
         assert_eq!(s.load().unwrap(), Some(state(4)));
         let _ = std::fs::remove_dir_all(&s.dir);

@@ -1,12 +1,21 @@
 //! `bgp-bench`: how fast a sender fills a real router with N /32s, and how much memory it
 //! takes, for Berth's speaker and GoBGP (the engine inside Porter/OpenELB) in the same run.
 //!
-//! Each run builds a router namespace and a node namespace on one veth link, starts the sender
+//! Two modes. `api` is the production path: the speaker runs with its control API (Unix
+//! socket) and a state directory, its peer (a BIRD receiver) is up first, and the routes
+//! arrive in one gRPC `Apply`; beside it, in the same run, BIRD as the sender holds the same
+//! routes (one static protocol per path, ADD-PATH for more than one) into the same kind of
+//! receiver. Both report peak RSS (VmHWM), resident memory (VmRSS) after settling, and the time
+//! until the receiver holds every path; for Berth also the peak after an identical re-apply
+//! (what the operator sends every resync). `file` is the earlier comparison with GoBGP, routes
+//! loaded from a file at start.
+//!
+//! In `file` mode each run builds a router namespace and a node namespace on one veth link, starts the sender
 //! with all routes loaded, then the receiver (FRR or BIRD), and measures from the moment the
 //! BGP connection is up until the receiver holds every path (and 99 % of them). The sender's
 //! peak RSS is its VmHWM at the end. Needs root, frr, bird2 and gobgpd.
 //!
-//! `cargo build --release -p berth-bgp-server -p berth-e2e && target/release/bgp-bench`
+//! `cargo build --release -p berth-bgp-server -p berth-e2e && target/release/bgp-bench --mode api`
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -45,6 +54,19 @@ struct Args {
     /// Give up on one run after this many seconds.
     #[arg(long, default_value_t = 180)]
     timeout: u64,
+    /// What to measure: `api` (routes over the control API, against BIRD as the sender) and
+    /// `file` (routes from a file at start, against GoBGP). Repeatable.
+    #[arg(long = "mode", value_enum, default_values_t = [Mode::Api, Mode::File])]
+    modes: Vec<Mode>,
+    /// Seconds to wait after the receiver holds every path before reading resident memory.
+    #[arg(long, default_value_t = 5)]
+    settle: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Api,
+    File,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,6 +116,366 @@ fn main() -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("berth-bgp-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let mut report = String::new();
+    if args.modes.contains(&Mode::Api) {
+        api_report(&args, &speaker, &work, &mut report)?;
+    }
+    if args.modes.contains(&Mode::File) {
+        file_report(&args, &speaker, &work, &mut report)?;
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    print!("{report}");
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// One run of the production path (or of BIRD beside it).
+#[derive(Debug, Clone, Copy, Default)]
+struct ApiSample {
+    /// From the start of the Apply call (Berth) or the BGP connection (BIRD) until the receiver
+    /// holds every path.
+    all: Duration,
+    /// Peak RSS until then.
+    peak_kib: u64,
+    /// Resident after settling.
+    resident_kib: u64,
+    /// Peak RSS after one identical re-apply (Berth only).
+    reapply_peak_kib: u64,
+}
+
+/// Which sender an `api` run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApiSender {
+    /// Berth's speaker, routes over gRPC.
+    Berth,
+    /// BIRD, routes in static protocols.
+    Bird,
+}
+
+fn api_report(args: &Args, speaker: &Path, work: &Path, report: &mut String) -> anyhow::Result<()> {
+    writeln!(
+        report,
+        "Production path: {} IPv4 /32s applied over the control API (Unix socket, --state-dir) with the peer up, receiver BIRD; BIRD as the sender holding the same routes, same run; median of {} runs.\n",
+        args.prefixes, args.runs
+    )?;
+    writeln!(
+        report,
+        "| paths/prefix | sender | all received | peak RSS | resident after {} s | peak after identical re-apply | Berth/BIRD peak | Berth/BIRD resident |",
+        args.settle
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|")?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    for &paths in &args.paths {
+        let mut medians = Vec::new();
+        for sender in [ApiSender::Berth, ApiSender::Bird] {
+            let mut samples = Vec::new();
+            for run in 0..args.runs {
+                let dir = work.join(format!("api-{paths}-{sender:?}-{run}"));
+                std::fs::create_dir_all(&dir)?;
+                let s = match sender {
+                    ApiSender::Berth => measure_api_berth(args, speaker, paths, &dir),
+                    ApiSender::Bird => measure_api_bird(args, paths, &dir),
+                }
+                .with_context(|| {
+                    format!(
+                        "{sender:?} (api), {paths} path(s), run {run}: logs in {}",
+                        dir.display()
+                    )
+                })?;
+                eprintln!(
+                    "{sender:?} (api), {paths} path(s), run {run}: all {:.2} s, peak {:.1} MiB, resident {:.1} MiB, peak after re-apply {:.1} MiB",
+                    s.all.as_secs_f64(),
+                    mib(s.peak_kib),
+                    mib(s.resident_kib),
+                    mib(s.reapply_peak_kib)
+                );
+                samples.push(s);
+            }
+            medians.push((sender, api_median(&samples)));
+        }
+        let berth = medians.first().map(|(_, m)| *m).unwrap_or_default();
+        let bird = medians.get(1).map(|(_, m)| *m).unwrap_or_default();
+        for (sender, m) in &medians {
+            let (ratio_peak, ratio_res, reapply) = if *sender == ApiSender::Berth {
+                (
+                    format!("{:.2}", berth.peak_kib as f64 / bird.peak_kib.max(1) as f64),
+                    format!(
+                        "{:.2}",
+                        berth.resident_kib as f64 / bird.resident_kib.max(1) as f64
+                    ),
+                    format!("{:.1} MiB", mib(m.reapply_peak_kib)),
+                )
+            } else {
+                (String::new(), String::new(), String::new())
+            };
+            writeln!(
+                report,
+                "| {paths} | {sender:?} | {:.2} s | {:.1} MiB | {:.1} MiB | {reapply} | {ratio_peak} | {ratio_res} |",
+                m.all.as_secs_f64(),
+                mib(m.peak_kib),
+                mib(m.resident_kib),
+            )?;
+        }
+    }
+    writeln!(report)?;
+    Ok(())
+}
+
+fn api_median(samples: &[ApiSample]) -> ApiSample {
+    let pick = |f: fn(&ApiSample) -> u128| {
+        let mut v: Vec<u128> = samples.iter().map(f).collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    };
+    ApiSample {
+        all: Duration::from_nanos(pick(|s| s.all.as_nanos()) as u64),
+        peak_kib: pick(|s| u128::from(s.peak_kib)) as u64,
+        resident_kib: pick(|s| u128::from(s.resident_kib)) as u64,
+        reapply_peak_kib: pick(|s| u128::from(s.reapply_peak_kib)) as u64,
+    }
+}
+
+/// The router and node namespaces on one link, with BIRD receiving in the router.
+fn api_lab(paths: usize, dir: &Path) -> anyhow::Result<(Lab, String, Bird)> {
+    let mut lab = Lab::new("bb-");
+    let router = lab.namespace("r").map_err(anyhow::Error::msg)?;
+    let node = lab.namespace("n").map_err(anyhow::Error::msg)?;
+    lab.link(
+        &router,
+        "veth-r",
+        &["10.0.0.1/24"],
+        &node,
+        "veth-n",
+        &["10.0.0.11/24"],
+    )
+    .map_err(anyhow::Error::msg)?;
+    let rx = Bird::start(&mut lab, &router, &dir.join("rx"), &bird_conf(paths))
+        .map_err(anyhow::Error::msg)?;
+    Ok((lab, node, rx))
+}
+
+/// Waits until the receiver holds `expected` paths; the time since `start`.
+fn until_received(
+    args: &Args,
+    lab: &Lab,
+    rx: &Bird,
+    expected: u64,
+    start: Instant,
+) -> anyhow::Result<Duration> {
+    let deadline = start + Duration::from_secs(args.timeout);
+    loop {
+        let n = bird_count(rx, lab).unwrap_or(0);
+        if n >= expected {
+            return Ok(start.elapsed());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the receiver holds {n} of {expected} paths after {}s",
+                args.timeout
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn api_state(
+    generation: u64,
+    prefixes: u32,
+    next_hops: &[String],
+) -> berth_proto::v1::DesiredState {
+    use berth_proto::v1;
+    v1::DesiredState {
+        generation,
+        global: Some(v1::Global {
+            asn: 64512,
+            router_id: NODE.into(),
+            ..Default::default()
+        }),
+        peers: vec![v1::Peer {
+            address: ROUTER.into(),
+            asn: 64513,
+            connect_retry_seconds: 1,
+            ..Default::default()
+        }],
+        routes: (0..prefixes)
+            .map(|i| v1::Route {
+                prefix: format!("{}/32", prefix(i)),
+                next_hops: next_hops
+                    .iter()
+                    .map(|a| v1::NextHop {
+                        address: a.clone(),
+                        weight: 0,
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+fn measure_api_berth(
+    args: &Args,
+    speaker: &Path,
+    paths: usize,
+    dir: &Path,
+) -> anyhow::Result<ApiSample> {
+    use berth_proto::v1;
+    let (mut lab, node, rx) = api_lab(paths, dir)?;
+    let sock = dir.join("api.sock");
+    let state_dir = dir.join("state");
+    let (s, sd) = (sock.display().to_string(), state_dir.display().to_string());
+    let pid = lab
+        .spawn(
+            &node,
+            &speaker.display().to_string(),
+            &[
+                "--grpc-socket",
+                &s,
+                "--state-dir",
+                &sd,
+                "--metrics-addr",
+                "127.0.0.1:9473",
+                "--log",
+                "warn",
+            ],
+            &dir.join("speaker.log"),
+        )
+        .map_err(anyhow::Error::msg)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut api = rt.block_on(async {
+        for _ in 0..200 {
+            if let Ok(c) = berth_proto::connect_unix(&sock).await {
+                return Ok(c);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the speaker's API never answered on {}", sock.display())
+    })?;
+    let next_hops: Vec<String> = (0..paths).map(|i| format!("10.0.0.{}", 11 + i)).collect();
+    // Peers first, no routes: the session comes up, then the table arrives as in production.
+    rt.block_on(api.apply(v1::ApplyRequest {
+        state: Some(api_state(1, 0, &next_hops)),
+    }))
+    .context("Apply of the peers")?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    loop {
+        let st = rt
+            .block_on(api.get_state(v1::GetStateRequest::default()))?
+            .into_inner();
+        if st.peers.iter().any(|p| p.state == "Established") {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the session never came up: {:?}", st.peers);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let state = api_state(2, args.prefixes, &next_hops);
+    let expected = u64::from(args.prefixes) * paths as u64;
+    let start = Instant::now();
+    let reply = rt.block_on(api.apply(v1::ApplyRequest {
+        state: Some(state.clone()),
+    }))?;
+    if reply.get_ref().routes_changed != args.prefixes {
+        bail!("Apply changed {} routes", reply.get_ref().routes_changed);
+    }
+    let all = until_received(args, &lab, &rx, expected, start)?;
+    let peak_kib = vm_kib(pid, "VmHWM:")?;
+    std::thread::sleep(Duration::from_secs(args.settle));
+    let resident_kib = vm_kib(pid, "VmRSS:")?;
+    // What the operator does every resync: the same routes under a new generation.
+    let again = v1::DesiredState {
+        generation: 3,
+        ..state
+    };
+    let reply = rt.block_on(api.apply(v1::ApplyRequest { state: Some(again) }))?;
+    if reply.get_ref().routes_changed != 0 {
+        bail!(
+            "an identical re-apply changed {} routes",
+            reply.get_ref().routes_changed
+        );
+    }
+    let reapply_peak_kib = vm_kib(pid, "VmHWM:")?;
+    drop(api);
+    drop(rt);
+    lab.terminate(pid);
+    Ok(ApiSample {
+        all,
+        peak_kib,
+        resident_kib,
+        reapply_peak_kib,
+    })
+}
+
+fn measure_api_bird(args: &Args, paths: usize, dir: &Path) -> anyhow::Result<ApiSample> {
+    let (mut lab, node, rx) = api_lab(paths, dir)?;
+    // One static protocol per path, each next hop on the link (BIRD resolves gateways only
+    // on a connected network): ADD-PATH sends each protocol's route as its own path.
+    let mut conf = format!("router id {NODE};\nprotocol device {{}}\n");
+    for p in 0..paths {
+        writeln!(conf, "protocol static s{p} {{\n  ipv4;")?;
+        for i in 0..args.prefixes {
+            writeln!(conf, "  route {}/32 via 10.0.0.{};", prefix(i), 101 + p)?;
+        }
+        writeln!(conf, "}}")?;
+    }
+    let add_paths = if paths > 1 { " add paths tx;" } else { "" };
+    writeln!(
+        conf,
+        "protocol bgp uplink {{
+  local {NODE} as 64512;
+  neighbor {ROUTER} as 64513;
+  connect retry time 1;
+  ipv4 {{ import none; export all;{add_paths} }};
+}}"
+    )?;
+    let probe = lab
+        .spawn(&node, "sleep", &["3600"], &dir.join("probe.log"))
+        .map_err(anyhow::Error::msg)?;
+    let sender =
+        Bird::start(&mut lab, &node, &dir.join("tx"), &conf).map_err(anyhow::Error::msg)?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let start = loop {
+        if bgp_connected(probe) {
+            break Instant::now();
+        }
+        if Instant::now() > deadline {
+            bail!("the BGP connection never came up");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let expected = u64::from(args.prefixes) * paths as u64;
+    let all = until_received(args, &lab, &rx, expected, start)?;
+    let peak_kib = vm_kib(sender.pid(), "VmHWM:")?;
+    std::thread::sleep(Duration::from_secs(args.settle));
+    let resident_kib = vm_kib(sender.pid(), "VmRSS:")?;
+    drop(lab);
+    Ok(ApiSample {
+        all,
+        peak_kib,
+        resident_kib,
+        reapply_peak_kib: 0,
+    })
+}
+
+fn vm_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("the sender (pid {pid}) is gone"))?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+fn file_report(
+    args: &Args,
+    speaker: &Path,
+    work: &Path,
+    report: &mut String,
+) -> anyhow::Result<()> {
     writeln!(
         report,
         "{} IPv4 /32s, median of {} runs; time from the BGP connection coming up until the receiver holds every path; sender peak RSS.\n",
@@ -112,7 +494,7 @@ fn main() -> anyhow::Result<()> {
                 for run in 0..args.runs {
                     let dir = work.join(format!("{paths}-{receiver:?}-{sender:?}-{run}"));
                     std::fs::create_dir_all(&dir)?;
-                    let s = measure(&args, &speaker, paths, receiver, sender, &dir).with_context(
+                    let s = measure(args, speaker, paths, receiver, sender, &dir).with_context(
                         || {
                             format!(
                                 "{sender:?} → {receiver:?}, {paths} path(s), run {run}: logs in {}",
@@ -149,9 +531,6 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&work);
-    print!("{report}");
-    std::io::stdout().flush()?;
     Ok(())
 }
 
@@ -240,7 +619,7 @@ fn measure(
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let rss_kib = peak_rss_kib(sender_pid)?;
+    let rss_kib = vm_kib(sender_pid, "VmHWM:")?;
     drop(lab);
     Ok(Sample {
         all,
@@ -487,15 +866,4 @@ fn bgp_connected(pid: u32) -> bool {
         matches!(f.as_slice(), [_, local, remote, "01", ..]
             if local.ends_with(":00B3") || remote.ends_with(":00B3"))
     })
-}
-
-fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("the sender (pid {pid}) is gone"))?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .context("no VmHWM in /proc/PID/status")
 }

@@ -1,0 +1,203 @@
+//! An Apply's desired state converted from its encoded form (`berth.bgp.v1.DesiredState`
+//! bytes) one route at a time, merged into the routes applied now.
+//!
+//! Memory is the point: decoding the whole message first held the API's copy of every route
+//! (strings for prefixes and next hops) beside the model's and the RIB's, about 8 times the
+//! routes' own size at 100,000 routes. Here the global settings and peers are decoded as usual
+//! (they are small), and each route is decoded, checked by the same rules as the standalone
+//! file ([`crate::config::check_route`]), and compared with the applied route of that prefix;
+//! only a route that differs is inserted into the new map, which starts as a clone of the
+//! applied one (persistent: the clone shares everything). An identical state therefore costs
+//! no new route memory at all, and the result says which prefixes changed.
+//!
+//! Pure: no I/O; the service runs it on the blocking pool.
+
+use std::collections::{HashMap, HashSet};
+
+use berth_proto::v1;
+use ipnet::IpNet;
+use prost::Message;
+
+use super::convert::{self, InvalidArgument};
+use crate::config::{self, SpeakerConfig};
+use crate::rib::Desired;
+
+/// `DesiredState.routes`' field number.
+const ROUTES_FIELD: u64 = 4;
+
+/// Changed prefixes up to which the result lists them (so sessions send only those); above
+/// it, sessions walk the table in bounded batches.
+pub const DELTA_MAX: usize = 4096;
+
+/// A converted state.
+#[derive(Debug, Clone)]
+pub struct Converted {
+    /// Its generation.
+    pub generation: u64,
+    /// Global settings and peers (`routes` empty: the routes are in `desired`).
+    pub settings: SpeakerConfig,
+    /// The routes: the applied map with the differences made.
+    pub desired: Desired,
+    /// Prefixes added, removed or changed.
+    pub changed: usize,
+    /// Those prefixes, when there are at most [`DELTA_MAX`].
+    pub touched: Option<Vec<IpNet>>,
+}
+
+fn invalid(field: impl Into<String>, why: impl Into<String>) -> InvalidArgument {
+    InvalidArgument {
+        field: field.into(),
+        why: why.into(),
+    }
+}
+
+fn not_a_state(why: &str) -> InvalidArgument {
+    invalid("state", format!("not a berth.bgp.v1.DesiredState: {why}"))
+}
+
+/// A base-128 varint at `*pos`.
+fn varint(bytes: &[u8], pos: &mut usize) -> Result<u64, InvalidArgument> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes
+            .get(*pos)
+            .ok_or_else(|| not_a_state("truncated varint"))?;
+        *pos += 1;
+        value |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(not_a_state("varint longer than 10 bytes"))
+}
+
+/// One top-level field: its number, the range its value spans (the payload of a
+/// length-delimited field, else the value itself), and where the field ends.
+struct Field {
+    number: u64,
+    length_delimited: bool,
+    start: usize,
+    value: std::ops::Range<usize>,
+}
+
+/// The top-level fields of an encoded message, in order.
+fn fields(bytes: &[u8]) -> impl Iterator<Item = Result<Field, InvalidArgument>> + '_ {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        if pos >= bytes.len() {
+            return None;
+        }
+        let start = pos;
+        let field = (|| {
+            let key = varint(bytes, &mut pos)?;
+            let (number, wire) = (key >> 3, key & 7);
+            let fixed = |n: usize| (pos, n);
+            let (from, len) = match wire {
+                0 => {
+                    let from = pos;
+                    varint(bytes, &mut pos)?;
+                    (from, pos - from)
+                }
+                1 => fixed(8),
+                2 => {
+                    let len = usize::try_from(varint(bytes, &mut pos)?)
+                        .map_err(|_| not_a_state("length out of range"))?;
+                    (pos, len)
+                }
+                5 => fixed(4),
+                w => return Err(not_a_state(&format!("wire type {w}"))),
+            };
+            let end = from
+                .checked_add(len)
+                .filter(|e| *e <= bytes.len())
+                .ok_or_else(|| not_a_state("a field runs past the end"))?;
+            pos = end;
+            Ok(Field {
+                number,
+                length_delimited: wire == 2,
+                start,
+                value: from..end,
+            })
+        })();
+        if field.is_err() {
+            // One error ends the walk.
+            pos = bytes.len();
+        }
+        Some(field)
+    })
+}
+
+/// The encoded state `bytes` merged into `applied`: checked by the same rules, with the same
+/// field names in errors, as [`convert::desired_state`].
+pub fn convert(bytes: &[u8], applied: &Desired) -> Result<Converted, InvalidArgument> {
+    // First everything but the routes (small), so settings errors come first as before.
+    let mut head = Vec::new();
+    for f in fields(bytes) {
+        let f = f?;
+        if !(f.number == ROUTES_FIELD && f.length_delimited) {
+            head.extend_from_slice(bytes.get(f.start..f.value.end).unwrap_or_default());
+        }
+    }
+    let state =
+        v1::DesiredState::decode(head.as_slice()).map_err(|e| not_a_state(&e.to_string()))?;
+    drop(head);
+    let settings = convert::desired_state(&state)?;
+
+    let mut desired = applied.clone();
+    let mut seen: HashSet<IpNet> = HashSet::new();
+    let mut interned = HashMap::new();
+    let mut changed = 0usize;
+    let mut touched = Some(Vec::new());
+    let mut touch = |p: IpNet, changed: &mut usize| {
+        *changed += 1;
+        if let Some(t) = touched.as_mut() {
+            if t.len() < DELTA_MAX {
+                t.push(p);
+            } else {
+                touched = None;
+            }
+        }
+    };
+    let mut i = 0usize;
+    for f in fields(bytes) {
+        let f = f?;
+        if !(f.number == ROUTES_FIELD && f.length_delimited) {
+            continue;
+        }
+        let body = bytes.get(f.value).unwrap_or_default();
+        let r = v1::Route::decode(body)
+            .map_err(|e| invalid(format!("routes[{i}]"), format!("not a Route: {e}")))?;
+        let r = convert::route(i, &r, "routes")?;
+        config::check_route(i, &r).map_err(|e| convert::api_error(&e))?;
+        if !seen.insert(r.prefix) {
+            return Err(convert::api_error(&config::duplicate(i, r.prefix)));
+        }
+        i += 1;
+        let paths = config::route_paths(&r, &mut interned);
+        if desired.get(&r.prefix) != Some(&paths) {
+            touch(r.prefix, &mut changed);
+            desired.insert(r.prefix, paths);
+        }
+    }
+    if seen.len() < desired.len() {
+        let gone: Vec<IpNet> = desired
+            .keys()
+            .filter(|p| !seen.contains(p))
+            .copied()
+            .collect();
+        for p in gone {
+            desired.remove(&p);
+            touch(p, &mut changed);
+        }
+    }
+    Ok(Converted {
+        generation: state.generation,
+        settings,
+        desired,
+        changed,
+        touched,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+use berth_proto::v1;
+use prost::Message;
+
+use super::{DELTA_MAX, convert};
+use crate::control::convert as slow;
+use crate::rib::Desired;
+
+fn route(prefix: &str, next_hops: &[&str]) -> v1::Route {
+    v1::Route {
+        prefix: prefix.into(),
+        next_hops: next_hops
+            .iter()
+            .map(|a| v1::NextHop {
+                address: (*a).into(),
+                weight: 0,
+            })
+            .collect(),
+        communities: vec!["64512:100".into()],
+        ..Default::default()
+    }
+}
+
+fn state(generation: u64, routes: Vec<v1::Route>) -> v1::DesiredState {
+    v1::DesiredState {
+        generation,
+        global: Some(v1::Global {
+            asn: 64512,
+            router_id: "10.0.0.11".into(),
+            ..Default::default()
+        }),
+        peers: vec![v1::Peer {
+            address: "10.0.0.1".into(),
+            asn: 64513,
+            communities: vec!["65000:1".into()],
+            ..Default::default()
+        }],
+        routes,
+    }
+}
+
+fn many(n: u32, hops: &[&str]) -> Vec<v1::Route> {
+    (0..n)
+        .map(|i| {
+            let a = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0)) + i);
+            route(&format!("{a}/32"), hops)
+        })
+        .collect()
+}
+
+fn ok(bytes: &[u8], applied: &Desired) -> super::Converted {
+    convert(bytes, applied).unwrap_or_else(|e| panic!("refused: {e}"))
+}
+
+#[test]
+fn gives_what_the_whole_message_conversion_gives() {
+    let mut s = state(7, many(300, &["10.0.0.11", "10.0.0.12"]));
+    s.routes.push(v1::Route {
+        local_pref: Some(200),
+        large_communities: vec![v1::LargeCommunity {
+            global_admin: 1,
+            local_data_1: 2,
+            local_data_2: 3,
+        }],
+        ..route("2001:db8::/64", &["fd00::11"])
+    });
+    s.routes.push(v1::Route {
+        next_hops: vec![v1::NextHop {
+            address: "10.0.0.13".into(),
+            weight: 3,
+        }],
+        ..route("198.51.100.0/24", &[])
+    });
+    let mut want = slow::desired_state(&s).unwrap_or_else(|e| panic!("{e}"));
+    let want_desired = want.desired();
+    want.routes = Vec::new();
+    let got = ok(&s.encode_to_vec(), &Desired::new());
+    assert_eq!(got.generation, 7);
+    assert_eq!(got.settings, want);
+    assert_eq!(got.desired, want_desired);
+    assert_eq!(got.changed, 302);
+    assert_eq!(got.touched.map(|t| t.len()), Some(302));
+}
+
+#[test]
+fn an_identical_state_changes_nothing_and_a_partial_one_only_its_prefixes() {
+    let first = state(1, many(1000, &["10.0.0.11", "10.0.0.12", "10.0.0.13"]));
+    let applied = ok(&first.encode_to_vec(), &Desired::new()).desired;
+    // The operator's resync: the same routes, a newer generation.
+    let same = ok(&state(2, first.routes.clone()).encode_to_vec(), &applied);
+    assert_eq!(same.generation, 2);
+    assert_eq!(same.changed, 0);
+    assert_eq!(same.touched, Some(vec![]));
+    assert_eq!(same.desired, applied);
+    // In another order: still nothing.
+    let mut reversed = first.routes.clone();
+    reversed.reverse();
+    assert_eq!(ok(&state(3, reversed).encode_to_vec(), &applied).changed, 0);
+    // One next hop changed, one prefix gone, one added.
+    let mut routes = first.routes.clone();
+    routes[10] = route(&routes[10].prefix.clone(), &["10.0.0.11"]);
+    let gone = routes.remove(20).prefix;
+    routes.push(route("198.51.100.10/32", &["10.0.0.14"]));
+    let partial = ok(&state(4, routes).encode_to_vec(), &applied);
+    assert_eq!(partial.changed, 3);
+    let mut touched: Vec<String> = partial
+        .touched
+        .unwrap_or_default()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    touched.sort();
+    let mut want = vec![
+        first.routes[10].prefix.clone(),
+        gone.clone(),
+        "198.51.100.10/32".to_owned(),
+    ];
+    want.sort();
+    assert_eq!(touched, want);
+    assert_eq!(partial.desired.len(), 1000);
+    assert!(
+        !partial.desired.contains_key(
+            &gone
+                .parse::<ipnet::IpNet>()
+                .unwrap_or_else(|e| panic!("{e}"))
+        )
+    );
+}
+
+#[test]
+fn many_changes_are_counted_but_not_listed() {
+    let s = state(1, many(DELTA_MAX as u32 + 1, &["10.0.0.11"]));
+    let got = ok(&s.encode_to_vec(), &Desired::new());
+    assert_eq!(got.changed, DELTA_MAX + 1);
+    assert_eq!(got.touched, None);
+    // Everything removed: counted as well.
+    let empty = ok(&state(2, vec![]).encode_to_vec(), &got.desired);
+    assert_eq!(empty.changed, DELTA_MAX + 1);
+    assert!(empty.desired.is_empty());
+}
+
+#[test]
+fn errors_name_the_apis_fields_as_before() {
+    let refused = |s: &v1::DesiredState| {
+        let lean = convert(&s.encode_to_vec(), &Desired::new())
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {s:?}"));
+        // The same verdict as converting the whole message.
+        let whole = slow::desired_state(s)
+            .err()
+            .unwrap_or_else(|| panic!("whole conversion accepted: {s:?}"));
+        assert_eq!(lean, whole);
+        lean.to_string()
+    };
+    let mut s = state(1, many(5, &["10.0.0.11"]));
+    s.routes[3].next_hops[0].address = "fd00::1".into();
+    assert!(refused(&s).starts_with("routes[3].next_hops: fd00::1 is not of the prefix's family"));
+    let mut s = state(1, many(5, &["10.0.0.11"]));
+    s.routes[4].prefix = s.routes[1].prefix.clone();
+    assert!(
+        refused(&s).starts_with("routes[4].prefix:"),
+        "{}",
+        refused(&s)
+    );
+    let mut s = state(1, many(2, &["10.0.0.11"]));
+    s.routes[1].prefix = "10.0.0.1/24".into();
+    assert!(refused(&s).contains("host bits"));
+    let mut s = state(1, many(2, &["10.0.0.11"]));
+    s.routes[0].communities = vec!["70000:1".into()];
+    assert!(refused(&s).starts_with("routes[0].communities"));
+    // Settings are judged first, whatever the routes say.
+    let mut s = state(0, many(2, &["nonsense"]));
+    s.generation = 0;
+    assert!(refused(&s).starts_with("generation"));
+}
+
+#[test]
+fn bytes_that_are_not_a_state_are_refused_not_a_panic() {
+    let good = state(1, many(3, &["10.0.0.11"])).encode_to_vec();
+    for cut in [1, 5, good.len() / 2, good.len() - 1] {
+        if let Some(head) = good.get(..cut) {
+            // Either refused or, where the cut falls between fields, a smaller valid state.
+            let _ = convert(head, &Desired::new());
+        }
+    }
+    assert!(convert(&[0x0f], &Desired::new()).is_err(), "wire type 7");
+    assert!(
+        convert(&[0x22, 0x7f], &Desired::new()).is_err(),
+        "a route past the end"
+    );
+    assert!(
+        convert(&[0xff; 11], &Desired::new()).is_err(),
+        "an endless varint"
+    );
+}
