@@ -165,6 +165,16 @@ async fn main() -> anyhow::Result<()> {
     };
     metrics.set_leader(true);
     metrics.set_ready(false);
+    // Renewed on a thread and a connection of its own (Leadership::hold_apart says why).
+    let (stop_renewing, stop) = tokio::sync::oneshot::channel();
+    let namespace = settings.namespace.clone();
+    let mut held = lead.hold_apart(
+        move || async move {
+            let client = Client::try_default().await.map_err(|e| e.to_string())?;
+            Ok(Api::namespaced(client, &namespace))
+        },
+        stop,
+    );
     let result = tokio::select! {
         r = controller::run(client, settings, metrics.clone()) => {
             if let Err(e) = &r {
@@ -172,8 +182,9 @@ async fn main() -> anyhow::Result<()> {
             }
             r
         }
-        why = lead.hold() => {
+        why = &mut held => {
             metrics.set_leader(false);
+            let why = why.unwrap_or_else(|_| "the Lease renewal thread stopped".to_owned());
             anyhow::bail!("leadership lost, exiting so a fresh leader rebuilds: {why}")
         }
         _ = shutdown() => {
@@ -181,6 +192,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     };
+    // No renewal may follow the release below.
+    let _ = stop_renewing.send(());
     // Whatever stopped us, a standby need not wait for the Lease to expire.
     lead.release().await;
     result

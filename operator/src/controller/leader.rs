@@ -271,6 +271,66 @@ impl Leadership {
         }
     }
 
+    /// [`Leadership::hold`] on a thread of its own, with its own runtime and its own API
+    /// connection (from `connect`): controllers that keep every async worker busy (a rebuild
+    /// of 10,000 Services) or fill the shared client's connections cannot delay a renewal
+    /// past the deadline. Otherwise load would end leadership, the standby would inherit the
+    /// same load and lose it too: a crash loop at scale. Returns why leadership ended;
+    /// dropping `stop`'s sender (or sending on it) ends the renewals first, so a
+    /// [`Leadership::release`] is not undone by a renewal after it.
+    pub fn hold_apart<F, Fut>(
+        &self,
+        connect: F,
+        stop: tokio::sync::oneshot::Receiver<()>,
+    ) -> tokio::sync::oneshot::Receiver<String>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Api<Lease>, String>>,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let name = self.name.clone();
+        let me = self.me.clone();
+        let duration = self.duration;
+        let spawned = std::thread::Builder::new()
+            .name("lease".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(format!("cannot start the Lease renewal thread: {e}"));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let why = match connect().await {
+                        Ok(api) => {
+                            let lead = Leadership {
+                                api,
+                                name,
+                                me,
+                                duration,
+                            };
+                            tokio::select! {
+                                why = lead.hold() => why,
+                                _ = stop => return,
+                            }
+                        }
+                        Err(e) => format!("no API connection to renew the Lease with: {e}"),
+                    };
+                    let _ = tx.send(why);
+                });
+            });
+        if let Err(e) = spawned {
+            // `tx` went with the closure: the receiver reads as closed, which the caller
+            // treats as lost leadership.
+            warn!(%e, "cannot start the Lease renewal thread");
+        }
+        rx
+    }
+
     /// Gives the Lease up (on SIGTERM), so a standby takes over at once instead of after
     /// the Lease's duration. Best effort, bounded in time.
     pub async fn release(&self) {
@@ -386,6 +446,81 @@ mod tests {
         assert!(took <= renew_deadline(S(15)), "{took:?}: {why}");
         assert!(took >= renew_deadline(S(15)) - S(1), "{took:?}: {why}");
         assert!(why.contains("renew deadline"), "{why}");
+    }
+
+    /// The controllers' runtime blocked for longer than the renew deadline (a thread held in a
+    /// synchronous rebuild): the Lease is still renewed, from its own thread and connection.
+    #[test]
+    fn renewals_go_on_while_the_controllers_runtime_is_blocked() {
+        let (svc, mut handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = served.clone();
+        // The API server: every GET and PUT answered with a Lease this replica holds.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                while let Some((_request, send)) = handle.next_request().await {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let lease = serde_json::json!({
+                        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                        "metadata": {"name": "berth-operator", "namespace": "berth-system",
+                            "resourceVersion": "1"},
+                        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 3,
+                            "renewTime": Timestamp::now().to_string()}});
+                    send.send_response(
+                        http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/json")
+                            .body(kube::client::Body::from(
+                                serde_json::to_vec(&lease).unwrap(),
+                            ))
+                            .unwrap(),
+                    );
+                }
+            });
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (svc2, _unused) = tower_test::mock::pair::<
+                http::Request<kube::client::Body>,
+                http::Response<kube::client::Body>,
+            >();
+            let lead = Leadership {
+                api: Api::namespaced(kube::Client::new(svc2, "berth-system"), "berth-system"),
+                name: "berth-operator".into(),
+                me: "a".into(),
+                duration: S(3),
+            };
+            let (stop_tx, stop) = tokio::sync::oneshot::channel();
+            let mut held = lead.hold_apart(
+                move || async move {
+                    Ok(Api::namespaced(
+                        kube::Client::new(svc, "berth-system"),
+                        "berth-system",
+                    ))
+                },
+                stop,
+            );
+            // Blocks this runtime's only thread for twice the renew deadline.
+            std::thread::sleep(renew_deadline(S(3)) * 2);
+            assert!(
+                held.try_recv().is_err(),
+                "leadership ended while the controllers' runtime was blocked"
+            );
+            // A renewal every duration/5 = 0.6 s: a GET and a PUT each.
+            let n = served.load(std::sync::atomic::Ordering::SeqCst);
+            assert!(n >= 6, "only {n} Lease calls in 4 s");
+            let _ = stop_tx.send(());
+        });
     }
 
     #[test]
