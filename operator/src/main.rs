@@ -166,15 +166,11 @@ async fn main() -> anyhow::Result<()> {
     metrics.set_leader(true);
     metrics.set_ready(false);
     // Renewed on a thread and a connection of its own (Leadership::hold_apart says why).
-    let (stop_renewing, stop) = tokio::sync::oneshot::channel();
     let namespace = settings.namespace.clone();
-    let mut held = lead.hold_apart(
-        move || async move {
-            let client = Client::try_default().await.map_err(|e| e.to_string())?;
-            Ok(Api::namespaced(client, &namespace))
-        },
-        stop,
-    );
+    let mut renewals = lead.hold_apart(move || async move {
+        let client = Client::try_default().await.map_err(|e| e.to_string())?;
+        Ok(Api::namespaced(client, &namespace))
+    });
     let result = tokio::select! {
         r = controller::run(client, settings, metrics.clone()) => {
             if let Err(e) = &r {
@@ -182,7 +178,7 @@ async fn main() -> anyhow::Result<()> {
             }
             r
         }
-        why = &mut held => {
+        why = &mut renewals.lost => {
             metrics.set_leader(false);
             let why = why.unwrap_or_else(|_| "the Lease renewal thread stopped".to_owned());
             anyhow::bail!("leadership lost, exiting so a fresh leader rebuilds: {why}")
@@ -192,8 +188,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     };
-    // No renewal may follow the release below.
-    let _ = stop_renewing.send(());
+    // No renewal may run while or after the Lease is released below.
+    renewals.stop().await;
     // Whatever stopped us, a standby need not wait for the Lease to expire.
     lead.release().await;
     result

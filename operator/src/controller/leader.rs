@@ -147,6 +147,25 @@ pub fn renew_deadline(duration: Duration) -> Duration {
     duration * 2 / 3
 }
 
+/// Lease renewals running on their own thread ([`Leadership::hold_apart`]).
+pub struct Renewals {
+    /// Resolves with why leadership ended (an error: the renewal thread stopped).
+    pub lost: tokio::sync::oneshot::Receiver<String>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Renewals {
+    /// Ends the renewals and waits (at most 1 s) for the thread to end, so no renewal runs
+    /// while or after the Lease is released.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stopped).await;
+    }
+}
+
 impl Leadership {
     /// Waits until this replica holds Lease `name` in `api`'s namespace.
     pub async fn acquire(api: Api<Lease>, name: &str, me: &str, duration: Duration) -> Self {
@@ -235,7 +254,12 @@ impl Leadership {
     /// duration before a standby, which waits a whole duration from when it saw that
     /// renewal, can take over.
     pub async fn hold(&self) -> String {
-        let mut last_ok = tokio::time::Instant::now();
+        self.hold_since(tokio::time::Instant::now()).await
+    }
+
+    /// [`Leadership::hold`], the last successful renewal having started at `last_ok`.
+    async fn hold_since(&self, last_ok: tokio::time::Instant) -> String {
+        let mut last_ok = last_ok;
         let mut observed = Observed::new();
         let deadline = renew_deadline(self.duration);
         loop {
@@ -275,66 +299,74 @@ impl Leadership {
     /// connection (from `connect`): controllers that keep every async worker busy (a rebuild
     /// of 10,000 Services) or fill the shared client's connections cannot delay a renewal
     /// past the deadline. Otherwise load would end leadership, the standby would inherit the
-    /// same load and lose it too: a crash loop at scale. Returns why leadership ended;
-    /// dropping `stop`'s sender (or sending on it) ends the renewals first, so a
-    /// [`Leadership::release`] is not undone by a renewal after it.
-    pub fn hold_apart<F, Fut>(
-        &self,
-        connect: F,
-        stop: tokio::sync::oneshot::Receiver<()>,
-    ) -> tokio::sync::oneshot::Receiver<String>
+    /// same load and lose it too: a crash loop at scale. The renew deadline counts from now
+    /// (just after [`Leadership::acquire`]), not from when the thread got its connection.
+    pub fn hold_apart<F, Fut>(&self, connect: F) -> Renewals
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<Api<Lease>, String>>,
     {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (lost_tx, lost) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
+        let (stopped_tx, stopped) = tokio::sync::oneshot::channel::<()>();
         let name = self.name.clone();
         let me = self.me.clone();
         let duration = self.duration;
+        let since = tokio::time::Instant::now();
         let spawned = std::thread::Builder::new()
             .name("lease".into())
             .spawn(move || {
+                // Dropped when this thread ends: Renewals::stop waits for that.
+                let _stopped = stopped_tx;
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                 {
                     Ok(r) => r,
                     Err(e) => {
-                        let _ = tx.send(format!("cannot start the Lease renewal thread: {e}"));
+                        let _ = lost_tx.send(format!("cannot start the Lease renewal thread: {e}"));
                         return;
                     }
                 };
                 runtime.block_on(async move {
-                    let why = match connect().await {
-                        Ok(api) => {
-                            let lead = Leadership {
-                                api,
-                                name,
-                                me,
-                                duration,
-                            };
-                            tokio::select! {
-                                why = lead.hold() => why,
-                                _ = stop => return,
+                    let renew = async {
+                        match connect().await {
+                            Ok(api) => {
+                                let lead = Leadership {
+                                    api,
+                                    name,
+                                    me,
+                                    duration,
+                                };
+                                lead.hold_since(since).await
                             }
+                            Err(e) => format!("no API connection to renew the Lease with: {e}"),
                         }
-                        Err(e) => format!("no API connection to renew the Lease with: {e}"),
                     };
-                    let _ = tx.send(why);
+                    tokio::select! {
+                        why = renew => {
+                            let _ = lost_tx.send(why);
+                        }
+                        _ = stop => {}
+                    }
                 });
             });
         if let Err(e) = spawned {
-            // `tx` went with the closure: the receiver reads as closed, which the caller
+            // The senders went with the closure: `lost` reads as closed, which the caller
             // treats as lost leadership.
             warn!(%e, "cannot start the Lease renewal thread");
         }
-        rx
+        Renewals {
+            lost,
+            stop: Some(stop_tx),
+            stopped,
+        }
     }
 
     /// Gives the Lease up (on SIGTERM), so a standby takes over at once instead of after
     /// the Lease's duration. Best effort, bounded in time.
     pub async fn release(&self) {
-        let call = async {
+        let once = || async {
             let Some(mut lease) = self.api.get_opt(&self.name).await? else {
                 return Ok(());
             };
@@ -355,6 +387,14 @@ impl Leadership {
                 .replace(&self.name, &PostParams::default(), &lease)
                 .await
                 .map(|_| ())
+        };
+        // A renewal that was in flight when renewals stopped may land between the read and
+        // the write: the write is then refused (409) and is tried once more on a fresh read.
+        let call = async {
+            match once().await {
+                Err(kube::Error::Api(e)) if e.code == 409 => once().await,
+                r => r,
+            }
         };
         match tokio::time::timeout(Duration::from_secs(2), call).await {
             Ok(Ok(())) => info!(lease = %self.name, "Lease released for a standby"),
@@ -500,26 +540,26 @@ mod tests {
                 me: "a".into(),
                 duration: S(3),
             };
-            let (stop_tx, stop) = tokio::sync::oneshot::channel();
-            let mut held = lead.hold_apart(
-                move || async move {
-                    Ok(Api::namespaced(
-                        kube::Client::new(svc, "berth-system"),
-                        "berth-system",
-                    ))
-                },
-                stop,
-            );
+            let mut held = lead.hold_apart(move || async move {
+                Ok(Api::namespaced(
+                    kube::Client::new(svc, "berth-system"),
+                    "berth-system",
+                ))
+            });
             // Blocks this runtime's only thread for twice the renew deadline.
             std::thread::sleep(renew_deadline(S(3)) * 2);
             assert!(
-                held.try_recv().is_err(),
+                held.lost.try_recv().is_err(),
                 "leadership ended while the controllers' runtime was blocked"
             );
             // A renewal every duration/5 = 0.6 s: a GET and a PUT each.
             let n = served.load(std::sync::atomic::Ordering::SeqCst);
             assert!(n >= 6, "only {n} Lease calls in 4 s");
-            let _ = stop_tx.send(());
+            // Stopped: the thread ends, and no Lease call follows.
+            held.stop().await;
+            let after = served.load(std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(S(1));
+            assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), after);
         });
     }
 
