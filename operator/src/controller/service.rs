@@ -314,12 +314,23 @@ async fn carry_out(svc: &Service, plan: &Plan, ctx: &Context) -> Result<(), Erro
         .await;
     }
     for (other, note) in &plan.elsewhere {
-        let reference = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Service".into()),
-            namespace: Some(other.namespace.clone()),
-            name: Some(other.name.clone()),
-            ..Default::default()
+        // With its uid, or `kubectl describe` (which selects Events by the involved object's
+        // uid) would not show the Event on that Service.
+        let others: Api<Service> = Api::namespaced(ctx.client.clone(), &other.namespace);
+        let found = tokio::time::timeout(Duration::from_secs(10), others.get_opt(&other.name))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        let reference = match found {
+            Some(o) => o.object_ref(&()),
+            None => ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Service".into()),
+                namespace: Some(other.namespace.clone()),
+                name: Some(other.name.clone()),
+                ..Default::default()
+            },
         };
         publish_on(
             ctx,

@@ -89,6 +89,17 @@ fn serve(
                 .map(|name| secrets.lock().unwrap().get(name).cloned());
             let (code, reply) = if let Some(answer) = secret {
                 answer.unwrap_or((404, not_found))
+            } else if path.contains("/services/") && method == "GET" {
+                // The Service the path names, with a uid made from its name.
+                let mut parts = path.rsplit('/');
+                let name = parts.next().unwrap_or_default();
+                let ns = parts.nth(1).unwrap_or_default();
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"),
+                                    "resourceVersion": "8"}}),
+                )
             } else if path.contains("/services/") {
                 (
                     200,
@@ -1258,7 +1269,7 @@ async fn a_colliding_sharing_edit_is_an_event_on_the_newer_service_and_moves_not
     let seen = w.take();
     let writes: Vec<_> = seen
         .iter()
-        .filter(|s| s.path.contains("/services/"))
+        .filter(|s| s.path.contains("/services/") && s.method != "GET")
         .collect();
     assert!(writes.is_empty(), "{writes:?}");
     let posted: Vec<_> = seen
@@ -1268,6 +1279,8 @@ async fn a_colliding_sharing_edit_is_an_event_on_the_newer_service_and_moves_not
     assert_eq!(posted.len(), 1, "{posted:?}");
     assert_eq!(posted[0].body["reason"], "SharingConflict");
     assert_eq!(posted[0].body["regarding"]["name"], "newer");
+    // With its uid: `kubectl describe svc newer` selects Events by it.
+    assert_eq!(posted[0].body["regarding"]["uid"], "uid-newer");
     assert_eq!(posted[0].body["type"], "Warning");
     assert!(
         posted[0].body["note"]
