@@ -142,19 +142,26 @@ enum LogFormat {
     Json,
 }
 
+/// The longest timing any flag takes: longer is a typo, and Instant arithmetic with an
+/// unbounded value (e.g. `1e20s`) would overflow.
+const MAX_DURATION: Duration = Duration::from_secs(3600);
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration: write e.g. 500ms or 3s");
-    if let Some(ms) = s.strip_suffix("ms") {
-        ms.parse().map(Duration::from_millis).map_err(|_| bad())
+    let bad = || format!("{s:?} is not a duration: write e.g. 500ms or 3s (at most 1h)");
+    let d = if let Some(ms) = s.strip_suffix("ms") {
+        ms.parse().map(Duration::from_millis).map_err(|_| bad())?
     } else if let Some(secs) = s.strip_suffix('s') {
         secs.parse::<f64>()
             .ok()
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(bad)
+            .and_then(|v| Duration::try_from_secs_f64(v).ok())
+            .ok_or_else(bad)?
     } else {
-        Err(bad())
+        return Err(bad());
+    };
+    if d > MAX_DURATION {
+        return Err(bad());
     }
+    Ok(d)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -869,6 +876,17 @@ mod tests {
     #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        for huge in [
+            "6e18s",
+            "1e20s",
+            "3601s",
+            "18446744073709551615ms",
+            "-1s",
+            "NaNs",
+        ] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(e.contains("at most 1h"), "{huge}: {e}");
+        }
         assert_eq!(parse_duration("3s").unwrap(), Duration::from_secs(3));
         assert_eq!(parse_duration("0.5s").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("3").unwrap_err().contains("500ms"));
