@@ -81,7 +81,7 @@ impl SecretCache {
             Fetched::Failed(_) => entry.error = Some(outcome),
         }
         let after = self.entries.get(name);
-        usable(before.as_ref()) != usable(after)
+        shown(before.as_ref()) != shown(after)
     }
 
     /// Forgets the Secrets not in `names` (no peer names them any more).
@@ -181,8 +181,23 @@ impl SecretCache {
 }
 
 /// What a peer can read of an entry: its data, or whether it is absent.
-fn usable(e: Option<&Entry>) -> Option<Option<&BTreeMap<String, Vec<u8>>>> {
-    e.map(|e| e.data.as_ref())
+/// What a BgpPeer's condition shows of an entry: the usable data, or without it the kind of
+/// failure (Missing and Forbidden have different reasons).
+#[allow(clippy::type_complexity)]
+fn shown(
+    e: Option<&Entry>,
+) -> Option<(
+    Option<&BTreeMap<String, Vec<u8>>>,
+    Option<std::mem::Discriminant<Fetched>>,
+)> {
+    e.map(|e| {
+        let kind = e
+            .data
+            .is_none()
+            .then(|| e.error.as_ref().map(std::mem::discriminant))
+            .flatten();
+        (e.data.as_ref(), kind)
+    })
 }
 
 #[cfg(test)]
@@ -265,6 +280,21 @@ mod tests {
                 && msg.contains("\"password\""),
             "{msg}"
         );
+    }
+
+    /// Without a usable password, a different failure is a change: the BgpPeer's condition
+    /// shows the new reason at once, not at the next resync.
+    #[test]
+    fn a_change_of_failure_without_a_password_is_a_change() {
+        let mut c = SecretCache::new();
+        assert!(c.record("a", Fetched::Missing));
+        assert!(!c.record("a", Fetched::Missing));
+        assert!(c.record("a", Fetched::Forbidden("forbidden".into())));
+        assert!(c.record("a", Fetched::Failed("timed out".into())));
+        assert!(!c.record("a", Fetched::Failed("timed out again".into())));
+        // With a password in use, a transient failure changes nothing for the speakers.
+        assert!(c.record("a", found("one")));
+        assert!(!c.record("a", Fetched::Failed("timed out".into())));
     }
 
     #[test]
