@@ -57,6 +57,7 @@ pub struct Metrics {
     pending: Family<PendingLabels, Gauge>,
     layer2_ips: Gauge,
     speaker_in_sync: Family<SpeakerLabels, Gauge>,
+    apply_bytes: Gauge,
     ready: AtomicBool,
 }
 
@@ -88,6 +89,12 @@ impl Metrics {
         }
         let layer2_ips = Gauge::default();
         let speaker_in_sync = Family::default();
+        let apply_bytes = Gauge::default();
+        registry.register(
+            "berth_speaker_apply_bytes",
+            "Encoded size of the last full desired state built for a bgp-server replica (the control API takes at most 64 MiB)",
+            apply_bytes.clone(),
+        );
         registry.register(
             "berth_services_pending",
             "Berth's Services waiting for an IP of a family they ask for, by reason (the AllocationFailed Event says more)",
@@ -150,6 +157,7 @@ impl Metrics {
             pending,
             layer2_ips,
             speaker_in_sync,
+            apply_bytes,
             ready: AtomicBool::new(false),
         }
     }
@@ -214,6 +222,12 @@ impl Metrics {
                 })
                 .set(count(n));
         }
+    }
+
+    /// Records the encoded size of a full desired state just built.
+    pub fn set_apply_bytes(&self, bytes: usize) {
+        self.apply_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Whether a speaker replica holds the current desired state.

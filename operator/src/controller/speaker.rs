@@ -168,8 +168,19 @@ struct Board {
 /// The longest one push or read may take, connection included: an outer bound over the
 /// channel's own timeouts, so a replica's task never waits longer whatever the network does.
 const CALL_BOUND: Duration = Duration::from_secs(75);
-/// How soon a replica whose push failed is tried again.
+/// How soon a replica whose push failed is tried again; doubled after each failure in a row
+/// up to [`RETRY_MAX`].
 const RETRY: Duration = Duration::from_secs(2);
+/// The longest wait between two tries: a failure that repeats (a desired state over the
+/// message limit, a refused certificate) must not rebuild the whole state every 2 s.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// The wait before the next try after `failures` failures in a row (at least one).
+fn retry_after(failures: u32) -> Duration {
+    RETRY
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(RETRY_MAX)
+}
 /// How often each replica's sessions are read.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
@@ -309,8 +320,10 @@ async fn replica_task(
     let mut changed: BTreeSet<IpAddr> = BTreeSet::new();
     let mut status = tokio::time::interval(STATUS_EVERY);
     let mut retry_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+    let mut failures: u32 = 0;
+    // A full push is owed (set by events while not in sync; made at `retry_at`).
+    let mut full = false;
     loop {
-        let mut full = false;
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { return };
@@ -318,13 +331,19 @@ async fn replica_task(
                 while let Ok(ev) = rx.try_recv() {
                     absorb(ev, &mut full, &mut changed);
                 }
+                // Out of sync, waiting to retry: the full push at `retry_at` carries these
+                // changes too; pushing now would rebuild the whole state on every event.
+                if !conn.synced && retry_at.is_some() {
+                    continue;
+                }
             }
             () = sleep_until(retry_at) => retry_at = None,
             _ = status.tick() => {
                 let r = bounded(read_state(&ctx, &mut conn, &board)).await;
                 if let Err(e) = r {
-                    fail(&ctx, &mut conn, &board, &e);
-                    retry_at.get_or_insert_with(|| tokio::time::Instant::now() + RETRY);
+                    failures = failures.saturating_add(1);
+                    fail(&ctx, &mut conn, &board, &e, retry_after(failures));
+                    retry_at.get_or_insert_with(|| tokio::time::Instant::now() + retry_after(failures));
                 }
                 continue;
             }
@@ -338,8 +357,10 @@ async fn replica_task(
         } else {
             Ok(())
         };
+        full = false;
         match r {
             Ok(()) => {
+                failures = 0;
                 changed.clear();
                 let conf_generation = conf_generation(&ctx);
                 if let Ok(mut b) = board.lock() {
@@ -357,10 +378,11 @@ async fn replica_task(
                 }
             }
             Err(e) => {
-                fail(&ctx, &mut conn, &board, &e);
+                failures = failures.saturating_add(1);
+                fail(&ctx, &mut conn, &board, &e, retry_after(failures));
                 // The full state sent on reconnect covers every route changed meanwhile.
                 changed.clear();
-                retry_at = Some(tokio::time::Instant::now() + RETRY);
+                retry_at = Some(tokio::time::Instant::now() + retry_after(failures));
             }
         }
     }
@@ -383,9 +405,10 @@ async fn bounded(
 
 /// A push or read to `conn` failed: drop the connection, count it, and let the BgpPeer
 /// status name the replica.
-fn fail(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>, error: &str) {
+fn fail(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>, error: &str, retry: Duration) {
     warn!(speaker = %conn.target.pod, endpoint = %conn.target.endpoint, error,
-        "speaker sync failed; reconnecting and resending everything in 2 s (other replicas are not affected)");
+        retry_in_seconds = retry.as_secs(),
+        "speaker sync failed; reconnecting and resending everything (other replicas are not affected)");
     ctx.shared.metrics.speaker_sync_error(&conn.target.pod);
     ctx.shared
         .metrics
@@ -548,9 +571,22 @@ async fn push_full(ctx: &Context, conn: &mut Conn, generation: u64) -> Result<()
         &routes,
     )
     .map_err(|e| e.to_string())?;
+    let request = v1::ApplyRequest { state: Some(state) };
+    let bytes = prost::Message::encoded_len(&request);
+    ctx.shared.metrics.set_apply_bytes(bytes);
+    // Sent anyway, the speaker would reset the stream with an opaque HTTP/2 error.
+    if bytes > berth_proto::MAX_MESSAGE_BYTES {
+        return Err(format!(
+            "the desired state is {bytes} bytes, over the control API's limit of {} bytes: \
+             with ecmpMode addPath every Cluster Service carries every eligible node; use \
+             externalTrafficPolicy Local, or fewer next-hop nodes (BgpConf spec.nextHopNodeSelector), until \
+             next hops are shared between routes",
+            berth_proto::MAX_MESSAGE_BYTES
+        ));
+    }
     let mut c = client(ctx, conn).await?;
     let r = c
-        .apply(v1::ApplyRequest { state: Some(state) })
+        .apply(request)
         .await
         .map_err(|s| format!("Apply to {}: {}", conn.target.endpoint, s.message()))?
         .into_inner();
@@ -832,4 +868,20 @@ pub(super) fn conf_status_for_tests(
         })
         .collect();
     conf_status(generation, &views, None)
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    /// Failures in a row wait 2, 4, 8 ... s, never more than a minute: a failure that
+    /// repeats (a desired state over the message limit) rebuilds the state at most once a
+    /// minute, while a one-off failure is retried after 2 s as before.
+    #[test]
+    fn retries_back_off_to_a_minute() {
+        let secs: Vec<u64> = (1..=8).map(|n| retry_after(n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(retry_after(u32::MAX), RETRY_MAX);
+        assert_eq!(retry_after(0), RETRY);
+    }
 }
