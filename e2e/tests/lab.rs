@@ -895,9 +895,9 @@ fn a_verb_missing_from_the_chart_fails_with_a_403_in_the_log() {
     );
 }
 
-/// `helm uninstall` as the lab can play it: every object the chart rendered deleted in Helm's
-/// uninstall order, each workload's Pods stopped as it goes (StatefulSet: the speaker;
-/// Deployment: the operators; DaemonSet: the agents; SIGTERM, as the kubelet sends). No node keeps a route of Berth's
+/// `helm uninstall` (the real one, through Helm's SDK: `scripts/helm`), then each workload's
+/// Pods stopped in Helm's uninstall order (StatefulSet: the speaker; Deployment: the
+/// operators; DaemonSet: the agents; SIGTERM, as the kubelet sends). No node keeps a route of Berth's
 /// (`proto 66`) or answers ARP for a Layer2 IP; no Service carries a Berth finalizer, so
 /// deleting one afterwards is immediate; the router drops the routes when the graceful
 /// restart time runs out (set to 5 s for the test).

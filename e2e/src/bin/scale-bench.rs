@@ -313,8 +313,40 @@ fn run(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         synced.as_secs_f64() - 3.0
     );
 
+    // The tail of the start (status writes, Events, finalizers) ends before the heartbeats
+    // begin: at most 2 writes in 2 s (the Lease is renewed every 3 s).
+    let tail = Instant::now();
+    let rv_start = server.store.current_rv();
+    let mut history = std::collections::VecDeque::from([(Instant::now(), rv_start)]);
+    let rv = loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = server.store.current_rv();
+        history.push_back((Instant::now(), now));
+        while history
+            .front()
+            .is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(2))
+        {
+            history.pop_front();
+        }
+        let window = history.front().map_or(now, |(_, r)| *r);
+        if (tail.elapsed() > Duration::from_secs(2) && now.saturating_sub(window) <= 2)
+            || tail.elapsed() > Duration::from_secs(600)
+        {
+            break now;
+        }
+    };
+    println!(
+        "  the operator's writes after that settled {:.1} s later ({} writes)",
+        tail.elapsed().as_secs_f64() - 2.0,
+        rv - rv_start
+    );
     let om = scrape(o_metrics);
     let sm = scrape(s_metrics);
+    println!(
+        "  full desired state: {} bytes (berth_speaker_apply_bytes); speaker sync errors so far: {}",
+        metric(&om, "berth_speaker_apply_bytes", None),
+        metric(&om, "berth_speaker_sync_errors_total", None)
+    );
     let reconciles0 = metric(&om, "berth_reconcile_duration_seconds_count", None);
     let applies0 = metric(&sm, "berth_bgp_api_calls_total", Some("apply"));
     println!(
@@ -410,6 +442,13 @@ fn run(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             Ok((when, _, _)) => latency.push(when.duration_since(at).as_secs_f64() * 1e3),
             Err(_) => missed += 1,
         }
+        if missed >= 5 && latency.is_empty() {
+            println!(
+                "endpoint changes: the first {missed} reached no speaker change within 5 s; stopped (speaker sync errors: {}; the operator's log says why)",
+                metric(&scrape(o_metrics), "berth_speaker_sync_errors_total", None)
+            );
+            break;
+        }
         std::thread::sleep(Duration::from_millis(50));
         while events.try_recv().is_ok() {}
         cpu_per.push(cpu_ns(op_pid).saturating_sub(cpu_before) as f64 / 1e6);
@@ -424,9 +463,10 @@ fn run(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     );
     let sm = scrape(s_metrics);
     println!(
-        "operator peak RSS {}; full Applies after the first: {}",
+        "operator peak RSS {}; full Applies after the first: {}; speaker sync errors: {}",
         status_field(op_pid, "VmHWM:"),
-        metric(&sm, "berth_bgp_api_calls_total", Some("apply")) - 1.0
+        metric(&sm, "berth_bgp_api_calls_total", Some("apply")) - 1.0,
+        metric(&scrape(o_metrics), "berth_speaker_sync_errors_total", None)
     );
     drop(operator);
     drop(speaker);
