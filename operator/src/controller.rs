@@ -215,8 +215,30 @@ fn logged<K>(resource: &'static str, e: Result<K, watcher::Error>) -> Option<K> 
     match e {
         Ok(k) => Some(k),
         Err(err) => {
-            tracing::warn!(resource, error = %err, "watch failed; retrying with back-off (403: the operator's RBAC lacks list/watch on it; 404: its CRD is not installed)");
+            let hint = watch_error_hint(&err);
+            tracing::warn!(resource, error = %err, "watch failed; retrying with back-off ({hint})");
             None
+        }
+    }
+}
+
+/// What to check for a failed watch, from the API server's status code.
+fn watch_error_hint(err: &watcher::Error) -> &'static str {
+    let code = match err {
+        watcher::Error::WatchError(status) => Some(status.code),
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => Some(status.code),
+        _ => None,
+    };
+    match code {
+        Some(403) => "the operator's RBAC lacks list/watch on it",
+        Some(404) => "its CRD is not installed",
+        Some(410) => {
+            "the watch fell behind the API server's event window (heavy write load); it lists again, nothing is lost"
+        }
+        _ => {
+            "403 would be missing RBAC list/watch, 404 a missing CRD; otherwise the API server or the network"
         }
     }
 }

@@ -1366,3 +1366,23 @@ async fn node_heartbeats_reconcile_no_service() {
         "readiness, exclusion and address changes each reconcile"
     );
 }
+
+/// A watch that fell behind the API server's window (410) is told as a relist, not as a
+/// missing RBAC verb or CRD; 403 and 404 keep their hints.
+#[test]
+fn watch_errors_are_told_by_their_status_code() {
+    let status = |code: u16| -> Box<kube::core::Status> {
+        Box::new(
+            serde_json::from_value(json!({"status": "Failure", "code": code,
+                "reason": "x", "message": "m"}))
+            .unwrap(),
+        )
+    };
+    let hint =
+        |code| super::watch_error_hint(&kube::runtime::watcher::Error::WatchError(status(code)));
+    assert!(hint(410).contains("lists again") && !hint(410).contains("RBAC"));
+    assert!(hint(403).contains("RBAC"));
+    assert!(hint(404).contains("CRD"));
+    let listed = kube::runtime::watcher::Error::InitialListFailed(kube::Error::Api(status(403)));
+    assert!(super::watch_error_hint(&listed).contains("RBAC"));
+}
