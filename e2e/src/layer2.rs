@@ -365,9 +365,7 @@ impl Segment {
         names: &[String],
         static_yaml: &str,
     ) -> Result<Segment, String> {
-        let dir = std::env::temp_dir().join(format!("berth-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let dir = crate::test_dir(name).map_err(|e| e.to_string())?;
         let mut lab = Lab::new(&format!("{name}-"));
         let bridge = lab.namespace("b")?;
         lab.bridge(&bridge, "br0", &[])?;

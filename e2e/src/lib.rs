@@ -61,3 +61,31 @@ pub fn binary(name: &str) -> String {
         ),
     }
 }
+
+/// A fresh, empty directory `berth-{name}-{pid}` in the temporary directory for one test
+/// (or bench) process. The directories of earlier runs of `name` whose process is gone are
+/// removed first: a failed run's logs stay for a look until the next run, and runs do not
+/// pile up.
+pub fn test_dir(name: &str) -> std::io::Result<std::path::PathBuf> {
+    let tmp = std::env::temp_dir();
+    let prefix = format!("berth-{name}-");
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for e in entries.flatten() {
+            let file = e.file_name();
+            let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+                continue;
+            };
+            // Only `{prefix}{digits}`: `berth-bgp-frr-md5-1` must not match name `bgp-frr`.
+            if !pid.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+                && !std::path::Path::new("/proc").join(pid).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = tmp.join(format!("{prefix}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -411,7 +411,7 @@ async fn kubectl_applies_the_lab_examples_and_prints_columns() {
         return;
     }
     let (_s, _client, url) = start(Config::default()).await;
-    let dir = std::env::temp_dir().join(format!("berth-apiserver-kubectl-{}", std::process::id()));
+    let dir = berth_e2e::test_dir("apiserver-kubectl").unwrap();
     std::fs::create_dir_all(&dir).unwrap();
     let kc = dir.join("kubeconfig");
     std::fs::write(
@@ -784,8 +784,7 @@ async fn custom_resources_are_admitted_by_their_schema_and_cel_rules() {
         return;
     }
     let (_s, client, url) = start(Config::default()).await;
-    let dir =
-        std::env::temp_dir().join(format!("berth-apiserver-admission-{}", std::process::id()));
+    let dir = berth_e2e::test_dir("apiserver-admission").unwrap();
     std::fs::create_dir_all(&dir).unwrap();
     let kc = dir.join("kubeconfig");
     std::fs::write(

@@ -38,7 +38,7 @@ fn ctl(sock: &Path, args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn berthctl_applies_lists_and_edits() {
-    let dir = std::env::temp_dir().join(format!("berth-ctl-{}", std::process::id()));
+    let dir = berth_e2e::test_dir("ctl").unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("api.sock");
@@ -266,7 +266,7 @@ fn berthctl_converts_a_metallb_configuration() {
     );
 
     // A Layer2 pool with no interface anywhere: refused, naming the flag.
-    let dir = std::env::temp_dir().join(format!("berth-convert-{}", std::process::id()));
+    let dir = berth_e2e::test_dir("convert").unwrap();
     std::fs::create_dir_all(&dir).unwrap();
     let f = dir.join("l2.yaml");
     std::fs::write(

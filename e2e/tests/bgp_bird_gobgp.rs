@@ -68,7 +68,7 @@ routes:
 }
 
 fn setup(name: &str) -> (Lab, String, String, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("berth-bgp-{name}-{}", std::process::id()));
+    let dir = berth_e2e::test_dir(&format!("bgp-{name}")).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut lab = Lab::new(&format!("{name}-"));

@@ -45,7 +45,7 @@ impl Drop for Stopped {
 }
 
 fn tempdir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-faults-{name}-{}", std::process::id()));
+    let dir = berth_e2e::test_dir(&format!("faults-{name}")).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

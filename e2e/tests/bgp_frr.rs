@@ -170,7 +170,7 @@ fn frr_installs_one_nexthop_per_node_and_withdraws_on_stop() {
 }
 
 fn tempdir(test: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("berth-bgp-frr-{test}-{}", std::process::id()));
+    let d = berth_e2e::test_dir(&format!("bgp-frr-{test}")).unwrap();
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

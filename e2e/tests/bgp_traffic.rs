@@ -60,7 +60,7 @@ struct Topology {
 /// Router with a bridge to three nodes (10.0.0.11-13) and a link to a client (10.1.0.2); the
 /// VIP is on every node's loopback, with a server answering the node's name.
 fn topology(name: &str) -> Topology {
-    let dir = std::env::temp_dir().join(format!("berth-{name}-{}", std::process::id()));
+    let dir = berth_e2e::test_dir(name).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut lab = Lab::new(&format!("{name}-"));

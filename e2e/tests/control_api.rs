@@ -126,7 +126,7 @@ async fn apply_reapply_partial_stale_invalid_restart_and_corrupt_state() {
         eprintln!("skipped: {why}");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("berth-control-{}", std::process::id()));
+    let dir = berth_e2e::test_dir("control").unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut lab = Lab::new("bc-");

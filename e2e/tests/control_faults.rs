@@ -106,7 +106,7 @@ fn get(port: u16, path: &str) -> (String, String) {
 }
 
 fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-control-faults-{}", std::process::id()));
+    let dir = berth_e2e::test_dir("control-faults").unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -315,7 +315,7 @@ fn next_notification(s: &mut std::net::TcpStream) -> Option<(u8, u8)> {
 /// NOTIFICATION at all (it keeps the routes), one that did not gets Administrative Shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cease_subcodes_say_why_and_sigterm_leaves_graceful_restart_peers_alone() {
-    let dir = std::env::temp_dir().join(format!("berth-cease-{}", std::process::id()));
+    let dir = berth_e2e::test_dir("cease").unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let log = || std::fs::read_to_string(dir.join("speaker.log")).unwrap_or_default();
@@ -393,7 +393,7 @@ async fn cease_subcodes_say_why_and_sigterm_leaves_graceful_restart_peers_alone(
 /// on `/readyz` (and `berth_bgp_persisted_state_unused`) that it waits for a state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_persisted_state_keeps_the_speaker_unready_until_an_apply() {
-    let dir = std::env::temp_dir().join(format!("berth-damaged-state-{}", std::process::id()));
+    let dir = berth_e2e::test_dir("damaged-state").unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("state")).unwrap();
     std::fs::write(dir.join("state/desired-state.pb"), b"not a state").unwrap();
@@ -438,7 +438,7 @@ fn unsigned_connect(port: u16) -> bool {
 /// (before, the key stayed on the socket until the process exited).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn md5_keys_leave_the_listener_with_their_peer() {
-    let dir = std::env::temp_dir().join(format!("berth-md5-{}", std::process::id()));
+    let dir = berth_e2e::test_dir("md5").unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let _speaker = Speaker::start(&dir, free_port(), "speaker.log");

@@ -98,7 +98,7 @@ fn hex(s: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_calls_health_and_get_state_on_the_unix_socket() {
     let Some(python) = python() else { return };
-    let dir = std::env::temp_dir().join(format!("berth-grpcio-{}", std::process::id()));
+    let dir = berth_e2e::test_dir("grpcio").unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("api.sock");

@@ -54,7 +54,7 @@ async fn works(uri: &str, tls: &ClientTls) -> Result<u64, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_admits_only_clients_of_the_ca_and_follows_new_files() {
-    let dir = std::env::temp_dir().join(format!("berth-tls-{}", std::process::id()));
+    let dir = berth_e2e::test_dir("tls").unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let ca = Ca::new("berth test CA").unwrap();
     let server = ca.issue(&["speaker", "127.0.0.1"], true).unwrap();

@@ -101,7 +101,7 @@ fn state(generation: u64, port: u16) -> v1::ApplyRequest {
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-{name}-{}", std::process::id()));
+    let dir = berth_e2e::test_dir(name).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

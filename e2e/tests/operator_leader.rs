@@ -66,7 +66,7 @@ async fn two_replicas(tag: &str) -> (Client, Replicas, PathBuf) {
         )
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("berth-leader-{tag}-{}", std::process::id()));
+    let dir = berth_e2e::test_dir(&format!("leader-{tag}")).unwrap();
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(

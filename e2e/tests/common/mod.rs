@@ -38,12 +38,9 @@ pub fn start_speaker(dir: &std::path::Path, conf: &str, metrics_port: u16) -> Sp
     )
 }
 
-/// A fresh, empty directory for one test.
+/// A fresh, empty directory for one test ([`berth_e2e::test_dir`]: earlier runs' removed).
 pub fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("berth-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    berth_e2e::test_dir(name).unwrap()
 }
 
 /// The peer's encoding context (4-octet ASN).
