@@ -857,6 +857,18 @@ fn without_status_patch(objects: &mut Vec<serde_json::Value>) {
     }
 }
 
+/// The lab `tag` with its installed RBAC changed by `edit`; and its directory (for logs).
+fn up_with_rbac(
+    tag: &str,
+    edit: fn(&mut Vec<serde_json::Value>),
+) -> (lab::Running, std::path::PathBuf) {
+    let mut s = spec(tag);
+    s.rbac_edit = Some(edit);
+    let dir = s.dir.clone();
+    let r = lab::up(s).unwrap_or_else(|e| panic!("lab up: {e}\n{}", logs(&dir)));
+    (r, dir)
+}
+
 /// The lab with the operator's ClusterRole one verb short (`patch` on `services/status`):
 /// the Service gets no IP, the API server answers 403 with the real message, and the
 /// operator's log names the refusal. Proves the lab holds the chart's RBAC to account.
@@ -866,10 +878,7 @@ fn a_verb_missing_from_the_chart_fails_with_a_403_in_the_log() {
         eprintln!("skipped: {why}");
         return;
     }
-    let mut s = spec("r");
-    s.rbac_edit = Some(without_status_patch);
-    let dir = s.dir.clone();
-    let r = lab::up(s).unwrap_or_else(|e| panic!("lab up: {e}\n{}", logs(&dir)));
+    let (r, dir) = up_with_rbac("r", without_status_patch);
     let want = r#"services "web" is forbidden: User "system:serviceaccount:berth-system:berth-operator" cannot patch resource "services/status" in API group "" in the namespace "demo""#;
     let refused = wait_for(Duration::from_secs(60), || {
         r.refusals()
@@ -1029,10 +1038,7 @@ fn the_agents_are_held_to_their_role() {
         eprintln!("skipped: {why}");
         return;
     }
-    let mut s = spec("g");
-    s.rbac_edit = Some(agent_without_configmap_watch);
-    let dir = s.dir.clone();
-    let r = lab::up(s).unwrap_or_else(|e| panic!("lab up: {e}\n{}", logs(&dir)));
+    let (r, dir) = up_with_rbac("g", agent_without_configmap_watch);
     let want = r#"configmaps is forbidden: User "system:serviceaccount:berth-system:berth-agent" cannot watch resource "configmaps" in API group "" in the namespace "berth-system""#;
     let refused = wait_for(Duration::from_secs(60), || {
         r.refusals()
@@ -1398,10 +1404,7 @@ fn md5_password_from_a_named_secret_reaches_the_router() {
         eprintln!("skipped: {why}");
         return;
     }
-    let mut s = spec("p");
-    s.rbac_edit = Some(only_router_md5);
-    let dir = s.dir.clone();
-    let r = lab::up(s).unwrap_or_else(|e| panic!("lab up: {e}\n{}", logs(&dir)));
+    let (r, dir) = up_with_rbac("p", only_router_md5);
     let ip = r
         .service_ip("demo", "web", Duration::from_secs(30))
         .unwrap_or_else(|| panic!("demo/web got no IP\n{}", logs(&dir)));

@@ -1169,17 +1169,22 @@ fn tls_files_are_read_anew_at_each_connection() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A pool with a `namespaceSelector` serves Services of the Namespaces whose labels match,
-/// read from the Namespace objects; others get the default pool.
-#[tokio::test]
-async fn a_namespace_selector_pool_serves_only_matching_namespaces() {
+/// Pool `team-a` (not default) for the Namespaces labelled `team: a`.
+fn team_a_pool() -> PoolSpec {
     let mut team = pool("team-a", "198.51.100.64/30");
     team.default = false;
     team.namespace_selector = Some(crate::ipam::Selector {
         match_labels: [("team".to_owned(), "a".to_owned())].into(),
         requirements: vec![],
     });
-    let mut w = world(vec![pool("blue", "198.51.100.8/30"), team], &[]);
+    team
+}
+
+/// A pool with a `namespaceSelector` serves Services of the Namespaces whose labels match,
+/// read from the Namespace objects; others get the default pool.
+#[tokio::test]
+async fn a_namespace_selector_pool_serves_only_matching_namespaces() {
+    let mut w = world(vec![pool("blue", "198.51.100.8/30"), team_a_pool()], &[]);
     w.add_node("n1", "10.0.0.11", true, json!({}));
     w.namespace("shop", json!({"team": "b"}));
     let mut other = web("Cluster", json!({}));
@@ -1205,13 +1210,7 @@ async fn a_namespace_selector_pool_serves_only_matching_namespaces() {
 /// selected pool's IP.
 #[tokio::test]
 async fn a_service_in_an_unseen_namespace_waits_for_it() {
-    let mut team = pool("team-a", "198.51.100.64/30");
-    team.default = false;
-    team.namespace_selector = Some(crate::ipam::Selector {
-        match_labels: [("team".to_owned(), "a".to_owned())].into(),
-        requirements: vec![],
-    });
-    let mut w = world(vec![pool("blue", "198.51.100.8/30"), team], &[]);
+    let mut w = world(vec![pool("blue", "198.51.100.8/30"), team_a_pool()], &[]);
     w.add_node("n1", "10.0.0.11", true, json!({}));
     let action = service::reconcile(Arc::new(web("Cluster", json!({}))), w.ctx.clone())
         .await
