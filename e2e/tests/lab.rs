@@ -1208,12 +1208,17 @@ fn services_handed_over_from_metallb_and_openelb_keep_their_ips() {
                         .arg(SERVICE_PORT.to_string())
                         .arg("2")
                         .output();
-                    let text = out
-                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                        .unwrap_or_else(|e| format!("error={e}"));
+                    let (text, why) = out
+                        .map(|o| {
+                            (
+                                String::from_utf8_lossy(&o.stdout).into_owned(),
+                                String::from_utf8_lossy(&o.stderr).into_owned(),
+                            )
+                        })
+                        .unwrap_or_else(|e| (format!("error={e}"), String::new()));
                     tried += 2;
                     if text.contains("error") || text.contains("empty") || text.trim().is_empty() {
-                        failed.push(format!("{ip}: {}", text.trim()));
+                        failed.push(format!("{ip}: {} ({})", text.trim(), why.trim()));
                     }
                 }
                 std::thread::sleep(Duration::from_millis(50));
