@@ -121,6 +121,7 @@ fn peer_hold(net: u8, asn: u32, hold: u32) -> v1::Peer {
 fn state(generation: u64, peers: Vec<v1::Peer>, prefixes: u32) -> v1::DesiredState {
     let base = u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0));
     v1::DesiredState {
+        next_hop_groups: Vec::new(),
         generation,
         global: Some(v1::Global {
             asn: 64512,
@@ -469,6 +470,7 @@ async fn sigterm_and_restart_keep_the_route_in_the_routers_kernel() {
     let (first, sock) = start_speaker(&mut lab, &node, &dir, &["--state-dir", &state_dir]);
     let mut api = client(&sock).await;
     let desired = v1::DesiredState {
+        next_hop_groups: Vec::new(),
         generation: 1,
         global: Some(v1::Global {
             asn: 64512,

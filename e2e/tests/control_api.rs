@@ -42,6 +42,7 @@ fn route(prefix: &str, nhs: &[&str]) -> v1::Route {
 
 fn state(generation: u64, routes: Vec<v1::Route>) -> v1::DesiredState {
     v1::DesiredState {
+        next_hop_groups: Vec::new(),
         generation,
         global: Some(v1::Global {
             asn: 64512,
@@ -291,6 +292,7 @@ async fn apply_reapply_partial_stale_invalid_restart_and_corrupt_state() {
     );
     let e = api
         .update_routes(v1::UpdateRoutesRequest {
+            next_hop_groups: Vec::new(),
             generation: 3,
             upsert: vec![route("198.51.100.40/24", &["10.0.0.11"])],
             remove: vec![],
@@ -305,6 +307,7 @@ async fn apply_reapply_partial_stale_invalid_restart_and_corrupt_state() {
 
     // UpdateRoutes: withdraw the second prefix alone.
     api.update_routes(v1::UpdateRoutesRequest {
+        next_hop_groups: Vec::new(),
         generation: 3,
         upsert: vec![],
         remove: vec!["198.51.100.20/32".into()],

@@ -59,6 +59,7 @@ fn free_port() -> u16 {
 
 fn state(generation: u64, listen_port: u32) -> v1::DesiredState {
     v1::DesiredState {
+        next_hop_groups: Vec::new(),
         generation,
         global: Some(v1::Global {
             asn: 64512,
@@ -334,6 +335,7 @@ async fn cease_subcodes_say_why_and_sigterm_leaves_graceful_restart_peers_alone(
         ..Default::default()
     };
     let with = |generation, peers: Vec<v1::Peer>| v1::DesiredState {
+        next_hop_groups: Vec::new(),
         generation,
         global: Some(v1::Global {
             asn: 64512,

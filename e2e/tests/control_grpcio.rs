@@ -135,6 +135,7 @@ async fn python_grpcio_calls_health_and_get_state_on_the_unix_socket() {
     client
         .apply(v1::ApplyRequest {
             state: Some(v1::DesiredState {
+                next_hop_groups: Vec::new(),
                 generation: 7,
                 global: Some(v1::Global {
                     asn: 64512,

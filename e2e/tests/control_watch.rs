@@ -82,6 +82,7 @@ fn closed_port() -> u16 {
 fn state(generation: u64, port: u16) -> v1::ApplyRequest {
     v1::ApplyRequest {
         state: Some(v1::DesiredState {
+            next_hop_groups: Vec::new(),
             generation,
             global: Some(v1::Global {
                 asn: 64512,
@@ -175,12 +176,14 @@ async fn a_client_that_falls_behind_gets_a_resync_then_the_peers_state() {
     for g in 2..2 + changes {
         let req = if g % 2 == 0 {
             v1::UpdateRoutesRequest {
+                next_hop_groups: Vec::new(),
                 generation: g,
                 upsert: vec![route.clone()],
                 remove: vec![],
             }
         } else {
             v1::UpdateRoutesRequest {
+                next_hop_groups: Vec::new(),
                 generation: g,
                 upsert: vec![],
                 remove: vec![route.prefix.clone()],
@@ -196,6 +199,7 @@ async fn a_client_that_falls_behind_gets_a_resync_then_the_peers_state() {
     let mut after_resync = Vec::new();
     let last = 2 + changes;
     c.update_routes(v1::UpdateRoutesRequest {
+        next_hop_groups: Vec::new(),
         generation: last,
         upsert: vec![route.clone()],
         remove: vec![],

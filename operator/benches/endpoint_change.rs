@@ -19,8 +19,7 @@ use berth_operator::index::{SliceIndex, node_views};
 use berth_operator::ipam::{Ipam, PoolSpec, ServiceKey};
 use berth_operator::plan::plan;
 use berth_operator::routes::RouteTable;
-use berth_operator::speakers::{prefix_of, route_for};
-use berth_proto::v1;
+use berth_operator::speakers::update_request;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
@@ -176,16 +175,7 @@ fn main() {
         let ips = held.get(&i).cloned().unwrap_or_default();
         let c = announce::compute(svc, &ips, None, &views, &slices.of(&key), |_| None);
         let changed = routes.set(&key, c.bgp);
-        let mut req = v1::UpdateRoutesRequest {
-            generation: 1,
-            ..Default::default()
-        };
-        for ip in changed {
-            match routes.get(ip).and_then(|h| route_for(ip, h, false, &[])) {
-                Some(r) => req.upsert.push(r),
-                None => req.remove.push(prefix_of(ip)),
-            }
-        }
+        let req = update_request(1, &routes, &changed.into_iter().collect(), false, &[]);
         let wire = req.encode_to_vec();
         times.push(start.elapsed().as_secs_f64() * 1e6);
         bytes += wire.len();

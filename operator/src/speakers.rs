@@ -163,10 +163,15 @@ pub fn desired_state(
     // The stores iterate in no fixed order: one order makes equal states equal messages.
     let mut peers = peers;
     peers.sort_by(|a, b| a.address.cmp(&b.address).then(a.port.cmp(&b.port)));
-    let routes = routes
-        .iter()
-        .filter_map(|(ip, hops)| route_for(*ip, hops, self_mode, &mine))
-        .collect();
+    let Routes {
+        routes,
+        groups: next_hop_groups,
+        ..
+    } = routes_for(
+        routes.iter().map(|(ip, hops)| (*ip, &**hops)),
+        self_mode,
+        &mine,
+    );
     Ok(v1::DesiredState {
         generation,
         global: Some(v1::Global {
@@ -180,36 +185,103 @@ pub fn desired_state(
         }),
         peers,
         routes,
+        next_hop_groups,
     })
 }
 
-/// One IP's route as a replica announces it; `None`: the replica does not announce it (no
-/// next hop, or in `self` mode not a next hop itself, among `mine`).
-pub fn route_for(
-    ip: IpAddr,
-    hops: &[NextHop],
+/// The routes a replica announces, the next-hop groups they name, and the IPs it does not
+/// announce.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Routes {
+    /// One route per announced IP, in the order given.
+    pub routes: Vec<v1::Route>,
+    /// The next-hop lists two or more of the routes share (`berth_proto::groups`' rule): with
+    /// ADD-PATH every `Cluster` Service carries every node, and repeated per route 10,000
+    /// Services over 1,000 nodes would not fit one message.
+    pub groups: Vec<v1::NextHopGroup>,
+    /// IPs without a next hop for this replica (in `self` mode: not one of its own).
+    pub without: Vec<IpAddr>,
+}
+
+/// The routes of `table` (IP → next hops) as a replica announces them. In `self` mode a
+/// replica announces an IP only when its own node (`mine`) is a next hop, with only itself
+/// as the next hop.
+pub fn routes_for<'a>(
+    table: impl Iterator<Item = (IpAddr, &'a [NextHop])> + Clone,
     self_mode: bool,
     mine: &[IpAddr],
-) -> Option<v1::Route> {
-    let hops: Vec<&NextHop> = if self_mode {
-        hops.iter().filter(|h| mine.contains(&h.address)).collect()
-    } else {
-        hops.iter().collect()
+) -> Routes {
+    let chosen = |hops: &'a [NextHop]| -> Vec<&'a NextHop> {
+        hops.iter()
+            .filter(|h| !self_mode || mine.contains(&h.address))
+            .collect()
     };
-    if hops.is_empty() {
-        return None;
-    }
-    Some(v1::Route {
-        prefix: prefix_of(ip),
-        next_hops: hops
-            .iter()
+    // What the wire carries of a list; lists of one next hop stay inline.
+    let key = |hops: &[&NextHop]| -> Option<Vec<(IpAddr, Option<u32>)>> {
+        (hops.len() >= 2).then(|| hops.iter().map(|h| (h.address, h.weight)).collect())
+    };
+    let api = |hops: &[&NextHop]| -> Vec<v1::NextHop> {
+        hops.iter()
             .map(|h| v1::NextHop {
                 address: h.address.to_string(),
                 weight: h.weight.unwrap_or(0),
             })
+            .collect()
+    };
+    let names = berth_proto::groups::shared(table.clone().filter_map(|(_, h)| key(&chosen(h))));
+    let mut out = Routes::default();
+    let mut defined = std::collections::BTreeSet::new();
+    for (ip, hops) in table {
+        let hops = chosen(hops);
+        if hops.is_empty() {
+            out.without.push(ip);
+            continue;
+        }
+        let mut route = v1::Route {
+            prefix: prefix_of(ip),
+            ..Default::default()
+        };
+        match key(&hops).and_then(|k| names.get(&k)) {
+            Some(name) => {
+                if defined.insert(name.as_str()) {
+                    out.groups.push(v1::NextHopGroup {
+                        name: name.clone(),
+                        next_hops: api(&hops),
+                    });
+                }
+                route.next_hop_group = name.clone();
+            }
+            None => route.next_hops = api(&hops),
+        }
+        out.routes.push(route);
+    }
+    out
+}
+
+/// The UpdateRoutes that brings a replica's routes for the `changed` IPs to `table`: an IP
+/// the table no longer has, or one this replica does not announce, is withdrawn.
+pub fn update_request(
+    generation: u64,
+    table: &crate::routes::RouteTable,
+    changed: &std::collections::BTreeSet<IpAddr>,
+    self_mode: bool,
+    mine: &[IpAddr],
+) -> v1::UpdateRoutesRequest {
+    let present = changed
+        .iter()
+        .filter_map(|ip| table.get(*ip).map(|hops| (*ip, hops)));
+    let routes = routes_for(present, self_mode, mine);
+    v1::UpdateRoutesRequest {
+        generation,
+        upsert: routes.routes,
+        next_hop_groups: routes.groups,
+        remove: changed
+            .iter()
+            .filter(|ip| table.get(**ip).is_none())
+            .chain(&routes.without)
+            .map(|ip| prefix_of(*ip))
             .collect(),
-        ..Default::default()
-    })
+    }
 }
 
 /// The host prefix of an IP, as the speaker's API writes it.

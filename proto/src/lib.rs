@@ -16,6 +16,8 @@ pub mod v1 {
     tonic::include_proto!("berth.bgp.v1");
 }
 
+pub mod groups;
+
 /// Largest message a server or client accepts: a 100,000-route desired state is about 6 MB.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 

@@ -376,10 +376,16 @@ async fn get(
     c: &mut SpeakerClient<Channel>,
     include_routes: bool,
 ) -> anyhow::Result<v1::GetStateResponse> {
-    c.get_state(v1::GetStateRequest { include_routes })
+    let mut state = c
+        .get_state(v1::GetStateRequest { include_routes })
         .await
         .map(tonic::Response::into_inner)
-        .map_err(|e| call_err(args, "GetState", e))
+        .map_err(|e| call_err(args, "GetState", e))?;
+    // Routes that share next hops name a group in the answer: every route is shown whole.
+    berth_proto::groups::resolve(&mut state.routes, &state.next_hop_groups)
+        .map_err(|e| anyhow::anyhow!("GetState answered a state that does not resolve: {e}"))?;
+    state.next_hop_groups.clear();
+    Ok(state)
 }
 
 fn next_hop(s: &str) -> anyhow::Result<v1::NextHop> {
@@ -590,12 +596,12 @@ async fn main() -> anyhow::Result<()> {
                         communities: communities.clone(),
                         ..Default::default()
                     }],
-                    remove: vec![],
+                    ..Default::default()
                 },
                 RouteCmd::Del { prefix } => v1::UpdateRoutesRequest {
                     generation,
-                    upsert: vec![],
                     remove: vec![prefix.clone()],
+                    ..Default::default()
                 },
             };
             let r = c

@@ -142,6 +142,7 @@ pub fn convert(bytes: &[u8], applied: &Desired) -> Result<Converted, InvalidArgu
         v1::DesiredState::decode(head.as_slice()).map_err(|e| not_a_state(&e.to_string()))?;
     drop(head);
     let settings = convert::desired_state(&state)?;
+    let groups = convert::next_hop_groups(&state.next_hop_groups, "next_hop_groups")?;
 
     let mut desired = applied.clone();
     let mut seen: HashSet<IpNet> = HashSet::new();
@@ -167,7 +168,7 @@ pub fn convert(bytes: &[u8], applied: &Desired) -> Result<Converted, InvalidArgu
         let body = bytes.get(f.value).unwrap_or_default();
         let r = v1::Route::decode(body)
             .map_err(|e| invalid(format!("routes[{i}]"), format!("not a Route: {e}")))?;
-        let r = convert::route(i, &r, "routes")?;
+        let r = convert::route(i, &r, "routes", &groups)?;
         config::check_route(i, &r).map_err(|e| convert::api_error(&e))?;
         if !seen.insert(r.prefix) {
             return Err(convert::api_error(&config::duplicate(i, r.prefix)));

@@ -4,6 +4,7 @@
 //! Pure: strings become typed addresses and prefixes here, every rule of the file format is
 //! checked by [`SpeakerConfig::validate`], and every error names the API's field.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use berth_proto::v1;
@@ -44,15 +45,14 @@ fn prefix(field: String, s: &str) -> Result<IpNet, InvalidArgument> {
     })
 }
 
-/// One route of the API as the model's route.
-pub fn route(i: usize, r: &v1::Route, base: &str) -> Result<RouteConfig, InvalidArgument> {
-    let f = |name: &str| format!("{base}[{i}].{name}");
-    let next_hops = r
-        .next_hops
-        .iter()
+/// A message's next-hop groups by name, converted.
+pub type Groups = HashMap<String, Vec<NextHopConfig>>;
+
+fn next_hops(field: &str, hops: &[v1::NextHop]) -> Result<Vec<NextHopConfig>, InvalidArgument> {
+    hops.iter()
         .enumerate()
         .map(|(j, nh)| {
-            let address = addr(format!("{base}[{i}].next_hops[{j}].address"), &nh.address)?;
+            let address = addr(format!("{field}[{j}].address"), &nh.address)?;
             Ok(if nh.weight == 0 {
                 NextHopConfig::Plain(address)
             } else {
@@ -62,7 +62,71 @@ pub fn route(i: usize, r: &v1::Route, base: &str) -> Result<RouteConfig, Invalid
                 }
             })
         })
-        .collect::<Result<_, InvalidArgument>>()?;
+        .collect()
+}
+
+/// A message's `next_hop_groups` (`base` is the field's name) converted: names unique and
+/// not empty, at least one next hop each, each at most once. The family is checked per
+/// route, against the route's prefix.
+pub fn next_hop_groups(groups: &[v1::NextHopGroup], base: &str) -> Result<Groups, InvalidArgument> {
+    let mut out = Groups::with_capacity(groups.len());
+    for (k, g) in groups.iter().enumerate() {
+        let f = |name: &str| format!("{base}[{k}].{name}");
+        if g.name.is_empty() {
+            return Err(invalid(f("name"), "is empty: name the group"));
+        }
+        let hops = next_hops(&f("next_hops"), &g.next_hops)?;
+        if hops.is_empty() {
+            return Err(invalid(
+                f("next_hops"),
+                format!("group {:?} has no next hop: give it at least one", g.name),
+            ));
+        }
+        for (j, h) in hops.iter().enumerate() {
+            if hops[..j].iter().any(|o| o.address() == h.address()) {
+                return Err(invalid(
+                    format!("{base}[{k}].next_hops[{j}].address"),
+                    format!("{} is listed twice in group {:?}", h.address(), g.name),
+                ));
+            }
+        }
+        if out.insert(g.name.clone(), hops).is_some() {
+            return Err(invalid(
+                f("name"),
+                format!("{:?} names two groups: give each its own name", g.name),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// One route of the API as the model's route; a `next_hop_group` is looked up in `groups`
+/// (the same message's).
+pub fn route(
+    i: usize,
+    r: &v1::Route,
+    base: &str,
+    groups: &Groups,
+) -> Result<RouteConfig, InvalidArgument> {
+    let f = |name: &str| format!("{base}[{i}].{name}");
+    let next_hops = if r.next_hop_group.is_empty() {
+        next_hops(&f("next_hops"), &r.next_hops)?
+    } else if !r.next_hops.is_empty() {
+        return Err(invalid(
+            f("next_hop_group"),
+            "is set and so is next_hops: give the next hops in one of the two",
+        ));
+    } else {
+        groups.get(&r.next_hop_group).cloned().ok_or_else(|| {
+            invalid(
+                f("next_hop_group"),
+                format!(
+                    "{:?} is not a group of this message: define it in next_hop_groups",
+                    r.next_hop_group
+                ),
+            )
+        })?
+    };
     Ok(RouteConfig {
         prefix: prefix(f("prefix"), &r.prefix)?,
         next_hops,
@@ -178,12 +242,14 @@ pub fn desired_state(s: &v1::DesiredState) -> Result<SpeakerConfig, InvalidArgum
             .enumerate()
             .map(|(i, p)| peer(i, p))
             .collect::<Result<_, _>>()?,
-        routes: s
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| route(i, r, "routes"))
-            .collect::<Result<_, _>>()?,
+        routes: {
+            let groups = next_hop_groups(&s.next_hop_groups, "next_hop_groups")?;
+            s.routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| route(i, r, "routes", &groups))
+                .collect::<Result<_, _>>()?
+        },
     };
     cfg.validate().map_err(|e| api_error(&e))?;
     Ok(cfg)
@@ -231,6 +297,8 @@ fn api_field(field: &str) -> String {
 
 /// The model as the API's desired state (what GetState and the state file show).
 pub fn to_api(generation: u64, cfg: &SpeakerConfig) -> v1::DesiredState {
+    let mut routes: Vec<v1::Route> = cfg.routes.iter().map(route_to_api).collect();
+    let next_hop_groups = berth_proto::groups::share(&mut routes);
     v1::DesiredState {
         generation,
         global: Some(v1::Global {
@@ -274,7 +342,8 @@ pub fn to_api(generation: u64, cfg: &SpeakerConfig) -> v1::DesiredState {
                 families: p.families.clone(),
             })
             .collect(),
-        routes: cfg.routes.iter().map(route_to_api).collect(),
+        routes,
+        next_hop_groups,
     }
 }
 
@@ -301,6 +370,7 @@ pub fn route_to_api(r: &RouteConfig) -> v1::Route {
             })
             .collect(),
         local_pref: r.local_pref,
+        next_hop_group: String::new(),
     }
 }
 

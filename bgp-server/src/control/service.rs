@@ -63,11 +63,12 @@ pub fn update(
     desired: &Desired,
     req: &v1::UpdateRoutesRequest,
 ) -> Result<(Desired, Vec<IpNet>), InvalidArgument> {
+    let groups = convert::next_hop_groups(&req.next_hop_groups, "next_hop_groups")?;
     let upserts = req
         .upsert
         .iter()
         .enumerate()
-        .map(|(i, r)| convert::route(i, r, "upsert"))
+        .map(|(i, r)| convert::route(i, r, "upsert", &groups))
         .collect::<Result<Vec<_>, _>>()?;
     let mut removes = Vec::with_capacity(req.remove.len());
     for (i, p) in req.remove.iter().enumerate() {
@@ -418,17 +419,42 @@ impl Control {
             peers,
             route_count: applied.desired.len() as u64,
             routes: api.routes,
+            next_hop_groups: api.next_hop_groups,
         }
     }
 }
 
 /// The applied state as the API's desired state (what is persisted and what GetState shows).
+/// Routes that share next hops name a group (`berth_proto::groups`' rule), so a table of
+/// 10,000 routes over 1,000 next hops stays small on disk and in GetState.
 pub fn to_api(generation: u64, settings: &SpeakerConfig, desired: &Desired) -> v1::DesiredState {
     let mut api = convert::to_api(generation, settings);
+    // Keyed on the model, not on API routes: the whole table's next hops as strings would
+    // be several times the table for as long as the grouping takes.
+    let key = |paths: &Paths| -> Option<Vec<(std::net::IpAddr, Option<u32>)>> {
+        (paths.len() >= 2).then(|| paths.iter().map(|(nh, a)| (nh, a.weight)).collect())
+    };
+    let names = berth_proto::groups::shared(desired.values().filter_map(key));
+    let mut groups: Vec<v1::NextHopGroup> = Vec::with_capacity(names.len());
+    let mut defined = std::collections::HashSet::new();
     api.routes = desired
         .iter()
-        .map(|(p, paths)| route_to_api(p, paths))
+        .map(|(p, paths)| {
+            let mut r = route_to_api(p, paths);
+            if let Some(name) = key(paths).and_then(|k| names.get(&k)) {
+                let next_hops = std::mem::take(&mut r.next_hops);
+                if defined.insert(name.as_str()) {
+                    groups.push(v1::NextHopGroup {
+                        name: name.clone(),
+                        next_hops,
+                    });
+                }
+                r.next_hop_group = name.clone();
+            }
+            r
+        })
         .collect();
+    api.next_hop_groups = groups;
     api
 }
 
@@ -462,6 +488,7 @@ fn route_to_api(prefix: &IpNet, paths: &Paths) -> v1::Route {
             })
             .unwrap_or_default(),
         local_pref: first.and_then(|a| a.local_pref),
+        next_hop_group: String::new(),
     }
 }
 
@@ -746,5 +773,115 @@ pub fn restore(store: &Store) -> Result<Option<Applied>, String> {
                 store.path().display()
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> SpeakerConfig {
+        SpeakerConfig {
+            asn: 64512,
+            router_id: "10.0.0.11".parse().unwrap_or_else(|e| panic!("{e}")),
+            listen_port: 0,
+            graceful_restart: Default::default(),
+            peers: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    fn hops(addrs: &[&str]) -> Vec<v1::NextHop> {
+        addrs
+            .iter()
+            .map(|a| v1::NextHop {
+                address: (*a).into(),
+                weight: 0,
+            })
+            .collect()
+    }
+
+    fn route(prefix: String, group: &str, next_hops: Vec<v1::NextHop>) -> v1::Route {
+        v1::Route {
+            prefix,
+            next_hop_group: group.into(),
+            next_hops,
+            ..Default::default()
+        }
+    }
+
+    /// 200 routes over 100 next hops in one group, 3 routes with their own: what an
+    /// UpdateRoutes for a node going Ready looks like with ADD-PATH.
+    fn grouped_update(generation: u64) -> v1::UpdateRoutesRequest {
+        let nodes: Vec<String> = (1..=100)
+            .map(|i| format!("10.0.{}.{}", i / 250, i % 250 + 1))
+            .collect();
+        let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        let mut upsert: Vec<v1::Route> = (0..200)
+            .map(|i| route(format!("198.51.100.{i}/32"), "all", Vec::new()))
+            .collect();
+        upsert.extend((0..3).map(|i| {
+            route(
+                format!("198.51.101.{i}/32"),
+                "",
+                hops(&["10.0.0.2", "10.0.0.3"]),
+            )
+        }));
+        v1::UpdateRoutesRequest {
+            generation,
+            upsert,
+            remove: Vec::new(),
+            next_hop_groups: vec![v1::NextHopGroup {
+                name: "all".into(),
+                next_hops: hops(&nodes),
+            }],
+        }
+    }
+
+    #[test]
+    fn an_update_resolves_its_groups_and_refuses_an_unknown_one() {
+        let (desired, touched) = update(&settings(), &Desired::new(), &grouped_update(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(touched.len(), 203);
+        let first = desired
+            .get(
+                &"198.51.100.0/32"
+                    .parse::<IpNet>()
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+            .unwrap_or_else(|| panic!("the grouped route is missing"));
+        assert_eq!(first.len(), 100);
+        let mut bad = grouped_update(2);
+        bad.upsert[5].next_hop_group = "most".into();
+        let e = update(&settings(), &desired, &bad).unwrap_err();
+        assert_eq!(e.field, "upsert[5].next_hop_group");
+    }
+
+    #[test]
+    fn the_saved_state_names_shared_next_hops_once_and_restores_whole() {
+        let (desired, _) = update(&settings(), &Desired::new(), &grouped_update(1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let api = to_api(9, &settings(), &desired);
+        assert_eq!(api.routes.len(), 203);
+        // The 200 routes share one list, the 3 others another: two groups, no inline hops.
+        assert_eq!(api.next_hop_groups.len(), 2);
+        assert!(api.routes.iter().all(|r| r.next_hops.is_empty()));
+        let mut expanded = api.clone();
+        berth_proto::groups::resolve(&mut expanded.routes, &api.next_hop_groups)
+            .unwrap_or_else(|e| panic!("{e}"));
+        expanded.next_hop_groups.clear();
+        assert!(api.encoded_len() * 20 < expanded.encoded_len());
+        // Saved (as a compaction saves) and restored (as a start restores).
+        let dir = std::env::temp_dir().join(format!("berth-service-groups-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::new(dir.clone());
+        store.save(&api).unwrap_or_else(|e| panic!("{e}"));
+        let restored = restore(&store);
+        let _ = std::fs::remove_dir_all(&dir);
+        let restored = restored
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("nothing restored"));
+        assert_eq!(restored.generation, 9);
+        assert_eq!(*restored.desired, desired);
     }
 }

@@ -323,6 +323,7 @@ mod tests {
         let s = Store::new(dir("journal"));
         s.save(&state(1)).unwrap();
         let change = |g| v1::UpdateRoutesRequest {
+            next_hop_groups: Vec::new(),
             generation: g,
             upsert: vec![],
             remove: vec![format!("198.51.100.{g}/32")],
@@ -354,6 +355,7 @@ mod tests {
         let s = Store::new(dir("torn"));
         s.save(&state(1)).unwrap();
         let change = |g| v1::UpdateRoutesRequest {
+            next_hop_groups: Vec::new(),
             generation: g,
             upsert: vec![],
             remove: vec![format!("198.51.100.{g}/32")],
@@ -386,6 +388,7 @@ mod tests {
         std::fs::write(s.journal_path(), b"").unwrap();
         std::fs::set_permissions(s.journal_path(), Permissions::from_mode(0o644)).unwrap();
         s.append(&v1::UpdateRoutesRequest {
+            next_hop_groups: Vec::new(),
             generation: 2,
             upsert: vec![],
             remove: vec!["198.51.100.2/32".into()],

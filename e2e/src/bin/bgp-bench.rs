@@ -284,6 +284,7 @@ fn api_state(
 ) -> berth_proto::v1::DesiredState {
     use berth_proto::v1;
     v1::DesiredState {
+        next_hop_groups: Vec::new(),
         generation,
         global: Some(v1::Global {
             asn: 64512,

@@ -125,6 +125,7 @@ fn run(
         .map(|i| route(i, &[11, 12, 13, 14]))
         .collect();
     let state = v1::DesiredState {
+        next_hop_groups: Vec::new(),
         generation: 1,
         global: Some(v1::Global {
             asn: 64512,
@@ -224,6 +225,7 @@ fn run(
         *slot = if *slot == 14 { 15 } else { 14 };
         let hops: &[u8] = &[11, 12, 13, *slot];
         let req = v1::UpdateRoutesRequest {
+            next_hop_groups: Vec::new(),
             generation: 2 + u64::from(k),
             upsert: vec![route(i, hops)],
             remove: vec![],

@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use super::{Context, SyncEvent};
 use crate::convert;
-use crate::speakers::{self, Peer, Replica, prefix_of, route_for};
+use crate::speakers::{self, Peer, Replica};
 
 /// The BgpPeer condition saying whether its configuration could be used.
 pub const CONDITION_CONFIGURED: &str = "Configured";
@@ -577,10 +577,10 @@ async fn push_full(ctx: &Context, conn: &mut Conn, generation: u64) -> Result<()
     // Sent anyway, the speaker would reset the stream with an opaque HTTP/2 error.
     if bytes > berth_proto::MAX_MESSAGE_BYTES {
         return Err(format!(
-            "the desired state is {bytes} bytes, over the control API's limit of {} bytes: \
-             with ecmpMode addPath every Cluster Service carries every eligible node; use \
-             externalTrafficPolicy Local, or fewer next-hop nodes (BgpConf spec.nextHopNodeSelector), until \
-             next hops are shared between routes",
+            "the desired state is {bytes} bytes, over the control API's limit of {} bytes \
+             (next-hop lists that Services share are sent once; this many distinct ones do not \
+             fit): fewer next-hop nodes (BgpConf spec.nextHopNodeSelector), or fewer Services \
+             with externalTrafficPolicy Local on distinct node sets",
             berth_proto::MAX_MESSAGE_BYTES
         ));
     }
@@ -606,21 +606,10 @@ async fn push_routes(
     };
     let self_mode = conf.spec.ecmp_mode == berth_api::EcmpMode::SelfNextHop;
     let mine = replica(ctx, &conn.target.node).addresses;
-    let mut req = v1::UpdateRoutesRequest {
-        generation,
-        ..Default::default()
+    let req = match ctx.shared.routes.lock() {
+        Ok(table) => speakers::update_request(generation, &table, changed, self_mode, &mine),
+        Err(_) => return Err("the route table is unavailable (a thread panicked)".into()),
     };
-    if let Ok(table) = ctx.shared.routes.lock() {
-        for ip in changed {
-            match table
-                .get(*ip)
-                .and_then(|hops| route_for(*ip, hops, self_mode, &mine))
-            {
-                Some(r) => req.upsert.push(r),
-                None => req.remove.push(prefix_of(*ip)),
-            }
-        }
-    }
     let mut c = client(ctx, conn).await?;
     c.update_routes(req)
         .await

@@ -288,3 +288,65 @@ fn peers_carry_communities_local_pref_and_families() {
     assert_eq!(peer.local_pref, Some(200));
     assert_eq!(peer.families, ["ipv4-unicast"]);
 }
+
+/// The scale: 10,000 Services over 1,000 nodes with ADD-PATH, half `Cluster` (every
+/// node) and half `Local` (the three nodes with endpoints, a different three per Service).
+fn at_scale() -> BTreeMap<IpAddr, crate::routes::Hops> {
+    let node = |i: u32| hop(&std::net::Ipv4Addr::from(0x0A00_0000 + i).to_string(), "n");
+    let every: crate::routes::Hops = (0..1000).map(node).collect::<Vec<_>>().into();
+    (0..10_000u32)
+        .map(|i| {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0xC633_0000 + i));
+            let hops = if i % 2 == 0 {
+                every.clone()
+            } else {
+                (0..3)
+                    .map(|k| node((i + k * 331) % 1000))
+                    .collect::<Vec<_>>()
+                    .into()
+            };
+            (ip, hops)
+        })
+        .collect()
+}
+
+#[test]
+fn ten_thousand_services_over_a_thousand_nodes_fit_one_message_far_below_the_limit() {
+    let table = at_scale();
+    let s = desired_state(
+        1,
+        &conf("asn: 64512"),
+        &replica("n1", "a", "10.0.0.11"),
+        &[],
+        &table,
+    )
+    .unwrap();
+    let size = prost::Message::encoded_len(&v1::ApplyRequest {
+        state: Some(s.clone()),
+    });
+    // Repeated per route this was 73 MB, over the 64 MiB limit.
+    assert!(size < 1 << 20, "{size} bytes");
+    assert!(size * 64 < berth_proto::MAX_MESSAGE_BYTES);
+    // Written out again, every route has exactly its own next hops.
+    let mut routes = s.routes.clone();
+    berth_proto::groups::resolve(&mut routes, &s.next_hop_groups).unwrap();
+    assert_eq!(routes.len(), table.len());
+    for (r, (ip, hops)) in routes.iter().zip(&table) {
+        assert_eq!(r.prefix, prefix_of(*ip));
+        let want: Vec<String> = hops.iter().map(|h| h.address.to_string()).collect();
+        let got: Vec<String> = r.next_hops.iter().map(|h| h.address.clone()).collect();
+        assert_eq!(got, want, "{ip}");
+    }
+    // A node going Ready changes every Cluster Service: the UpdateRoutes names the list once.
+    let changed: std::collections::BTreeSet<IpAddr> = table.keys().step_by(2).copied().collect();
+    let mut t = crate::routes::RouteTable::default();
+    for (ip, hops) in &table {
+        t.set(
+            &crate::ipam::ServiceKey::new("ns", ip.to_string()),
+            vec![(*ip, hops.to_vec())],
+        );
+    }
+    let req = update_request(2, &t, &changed, false, &[]);
+    assert_eq!((req.upsert.len(), req.next_hop_groups.len()), (5000, 1));
+    assert!(prost::Message::encoded_len(&req) < 1 << 18);
+}

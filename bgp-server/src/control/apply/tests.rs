@@ -22,6 +22,7 @@ fn route(prefix: &str, next_hops: &[&str]) -> v1::Route {
 
 fn state(generation: u64, routes: Vec<v1::Route>) -> v1::DesiredState {
     v1::DesiredState {
+        next_hop_groups: Vec::new(),
         generation,
         global: Some(v1::Global {
             asn: 64512,
@@ -191,4 +192,39 @@ fn bytes_that_are_not_a_state_are_refused_not_a_panic() {
         convert(&[0xff; 11], &Desired::new()).is_err(),
         "an endless varint"
     );
+}
+
+#[test]
+fn a_grouped_state_is_the_same_state_as_written_out() {
+    let mut routes = many(500, &["10.0.0.11", "10.0.0.12", "10.0.0.13"]);
+    routes.extend(many(3, &["10.0.0.14"]).into_iter().map(|mut r| {
+        r.prefix = r.prefix.replace("100.64.", "100.65.");
+        r
+    }));
+    let expanded = state(1, routes.clone());
+    let applied = ok(&expanded.encode_to_vec(), &Desired::new()).desired;
+    let mut grouped = state(2, routes);
+    grouped.next_hop_groups = berth_proto::groups::share(&mut grouped.routes);
+    assert_eq!(grouped.next_hop_groups.len(), 1);
+    // Smaller on the wire (three next hops per route here), and nothing to change for the
+    // speaker.
+    assert!(grouped.encoded_len() < expanded.encoded_len());
+    let got = ok(&grouped.encode_to_vec(), &applied);
+    assert_eq!(got.changed, 0);
+    assert_eq!(got.desired, applied);
+    // From scratch too, by both conversions.
+    assert_eq!(
+        ok(&grouped.encode_to_vec(), &Desired::new()).desired,
+        applied
+    );
+    assert_eq!(
+        slow::desired_state(&grouped)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .desired(),
+        applied
+    );
+    // A route naming a group the message lacks is refused with its index.
+    grouped.routes[7].next_hop_group = "nh2".into();
+    let e = convert(&grouped.encode_to_vec(), &applied).unwrap_err();
+    assert_eq!(e.field, "routes[7].next_hop_group");
 }

@@ -4,6 +4,7 @@ use super::*;
 
 fn good() -> v1::DesiredState {
     v1::DesiredState {
+        next_hop_groups: Vec::new(),
         generation: 1,
         global: Some(v1::Global {
             asn: 64512,
@@ -18,6 +19,7 @@ fn good() -> v1::DesiredState {
             ..Default::default()
         }],
         routes: vec![v1::Route {
+            next_hop_group: String::new(),
             prefix: "198.51.100.10/32".into(),
             next_hops: vec![
                 v1::NextHop {
@@ -178,5 +180,88 @@ fn every_invalid_argument_names_the_field() {
             got.starts_with(want),
             "{got:?} does not start with {want:?}"
         );
+    }
+}
+
+/// `good()` with its route's next hops moved into a group the route names.
+fn grouped() -> v1::DesiredState {
+    let mut s = good();
+    let next_hops = std::mem::take(&mut s.routes[0].next_hops);
+    s.next_hop_groups = vec![v1::NextHopGroup {
+        name: "nh1".into(),
+        next_hops,
+    }];
+    s.routes[0].next_hop_group = "nh1".into();
+    s
+}
+
+#[test]
+fn a_route_naming_a_group_gets_the_groups_next_hops() {
+    let want = desired_state(&good()).unwrap();
+    assert_eq!(desired_state(&grouped()).unwrap(), want);
+    // Back to the API with a second route sharing the list: one group, both routes name it.
+    let mut two = want.clone();
+    let mut other = two.routes[0].clone();
+    other.prefix = "198.51.100.11/32".parse().unwrap();
+    two.routes.push(other);
+    let api = to_api(1, &two);
+    assert_eq!(api.next_hop_groups.len(), 1);
+    assert!(
+        api.routes
+            .iter()
+            .all(|r| r.next_hop_group == "nh1" && r.next_hops.is_empty())
+    );
+    assert_eq!(desired_state(&api).unwrap(), two);
+}
+
+#[test]
+fn every_group_error_names_the_field() {
+    type Edit = fn(&mut v1::DesiredState);
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            |s| s.routes[0].next_hop_group = "nh9".into(),
+            "routes[0].next_hop_group: \"nh9\" is not a group of this message",
+        ),
+        (
+            |s| s.routes[0].next_hops = good().routes[0].next_hops.clone(),
+            "routes[0].next_hop_group: is set and so is next_hops",
+        ),
+        (
+            |s| s.next_hop_groups[0].name.clear(),
+            "next_hop_groups[0].name: is empty",
+        ),
+        (
+            |s| {
+                let again = s.next_hop_groups[0].clone();
+                s.next_hop_groups.push(again);
+            },
+            "next_hop_groups[1].name: \"nh1\" names two groups",
+        ),
+        (
+            |s| s.next_hop_groups[0].next_hops.clear(),
+            "next_hop_groups[0].next_hops: group \"nh1\" has no next hop",
+        ),
+        (
+            |s| {
+                let again = s.next_hop_groups[0].next_hops[0].clone();
+                s.next_hop_groups[0].next_hops.push(again);
+            },
+            "next_hop_groups[0].next_hops[2].address: 10.0.0.11 is listed twice",
+        ),
+        (
+            |s| s.next_hop_groups[0].next_hops[1].address = "ten".into(),
+            "next_hop_groups[0].next_hops[1].address: \"ten\" is not an IPv4 or IPv6 address",
+        ),
+        (
+            // The family is the route's to check: an IPv6 prefix naming IPv4 next hops.
+            |s| s.routes[0].prefix = "2001:db8::10/128".into(),
+            "routes[0].next_hops",
+        ),
+    ];
+    for (edit, want) in cases {
+        let mut s = grouped();
+        edit(&mut s);
+        let got = desired_state(&s).unwrap_err().to_string();
+        assert!(got.starts_with(want), "{got:?} should start with {want:?}");
     }
 }
