@@ -159,6 +159,19 @@ pub fn convert(bytes: &[u8], applied: &Desired) -> Result<Converted, InvalidArgu
             }
         }
     };
+    // First the routes' next hops in all, each route decoded and dropped: a message over
+    // the bound is refused before anything is held.
+    let mut paths = 0usize;
+    let routes = fields(bytes).filter(|f| {
+        f.as_ref()
+            .map_or(true, |f| f.number == ROUTES_FIELD && f.length_delimited)
+    });
+    for (i, f) in routes.enumerate() {
+        let f = f?;
+        let r = v1::Route::decode(bytes.get(f.value).unwrap_or_default())
+            .map_err(|e| invalid(format!("routes[{i}]"), format!("not a Route: {e}")))?;
+        convert::count_paths(&mut paths, &r, &groups, &format!("routes[{i}]"))?;
+    }
     let mut i = 0usize;
     for f in fields(bytes) {
         let f = f?;

@@ -45,6 +45,38 @@ fn prefix(field: String, s: &str) -> Result<IpNet, InvalidArgument> {
     })
 }
 
+/// Next hops one message may resolve to, over all its routes (each route's own or its
+/// group's): 10,000 routes over 1,000 nodes are 10,000,000. Without a bound, a small message
+/// naming a large group from many routes would make the speaker hold far more than the
+/// message's size (a path per route and next hop).
+pub const MAX_PATHS: usize = 20_000_000;
+
+/// Adds the next hops `r` resolves to (its own, or its group's in `groups`) to `total`; past
+/// [`MAX_PATHS`], an error on `field`. Counted before any route is converted, so a message
+/// over the bound costs nothing but the count.
+pub fn count_paths(
+    total: &mut usize,
+    r: &v1::Route,
+    groups: &Groups,
+    field: &str,
+) -> Result<(), InvalidArgument> {
+    let n = if r.next_hop_group.is_empty() {
+        r.next_hops.len()
+    } else {
+        groups.get(&r.next_hop_group).map_or(0, Vec::len)
+    };
+    *total = total.saturating_add(n);
+    if *total > MAX_PATHS {
+        return Err(invalid(
+            field,
+            format!(
+                "the message's routes have more than {MAX_PATHS} next hops in all (each route's own or its group's): send fewer routes or fewer next hops per route"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A message's next-hop groups by name, converted.
 pub type Groups = HashMap<String, Vec<NextHopConfig>>;
 
@@ -127,7 +159,7 @@ pub fn route(
             )
         })?
     };
-    Ok(RouteConfig {
+    let route = RouteConfig {
         prefix: prefix(f("prefix"), &r.prefix)?,
         next_hops,
         communities: r.communities.clone(),
@@ -137,7 +169,20 @@ pub fn route(
             .map(|l| [l.global_admin, l.local_data_1, l.local_data_2])
             .collect(),
         local_pref: r.local_pref,
-    })
+    };
+    if !r.next_hop_group.is_empty() {
+        // The next hops came from the group: what is wrong with them (an IPv4 group named by
+        // an IPv6 route) is said of the field the route set.
+        if let Err(ConfigError::Invalid { field, why }) = crate::config::check_route(i, &route)
+            && field.ends_with(".nextHops")
+        {
+            return Err(invalid(
+                f("next_hop_group"),
+                format!("group {:?}: {why}", r.next_hop_group),
+            ));
+        }
+    }
+    Ok(route)
 }
 
 fn peer(i: usize, p: &v1::Peer) -> Result<PeerConfig, InvalidArgument> {
@@ -244,6 +289,10 @@ pub fn desired_state(s: &v1::DesiredState) -> Result<SpeakerConfig, InvalidArgum
             .collect::<Result<_, _>>()?,
         routes: {
             let groups = next_hop_groups(&s.next_hop_groups, "next_hop_groups")?;
+            let mut total = 0usize;
+            for (i, r) in s.routes.iter().enumerate() {
+                count_paths(&mut total, r, &groups, &format!("routes[{i}]"))?;
+            }
             s.routes
                 .iter()
                 .enumerate()

@@ -64,6 +64,10 @@ pub fn update(
     req: &v1::UpdateRoutesRequest,
 ) -> Result<(Desired, Vec<IpNet>), InvalidArgument> {
     let groups = convert::next_hop_groups(&req.next_hop_groups, "next_hop_groups")?;
+    let mut paths = 0usize;
+    for (i, r) in req.upsert.iter().enumerate() {
+        convert::count_paths(&mut paths, r, &groups, &format!("upsert[{i}]"))?;
+    }
     let upserts = req
         .upsert
         .iter()
@@ -420,6 +424,7 @@ impl Control {
             route_count: applied.desired.len() as u64,
             routes: api.routes,
             next_hop_groups: api.next_hop_groups,
+            reads_next_hop_groups: true,
         }
     }
 }

@@ -55,6 +55,9 @@ struct Conn {
     synced: bool,
     /// Last sessions seen, by peer address.
     sessions: BTreeMap<String, v1::PeerState>,
+    /// The replica reads next-hop groups (asked before every full push: a replaced Pod may
+    /// run another version behind the same address).
+    reads_groups: bool,
 }
 
 /// What the status writer knows of one replica: its sessions as last read, and the sync
@@ -316,6 +319,7 @@ async fn replica_task(
         client: None,
         synced: false,
         sessions: BTreeMap::new(),
+        reads_groups: false,
     };
     let mut changed: BTreeSet<IpAddr> = BTreeSet::new();
     let mut status = tokio::time::interval(STATUS_EVERY);
@@ -552,6 +556,13 @@ fn password(ctx: &Context, r: &berth_api::SecretKeyRef) -> Result<String, (&'sta
     cache.password(&ctx.settings.namespace, r)
 }
 
+/// Writes every route's next hops inline, for a speaker that does not read groups.
+fn inline(routes: &mut [v1::Route], groups: &mut Vec<v1::NextHopGroup>) -> Result<(), String> {
+    berth_proto::groups::resolve(routes, groups)?;
+    groups.clear();
+    Ok(())
+}
+
 async fn push_full(ctx: &Context, conn: &mut Conn, generation: u64) -> Result<(), String> {
     let Some(conf) = ctx.stores.confs.get(&ObjectRef::new(names::BGPCONF_NAME)) else {
         debug!("no BgpConf named default: nothing to push");
@@ -571,6 +582,18 @@ async fn push_full(ctx: &Context, conn: &mut Conn, generation: u64) -> Result<()
         &routes,
     )
     .map_err(|e| e.to_string())?;
+    let mut c = client(ctx, conn).await?;
+    conn.reads_groups = c
+        .get_state(v1::GetStateRequest::default())
+        .await
+        .map_err(|s| format!("GetState from {}: {}", conn.target.endpoint, s.message()))?
+        .into_inner()
+        .reads_next_hop_groups;
+    let mut state = state;
+    if !conn.reads_groups {
+        // A speaker from before next-hop groups (a rollout in progress): every route whole.
+        inline(&mut state.routes, &mut state.next_hop_groups)?;
+    }
     let request = v1::ApplyRequest { state: Some(state) };
     let bytes = prost::Message::encoded_len(&request);
     ctx.shared.metrics.set_apply_bytes(bytes);
@@ -584,7 +607,6 @@ async fn push_full(ctx: &Context, conn: &mut Conn, generation: u64) -> Result<()
             berth_proto::MAX_MESSAGE_BYTES
         ));
     }
-    let mut c = client(ctx, conn).await?;
     let r = c
         .apply(request)
         .await
@@ -606,10 +628,13 @@ async fn push_routes(
     };
     let self_mode = conf.spec.ecmp_mode == berth_api::EcmpMode::SelfNextHop;
     let mine = replica(ctx, &conn.target.node).addresses;
-    let req = match ctx.shared.routes.lock() {
+    let mut req = match ctx.shared.routes.lock() {
         Ok(table) => speakers::update_request(generation, &table, changed, self_mode, &mine),
         Err(_) => return Err("the route table is unavailable (a thread panicked)".into()),
     };
+    if !conn.reads_groups {
+        inline(&mut req.upsert, &mut req.next_hop_groups)?;
+    }
     let mut c = client(ctx, conn).await?;
     c.update_routes(req)
         .await

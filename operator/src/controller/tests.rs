@@ -794,6 +794,25 @@ async fn a_forbidden_secret_leaves_only_its_peer_out_and_a_rotation_is_picked_up
 #[derive(Clone, Default)]
 struct FakeSpeaker {
     calls: Arc<Mutex<Vec<String>>>,
+    /// Whether it says it reads next-hop groups (a speaker from before them does not).
+    reads_groups: bool,
+    /// Each Apply's and UpdateRoutes' shape: `(call, groups, routes naming one, next hops
+    /// inline)`.
+    shapes: Arc<Mutex<Vec<Shape>>>,
+}
+
+type Shape = (&'static str, usize, usize, usize);
+
+fn shape(call: &'static str, routes: &[berth_proto::v1::Route], groups: usize) -> Shape {
+    (
+        call,
+        groups,
+        routes
+            .iter()
+            .filter(|r| !r.next_hop_group.is_empty())
+            .count(),
+        routes.iter().map(|r| r.next_hops.len()).sum(),
+    )
 }
 
 #[tonic::async_trait]
@@ -803,8 +822,14 @@ impl berth_proto::v1::speaker_server::Speaker for FakeSpeaker {
 
     async fn apply(
         &self,
-        _r: tonic::Request<berth_proto::v1::ApplyRequest>,
+        r: tonic::Request<berth_proto::v1::ApplyRequest>,
     ) -> Result<tonic::Response<berth_proto::v1::ApplyResponse>, tonic::Status> {
+        let state = r.into_inner().state.unwrap_or_default();
+        self.shapes.lock().unwrap().push(shape(
+            "apply",
+            &state.routes,
+            state.next_hop_groups.len(),
+        ));
         self.calls.lock().unwrap().push("apply".into());
         Ok(tonic::Response::new(Default::default()))
     }
@@ -814,6 +839,10 @@ impl berth_proto::v1::speaker_server::Speaker for FakeSpeaker {
         r: tonic::Request<berth_proto::v1::UpdateRoutesRequest>,
     ) -> Result<tonic::Response<berth_proto::v1::UpdateRoutesResponse>, tonic::Status> {
         let r = r.into_inner();
+        self.shapes
+            .lock()
+            .unwrap()
+            .push(shape("update", &r.upsert, r.next_hop_groups.len()));
         let prefixes: Vec<String> = r
             .upsert
             .iter()
@@ -831,7 +860,10 @@ impl berth_proto::v1::speaker_server::Speaker for FakeSpeaker {
         &self,
         _r: tonic::Request<berth_proto::v1::GetStateRequest>,
     ) -> Result<tonic::Response<berth_proto::v1::GetStateResponse>, tonic::Status> {
-        Ok(tonic::Response::new(Default::default()))
+        Ok(tonic::Response::new(berth_proto::v1::GetStateResponse {
+            reads_next_hop_groups: self.reads_groups,
+            ..Default::default()
+        }))
     }
 
     async fn watch(
@@ -959,6 +991,113 @@ async fn a_blackholed_replica_does_not_hold_up_the_others() {
     sync.abort();
     server.abort();
     drop(blackhole);
+}
+
+/// Mixed versions during a rollout: a replica from before next-hop groups (its GetState does
+/// not say it reads them) gets every route's next hops inline, in the full state and in route
+/// changes, while a current replica gets the shared list once.
+#[tokio::test]
+async fn a_replica_from_before_next_hop_groups_gets_every_next_hop_inline() {
+    let current = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = current.local_addr().unwrap().port();
+    let old = tokio::net::TcpListener::bind(("127.0.0.3", port))
+        .await
+        .unwrap();
+    let serve = |fake: &FakeSpeaker, l: tokio::net::TcpListener| {
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(berth_proto::v1::speaker_server::SpeakerServer::new(
+                    fake.clone(),
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        )
+    };
+    let new_fake = FakeSpeaker {
+        reads_groups: true,
+        ..Default::default()
+    };
+    let old_fake = FakeSpeaker::default();
+    let servers = [serve(&new_fake, current), serve(&old_fake, old)];
+
+    let mut w = world(vec![], &[]);
+    Arc::get_mut(&mut w.ctx).unwrap().settings.speaker_port = port;
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.add_node("n2", "10.0.0.12", true, json!({}));
+    w.confs.apply_watcher_event(&watcher::Event::Apply(
+        serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "BgpConf",
+            "metadata": {"name": "default"}, "spec": {"asn": 64512},
+        }))
+        .unwrap(),
+    ));
+    w.pods
+        .apply_watcher_event(&watcher::Event::Apply(speaker_pod(
+            "new",
+            "127.0.0.1",
+            "n1",
+        )));
+    w.pods
+        .apply_watcher_event(&watcher::Event::Apply(speaker_pod(
+            "old",
+            "127.0.0.3",
+            "n2",
+        )));
+    // Three Cluster Services over both nodes: one shared list of two next hops.
+    let both = || {
+        ["10.0.0.11", "10.0.0.12"]
+            .iter()
+            .enumerate()
+            .map(|(i, a)| crate::nexthops::NextHop {
+                node: format!("n{}", i + 1),
+                address: a.parse().unwrap(),
+                weight: None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let set = |i: u8| {
+        let ip: IpAddr = format!("198.51.100.{i}").parse().unwrap();
+        w.ctx.shared.routes.lock().unwrap().set(
+            &ServiceKey::new("shop", format!("web{i}")),
+            vec![(ip, both())],
+        );
+        ip
+    };
+    for i in 1..=3 {
+        set(i);
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sync = tokio::spawn(super::speaker::run(w.ctx.clone(), rx));
+    tx.send(SyncEvent::Full).unwrap();
+    // Waits for a call of `want`'s kind, then checks every such call so far is `want`.
+    let seen = |fake: &FakeSpeaker, want: Shape| {
+        let shapes = fake.shapes.clone();
+        async move {
+            for _ in 0..100 {
+                let now: Vec<Shape> = shapes.lock().unwrap().clone();
+                let of_kind: Vec<Shape> = now.into_iter().filter(|s| s.0 == want.0).collect();
+                if !of_kind.is_empty() {
+                    return of_kind
+                        .iter()
+                        .all(|s| *s == want)
+                        .then_some(())
+                        .ok_or(of_kind);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(Vec::new())
+        }
+    };
+    assert_eq!(seen(&new_fake, ("apply", 1, 3, 0)).await, Ok(()));
+    assert_eq!(seen(&old_fake, ("apply", 0, 0, 6)).await, Ok(()));
+    // Two more Services on both nodes: a route change of two routes.
+    let changed = vec![set(4), set(5)];
+    tx.send(SyncEvent::Routes(changed)).unwrap();
+    assert_eq!(seen(&new_fake, ("update", 1, 2, 0)).await, Ok(()));
+    assert_eq!(seen(&old_fake, ("update", 0, 0, 4)).await, Ok(()));
+    sync.abort();
+    for s in servers {
+        s.abort();
+    }
 }
 
 /// One bad BgpPeer (an address another peer already has, passive while the speakers never

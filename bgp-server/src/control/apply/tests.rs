@@ -228,3 +228,36 @@ fn a_grouped_state_is_the_same_state_as_written_out() {
     let e = convert(&grouped.encode_to_vec(), &applied).unwrap_err();
     assert_eq!(e.field, "routes[7].next_hop_group");
 }
+
+#[test]
+fn a_small_message_naming_a_large_group_from_many_routes_is_refused_before_it_is_held() {
+    // 20,001 routes naming one group of 1,000 next hops: 20,001,000 paths from ~0.5 MB.
+    let nodes: Vec<String> = (0..1000u32)
+        .map(|i| std::net::Ipv4Addr::from(0x0A00_0000 + i).to_string())
+        .collect();
+    let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let mut routes = many(20_001, &[]);
+    for r in &mut routes {
+        r.next_hop_group = "all".into();
+    }
+    let mut s = state(1, routes);
+    s.next_hop_groups = vec![v1::NextHopGroup {
+        name: "all".into(),
+        next_hops: route("0.0.0.0/0", &nodes).next_hops,
+    }];
+    let bytes = s.encode_to_vec();
+    assert!(bytes.len() < 1 << 20);
+    let e = convert(&bytes, &Desired::new()).unwrap_err();
+    assert_eq!(e.field, "routes[20000]");
+    assert!(e.why.contains("more than 20000000 next hops"), "{e}");
+    // One route fewer is within the bound (not converted here: it is 20 million paths).
+    s.routes.pop();
+    let mut total = 0usize;
+    let groups = slow::next_hop_groups(&s.next_hop_groups, "next_hop_groups")
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (i, r) in s.routes.iter().enumerate() {
+        slow::count_paths(&mut total, r, &groups, &format!("routes[{i}]"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_eq!(total, slow::MAX_PATHS);
+}

@@ -255,7 +255,7 @@ fn every_group_error_names_the_field() {
         (
             // The family is the route's to check: an IPv6 prefix naming IPv4 next hops.
             |s| s.routes[0].prefix = "2001:db8::10/128".into(),
-            "routes[0].next_hops",
+            "routes[0].next_hop_group: group \"nh1\": 10.0.0.11 is not of the prefix's family",
         ),
     ];
     for (edit, want) in cases {
