@@ -670,18 +670,7 @@ impl Segment {
                 ],
             )
             .ok()?;
-        let mut found = None;
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix(name) else {
-                continue;
-            };
-            if !(rest.starts_with(' ') || rest.starts_with('{')) {
-                continue;
-            }
-            let v: f64 = line.rsplit(' ').next()?.parse().ok()?;
-            *found.get_or_insert(0.0) += v;
-        }
-        found
+        crate::metric_names::sum(&text, name, None)
     }
 
     /// The MAC in the client's neighbour entry for `ip`, if it has one with an address.

@@ -40,6 +40,22 @@ pub fn exported(exposition: &str) -> BTreeSet<String> {
     out
 }
 
+/// The sum of the samples of `name` in a scrape (every label set, or only the lines holding
+/// `label`, e.g. `"apply"`); `None` when no sample of it parsed. A value that does not parse
+/// is left out.
+pub fn sum(exposition: &str, name: &str, label: Option<&str>) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| label.is_none_or(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(None, |acc, v| Some(acc.unwrap_or(0.0) + v))
+}
+
 /// The `berth_*` metric names a PromQL expression (or any text) reads.
 pub fn read_by(query: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -128,6 +144,23 @@ pub fn unknown(reads: &[(String, BTreeSet<String>)], exported: &BTreeSet<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_a_familys_samples_by_label_and_says_when_there_are_none() {
+        let text = "# TYPE berth_bgp_api_calls counter\n\
+                    berth_bgp_api_calls_total{call=\"apply\"} 3\n\
+                    berth_bgp_api_calls_total{call=\"update_routes\"} 4\n\
+                    berth_bgp_api_calls_totally 100\n\
+                    berth_up 1\n";
+        assert_eq!(sum(text, "berth_bgp_api_calls_total", None), Some(7.0));
+        assert_eq!(
+            sum(text, "berth_bgp_api_calls_total", Some("apply")),
+            Some(3.0)
+        );
+        assert_eq!(sum(text, "berth_up", None), Some(1.0));
+        assert_eq!(sum(text, "berth_down", None), None);
+        assert_eq!(sum("berth_up NaNx\n", "berth_up", None), None);
+    }
 
     #[test]
     fn a_scrape_exports_its_families_with_the_suffixes_their_samples_take() {

@@ -580,6 +580,8 @@ fn restarts_do_not_disturb_the_router() {
     );
 
     // Speaker crash: graceful restart keeps the route in the router's kernel meanwhile.
+    let streams_opened = |r: &Running| r.log_of("operator").matches("Watch stream open").count();
+    let opened = streams_opened(&r);
     let watch = RouteWatch::start(&r.ns.router, &ip, all_nodes());
     r.crash_speaker();
     std::thread::sleep(Duration::from_secs(2));
@@ -614,6 +616,56 @@ fn restarts_do_not_disturb_the_router() {
         bad,
         0,
         "the router's kernel route changed while the speaker restarted ({bad} of {samples} samples)\n{}",
+        logs(&dir)
+    );
+
+    // The router resets the session and it comes back within seconds: the speaker's Watch
+    // stream brings the loss to the BgpPeer as an Event (a poll every 10 s, as before, saw
+    // the session Established on both sides of a short reset and said nothing).
+    let session_downs = |r: &Running| -> Vec<String> {
+        r.kubectl(&[
+            "get",
+            "events.v1.events.k8s.io",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}: {.note}{\"\\n\"}{end}",
+        ])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("SessionDown: "))
+        .map(str::to_owned)
+        .collect()
+    };
+    // After the speaker restart the operator reconnects (with back-off) and opens the
+    // stream after its full push: wait for that before the reset.
+    let watching = wait_for(Duration::from_secs(30), || {
+        (streams_opened(&r) > opened).then_some(())
+    });
+    assert!(
+        watching.is_some(),
+        "the operator did not open the restarted speaker's Watch stream\n{}",
+        logs(&dir)
+    );
+    let before = session_downs(&r);
+    let lab::Router::Frr(frr) = &r.router else {
+        panic!("the lab test runs FRR")
+    };
+    frr.vtysh(&r.lab, "clear bgp *").unwrap();
+    let down = wait_for(Duration::from_secs(30), || {
+        session_downs(&r)
+            .into_iter()
+            .find(|l| !before.contains(l) && l.contains("lost its session with"))
+    });
+    assert!(
+        down.is_some(),
+        "no SessionDown Event after the router reset the session: {:?}\n{}",
+        session_downs(&r),
+        logs(&dir)
+    );
+    assert!(
+        hops_become(&r, &ip, &all_nodes(), 60),
+        "the session did not come back after the reset: {}\n{}",
+        r.router_route(&ip),
         logs(&dir)
     );
     no_refusals(&r);

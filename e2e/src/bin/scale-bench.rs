@@ -106,15 +106,7 @@ fn status_field(pid: u32, field: &str) -> String {
 
 /// One metric's value (summed over its label sets) from a Prometheus text scrape.
 fn metric(text: &str, name: &str, label: Option<&str>) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
-        })
-        .filter(|l| label.is_none_or(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    berth_e2e::metric_names::sum(text, name, label).unwrap_or(0.0)
 }
 
 fn scrape(port: u16) -> String {

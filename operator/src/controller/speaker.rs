@@ -10,6 +10,12 @@
 //! the router as one UPDATE. Everything is re-applied every resync interval (the speaker
 //! diffs, so an unchanged state sends nothing to the routers).
 //!
+//! Sessions come from each replica's `Watch` stream as they change (a `SessionDown` Event
+//! within the status interval, not at the next poll); the stream ending (the speaker
+//! restarted), a state accepted that this operator did not send (a newer generation: another
+//! writer), or a replica holding an older generation than it acknowledged means a full push
+//! at once.
+//!
 //! Generations start at the wall clock in microseconds when this operator became leader and
 //! count up from there, so a new leader's pushes are never older than its predecessor's.
 
@@ -58,6 +64,10 @@ struct Conn {
     /// The replica reads next-hop groups (asked before every full push: a replaced Pod may
     /// run another version behind the same address).
     reads_groups: bool,
+    /// The generation of the last push made to it (acknowledged or not).
+    pushed: u64,
+    /// The generation of the last push it acknowledged since the connection was made.
+    acked: u64,
 }
 
 /// What the status writer knows of one replica: its sessions as last read, and the sync
@@ -184,8 +194,55 @@ fn retry_after(failures: u32) -> Duration {
         .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
         .min(RETRY_MAX)
 }
-/// How often each replica's sessions are read.
+/// How often each replica's sessions are read while its Watch stream is not open.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// How often they are read while it is: session changes arrive on the stream as they
+/// happen; this refreshes only the counters (prefixes announced) in BgpPeer status.
+const WATCHED_STATUS_EVERY: Duration = Duration::from_secs(60);
+
+/// What a replica's Watch stream brought, as the replica's task acts on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Watched {
+    /// A session changed state: its new state and last error. One that came up is read
+    /// with GetState at once (for what was negotiated); one that went down needs no read.
+    Session {
+        peer: String,
+        state: String,
+        last_error: String,
+    },
+    /// Events were dropped on the speaker's side: read the sessions again.
+    Resync,
+    /// Another writer's state was accepted (a generation newer than this operator's last
+    /// push): the replica no longer holds what this operator sent.
+    Diverged(u64),
+    /// Nothing to do (this operator's own pushes, or an empty event).
+    Nothing,
+}
+
+/// What a Watch event means for a replica whose last push had generation `pushed` (pure).
+fn watched(event: v1::WatchEvent, pushed: u64) -> Watched {
+    use v1::watch_event::Event;
+    match event.event {
+        Some(Event::Session(s)) => Watched::Session {
+            peer: s.peer,
+            state: s.state,
+            last_error: s.last_error,
+        },
+        Some(Event::Resync(_)) => Watched::Resync,
+        Some(Event::Applied(a)) if a.generation > pushed => Watched::Diverged(a.generation),
+        Some(Event::Applied(_)) | None => Watched::Nothing,
+    }
+}
+
+/// The next event of a replica's Watch stream, or never while none is open.
+async fn next_watched(
+    stream: &mut Option<tonic::Streaming<v1::WatchEvent>>,
+) -> Result<Option<v1::WatchEvent>, tonic::Status> {
+    match stream {
+        Some(s) => s.message().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// One replica's task and what it is sent.
 struct Worker {
@@ -304,8 +361,11 @@ fn refresh_workers(
     }
 }
 
-/// One replica: the full state first (and after any failure), then route deltas; its
-/// sessions read every [`STATUS_EVERY`]. Every call is bounded by [`CALL_BOUND`].
+/// One replica: the full state first (and after any failure), then route deltas. Its
+/// sessions come from its Watch stream as they change (read every [`STATUS_EVERY`] while no
+/// stream is open, every [`WATCHED_STATUS_EVERY`] for the counters while one is); the stream
+/// ending (a restart) or a state this operator did not send means a full push. Every call is
+/// bounded by [`CALL_BOUND`].
 async fn replica_task(
     ctx: Arc<Context>,
     target: Target,
@@ -320,9 +380,15 @@ async fn replica_task(
         synced: false,
         sessions: BTreeMap::new(),
         reads_groups: false,
+        pushed: 0,
+        acked: 0,
     };
     let mut changed: BTreeSet<IpAddr> = BTreeSet::new();
     let mut status = tokio::time::interval(STATUS_EVERY);
+    let mut watch: Option<tonic::Streaming<v1::WatchEvent>> = None;
+    // A speaker without Watch (the server answered UNIMPLEMENTED): polled as before.
+    let mut watch_unsupported = false;
+    let mut last_read = tokio::time::Instant::now();
     let mut retry_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
     let mut failures: u32 = 0;
     // A full push is owed (set by events while not in sync; made at `retry_at`).
@@ -343,17 +409,70 @@ async fn replica_task(
             }
             () = sleep_until(retry_at) => retry_at = None,
             _ = status.tick() => {
+                if watch.is_some() && last_read.elapsed() < WATCHED_STATUS_EVERY {
+                    continue;
+                }
+                last_read = tokio::time::Instant::now();
                 let r = bounded(read_state(&ctx, &mut conn, &board)).await;
                 if let Err(e) = r {
                     failures = failures.saturating_add(1);
                     fail(&ctx, &mut conn, &board, &e, retry_after(failures));
+                    watch = None;
                     retry_at.get_or_insert_with(|| tokio::time::Instant::now() + retry_after(failures));
+                } else if !conn.synced && retry_at.is_none() {
+                    // The read found the replica behind (restarted): push everything now.
+                    full = true;
+                } else {
+                    continue;
                 }
-                continue;
+            }
+            ev = next_watched(&mut watch) => {
+                let problem = match ev {
+                    Ok(Some(ev)) => match watched(ev, conn.pushed) {
+                        Watched::Nothing => continue,
+                        Watched::Session { peer, state, last_error } if state != "Established" => {
+                            session_left(&mut conn, &board, &peer, &state, &last_error);
+                            continue;
+                        }
+                        Watched::Session { .. } | Watched::Resync => {
+                            last_read = tokio::time::Instant::now();
+                            match bounded(read_state(&ctx, &mut conn, &board)).await {
+                                Ok(()) if conn.synced => continue,
+                                // Behind (restarted): the full push below.
+                                Ok(()) => {
+                                    full = true;
+                                    String::new()
+                                }
+                                Err(e) => e,
+                            }
+                        }
+                        Watched::Diverged(theirs) => {
+                            warn!(speaker = %conn.target.pod, theirs, ours = conn.pushed,
+                                "the speaker accepted a state this operator did not send; sending the full state again");
+                            full = true;
+                            String::new()
+                        }
+                    },
+                    Ok(None) => "the speaker ended its Watch stream (restarted or shutting down)".to_owned(),
+                    Err(s) if s.code() == tonic::Code::Unimplemented => {
+                        watch_unsupported = true;
+                        watch = None;
+                        continue;
+                    }
+                    Err(s) => format!("Watch stream from {}: {}", conn.target.endpoint, s.message()),
+                };
+                if !problem.is_empty() {
+                    watch = None;
+                    failures = failures.saturating_add(1);
+                    fail(&ctx, &mut conn, &board, &problem, retry_after(failures));
+                    retry_at.get_or_insert_with(|| tokio::time::Instant::now() + retry_after(failures));
+                    continue;
+                }
             }
         }
         let generation = generation.fetch_add(1, Ordering::Relaxed) + 1;
         let pushing_full = full || !conn.synced;
+        conn.pushed = generation;
         let r = if pushing_full {
             bounded(push_full(&ctx, &mut conn, generation)).await
         } else if !changed.is_empty() {
@@ -366,6 +485,19 @@ async fn replica_task(
             Ok(()) => {
                 failures = 0;
                 changed.clear();
+                conn.acked = generation;
+                if conn.synced && watch.is_none() && !watch_unsupported {
+                    match bounded_watch(&ctx, &mut conn).await {
+                        Ok(w) => {
+                            if w.is_some() {
+                                info!(speaker = %conn.target.pod, "Watch stream open: sessions follow it");
+                            }
+                            watch = w;
+                        }
+                        Err(e) => warn!(speaker = %conn.target.pod, error = %e,
+                            "no Watch stream from the speaker; reading its sessions every 10 s"),
+                    }
+                }
                 let conf_generation = conf_generation(&ctx);
                 if let Ok(mut b) = board.lock() {
                     let v = b
@@ -384,6 +516,7 @@ async fn replica_task(
             Err(e) => {
                 failures = failures.saturating_add(1);
                 fail(&ctx, &mut conn, &board, &e, retry_after(failures));
+                watch = None;
                 // The full state sent on reconnect covers every route changed meanwhile.
                 changed.clear();
                 retry_at = Some(tokio::time::Instant::now() + retry_after(failures));
@@ -397,6 +530,83 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Opens the replica's Watch stream; `None` when the speaker has no Watch (UNIMPLEMENTED).
+async fn bounded_watch(
+    ctx: &Context,
+    conn: &mut Conn,
+) -> Result<Option<tonic::Streaming<v1::WatchEvent>>, String> {
+    let open = async {
+        let mut c = client(ctx, conn).await?;
+        match c.watch(v1::WatchRequest {}).await {
+            Ok(r) => Ok(Some(r.into_inner())),
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(None),
+            Err(s) => Err(format!(
+                "Watch from {}: {}",
+                conn.target.endpoint,
+                s.message()
+            )),
+        }
+    };
+    tokio::time::timeout(CALL_BOUND, open)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", CALL_BOUND.as_secs())))
+}
+
+/// A session left Established or changed state short of it (from the Watch stream): the
+/// view follows at once and a session that was up becomes a `SessionDown` Event.
+fn session_left(conn: &mut Conn, board: &Mutex<Board>, peer: &str, state: &str, error: &str) {
+    let was_up = conn
+        .sessions
+        .get(peer)
+        .is_some_and(|p| p.state == "Established");
+    if state == "Removed" {
+        conn.sessions.remove(peer);
+    } else {
+        let entry = conn
+            .sessions
+            .entry(peer.to_owned())
+            .or_insert_with(|| v1::PeerState {
+                address: peer.to_owned(),
+                ..Default::default()
+            });
+        entry.state = state.to_owned();
+        entry.last_error = error.to_owned();
+        entry.uptime_seconds = 0;
+    }
+    let down = (was_up && state != "Removed").then(|| down_event(&conn.target, peer, error));
+    if let Ok(mut b) = board.lock() {
+        b.events.extend(down);
+        let view = b
+            .views
+            .entry(conn.target.pod.clone())
+            .or_insert_with(|| View::new(&conn.target));
+        view.sessions = conn.sessions.clone();
+    }
+}
+
+/// The `SessionDown` Event of `target`'s session with `addr`.
+fn down_event(
+    target: &Target,
+    addr: &str,
+    error: &str,
+) -> (String, EventType, &'static str, String) {
+    (
+        addr.to_owned(),
+        EventType::Warning,
+        "SessionDown",
+        format!(
+            "{} (node {}) lost its session with {addr}: {}",
+            target.pod,
+            target.node,
+            if error.is_empty() {
+                "no error reported"
+            } else {
+                error
+            }
+        ),
+    )
 }
 
 async fn bounded(
@@ -651,6 +861,13 @@ async fn read_state(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>) -> Res
         .await
         .map_err(|s| format!("GetState from {}: {}", conn.target.endpoint, s.message()))?
         .into_inner();
+    if conn.synced && state.generation < conn.acked {
+        // It acknowledged a newer generation than it holds: it restarted (from its state
+        // file, which keeps the last state that changed something) or lost its state.
+        warn!(speaker = %conn.target.pod, holds = state.generation, acknowledged = conn.acked,
+            "the speaker holds an older state than it acknowledged (restarted?); sending the full state again");
+        conn.synced = false;
+    }
     let now: BTreeMap<String, v1::PeerState> = state
         .peers
         .into_iter()
@@ -678,21 +895,7 @@ async fn read_state(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>) -> Res
                 ),
             ));
         } else if was_up && !up {
-            events.push((
-                addr.clone(),
-                EventType::Warning,
-                "SessionDown",
-                format!(
-                    "{} (node {}) lost its session with {addr}: {}",
-                    conn.target.pod,
-                    conn.target.node,
-                    if p.last_error.is_empty() {
-                        "no error reported"
-                    } else {
-                        p.last_error.as_str()
-                    }
-                ),
-            ));
+            events.push(down_event(&conn.target, addr, &p.last_error));
         }
     }
     conn.sessions = now;

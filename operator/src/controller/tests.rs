@@ -799,9 +799,18 @@ struct FakeSpeaker {
     /// Each Apply's and UpdateRoutes' shape: `(call, groups, routes naming one, next hops
     /// inline)`.
     shapes: Arc<Mutex<Vec<Shape>>>,
+    /// With a sender here, Watch is served and the test feeds it; without, UNIMPLEMENTED.
+    watch: Arc<Mutex<Option<WatchSender>>>,
+    /// Serve Watch (the test takes the stream's sender from `watch` once it is opened).
+    serves_watch: bool,
+    /// The generation it holds: the last one it accepted, as the real speaker reports it.
+    generation: Arc<Mutex<u64>>,
 }
 
 type Shape = (&'static str, usize, usize, usize);
+
+/// The sending end of a fake Watch stream.
+type WatchSender = mpsc::Sender<Result<berth_proto::v1::WatchEvent, tonic::Status>>;
 
 fn shape(call: &'static str, routes: &[berth_proto::v1::Route], groups: usize) -> Shape {
     (
@@ -825,6 +834,7 @@ impl berth_proto::v1::speaker_server::Speaker for FakeSpeaker {
         r: tonic::Request<berth_proto::v1::ApplyRequest>,
     ) -> Result<tonic::Response<berth_proto::v1::ApplyResponse>, tonic::Status> {
         let state = r.into_inner().state.unwrap_or_default();
+        *self.generation.lock().unwrap() = state.generation;
         self.shapes.lock().unwrap().push(shape(
             "apply",
             &state.routes,
@@ -839,6 +849,7 @@ impl berth_proto::v1::speaker_server::Speaker for FakeSpeaker {
         r: tonic::Request<berth_proto::v1::UpdateRoutesRequest>,
     ) -> Result<tonic::Response<berth_proto::v1::UpdateRoutesResponse>, tonic::Status> {
         let r = r.into_inner();
+        *self.generation.lock().unwrap() = r.generation;
         self.shapes
             .lock()
             .unwrap()
@@ -860,7 +871,9 @@ impl berth_proto::v1::speaker_server::Speaker for FakeSpeaker {
         &self,
         _r: tonic::Request<berth_proto::v1::GetStateRequest>,
     ) -> Result<tonic::Response<berth_proto::v1::GetStateResponse>, tonic::Status> {
+        self.calls.lock().unwrap().push("get_state".into());
         Ok(tonic::Response::new(berth_proto::v1::GetStateResponse {
+            generation: *self.generation.lock().unwrap(),
             reads_next_hop_groups: self.reads_groups,
             ..Default::default()
         }))
@@ -870,7 +883,15 @@ impl berth_proto::v1::speaker_server::Speaker for FakeSpeaker {
         &self,
         _r: tonic::Request<berth_proto::v1::WatchRequest>,
     ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not in this test"))
+        if !self.serves_watch {
+            return Err(tonic::Status::unimplemented("not in this test"));
+        }
+        self.calls.lock().unwrap().push("watch".into());
+        let (tx, rx) = mpsc::channel(16);
+        *self.watch.lock().unwrap() = Some(tx);
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
     }
 }
 
@@ -991,6 +1012,151 @@ async fn a_blackholed_replica_does_not_hold_up_the_others() {
     sync.abort();
     server.abort();
     drop(blackhole);
+}
+
+fn session_event(peer: &str, state: &str, error: &str) -> berth_proto::v1::WatchEvent {
+    berth_proto::v1::WatchEvent {
+        unix_millis: 0,
+        event: Some(berth_proto::v1::watch_event::Event::Session(
+            berth_proto::v1::SessionChanged {
+                peer: peer.into(),
+                state: state.into(),
+                previous_state: String::new(),
+                last_error: error.into(),
+            },
+        )),
+    }
+}
+
+fn applied_event(generation: u64) -> berth_proto::v1::WatchEvent {
+    berth_proto::v1::WatchEvent {
+        unix_millis: 0,
+        event: Some(berth_proto::v1::watch_event::Event::Applied(
+            berth_proto::v1::StateApplied {
+                generation,
+                call: "apply".into(),
+                routes_changed: 0,
+            },
+        )),
+    }
+}
+
+/// The sessions come from the replica's Watch stream, not from polling: once the stream is
+/// open nothing is read until a session changes, then its sessions are read at once. A state
+/// the operator did not send (a newer generation: another writer), the stream ending (the
+/// speaker restarted), or the speaker holding an older generation than it acknowledged each
+/// bring the full state again without waiting for the resync.
+#[tokio::test]
+async fn the_watch_stream_drives_session_reads_and_full_pushes() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let fake = FakeSpeaker {
+        reads_groups: true,
+        serves_watch: true,
+        ..Default::default()
+    };
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(berth_proto::v1::speaker_server::SpeakerServer::new(
+                fake.clone(),
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut w = world(vec![], &[]);
+    Arc::get_mut(&mut w.ctx).unwrap().settings.speaker_port = port;
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.confs.apply_watcher_event(&watcher::Event::Apply(
+        serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "BgpConf",
+            "metadata": {"name": "default"}, "spec": {"asn": 64512},
+        }))
+        .unwrap(),
+    ));
+    w.pods
+        .apply_watcher_event(&watcher::Event::Apply(speaker_pod("s", "127.0.0.1", "n1")));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sync = tokio::spawn(super::speaker::run(w.ctx.clone(), rx));
+    tx.send(SyncEvent::Full).unwrap();
+
+    let count = |what: &str| {
+        fake.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| *c == what)
+            .count()
+    };
+    let until = |what: &'static str, n: usize| {
+        let count = &count;
+        async move {
+            for _ in 0..100 {
+                if count(what) >= n {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        }
+    };
+    assert!(
+        until("watch", 1).await,
+        "no Watch opened: {:?}",
+        fake.calls.lock().unwrap()
+    );
+    let stream = fake.watch.lock().unwrap().clone().unwrap();
+    let applies = count("apply");
+    let reads = count("get_state");
+    // No polling while the stream is open.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count("get_state"), reads);
+    // A session came up: its sessions are read now, not at the next 10 s poll.
+    stream
+        .send(Ok(session_event("10.0.0.1", "Established", "")))
+        .await
+        .unwrap();
+    assert!(
+        until("get_state", reads + 1).await,
+        "the session change was not read"
+    );
+    // Going down needs no read (the event says it all), and pushes nothing.
+    stream
+        .send(Ok(session_event("10.0.0.1", "Idle", "hold timer expired")))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!((count("get_state"), count("apply")), (reads + 1, applies));
+    // Another writer's newer state: the full state again, at once.
+    stream.send(Ok(applied_event(u64::MAX / 2))).await.unwrap();
+    assert!(
+        until("apply", applies + 1).await,
+        "divergence brought no full push"
+    );
+    // The speaker holds an older state than it acknowledged (restarted from its file): the
+    // next read finds it and pushes everything.
+    *fake.generation.lock().unwrap() = 1;
+    stream
+        .send(Ok(session_event("10.0.0.1", "Established", "")))
+        .await
+        .unwrap();
+    assert!(
+        until("apply", applies + 2).await,
+        "a restarted replica got no full push"
+    );
+    // The stream ends (the process went away): reconnect, full push, a new stream.
+    let watches = count("watch");
+    drop(stream);
+    *fake.watch.lock().unwrap() = None;
+    assert!(
+        until("apply", applies + 3).await,
+        "the stream's end brought no full push: {:?}",
+        fake.calls.lock().unwrap()
+    );
+    assert!(
+        until("watch", watches + 1).await,
+        "no new Watch after the reconnect"
+    );
+    sync.abort();
+    server.abort();
 }
 
 /// Mixed versions during a rollout: a replica from before next-hop groups (its GetState does
