@@ -97,6 +97,10 @@ pub enum SyncEvent {
     Routes(Vec<std::net::IpAddr>),
     /// Peers, global settings or replicas may have changed: push everything.
     Full,
+    /// The periodic resync: the full state only to a replica whose Watch stream is not open
+    /// (one that is open shows a restart or another writer, and the route count is compared
+    /// at every read, so a replica in step is sent nothing).
+    Resync,
 }
 
 /// State shared by the controllers.

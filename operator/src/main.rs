@@ -69,7 +69,8 @@ struct Args {
     #[arg(long, env = "BERTH_SPEAKER_PLAINTEXT", conflicts_with = "speaker_ca")]
     speaker_plaintext: bool,
 
-    /// Full resync of every speaker, Eip and BgpPeer status at least this often (seconds).
+    /// Full resync of every speaker without an open Watch stream, and of Eip and BgpPeer
+    /// status, at least this often (seconds).
     #[arg(long, env = "BERTH_RESYNC_SECONDS", default_value_t = 60)]
     resync_seconds: u64,
 

@@ -258,6 +258,19 @@ pub fn routes_for<'a>(
     out
 }
 
+/// How many routes a replica announces from `table` (what its GetState's `route_count`
+/// is when it is in step): IPs with a next hop for it.
+pub fn announced(
+    table: &BTreeMap<IpAddr, crate::routes::Hops>,
+    self_mode: bool,
+    mine: &[IpAddr],
+) -> usize {
+    table
+        .values()
+        .filter(|hops| hops.iter().any(|h| !self_mode || mine.contains(&h.address)))
+        .count()
+}
+
 /// The UpdateRoutes that brings a replica's routes for the `changed` IPs to `table`: an IP
 /// the table no longer has, or one this replica does not announce, is withdrawn.
 pub fn update_request(

@@ -10,7 +10,9 @@
 //! 3. endpoint changes, one at a time: the time from the EndpointSlice write to the speaker's
 //!    next accepted change (its Watch stream), and the operator's CPU per change (the sum of
 //!    its threads' `schedstat`, nanoseconds);
-//! 4. the operator's peak RSS (`VmHWM`).
+//! 4. a BgpConf edit: the whole table's size on the wire, and how long until the speaker
+//!    accepted it;
+//! 5. the operator's peak RSS (`VmHWM`).
 //!
 //! No root needed (loopback only). Figures, not assertions: `docs/benchmarks.md` has them.
 //!
@@ -452,6 +454,44 @@ fn run(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         pct(&mut latency, 0.99),
         pct(&mut cpu_per.clone(), 0.5),
         pct(&mut cpu_per, 0.99)
+    );
+    // A BgpConf edit (graceful-restart time) makes the operator send the whole table: its
+    // size on the wire, and how long until the speaker accepted it.
+    let applies_before = metric(
+        &scrape(s_metrics),
+        "berth_bgp_api_calls_total",
+        Some("apply"),
+    );
+    let conf_rt = server
+        .registry
+        .find("berth.dev", "v1alpha1", "bgpconfs")
+        .context("no bgpconfs type")?
+        .clone();
+    let edit = Instant::now();
+    server
+        .store
+        .patch(
+            &conf_rt,
+            "",
+            "default",
+            apiserver::patch::PatchType::Merge,
+            &json!({"spec": {"gracefulRestart": {"restartTime": 121}}}),
+            apiserver::store::Sub::Main,
+        )
+        .map_err(|e| anyhow::anyhow!("BgpConf edit: {e}"))?;
+    while metric(
+        &scrape(s_metrics),
+        "berth_bgp_api_calls_total",
+        Some("apply"),
+    ) <= applies_before
+        && edit.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "full state after a BgpConf edit: {} bytes (berth_speaker_apply_bytes), accepted {:.0} ms after the edit",
+        metric(&scrape(o_metrics), "berth_speaker_apply_bytes", None),
+        edit.elapsed().as_secs_f64() * 1e3
     );
     let sm = scrape(s_metrics);
     println!(

@@ -7,8 +7,9 @@
 //! BgpPeer status name it. A replica that is new, reconnected or restarted gets the full
 //! state with `Apply`; after that a route
 //! change goes out as `UpdateRoutes` with just the changed IPs, so an endpoint change reaches
-//! the router as one UPDATE. Everything is re-applied every resync interval (the speaker
-//! diffs, so an unchanged state sends nothing to the routers).
+//! the router as one UPDATE. At every resync interval everything is re-applied to a replica
+//! whose Watch stream is not open (the speaker diffs, so an unchanged state sends nothing to
+//! the routers); one whose stream is open is sent nothing then.
 //!
 //! Sessions come from each replica's `Watch` stream as they change (a `SessionDown` Event
 //! within the status interval, not at the next poll); the stream ending (the speaker
@@ -273,13 +274,29 @@ pub async fn run(ctx: Arc<Context>, mut rx: mpsc::UnboundedReceiver<SyncEvent>) 
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
-                absorb(ev, &mut full, &mut changed);
-                // Everything queued meanwhile goes out in the same round.
-                while let Ok(ev) = rx.try_recv() {
-                    absorb(ev, &mut full, &mut changed);
+                // Everything queued meanwhile goes out in the same round; a resync is passed
+                // on as it is (each replica decides).
+                let mut resync_asked = false;
+                for ev in std::iter::once(ev).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                    match ev {
+                        SyncEvent::Resync => resync_asked = true,
+                        other => absorb(other, &mut full, &mut changed, true),
+                    }
+                }
+                if resync_asked {
+                    refresh_workers(&ctx, &mut workers, &board, &generation);
+                    for w in workers.values() {
+                        let _ = w.tx.send(SyncEvent::Resync);
+                    }
                 }
             }
-            _ = resync.tick() => full = true,
+            _ = resync.tick() => {
+                refresh_workers(&ctx, &mut workers, &board, &generation);
+                for w in workers.values() {
+                    let _ = w.tx.send(SyncEvent::Resync);
+                }
+                continue;
+            }
             _ = status.tick() => {
                 write_status(&ctx, &board).await;
                 continue;
@@ -397,9 +414,12 @@ async fn replica_task(
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { return };
-                absorb(ev, &mut full, &mut changed);
+                absorb(ev, &mut full, &mut changed, watch.is_some());
                 while let Ok(ev) = rx.try_recv() {
-                    absorb(ev, &mut full, &mut changed);
+                    absorb(ev, &mut full, &mut changed, watch.is_some());
+                }
+                if !full && changed.is_empty() && conn.synced {
+                    continue; // a resync while in step: nothing to send
                 }
                 // Out of sync, waiting to retry: the full push at `retry_at` carries these
                 // changes too; pushing now would rebuild the whole state on every event.
@@ -638,9 +658,12 @@ fn fail(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>, error: &str, retry
     }
 }
 
-fn absorb(ev: SyncEvent, full: &mut bool, changed: &mut BTreeSet<IpAddr>) {
+/// Adds an event to what the replica's next push carries; `watching`: its Watch stream is
+/// open (the periodic resync then sends it nothing).
+fn absorb(ev: SyncEvent, full: &mut bool, changed: &mut BTreeSet<IpAddr>, watching: bool) {
     match ev {
         SyncEvent::Full => *full = true,
+        SyncEvent::Resync => *full |= !watching,
         SyncEvent::Routes(ips) => changed.extend(ips),
     }
 }
@@ -852,6 +875,15 @@ async fn push_routes(
     Ok(())
 }
 
+/// How many routes the replica on `node` should hold now; `None` without a BgpConf.
+fn expected_routes(ctx: &Context, node: &str) -> Option<usize> {
+    let conf = ctx.stores.confs.get(&ObjectRef::new(names::BGPCONF_NAME))?;
+    let self_mode = conf.spec.ecmp_mode == berth_api::EcmpMode::SelfNextHop;
+    let mine = replica(ctx, node).addresses;
+    let table = ctx.shared.routes.lock().ok()?;
+    Some(speakers::announced(table.all(), self_mode, &mine))
+}
+
 /// Reads one replica's sessions onto the board; a session that came up or went down since
 /// the last read becomes a pending Event on its BgpPeer.
 async fn read_state(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>) -> Result<(), String> {
@@ -867,6 +899,15 @@ async fn read_state(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>) -> Res
         warn!(speaker = %conn.target.pod, holds = state.generation, acknowledged = conn.acked,
             "the speaker holds an older state than it acknowledged (restarted?); sending the full state again");
         conn.synced = false;
+    } else if conn.synced {
+        let expected = expected_routes(ctx, &conn.target.node);
+        if expected.is_some_and(|n| n != usize::try_from(state.route_count).unwrap_or(usize::MAX)) {
+            // A route change lost on the way (or one in flight as this was read: one full
+            // push too many, which the speaker diffs to nothing).
+            info!(speaker = %conn.target.pod, holds = state.route_count, expected = ?expected,
+                "the speaker's route count differs from the table; sending the full state again");
+            conn.synced = false;
+        }
     }
     let now: BTreeMap<String, v1::PeerState> = state
         .peers

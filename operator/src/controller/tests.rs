@@ -805,6 +805,8 @@ struct FakeSpeaker {
     serves_watch: bool,
     /// The generation it holds: the last one it accepted, as the real speaker reports it.
     generation: Arc<Mutex<u64>>,
+    /// The prefixes it holds, as Apply and UpdateRoutes left them (GetState's route count).
+    prefixes: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 type Shape = (&'static str, usize, usize, usize);
@@ -835,6 +837,7 @@ impl berth_proto::v1::speaker_server::Speaker for FakeSpeaker {
     ) -> Result<tonic::Response<berth_proto::v1::ApplyResponse>, tonic::Status> {
         let state = r.into_inner().state.unwrap_or_default();
         *self.generation.lock().unwrap() = state.generation;
+        *self.prefixes.lock().unwrap() = state.routes.iter().map(|r| r.prefix.clone()).collect();
         self.shapes.lock().unwrap().push(shape(
             "apply",
             &state.routes,
@@ -850,6 +853,13 @@ impl berth_proto::v1::speaker_server::Speaker for FakeSpeaker {
     ) -> Result<tonic::Response<berth_proto::v1::UpdateRoutesResponse>, tonic::Status> {
         let r = r.into_inner();
         *self.generation.lock().unwrap() = r.generation;
+        {
+            let mut held = self.prefixes.lock().unwrap();
+            held.extend(r.upsert.iter().map(|u| u.prefix.clone()));
+            for p in &r.remove {
+                held.remove(p);
+            }
+        }
         self.shapes
             .lock()
             .unwrap()
@@ -874,6 +884,7 @@ impl berth_proto::v1::speaker_server::Speaker for FakeSpeaker {
         self.calls.lock().unwrap().push("get_state".into());
         Ok(tonic::Response::new(berth_proto::v1::GetStateResponse {
             generation: *self.generation.lock().unwrap(),
+            route_count: self.prefixes.lock().unwrap().len() as u64,
             reads_next_hop_groups: self.reads_groups,
             ..Default::default()
         }))
@@ -1106,9 +1117,11 @@ async fn the_watch_stream_drives_session_reads_and_full_pushes() {
     let stream = fake.watch.lock().unwrap().clone().unwrap();
     let applies = count("apply");
     let reads = count("get_state");
-    // No polling while the stream is open.
+    // No polling while the stream is open, and the periodic resync sends nothing to a
+    // replica in step.
+    tx.send(SyncEvent::Resync).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(count("get_state"), reads);
+    assert_eq!((count("get_state"), count("apply")), (reads, applies));
     // A session came up: its sessions are read now, not at the next 10 s poll.
     stream
         .send(Ok(session_event("10.0.0.1", "Established", "")))
@@ -1142,12 +1155,34 @@ async fn the_watch_stream_drives_session_reads_and_full_pushes() {
         until("apply", applies + 2).await,
         "a restarted replica got no full push"
     );
+    // A route lost on the way (the speaker holds one route fewer than the table gives it):
+    // the next read finds the count differs and pushes everything.
+    w.ctx.shared.routes.lock().unwrap().set(
+        &ServiceKey::new("shop", "web"),
+        vec![(
+            "198.51.100.1".parse().unwrap(),
+            vec![crate::nexthops::NextHop {
+                node: "n1".into(),
+                address: "10.0.0.11".parse().unwrap(),
+                weight: None,
+            }],
+        )],
+    );
+    stream
+        .send(Ok(session_event("10.0.0.1", "Established", "")))
+        .await
+        .unwrap();
+    assert!(
+        until("apply", applies + 3).await,
+        "a replica missing a route got no full push"
+    );
+    assert_eq!(fake.prefixes.lock().unwrap().len(), 1);
     // The stream ends (the process went away): reconnect, full push, a new stream.
     let watches = count("watch");
     drop(stream);
     *fake.watch.lock().unwrap() = None;
     assert!(
-        until("apply", applies + 3).await,
+        until("apply", applies + 4).await,
         "the stream's end brought no full push: {:?}",
         fake.calls.lock().unwrap()
     );
@@ -1260,6 +1295,28 @@ async fn a_replica_from_before_next_hop_groups_gets_every_next_hop_inline() {
     tx.send(SyncEvent::Routes(changed)).unwrap();
     assert_eq!(seen(&new_fake, ("update", 1, 2, 0)).await, Ok(()));
     assert_eq!(seen(&old_fake, ("update", 0, 0, 4)).await, Ok(()));
+    // Neither serves Watch: the periodic resync sends them the full state (a replica with
+    // an open stream gets nothing: the_watch_stream_drives_session_reads_and_full_pushes).
+    let applies = || {
+        old_fake
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| *c == "apply")
+            .count()
+    };
+    let before = applies();
+    tx.send(SyncEvent::Resync).unwrap();
+    let mut resent = false;
+    for _ in 0..100 {
+        if applies() > before {
+            resent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(resent, "the resync sent nothing to a replica without Watch");
     sync.abort();
     for s in servers {
         s.abort();
