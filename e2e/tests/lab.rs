@@ -621,14 +621,15 @@ fn restarts_do_not_disturb_the_router() {
 
     // The router resets the session and it comes back within seconds: the speaker's Watch
     // stream brings the loss to the BgpPeer as an Event (a poll every 10 s, as before, saw
-    // the session Established on both sides of a short reset and said nothing).
+    // the session Established on both sides of a short reset and said nothing). An Event
+    // like an earlier one is folded into its series (same note, new resourceVersion).
     let session_downs = |r: &Running| -> Vec<String> {
         r.kubectl(&[
             "get",
             "events.v1.events.k8s.io",
             "-A",
             "-o",
-            "jsonpath={range .items[*]}{.reason}: {.note}{\"\\n\"}{end}",
+            "jsonpath={range .items[*]}{.reason}: {.metadata.resourceVersion} {.note}{\"\\n\"}{end}",
         ])
         .unwrap_or_default()
         .lines()

@@ -50,7 +50,8 @@ pub struct Settings {
     pub speaker_port: u16,
     /// mTLS material for the speakers; `None`: plaintext (loopback labs only).
     pub speaker_tls: Option<TlsFiles>,
-    /// Full resync of every speaker and status at least this often.
+    /// Full resync of every speaker without an open Watch stream, and of status, at least
+    /// this often.
     pub resync: Duration,
     /// This replica's identity (Pod name): the Lease holder and the Event reporter.
     pub identity: String,
@@ -99,7 +100,8 @@ pub enum SyncEvent {
     Full,
     /// The periodic resync: the full state only to a replica whose Watch stream is not open
     /// (one that is open shows a restart or another writer, and the route count is compared
-    /// at every read, so a replica in step is sent nothing).
+    /// at every read, so a replica in step is sent nothing). The sync's own timer sends it;
+    /// one sent on the sync channel is passed on the same way.
     Resync,
 }
 

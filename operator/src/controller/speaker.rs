@@ -69,6 +69,12 @@ struct Conn {
     pushed: u64,
     /// The generation of the last push it acknowledged since the connection was made.
     acked: u64,
+    /// No Watch stream from it until the next reconnect (the speaker has none, or opening
+    /// one failed): its sessions are polled every [`STATUS_EVERY`] meanwhile.
+    no_watch: bool,
+    /// The last read's route count and the table's, when they differed: the same pair at
+    /// the next read is divergence (a change in flight changes one of the two).
+    count_mismatch: Option<(u64, usize)>,
 }
 
 /// What the status writer knows of one replica: its sessions as last read, and the sync
@@ -399,12 +405,12 @@ async fn replica_task(
         reads_groups: false,
         pushed: 0,
         acked: 0,
+        no_watch: false,
+        count_mismatch: None,
     };
     let mut changed: BTreeSet<IpAddr> = BTreeSet::new();
     let mut status = tokio::time::interval(STATUS_EVERY);
     let mut watch: Option<tonic::Streaming<v1::WatchEvent>> = None;
-    // A speaker without Watch (the server answered UNIMPLEMENTED): polled as before.
-    let mut watch_unsupported = false;
     let mut last_read = tokio::time::Instant::now();
     let mut retry_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
     let mut failures: u32 = 0;
@@ -450,6 +456,9 @@ async fn replica_task(
                 let problem = match ev {
                     Ok(Some(ev)) => match watched(ev, conn.pushed) {
                         Watched::Nothing => continue,
+                        // Already known (the snapshot a new stream starts with): no read.
+                        Watched::Session { peer, state, .. }
+                            if conn.sessions.get(&peer).is_some_and(|p| p.state == state) => continue,
                         Watched::Session { peer, state, last_error } if state != "Established" => {
                             session_left(&mut conn, &board, &peer, &state, &last_error);
                             continue;
@@ -475,7 +484,7 @@ async fn replica_task(
                     },
                     Ok(None) => "the speaker ended its Watch stream (restarted or shutting down)".to_owned(),
                     Err(s) if s.code() == tonic::Code::Unimplemented => {
-                        watch_unsupported = true;
+                        conn.no_watch = true;
                         watch = None;
                         continue;
                     }
@@ -505,17 +514,22 @@ async fn replica_task(
             Ok(()) => {
                 failures = 0;
                 changed.clear();
-                conn.acked = generation;
-                if conn.synced && watch.is_none() && !watch_unsupported {
+                if conn.synced && watch.is_none() && !conn.no_watch {
                     match bounded_watch(&ctx, &mut conn).await {
-                        Ok(w) => {
-                            if w.is_some() {
-                                info!(speaker = %conn.target.pod, "Watch stream open: sessions follow it");
-                            }
-                            watch = w;
+                        Ok(Some(w)) => {
+                            info!(speaker = %conn.target.pod, "Watch stream open: sessions follow it");
+                            watch = Some(w);
                         }
-                        Err(e) => warn!(speaker = %conn.target.pod, error = %e,
-                            "no Watch stream from the speaker; reading its sessions every 10 s"),
+                        Ok(None) => {
+                            conn.no_watch = true;
+                            info!(speaker = %conn.target.pod,
+                                "the speaker has no Watch; reading its sessions every 10 s");
+                        }
+                        Err(e) => {
+                            conn.no_watch = true;
+                            warn!(speaker = %conn.target.pod, error = %e,
+                                "no Watch stream from the speaker; reading its sessions every 10 s until the next reconnect");
+                        }
                     }
                 }
                 let conf_generation = conf_generation(&ctx);
@@ -649,6 +663,9 @@ fn fail(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>, error: &str, retry
         .set_speaker_in_sync(&conn.target.pod, false);
     conn.client = None;
     conn.synced = false;
+    // A reconnect may reach a replaced Pod (same name, same address): ask for Watch again.
+    conn.no_watch = false;
+    conn.count_mismatch = None;
     if let Ok(mut b) = board.lock() {
         let view = b
             .views
@@ -847,6 +864,7 @@ async fn push_full(ctx: &Context, conn: &mut Conn, generation: u64) -> Result<()
         .into_inner();
     debug!(speaker = %conn.target.pod, generation, routes_changed = r.routes_changed, "applied");
     conn.synced = true;
+    conn.acked = generation;
     Ok(())
 }
 
@@ -872,6 +890,7 @@ async fn push_routes(
     c.update_routes(req)
         .await
         .map_err(|s| format!("UpdateRoutes to {}: {}", conn.target.endpoint, s.message()))?;
+    conn.acked = generation;
     Ok(())
 }
 
@@ -900,13 +919,18 @@ async fn read_state(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>) -> Res
             "the speaker holds an older state than it acknowledged (restarted?); sending the full state again");
         conn.synced = false;
     } else if conn.synced {
-        let expected = expected_routes(ctx, &conn.target.node);
-        if expected.is_some_and(|n| n != usize::try_from(state.route_count).unwrap_or(usize::MAX)) {
-            // A route change lost on the way (or one in flight as this was read: one full
-            // push too many, which the speaker diffs to nothing).
-            info!(speaker = %conn.target.pod, holds = state.route_count, expected = ?expected,
+        let mismatch = expected_routes(ctx, &conn.target.node)
+            .filter(|n| usize::try_from(state.route_count).ok() != Some(*n))
+            .map(|n| (state.route_count, n));
+        if mismatch.is_some() && mismatch == conn.count_mismatch {
+            // The same difference at two reads in a row: a route change lost on the way (a
+            // change in flight at a read changes one of the two numbers by the next).
+            info!(speaker = %conn.target.pod, holds = state.route_count, expected = ?mismatch.map(|m| m.1),
                 "the speaker's route count differs from the table; sending the full state again");
             conn.synced = false;
+            conn.count_mismatch = None;
+        } else {
+            conn.count_mismatch = mismatch;
         }
     }
     let now: BTreeMap<String, v1::PeerState> = state
