@@ -185,6 +185,15 @@ struct Board {
     events: Vec<(String, EventType, &'static str, String)>,
 }
 
+impl Board {
+    /// The view of `target`'s replica, made when it has none yet.
+    fn view(&mut self, target: &Target) -> &mut View {
+        self.views
+            .entry(target.pod.clone())
+            .or_insert_with(|| View::new(target))
+    }
+}
+
 /// The longest one push or read may take, connection included: an outer bound over the
 /// channel's own timeouts, so a replica's task never waits longer whatever the network does.
 const CALL_BOUND: Duration = Duration::from_secs(75);
@@ -534,10 +543,7 @@ async fn replica_task(
                 }
                 let conf_generation = conf_generation(&ctx);
                 if let Ok(mut b) = board.lock() {
-                    let v = b
-                        .views
-                        .entry(pod.clone())
-                        .or_insert_with(|| View::new(&conn.target));
+                    let v = b.view(&conn.target);
                     v.error = None;
                     if pushing_full {
                         v.applied_conf = conf_generation;
@@ -612,10 +618,7 @@ fn session_left(conn: &mut Conn, board: &Mutex<Board>, peer: &str, state: &str, 
     let down = (was_up && state != "Removed").then(|| down_event(&conn.target, peer, error));
     if let Ok(mut b) = board.lock() {
         b.events.extend(down);
-        let view = b
-            .views
-            .entry(conn.target.pod.clone())
-            .or_insert_with(|| View::new(&conn.target));
+        let view = b.view(&conn.target);
         view.sessions = conn.sessions.clone();
     }
 }
@@ -667,10 +670,7 @@ fn fail(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>, error: &str, retry
     conn.no_watch = false;
     conn.count_mismatch = None;
     if let Ok(mut b) = board.lock() {
-        let view = b
-            .views
-            .entry(conn.target.pod.clone())
-            .or_insert_with(|| View::new(&conn.target));
+        let view = b.view(&conn.target);
         view.error = Some(error.to_owned());
     }
 }
@@ -966,10 +966,7 @@ async fn read_state(ctx: &Context, conn: &mut Conn, board: &Mutex<Board>) -> Res
     conn.sessions = now;
     if let Ok(mut b) = board.lock() {
         b.events.extend(events);
-        let view = b
-            .views
-            .entry(conn.target.pod.clone())
-            .or_insert_with(|| View::new(&conn.target));
+        let view = b.view(&conn.target);
         view.sessions = conn.sessions.clone();
         view.error = None;
     }

@@ -906,6 +906,46 @@ impl berth_proto::v1::speaker_server::Speaker for FakeSpeaker {
     }
 }
 
+impl FakeSpeaker {
+    /// Serves this fake on `listener` until the task is aborted.
+    fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+    ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(berth_proto::v1::speaker_server::SpeakerServer::new(
+                    self.clone(),
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        )
+    }
+}
+
+/// A world whose operator dials speakers at `port`, with `nodes` Ready nodes (n1 at
+/// 10.0.0.11, n2 at 10.0.0.12, ...) and BgpConf `default` (ASN 64512).
+fn speaker_world(port: u16, nodes: u8) -> World {
+    let mut w = world(vec![], &[]);
+    // The speaker port is a setting: rebuild the context with this test's port.
+    Arc::get_mut(&mut w.ctx).unwrap().settings.speaker_port = port;
+    for i in 1..=nodes {
+        w.add_node(
+            &format!("n{i}"),
+            &format!("10.0.0.{}", 10 + i),
+            true,
+            json!({}),
+        );
+    }
+    w.confs.apply_watcher_event(&watcher::Event::Apply(
+        serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "BgpConf",
+            "metadata": {"name": "default"}, "spec": {"asn": 64512},
+        }))
+        .unwrap(),
+    ));
+    w
+}
+
 fn speaker_pod(name: &str, ip: &str, node: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "berth-system",
@@ -927,27 +967,9 @@ async fn a_blackholed_replica_does_not_hold_up_the_others() {
     let port = healthy.local_addr().unwrap().port();
     let blackhole = std::net::TcpListener::bind(("127.0.0.2", port)).unwrap();
     let fake = FakeSpeaker::default();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(berth_proto::v1::speaker_server::SpeakerServer::new(
-                fake.clone(),
-            ))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(healthy)),
-    );
+    let server = fake.serve(healthy);
 
-    let mut w = world(vec![], &[]);
-    // The speaker port is a setting: rebuild the context with this test's port.
-    let ctx = Arc::get_mut(&mut w.ctx).unwrap();
-    ctx.settings.speaker_port = port;
-    w.add_node("n1", "10.0.0.11", true, json!({}));
-    w.add_node("n2", "10.0.0.12", true, json!({}));
-    w.confs.apply_watcher_event(&watcher::Event::Apply(
-        serde_json::from_value(json!({
-            "apiVersion": "berth.dev/v1alpha1", "kind": "BgpConf",
-            "metadata": {"name": "default"}, "spec": {"asn": 64512},
-        }))
-        .unwrap(),
-    ));
+    let mut w = speaker_world(port, 2);
     // "a-dead" sorts first: a sync that pushed replicas in turn would be stuck on it.
     w.pods
         .apply_watcher_event(&watcher::Event::Apply(speaker_pod(
@@ -1066,23 +1088,8 @@ async fn the_watch_stream_drives_session_reads_and_full_pushes() {
         serves_watch: true,
         ..Default::default()
     };
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(berth_proto::v1::speaker_server::SpeakerServer::new(
-                fake.clone(),
-            ))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let mut w = world(vec![], &[]);
-    Arc::get_mut(&mut w.ctx).unwrap().settings.speaker_port = port;
-    w.add_node("n1", "10.0.0.11", true, json!({}));
-    w.confs.apply_watcher_event(&watcher::Event::Apply(
-        serde_json::from_value(json!({
-            "apiVersion": "berth.dev/v1alpha1", "kind": "BgpConf",
-            "metadata": {"name": "default"}, "spec": {"asn": 64512},
-        }))
-        .unwrap(),
-    ));
+    let server = fake.serve(listener);
+    let mut w = speaker_world(port, 1);
     w.pods
         .apply_watcher_event(&watcher::Event::Apply(speaker_pod("s", "127.0.0.1", "n1")));
     let (tx, rx) = mpsc::unbounded_channel();
@@ -1211,33 +1218,14 @@ async fn a_replica_from_before_next_hop_groups_gets_every_next_hop_inline() {
     let old = tokio::net::TcpListener::bind(("127.0.0.3", port))
         .await
         .unwrap();
-    let serve = |fake: &FakeSpeaker, l: tokio::net::TcpListener| {
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(berth_proto::v1::speaker_server::SpeakerServer::new(
-                    fake.clone(),
-                ))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
-        )
-    };
     let new_fake = FakeSpeaker {
         reads_groups: true,
         ..Default::default()
     };
     let old_fake = FakeSpeaker::default();
-    let servers = [serve(&new_fake, current), serve(&old_fake, old)];
+    let servers = [new_fake.serve(current), old_fake.serve(old)];
 
-    let mut w = world(vec![], &[]);
-    Arc::get_mut(&mut w.ctx).unwrap().settings.speaker_port = port;
-    w.add_node("n1", "10.0.0.11", true, json!({}));
-    w.add_node("n2", "10.0.0.12", true, json!({}));
-    w.confs.apply_watcher_event(&watcher::Event::Apply(
-        serde_json::from_value(json!({
-            "apiVersion": "berth.dev/v1alpha1", "kind": "BgpConf",
-            "metadata": {"name": "default"}, "spec": {"asn": 64512},
-        }))
-        .unwrap(),
-    ));
+    let mut w = speaker_world(port, 2);
     w.pods
         .apply_watcher_event(&watcher::Event::Apply(speaker_pod(
             "new",
