@@ -30,7 +30,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 
-use crate::index::{SliceIndex, node_views};
+use crate::index::{NodeIndex, SliceIndex, node_views};
 use crate::ipam::{Ipam, PoolEditError};
 use crate::metrics::Metrics;
 use crate::nexthops::NodeView;
@@ -306,19 +306,18 @@ where
     })
 }
 
-/// Takes the Node views the decisions read from `store` into `shared`; true when they
-/// changed (readiness, schedulability, exclusion labels, InternalIPs), false for a kubelet
-/// heartbeat or any other change Berth does not read: only then is every Service reconciled.
-pub fn nodes_changed(store: &Store<Node>, shared: &Shared) -> bool {
-    let views = node_views(store.state().iter().map(|n| &**n));
-    match shared.nodes.lock() {
-        Ok(mut n) => {
-            let changed = **n != *views;
-            *n = views;
-            changed
-        }
-        Err(_) => true,
+/// Applies one Node watch event to `index` and, when a view the decisions read changed
+/// (readiness, schedulability, exclusion labels, InternalIPs), publishes the views to
+/// `shared` and returns true: only then is every Service reconciled. A kubelet heartbeat
+/// returns false.
+pub fn nodes_changed(event: &watcher::Event<Node>, index: &mut NodeIndex, shared: &Shared) -> bool {
+    if !index.apply(event) {
+        return false;
     }
+    if let Ok(mut n) = shared.nodes.lock() {
+        *n = index.views();
+    }
+    true
 }
 
 /// Runs the operator's controllers until one of them fails or the Lease is lost.
@@ -441,14 +440,14 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     let drive = {
         let shared = shared.clone();
         let all_tx = all_tx.clone();
-        let nodes_store = stores.nodes.clone();
         let eip_store = stores.eips.clone();
         let node_shared = shared.clone();
         // Only what the decisions read (readiness, schedulability, labels, InternalIPs):
         // kubelet status updates that change nothing of it reconcile nothing.
+        let mut node_index = NodeIndex::default();
         let node_nudge = node_events.filter_map(move |e| {
-            let changed = nodes_changed(&nodes_store, &node_shared);
-            let pass = logged("nodes", e).is_some() && changed;
+            let pass = logged("nodes", e)
+                .is_some_and(|e| nodes_changed(&e, &mut node_index, &node_shared));
             async move { pass.then_some(()) }
         });
         // Spec changes, creations and deletions only: the operator's own status writes

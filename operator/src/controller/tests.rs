@@ -1670,10 +1670,19 @@ async fn node_heartbeats_reconcile_no_service() {
         }))
         .unwrap()
     };
-    // One Node event as the watch task sees it: 1 when it reconciles every Service.
-    let event = |w: &mut World, n: Node| -> u32 {
-        w.nodes.apply_watcher_event(&watcher::Event::Apply(n));
-        u32::from(super::nodes_changed(&w.ctx.stores.nodes, &w.ctx.shared))
+    // One Node event as the watch task sees it: 1 when it reconciles every Service, and the
+    // views every reconcile reads then follow the store.
+    let mut index = crate::index::NodeIndex::default();
+    let mut event = |w: &mut World, n: Node| -> u32 {
+        let ev = watcher::Event::Apply(n);
+        w.nodes.apply_watcher_event(&ev);
+        let changed = super::nodes_changed(&ev, &mut index, &w.ctx.shared);
+        assert_eq!(
+            *w.ctx.shared.nodes.lock().unwrap(),
+            node_views(w.ctx.stores.nodes.state().iter().map(|n| &**n)),
+            "the published views are the store's"
+        );
+        u32::from(changed)
     };
     let mut reconciles = 0;
     for i in 0..10 {
