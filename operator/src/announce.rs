@@ -6,10 +6,9 @@ use std::net::IpAddr;
 
 use berth_api::{BgpConfSpec, Layer2Assignment, names};
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::convert;
-use crate::nexthops::{self, NextHop, NodeView, Rules, TrafficPolicy};
+use crate::nexthops::{self, NextHop, NodeView, Rules, SliceView, TrafficPolicy};
 
 /// What a Service's IPs need: BGP routes, the Layer2 candidates, and what to warn about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +30,7 @@ pub fn compute(
     held: &[IpAddr],
     conf: Option<&BgpConfSpec>,
     nodes: &[NodeView],
-    slices: &[EndpointSlice],
+    slices: &[SliceView],
     layer2_interface: impl Fn(IpAddr) -> Option<String>,
 ) -> Computed {
     let selector = conf
@@ -109,17 +108,19 @@ mod tests {
         from_node(&n)
     }
 
-    fn slice(nodes: &[&str]) -> EndpointSlice {
+    fn slice(nodes: &[&str]) -> SliceView {
         let eps: Vec<_> = nodes
             .iter()
             .map(|n| serde_json::json!({"addresses": ["10.244.0.1"], "nodeName": n, "conditions": {"ready": true}}))
             .collect();
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"namespace": "shop", "name": "web-x", "labels": {"kubernetes.io/service-name": "web"}},
-            "addressType": "IPv4",
-            "endpoints": eps,
-        }))
-        .unwrap()
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": "shop", "name": "web-x", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "endpoints": eps,
+            }))
+            .unwrap();
+        SliceView::from(&slice)
     }
 
     fn svc(policy: &str, weighted: bool) -> Service {

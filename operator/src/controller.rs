@@ -10,6 +10,7 @@
 
 pub mod eip;
 pub mod leader;
+pub mod recorder;
 pub mod secrets;
 pub mod service;
 pub mod speaker;
@@ -165,7 +166,7 @@ pub struct Context {
     /// Stores.
     pub stores: Stores,
     /// Events.
-    pub recorder: kube::runtime::events::Recorder,
+    pub recorder: recorder::Recorder,
 }
 
 /// An error of the Kubernetes-facing layer; reconciles are retried with back-off.
@@ -180,7 +181,8 @@ pub enum Error {
 }
 
 /// A reflector for `api`; its store, and the stream of watch events (already applied to the
-/// store when they come out). The events, not just the touched objects: a relist is applied
+/// store when they come out). `managedFields` are dropped before the store keeps an object:
+/// nothing reads them, and on a real API server they are often the larger part of it. The events, not just the touched objects: a relist is applied
 /// to the store only at its end (`InitDone`), which is when a change made during a watch gap
 /// becomes visible, and triggers must look then too.
 fn reflect<K>(
@@ -195,7 +197,10 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
+    let stream = watcher(api, config)
+        .modify(|o| kube::ResourceExt::managed_fields_mut(o).clear())
+        .default_backoff()
+        .reflect(writer);
     (store, stream)
 }
 
@@ -530,13 +535,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         shared.clone(),
     ));
 
-    let recorder = kube::runtime::events::Recorder::new(
-        client.clone(),
-        kube::runtime::events::Reporter {
-            controller: "berth-operator".into(),
-            instance: Some(settings.identity.clone()),
-        },
-    );
+    let recorder = recorder::Recorder::new(client.clone(), "berth-operator", &settings.identity);
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: settings.clone(),

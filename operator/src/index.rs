@@ -11,14 +11,18 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 
 use crate::ipam::ServiceKey;
-use crate::nexthops::{NodeView, from_node};
+use crate::nexthops::{NodeView, SliceView, from_node};
 
-/// EndpointSlices by the Service they belong to (label `kubernetes.io/service-name`).
+/// What the next-hop rules read of each EndpointSlice, by slice name.
+type Slices = BTreeMap<String, SliceView>;
+
+/// EndpointSlices (as [`SliceView`]s) by the Service they belong to (label
+/// `kubernetes.io/service-name`).
 #[derive(Debug, Default)]
 pub struct SliceIndex {
-    by_service: BTreeMap<ServiceKey, BTreeMap<String, Arc<EndpointSlice>>>,
+    by_service: BTreeMap<ServiceKey, Slices>,
     /// Slices seen during a relist, swapped in when it completes.
-    relist: Option<BTreeMap<ServiceKey, BTreeMap<String, Arc<EndpointSlice>>>>,
+    relist: Option<BTreeMap<ServiceKey, Slices>>,
 }
 
 fn owner(slice: &EndpointSlice) -> Option<(ServiceKey, String)> {
@@ -33,7 +37,8 @@ fn owner(slice: &EndpointSlice) -> Option<(ServiceKey, String)> {
 }
 
 impl SliceIndex {
-    /// Applies one watch event; returns the Service whose slices changed, if any.
+    /// Applies one watch event; returns the Service whose slices changed, if any: a change
+    /// of what the next hops do not read (Pod addresses, ports) changes nothing.
     pub fn apply(&mut self, event: &Event<EndpointSlice>) -> Option<ServiceKey> {
         match event {
             Event::Init => {
@@ -43,7 +48,7 @@ impl SliceIndex {
             Event::InitApply(s) => {
                 let (key, name) = owner(s)?;
                 if let Some(r) = self.relist.as_mut() {
-                    r.entry(key).or_default().insert(name, Arc::new(s.clone()));
+                    r.entry(key).or_default().insert(name, SliceView::from(s));
                 }
                 None
             }
@@ -55,10 +60,12 @@ impl SliceIndex {
             }
             Event::Apply(s) => {
                 let (key, name) = owner(s)?;
-                self.by_service
-                    .entry(key.clone())
-                    .or_default()
-                    .insert(name, Arc::new(s.clone()));
+                let view = SliceView::from(s);
+                let slices = self.by_service.entry(key.clone()).or_default();
+                if slices.get(&name) == Some(&view) {
+                    return None;
+                }
+                slices.insert(name, view);
                 Some(key)
             }
             Event::Delete(s) => {
@@ -75,10 +82,10 @@ impl SliceIndex {
     }
 
     /// The slices of one Service.
-    pub fn of(&self, service: &ServiceKey) -> Vec<EndpointSlice> {
+    pub fn of(&self, service: &ServiceKey) -> Vec<SliceView> {
         self.by_service
             .get(service)
-            .map(|m| m.values().map(|s| (**s).clone()).collect())
+            .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -241,6 +248,19 @@ mod tests {
         idx.apply(&Event::Apply(slice("shop", "web", "web-b")));
         idx.apply(&Event::Apply(slice("shop", "db", "db-a")));
         assert_eq!(idx.of(&web).len(), 2);
+        // A change the next hops do not read (a Pod address, a new resourceVersion) is none.
+        let mut moved = slice("shop", "web", "web-b");
+        moved.metadata.resource_version = Some("7".into());
+        moved.endpoints = vec![
+            serde_json::from_value(
+                serde_json::json!({"addresses": ["10.244.0.9"], "nodeName": "n1"}),
+            )
+            .unwrap(),
+        ];
+        assert_eq!(idx.apply(&Event::Apply(moved.clone())), Some(web.clone()));
+        moved.endpoints[0].addresses = vec!["10.244.0.10".into()];
+        moved.metadata.resource_version = Some("8".into());
+        assert_eq!(idx.apply(&Event::Apply(moved)), None);
         assert_eq!(
             idx.apply(&Event::Delete(slice("shop", "web", "web-a"))),
             Some(web.clone())

@@ -157,18 +157,41 @@ pub fn from_node(node: &Node) -> NodeView {
     }
 }
 
+/// What the next-hop rules read of one EndpointSlice: its address type and its endpoints'
+/// nodes and readiness. The slice index keeps these instead of whole slices: at 10,000
+/// Services the whole slices were the operator's largest index (heaptrack, scale bench).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceView {
+    /// `addressType`: `IPv4`, `IPv6` or `FQDN`.
+    pub address_type: String,
+    /// The endpoints, in the slice's order.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl From<&EndpointSlice> for SliceView {
+    fn from(s: &EndpointSlice) -> Self {
+        Self {
+            address_type: s.address_type.clone(),
+            endpoints: s
+                .endpoints
+                .iter()
+                .map(|e| Endpoint {
+                    node: e.node_name.clone(),
+                    ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The endpoints of a Service from its EndpointSlices of one family (a dual-stack Service
 /// has a slice per family listing the same Pods: counting both would double the weights).
-pub fn endpoints(slices: &[EndpointSlice], ipv4: bool) -> Vec<Endpoint> {
+pub fn endpoints(slices: &[SliceView], ipv4: bool) -> Vec<Endpoint> {
     let family = if ipv4 { "IPv4" } else { "IPv6" };
     slices
         .iter()
         .filter(|s| s.address_type == family)
-        .flat_map(|s| s.endpoints.iter())
-        .map(|e| Endpoint {
-            node: e.node_name.clone(),
-            ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
-        })
+        .flat_map(|s| s.endpoints.iter().cloned())
         .collect()
 }
 

@@ -143,6 +143,7 @@ pub async fn run(
     let (store, writer) = kube::runtime::reflector::store();
     let (listed_tx, listed) = tokio::sync::watch::channel(false);
     let services = watcher(api, watcher::Config::default())
+        .modify(|s| s.managed_fields_mut().clear())
         .default_backoff()
         .reflect(writer)
         .inspect(move |e| {

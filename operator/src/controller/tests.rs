@@ -164,13 +164,8 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
         lease_name: "berth-operator".into(),
         lease_duration: Duration::from_secs(15),
     };
-    let recorder = kube::runtime::events::Recorder::new(
-        client.clone(),
-        kube::runtime::events::Reporter {
-            controller: "berth-operator".into(),
-            instance: Some("berth-operator-0".into()),
-        },
-    );
+    let recorder =
+        super::recorder::Recorder::new(client.clone(), "berth-operator", "berth-operator-0");
     let ctx = Arc::new(Context {
         client,
         settings,

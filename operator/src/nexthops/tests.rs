@@ -190,7 +190,10 @@ fn kubernetes_objects_become_views() {
             vec![e("n1", Some(true)), e("n2", None), e("n3", Some(false))],
         ),
         slice("IPv6", vec![e("n1", Some(true))]),
-    ];
+    ]
+    .iter()
+    .map(SliceView::from)
+    .collect::<Vec<_>>();
     let v4 = endpoints(&slices, true);
     assert_eq!(
         v4,
