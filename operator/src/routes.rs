@@ -17,11 +17,16 @@ use crate::nexthops::NextHop;
 /// A shared, immutable next-hop list.
 pub type Hops = Arc<[NextHop]>;
 
+/// What each Service contributes to one IP, sorted by Service. A Vec, not a map: nearly
+/// every IP has one contributor and a map's node per IP cost the scale bench 7 MB.
+type Contributions = Vec<(ServiceKey, Hops)>;
+
 /// Every announced IP, and which Service contributes what.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    by_ip: BTreeMap<IpAddr, BTreeMap<ServiceKey, Hops>>,
-    by_service: BTreeMap<ServiceKey, BTreeSet<IpAddr>>,
+    by_ip: BTreeMap<IpAddr, Contributions>,
+    /// The IPs of each Service, sorted (one or two: a Vec for the same reason).
+    by_service: BTreeMap<ServiceKey, Vec<IpAddr>>,
     merged: BTreeMap<IpAddr, Hops>,
     /// One copy of each distinct list in use; a list leaves when nothing else holds it.
     interned: BTreeSet<Hops>,
@@ -65,10 +70,17 @@ impl RouteTable {
         routes: Vec<(IpAddr, Vec<NextHop>)>,
     ) -> Vec<IpAddr> {
         let mut dropped = Vec::new();
-        let mut touched: BTreeSet<IpAddr> = self.by_service.remove(service).unwrap_or_default();
+        let mut touched: BTreeSet<IpAddr> = self
+            .by_service
+            .remove(service)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         for ip in &touched {
             if let Some(contrib) = self.by_ip.get_mut(ip) {
-                dropped.extend(contrib.remove(service));
+                if let Ok(i) = contrib.binary_search_by(|(k, _)| k.cmp(service)) {
+                    dropped.push(contrib.remove(i).1);
+                }
                 if contrib.is_empty() {
                     self.by_ip.remove(ip);
                 }
@@ -82,13 +94,16 @@ impl RouteTable {
             touched.insert(ip);
             mine.insert(ip);
             let hops = self.intern(hops);
-            self.by_ip
-                .entry(ip)
-                .or_default()
-                .insert(service.clone(), hops);
+            let contrib = self.by_ip.entry(ip).or_default();
+            match contrib.binary_search_by(|(k, _)| k.cmp(service)) {
+                // The same IP twice in `routes`: the last one counts, as a map would do.
+                Ok(i) => dropped.push(std::mem::replace(&mut contrib[i].1, hops)),
+                Err(i) => contrib.insert(i, (service.clone(), hops)),
+            }
         }
         if !mine.is_empty() {
-            self.by_service.insert(service.clone(), mine);
+            self.by_service
+                .insert(service.clone(), mine.into_iter().collect());
         }
         let mut changed = Vec::new();
         for ip in touched {
@@ -127,7 +142,10 @@ impl RouteTable {
 
     /// The Services contributing to an IP.
     pub fn services_of(&self, ip: IpAddr) -> impl Iterator<Item = &ServiceKey> {
-        self.by_ip.get(&ip).into_iter().flat_map(|m| m.keys())
+        self.by_ip
+            .get(&ip)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(k, _)| k))
     }
 
     /// How many distinct next-hop lists are held (for tests and the bench).
@@ -145,14 +163,12 @@ enum Merged {
 
 /// The union of the contributions, one next hop per address, weights added (two Services
 /// with pods on one node send it the traffic of both).
-fn merge(contrib: &BTreeMap<ServiceKey, Hops>) -> Merged {
-    if contrib.len() == 1
-        && let Some(only) = contrib.values().next()
-    {
+fn merge(contrib: &Contributions) -> Merged {
+    if let [(_, only)] = contrib.as_slice() {
         return Merged::Shared(only.clone());
     }
     let mut by_addr: BTreeMap<IpAddr, NextHop> = BTreeMap::new();
-    for hop in contrib.values().flat_map(|h| h.iter()) {
+    for hop in contrib.iter().flat_map(|(_, h)| h.iter()) {
         by_addr
             .entry(hop.address)
             .and_modify(|h| {
