@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 
 use crate::index::{NodeIndex, SliceIndex, node_views};
-use crate::ipam::{Ipam, PoolEditError};
+use crate::ipam::{Ipam, PoolEditError, ServiceKey};
 use crate::metrics::Metrics;
 use crate::nexthops::NodeView;
 use crate::passwords::SecretCache;
@@ -121,9 +121,9 @@ pub struct Shared {
     /// What the alerts need of each Service (pending, no next hop: said once per episode,
     /// Layer2 IPs).
     pub health: Mutex<crate::health::ServiceHealth>,
-    /// Asks for a reconcile of every Service: after a release, a Service waiting for an IP
-    /// may get the freed one.
-    pub reconcile_all: mpsc::UnboundedSender<()>,
+    /// Asks for a reconcile of one Service: after a release, each Service waiting for an IP
+    /// may get the freed one (not every Service: a deletion is a routine event).
+    pub reconcile: mpsc::UnboundedSender<ServiceKey>,
     /// EndpointSlices by Service.
     pub slices: Mutex<SliceIndex>,
     /// Nodes as the next-hop rules read them.
@@ -330,13 +330,14 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     let (sync_tx, sync_rx) = mpsc::unbounded_channel();
     // Node, pool and BGP-settings changes, and releases, reconcile every Service.
     let (all_tx, all_rx) = mpsc::unbounded_channel::<()>();
+    let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel::<ServiceKey>();
     let shared = Arc::new(Shared {
         ipam: Mutex::new(Ipam::new()),
         routes: Mutex::new(RouteTable::new()),
         pool_errors: Mutex::new(BTreeMap::new()),
         sync: sync_tx,
         eip_dirty: Notify::new(),
-        reconcile_all: all_tx.clone(),
+        reconcile: reconcile_tx,
         health: Mutex::new(Default::default()),
         slices: Mutex::new(SliceIndex::default()),
         nodes: Mutex::new(Arc::new(Vec::new())),
@@ -568,7 +569,13 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         move |cx| rx.poll_recv(cx)
     })
     .map(Ok);
-    let services = service::run(ctx.clone(), slice_events, assignment_events, all_rx);
+    let services = service::run(
+        ctx.clone(),
+        slice_events,
+        assignment_events,
+        all_rx,
+        reconcile_rx,
+    );
     tokio::select! {
         r = services => r,
         r = speakers => Err(anyhow::anyhow!("speaker sync stopped: {r:?}")),

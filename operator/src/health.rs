@@ -53,11 +53,18 @@ impl ServiceHealth {
         self.by_service.remove(key);
     }
 
-    /// Forgets every Service not in `present` (sorted): deleted ones, also those that held no
-    /// IP (a pending Service leaves no trace in the engine for the sweep to find).
-    pub fn retain_present(&mut self, present: &[ServiceKey]) {
+    /// The Services with something to report: the sweep forgets deleted ones among them,
+    /// also those that held no IP (a pending Service leaves no trace in the engine).
+    pub fn services(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.by_service.keys()
+    }
+
+    /// The Services waiting for an IP.
+    pub fn pending(&self) -> impl Iterator<Item = &ServiceKey> {
         self.by_service
-            .retain(|k, _| present.binary_search(k).is_ok());
+            .iter()
+            .filter(|(_, h)| h.pending.is_some())
+            .map(|(k, _)| k)
     }
 
     /// The totals the gauges show.
@@ -100,7 +107,8 @@ mod tests {
         assert_eq!(before.pending, Some("Exhausted"));
         let before = h.update(&key("c"), |s| s.without_next_hop = false);
         assert!(before.without_next_hop);
-        h.retain_present(&[key("a"), key("c")]);
+        h.remove(&key("b"));
+        assert_eq!(h.services().collect::<Vec<_>>(), [&key("c")]);
         let t = h.totals();
         assert!(t.pending.is_empty());
         assert_eq!((t.without_next_hop, t.layer2_ips), (0, 2));

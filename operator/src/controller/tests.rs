@@ -41,6 +41,8 @@ struct World {
     ctx: Arc<Context>,
     seen: Arc<Mutex<Vec<Seen>>>,
     sync: mpsc::UnboundedReceiver<SyncEvent>,
+    /// Services the reconciles asked to be reconciled.
+    reconcile: mpsc::UnboundedReceiver<ServiceKey>,
     nodes: Writer<Node>,
     peers: Writer<BgpPeer>,
     /// Secrets the mock API server answers a GET with.
@@ -127,6 +129,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
     let served: Served = Arc::default();
     serve(handle, seen.clone(), served.clone());
     let (tx, rx) = mpsc::unbounded_channel();
+    let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel();
     let claims: Vec<_> = claims_of
         .iter()
         .flat_map(|s| crate::convert::claims(s, false))
@@ -138,7 +141,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
         pool_errors: Mutex::new(BTreeMap::new()),
         sync: tx,
         eip_dirty: Notify::new(),
-        reconcile_all: mpsc::unbounded_channel().0,
+        reconcile: reconcile_tx,
         health: Mutex::new(Default::default()),
         slices: Mutex::new(SliceIndex::default()),
         nodes: Mutex::new(Arc::new(Vec::new())),
@@ -185,6 +188,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
         ctx,
         seen,
         sync: rx,
+        reconcile: reconcile_rx,
         nodes: node_w,
         peers: peer_w,
         served,
@@ -536,46 +540,95 @@ async fn a_type_change_releases_the_ip_and_clears_status() {
 }
 
 /// A Service deleted (no finalizer holds it) is seen gone by the sweep: its IP released,
-/// its route withdrawn, its health forgotten; one still present is left alone.
+/// its route withdrawn, its health forgotten; one still present is left alone. The full
+/// sweep and the one of Services a watch said were deleted agree.
 #[tokio::test]
 async fn the_sweep_releases_a_deleted_service() {
+    for targeted in [false, true] {
+        let svc = allocated("Cluster", "198.51.100.9");
+        let mut other = allocated("Cluster", "198.51.100.10");
+        other.metadata.name = Some("other".into());
+        let mut w = world(
+            vec![pool("blue", "198.51.100.8/30")],
+            &[svc.clone(), other.clone()],
+        );
+        w.add_node("n1", "10.0.0.11", true, json!({}));
+        w.reconcile(svc).await;
+        w.reconcile(other).await;
+        w.synced_ips();
+        let kept = ServiceKey::new("shop", "other");
+        let web = ServiceKey::new("shop", "web");
+        let keys = || vec![kept.clone()];
+        let in_store = |k: &ServiceKey| *k == kept;
+        let both = [web.clone(), kept.clone()];
+        let sweep = |w: &World| {
+            if targeted {
+                super::service::sweep(&w.ctx, super::service::Scope::These(&both, &in_store))
+            } else {
+                super::service::sweep(&w.ctx, super::service::Scope::Every(&keys))
+            }
+        };
+        let gone = sweep(&w);
+        assert_eq!(gone, std::slice::from_ref(&web));
+        assert!(w.route("198.51.100.9").is_empty());
+        assert_eq!(w.route("198.51.100.10"), ["n1"]);
+        assert_eq!(w.synced_ips(), ["198.51.100.9".parse::<IpAddr>().unwrap()]);
+        assert!(sweep(&w).is_empty());
+        // A reconcile that was in its API calls when the Service went writes its routes
+        // after the release: the next sweep withdraws them (nothing else would).
+        w.ctx.shared.routes.lock().unwrap().set(
+            &web,
+            vec![(
+                "198.51.100.9".parse().unwrap(),
+                vec![crate::nexthops::NextHop {
+                    node: "n1".into(),
+                    address: "10.0.0.11".parse().unwrap(),
+                    weight: None,
+                }],
+            )],
+        );
+        assert_eq!(w.route("198.51.100.9"), ["n1"]);
+        sweep(&w);
+        assert!(
+            w.route("198.51.100.9").is_empty(),
+            "a stale write-back stays announced"
+        );
+    }
+}
+
+/// A release asks for a reconcile of each Service waiting for an IP, and of no other: a
+/// deletion is routine, and reconciling every Service for it is a storm at scale.
+#[tokio::test]
+async fn a_release_wakes_only_the_services_waiting_for_an_ip() {
     let svc = allocated("Cluster", "198.51.100.9");
-    let mut other = allocated("Cluster", "198.51.100.10");
-    other.metadata.name = Some("other".into());
     let mut w = world(
-        vec![pool("blue", "198.51.100.8/30")],
-        &[svc.clone(), other.clone()],
+        vec![pool("blue", "198.51.100.9/32")],
+        std::slice::from_ref(&svc),
     );
     w.add_node("n1", "10.0.0.11", true, json!({}));
     w.reconcile(svc).await;
-    w.reconcile(other).await;
-    w.synced_ips();
-    let kept = ServiceKey::new("shop", "other");
-    let gone = super::service::sweep(&w.ctx, || vec![kept.clone()]);
+    let waiting = |name: &str| {
+        let mut s = allocated("Cluster", "198.51.100.9");
+        s.metadata.name = Some(name.into());
+        s.status = None;
+        s
+    };
+    // The pool's only IP is taken: both wait.
+    w.reconcile(waiting("second")).await;
+    w.reconcile(waiting("third")).await;
+    assert!(w.reconcile.try_recv().is_err(), "nothing released yet");
+    let present = |k: &ServiceKey| k.name != "web";
+    let gone = super::service::sweep(
+        &w.ctx,
+        super::service::Scope::These(&[ServiceKey::new("shop", "web")], &present),
+    );
     assert_eq!(gone, [ServiceKey::new("shop", "web")]);
-    assert!(w.route("198.51.100.9").is_empty());
-    assert_eq!(w.route("198.51.100.10"), ["n1"]);
-    assert_eq!(w.synced_ips(), ["198.51.100.9".parse::<IpAddr>().unwrap()]);
-    assert!(super::service::sweep(&w.ctx, || vec![kept.clone()]).is_empty());
-    // A reconcile that was in its API calls when the Service went writes its routes after
-    // the release: the next sweep withdraws them (nothing else would).
-    w.ctx.shared.routes.lock().unwrap().set(
-        &ServiceKey::new("shop", "web"),
-        vec![(
-            "198.51.100.9".parse().unwrap(),
-            vec![crate::nexthops::NextHop {
-                node: "n1".into(),
-                address: "10.0.0.11".parse().unwrap(),
-                weight: None,
-            }],
-        )],
-    );
-    assert_eq!(w.route("198.51.100.9"), ["n1"]);
-    super::service::sweep(&w.ctx, || vec![kept.clone()]);
-    assert!(
-        w.route("198.51.100.9").is_empty(),
-        "a stale write-back stays announced"
-    );
+    super::service::wake_pending(&w.ctx);
+    let mut woken = Vec::new();
+    while let Ok(k) = w.reconcile.try_recv() {
+        woken.push(k.name);
+    }
+    assert_eq!(woken, ["second", "third"]);
 }
 
 #[tokio::test]
