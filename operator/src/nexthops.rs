@@ -90,34 +90,46 @@ fn eligible(node: &NodeView, rules: &Rules<'_>) -> bool {
         && rules.node_selector.is_none_or(|s| s.matches(&node.labels))
 }
 
-/// The next hops of one Service IP.
+/// The next hops of one Service IP. `nodes` are sorted by name, as the node index and
+/// [`crate::index::node_views`] give them: a `Local` Service looks up only its endpoints'
+/// nodes (a walk of every node was most of the operator's CPU per endpoint change at 1,000
+/// nodes).
 pub fn next_hops(nodes: &[NodeView], endpoints: &[Endpoint], rules: &Rules<'_>) -> Outcome {
-    let mut ready_per_node: BTreeMap<&str, u32> = BTreeMap::new();
-    for e in endpoints.iter().filter(|e| e.ready) {
-        if let Some(n) = &e.node {
-            *ready_per_node.entry(n.as_str()).or_default() += 1;
-        }
-    }
+    debug_assert!(nodes.is_sorted_by(|a, b| a.name <= b.name));
     let mut out = Outcome::default();
-    for node in nodes {
-        if !eligible(node, rules) {
-            continue;
+    let mut add = |node: &NodeView, weight: Option<u32>| match node
+        .internal_ips
+        .iter()
+        .find(|a| a.is_ipv4() == rules.ipv4)
+    {
+        Some(address) => out.next_hops.push(NextHop {
+            address: *address,
+            weight,
+            node: node.name.clone(),
+        }),
+        None => out.no_address.push(node.name.clone()),
+    };
+    match rules.policy {
+        TrafficPolicy::Cluster => {
+            for node in nodes.iter().filter(|n| n.schedulable && eligible(n, rules)) {
+                add(node, None);
+            }
         }
-        let weight = match rules.policy {
-            TrafficPolicy::Cluster if !node.schedulable => continue,
-            TrafficPolicy::Cluster => None,
-            TrafficPolicy::Local => match ready_per_node.get(node.name.as_str()) {
-                None => continue,
-                Some(n) => rules.weighted.then_some(*n),
-            },
-        };
-        match node.internal_ips.iter().find(|a| a.is_ipv4() == rules.ipv4) {
-            Some(address) => out.next_hops.push(NextHop {
-                address: *address,
-                weight,
-                node: node.name.clone(),
-            }),
-            None => out.no_address.push(node.name.clone()),
+        TrafficPolicy::Local => {
+            let mut ready_per_node: BTreeMap<&str, u32> = BTreeMap::new();
+            for e in endpoints.iter().filter(|e| e.ready) {
+                if let Some(n) = &e.node {
+                    *ready_per_node.entry(n.as_str()).or_default() += 1;
+                }
+            }
+            for (name, count) in ready_per_node {
+                let Ok(i) = nodes.binary_search_by(|n| n.name.as_str().cmp(name)) else {
+                    continue;
+                };
+                if eligible(&nodes[i], rules) {
+                    add(&nodes[i], rules.weighted.then_some(count));
+                }
+            }
         }
     }
     out.next_hops.sort();

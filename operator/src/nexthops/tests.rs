@@ -39,11 +39,12 @@ fn addrs(o: &Outcome) -> Vec<String> {
     o.next_hops.iter().map(|n| n.address.to_string()).collect()
 }
 
+/// Sorted by name, as `next_hops` takes them.
 fn three() -> Vec<NodeView> {
     vec![
-        node("n3", "10.0.0.13"),
         node("n1", "10.0.0.11"),
         node("n2", "10.0.0.12"),
+        node("n3", "10.0.0.13"),
     ]
 }
 
@@ -59,7 +60,7 @@ fn cluster_takes_every_eligible_node_sorted() {
     let o = next_hops(&nodes, &[], &rules(TrafficPolicy::Cluster, false));
     assert!(o.next_hops.is_empty());
     let mut nodes = three();
-    nodes[1].labels.insert("bgp".into(), "yes".into());
+    nodes[0].labels.insert("bgp".into(), "yes".into());
     let sel = Selector {
         match_labels: [("bgp".to_owned(), "yes".to_owned())].into(),
         requirements: vec![],
@@ -106,8 +107,8 @@ fn local_takes_nodes_with_ready_endpoints_and_weights_follow_pods() {
 #[test]
 fn local_keeps_a_cordoned_node_but_not_a_notready_one() {
     let mut nodes = three();
-    nodes[1].schedulable = false; // n1 cordoned
-    nodes[2].ready = false; // n2 NotReady
+    nodes[0].schedulable = false; // n1 cordoned
+    nodes[1].ready = false; // n2 NotReady
     let eps = [ep("n1", true), ep("n2", true)];
     let o = next_hops(&nodes, &eps, &rules(TrafficPolicy::Local, false));
     assert_eq!(addrs(&o), ["10.0.0.11"]);
@@ -272,6 +273,19 @@ proptest! {
                     prop_assert_eq!(nh.weight, weighted.then_some(ready_here));
                 }
             }
+        }
+        // And every eligible node that qualifies is one (unless it shares an address).
+        for n in &nodes {
+            let ready_here = eps.iter().any(|e| e.ready && e.node.as_deref() == Some(n.name.as_str()));
+            let qualifies = n.ready && !n.labels.contains_key(EXCLUDE_LABEL)
+                && match policy { TrafficPolicy::Cluster => n.schedulable, TrafficPolicy::Local => ready_here };
+            let has_address = n.internal_ips.iter().any(|a| a.is_ipv4() == ipv4);
+            prop_assert_eq!(
+                qualifies && has_address,
+                o.next_hops.iter().any(|h| h.node == n.name),
+                "node {} qualifies {} with address {}", n.name, qualifies, has_address
+            );
+            prop_assert_eq!(qualifies && !has_address, o.no_address.contains(&n.name));
         }
         if let Some(first) = nodes.first() {
             let fewer: Vec<NodeView> = nodes.iter().filter(|n| n.name != first.name).cloned().collect();
