@@ -270,7 +270,7 @@ async fn a_leader_hand_over_moves_no_ip_of_1000_services() {
             .unwrap();
         before.remove(&format!("s{i:04}"));
     }
-    // The deletions are released (the sweep runs every second) before the hand-over.
+    // The deletions are released (on the watch's delete events) before the hand-over.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let pid = replicas.0[leader].0.id().to_string();

@@ -124,6 +124,10 @@ pub struct Shared {
     /// Asks for a reconcile of one Service: after a release, each Service waiting for an IP
     /// may get the freed one (not every Service: a deletion is a routine event).
     pub reconcile: mpsc::UnboundedSender<ServiceKey>,
+    /// Services whose last plan left a request unmet (no IP, a conflicting or taken one).
+    pub waiting: Mutex<std::collections::BTreeSet<ServiceKey>>,
+    /// Asks the sweeper to release what deleted Services hold.
+    pub sweep: mpsc::UnboundedSender<service::SweepRequest>,
     /// EndpointSlices by Service.
     pub slices: Mutex<SliceIndex>,
     /// Nodes as the next-hop rules read them.
@@ -181,10 +185,11 @@ pub enum Error {
 }
 
 /// A reflector for `api`; its store, and the stream of watch events (already applied to the
-/// store when they come out). `managedFields` are dropped before the store keeps an object:
-/// nothing reads them, and on a real API server they are often the larger part of it. The events, not just the touched objects: a relist is applied
+/// store when they come out). The events, not just the touched objects: a relist is applied
 /// to the store only at its end (`InitDone`), which is when a change made during a watch gap
-/// becomes visible, and triggers must look then too.
+/// becomes visible, and triggers must look then too. `managedFields` are dropped before the
+/// store keeps an object: nothing reads them, and on a real API server they are often the
+/// larger part of it.
 fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -331,6 +336,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     // Node, pool and BGP-settings changes, and releases, reconcile every Service.
     let (all_tx, all_rx) = mpsc::unbounded_channel::<()>();
     let (reconcile_tx, reconcile_rx) = mpsc::unbounded_channel::<ServiceKey>();
+    let (sweep_tx, sweep_rx) = mpsc::unbounded_channel::<service::SweepRequest>();
     let shared = Arc::new(Shared {
         ipam: Mutex::new(Ipam::new()),
         routes: Mutex::new(RouteTable::new()),
@@ -338,6 +344,8 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         sync: sync_tx,
         eip_dirty: Notify::new(),
         reconcile: reconcile_tx,
+        waiting: Mutex::new(Default::default()),
+        sweep: sweep_tx,
         health: Mutex::new(Default::default()),
         slices: Mutex::new(SliceIndex::default()),
         nodes: Mutex::new(Arc::new(Vec::new())),
@@ -369,6 +377,15 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
                 match ev {
                     watcher::Event::InitDone => {
                         let _ = slices_ready_tx.send(true);
+                        // A relist after a watch gap: the Services whose slices changed in it.
+                        let relisted = shared
+                            .slices
+                            .lock()
+                            .map(|mut i| i.take_relisted())
+                            .unwrap_or_default();
+                        for k in relisted {
+                            let _ = shared.reconcile.send(k);
+                        }
                     }
                     watcher::Event::Apply(s) | watcher::Event::Delete(s) if changed.is_some() => {
                         let _ = slice_tx.send(s);
@@ -575,6 +592,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         assignment_events,
         all_rx,
         reconcile_rx,
+        sweep_rx,
     );
     tokio::select! {
         r = services => r,

@@ -59,14 +59,6 @@ impl ServiceHealth {
         self.by_service.keys()
     }
 
-    /// The Services waiting for an IP.
-    pub fn pending(&self) -> impl Iterator<Item = &ServiceKey> {
-        self.by_service
-            .iter()
-            .filter(|(_, h)| h.pending.is_some())
-            .map(|(k, _)| k)
-    }
-
     /// The totals the gauges show.
     pub fn totals(&self) -> Totals {
         let mut t = Totals::default();

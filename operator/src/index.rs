@@ -24,6 +24,11 @@ pub struct SliceIndex {
     by_service: BTreeMap<ServiceKey, Slices>,
     /// Slices seen during a relist, swapped in when it completes.
     relist: Option<BTreeMap<ServiceKey, Slices>>,
+    /// Whether a list completed before (the first one changes everything: the Service
+    /// controller's own first list covers that).
+    listed: bool,
+    /// Services whose slices the last relist changed (a watch gap's changes), to reconcile.
+    relisted: Vec<ServiceKey>,
 }
 
 fn owner(slice: &EndpointSlice) -> Option<(ServiceKey, String)> {
@@ -70,7 +75,17 @@ impl SliceIndex {
             }
             Event::InitDone => {
                 if let Some(r) = self.relist.take() {
+                    if self.listed || !self.by_service.is_empty() {
+                        let keys: std::collections::BTreeSet<&ServiceKey> =
+                            self.by_service.keys().chain(r.keys()).collect();
+                        self.relisted = keys
+                            .into_iter()
+                            .filter(|k| self.by_service.get(*k) != r.get(*k))
+                            .cloned()
+                            .collect();
+                    }
                     self.by_service = r;
+                    self.listed = true;
                 }
                 None
             }
@@ -91,6 +106,12 @@ impl SliceIndex {
                 Some(key)
             }
         }
+    }
+
+    /// The Services whose slices the last relist changed (made during a watch gap: no Apply
+    /// or Delete named them); each is to be reconciled. Empty after the first list.
+    pub fn take_relisted(&mut self) -> Vec<ServiceKey> {
+        std::mem::take(&mut self.relisted)
     }
 
     /// The slices of one Service.
@@ -285,6 +306,16 @@ mod tests {
         idx.apply(&Event::InitDone);
         assert!(idx.of(&web).is_empty());
         assert_eq!(idx.services(), 1);
+        // What changed in the gap is told once: web's slices went, db's stayed as they were.
+        assert_eq!(idx.take_relisted(), std::slice::from_ref(&web));
+        assert!(idx.take_relisted().is_empty());
+        // The first list of a new index is no change to tell (every Service is reconciled
+        // at the start anyway).
+        let mut fresh = SliceIndex::default();
+        fresh.apply(&Event::Init);
+        fresh.apply(&Event::InitApply(slice("shop", "db", "db-a")));
+        fresh.apply(&Event::InitDone);
+        assert!(fresh.take_relisted().is_empty());
         // A slice without the label belongs to nobody.
         let mut orphan = slice("shop", "x", "x-a");
         orphan.metadata.labels = None;

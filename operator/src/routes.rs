@@ -199,6 +199,31 @@ mod tests {
     }
 
     #[test]
+    fn an_ip_given_twice_by_one_service_counts_once_and_its_list_is_released() {
+        let mut t = RouteTable::new();
+        let a = ServiceKey::new("ns", "a");
+        let first = vec![hop("192.168.0.1", None)];
+        let last = vec![hop("192.168.0.2", None)];
+        t.set(
+            &a,
+            vec![
+                (ip("10.0.0.1"), first.clone()),
+                (ip("10.0.0.1"), last.clone()),
+            ],
+        );
+        assert_eq!(
+            t.get(ip("10.0.0.1")),
+            Some(last.as_slice()),
+            "the last one counts"
+        );
+        assert_eq!(t.services_of(ip("10.0.0.1")).count(), 1);
+        assert_eq!(t.distinct_lists(), 1, "the replaced list is not held");
+        t.remove(&a);
+        assert_eq!(t.distinct_lists(), 0);
+        assert!(t.all().is_empty());
+    }
+
+    #[test]
     fn only_changed_ips_are_reported() {
         let mut t = RouteTable::new();
         let a = ServiceKey::new("ns", "a");

@@ -190,7 +190,9 @@ pub struct PeerSession {
     /// When the session last reached Established.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub established_since: Option<Time>,
-    /// Prefixes currently announced to the neighbour over this session.
+    /// Prefixes announced to the neighbour over this session, as last read from the speaker:
+    /// every 60 s while its Watch stream is open (session state changes are written as they
+    /// happen), every 10 s from a speaker without one.
     #[serde(default)]
     pub prefixes_announced: i64,
     /// Whether ADD-PATH send was negotiated; without it ECMP through this session is degraded

@@ -85,8 +85,10 @@ impl Series {
         h.finish()
     }
 
-    /// What to write for an Event with `key` at `now`; a repeat is counted at once (two
-    /// publishes racing both count).
+    /// What to write for an Event with `key` at `now`. A repeat is counted here, before its
+    /// PATCH: two racing repeats may reach the server out of order (the count shown is then
+    /// one low until the next), and a failed PATCH is not taken back. Two racing first
+    /// occurrences are both created. None of it loses an Event, only exactness of a count.
     pub fn observe(&mut self, key: u64, now: Instant) -> Write {
         if now.saturating_duration_since(self.last_gc) >= GC_EVERY {
             self.entries

@@ -136,6 +136,7 @@ pub async fn run(
     assignment_events: impl Stream<Item = Result<ConfigMap, watcher::Error>> + Send + 'static,
     all: mpsc::UnboundedReceiver<()>,
     one: mpsc::UnboundedReceiver<ServiceKey>,
+    sweeps: mpsc::UnboundedReceiver<SweepRequest>,
 ) -> anyhow::Result<()> {
     let api: Api<Service> = Api::all(ctx.client.clone());
     let all = tokio_stream_from(all);
@@ -143,7 +144,7 @@ pub async fn run(
     // being filled (the sweep must never take an unlisted Service for a deleted one).
     let (store, writer) = kube::runtime::reflector::store();
     let (listed_tx, listed) = tokio::sync::watch::channel(false);
-    let (deleted_tx, deleted) = mpsc::unbounded_channel::<Option<ServiceKey>>();
+    let sweep_tx = ctx.shared.sweep.clone();
     let services = watcher(api, watcher::Config::default())
         .modify(|s| s.managed_fields_mut().clear())
         .default_backoff()
@@ -152,18 +153,18 @@ pub async fn run(
             Ok(watcher::Event::InitDone) => {
                 listed_tx.send_replace(true);
                 // A relist's deletions name no object: everything is looked at.
-                let _ = deleted_tx.send(None);
+                let _ = sweep_tx.send(SweepRequest::Everything);
             }
             Ok(watcher::Event::Delete(s)) => {
                 let key = ServiceKey::new(s.namespace().unwrap_or_default(), s.name_any());
-                let _ = deleted_tx.send(Some(key));
+                let _ = sweep_tx.send(SweepRequest::Deleted(key));
             }
             _ => {}
         })
         .applied_objects();
     let controller = Controller::for_stream(services, store.clone())
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY));
-    tokio::spawn(sweeper(ctx.clone(), store, listed, deleted));
+    tokio::spawn(sweeper(ctx.clone(), store, listed, sweeps));
     controller
         .watches_stream(slice_events, |slice| {
             let ns = slice.metadata.namespace.clone();
@@ -251,6 +252,19 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
             &mut ipam,
         );
         ctx.shared.metrics.pools(&ipam);
+        // Marked while the engine is locked: a release after this wakes it, one before it
+        // was seen by this plan.
+        let waits = p.pending.is_some()
+            || p.notes
+                .iter()
+                .any(|n| matches!(n.reason, "AllocationFailed" | "SharingConflict"));
+        if let Ok(mut w) = ctx.shared.waiting.lock() {
+            if waits {
+                w.insert(p.key.clone());
+            } else {
+                w.remove(&p.key);
+            }
+        }
         p
     };
     let changed_ipam = plan
@@ -283,6 +297,11 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
     };
     if !changed.is_empty() {
         let _ = ctx.shared.sync.send(SyncEvent::Routes(changed));
+    }
+    if plan.ours {
+        // Deleted while this reconcile was in its API calls, its routes and assignment were
+        // written after the release: the sweeper looks (nothing, if it is still there).
+        let _ = ctx.shared.sweep.send(SweepRequest::Check(plan.key.clone()));
     }
     // Only Berth's own Services wait for something; another's (NotBerths) is said once per
     // change of it, not every minute.
@@ -588,14 +607,15 @@ async fn next_hops_of(
     Ok(c.bgp)
 }
 
-/// After a release: each Service waiting for an IP is reconciled, as it may get the freed
-/// one now. Only those: at 10,000 Services a reconcile of all per deletion is a storm.
+/// After a release: each Service waiting for an IP (its last plan left a request unmet) is
+/// reconciled, as it may get the freed one now. Only those: at 10,000 Services a reconcile
+/// of all per deletion is a storm.
 pub fn wake_pending(ctx: &Context) {
     let pending: Vec<ServiceKey> = ctx
         .shared
-        .health
+        .waiting
         .lock()
-        .map(|h| h.pending().cloned().collect())
+        .map(|w| w.iter().cloned().collect())
         .unwrap_or_default();
     for k in pending {
         let _ = ctx.shared.reconcile.send(k);
@@ -663,6 +683,11 @@ pub fn sweep(ctx: &Context, scope: Scope<'_>) -> Vec<ServiceKey> {
             }
         }
     }
+    if let Ok(mut w) = ctx.shared.waiting.lock() {
+        for k in &absent {
+            w.remove(k);
+        }
+    }
     if let Ok(mut health) = ctx.shared.health.lock() {
         for k in &absent {
             health.remove(k);
@@ -681,14 +706,45 @@ const SWEEP_AGAIN_AFTER: Duration = Duration::from_secs(5);
 /// every second before, and was half of the operator's CPU in the scale bench).
 const FULL_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
+/// What the sweeper is asked to look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SweepRequest {
+    /// The Service watch reported this Service deleted: swept now and [`SWEEP_AGAIN_AFTER`]
+    /// later.
+    Deleted(ServiceKey),
+    /// A reconcile of this Service wrote its routes or assignment: swept if the Service is
+    /// gone by now (deleted while the reconcile was in its API calls).
+    Check(ServiceKey),
+    /// A relist ended (its deletions name no object): every Service.
+    Everything,
+}
+
+/// Sorts one request into the keys to sweep now, the keys to sweep again later and whether
+/// to sweep everything.
+fn take(
+    request: SweepRequest,
+    keys: &mut Vec<ServiceKey>,
+    again: &mut std::collections::VecDeque<(tokio::time::Instant, ServiceKey)>,
+    everything: &mut bool,
+) {
+    match request {
+        SweepRequest::Deleted(k) => {
+            again.push_back((tokio::time::Instant::now() + SWEEP_AGAIN_AFTER, k.clone()));
+            keys.push(k);
+        }
+        SweepRequest::Check(k) => keys.push(k),
+        SweepRequest::Everything => *everything = true,
+    }
+}
+
 /// Releases what deleted Services still hold: each Service the watch says was deleted at
-/// once and [`SWEEP_AGAIN_AFTER`] later, every Service after each relist and every
-/// [`FULL_SWEEP_EVERY`].
+/// once and [`SWEEP_AGAIN_AFTER`] later, one whose reconcile ended after its deletion, every
+/// Service after each relist and every [`FULL_SWEEP_EVERY`].
 async fn sweeper(
     ctx: Arc<Context>,
     store: kube::runtime::reflector::Store<Service>,
     mut listed: tokio::sync::watch::Receiver<bool>,
-    mut deleted: mpsc::UnboundedReceiver<Option<ServiceKey>>,
+    mut requests: mpsc::UnboundedReceiver<SweepRequest>,
 ) {
     if listed.wait_for(|l| *l).await.is_err() {
         warn!("the Service watch ended before its first list: deleted Services are not released");
@@ -712,23 +768,19 @@ async fn sweeper(
     let mut full = tokio::time::interval(FULL_SWEEP_EVERY);
     full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut these = Vec::new();
+        let mut everything = false;
         let next_again = again.front().map(|(at, _)| *at);
-        let these: Option<Vec<ServiceKey>> = tokio::select! {
-            msg = deleted.recv() => match msg {
-                Some(Some(k)) => {
-                    again.push_back((tokio::time::Instant::now() + SWEEP_AGAIN_AFTER, k.clone()));
-                    let mut keys = vec![k];
-                    // Deletions come in bursts (a namespace deleted): one sweep for them all.
-                    while let Ok(Some(k)) = deleted.try_recv() {
-                        again.push_back((tokio::time::Instant::now() + SWEEP_AGAIN_AFTER, k.clone()));
-                        keys.push(k);
-                    }
-                    Some(keys)
+        tokio::select! {
+            request = requests.recv() => {
+                let Some(request) = request else { return };
+                take(request, &mut these, &mut again, &mut everything);
+                // Deletions come in bursts (a namespace deleted): one sweep for them all.
+                while let Ok(request) = requests.try_recv() {
+                    take(request, &mut these, &mut again, &mut everything);
                 }
-                Some(None) => None,
-                None => return,
-            },
-            _ = full.tick() => None,
+            }
+            _ = full.tick() => everything = true,
             _ = async {
                 match next_again {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -736,64 +788,76 @@ async fn sweeper(
                 }
             } => {
                 let now = tokio::time::Instant::now();
-                let mut keys = Vec::new();
                 while again.front().is_some_and(|(at, _)| *at <= now) {
-                    keys.extend(again.pop_front().map(|(_, k)| k));
+                    these.extend(again.pop_front().map(|(_, k)| k));
                 }
-                Some(keys)
             }
-        };
-        let present = |k: &ServiceKey| match &these {
-            Some(_) => in_store(k),
-            None => true,
-        };
+        }
+        if everything {
+            // A relist's sweep counts as the periodic one.
+            full.reset();
+        }
+        these.retain(|k| !in_store(k));
+        these.sort();
+        these.dedup();
+        if these.is_empty() && !everything {
+            continue;
+        }
         // Assignments of vanished Services go first: agents stop answering before the IP is
         // released and handed to a waiting Service.
-        let orphans: Vec<ServiceKey> = match &these {
-            Some(keys) => keys
+        let orphans: Vec<ServiceKey> = if everything {
+            let mut present = keys();
+            present.sort();
+            ctx.stores
+                .assignments
+                .state()
                 .iter()
-                .filter(|k| !present(k) && current_assignment(&ctx, k).is_some())
+                .filter_map(|cm| cm.data.as_ref()?.get(DATA_SERVICE).cloned())
+                .filter_map(|s| {
+                    let (ns, name) = s.split_once('/')?;
+                    Some(ServiceKey::new(ns.to_owned(), name.to_owned()))
+                })
+                .filter(|k| present.binary_search(k).is_err())
+                .collect()
+        } else {
+            these
+                .iter()
+                .filter(|k| current_assignment(&ctx, k).is_some())
                 .cloned()
-                .collect(),
-            None => {
-                let mut present = keys();
-                present.sort();
-                ctx.stores
-                    .assignments
-                    .state()
-                    .iter()
-                    .filter_map(|cm| cm.data.as_ref()?.get(DATA_SERVICE).cloned())
-                    .filter_map(|s| {
-                        let (ns, name) = s.split_once('/')?;
-                        Some(ServiceKey::new(ns.to_owned(), name.to_owned()))
-                    })
-                    .filter(|k| present.binary_search(k).is_err())
-                    .collect()
-            }
+                .collect()
         };
-        let mut kept = false;
+        // A Service whose assignment could not be removed keeps its IP for now (released
+        // to another, it would be answered for twice); the others go on.
+        let mut held_back = std::collections::BTreeSet::new();
         for k in orphans {
             match set_assignment(&ctx, &k, None).await {
                 Ok(()) => {
                     info!(service = %k, "removed the Layer2 assignment of a Service that no longer exists")
                 }
                 Err(e) => {
-                    kept = true;
-                    warn!(service = %k, %e, "could not remove an orphaned Layer2 assignment; the release waits")
+                    warn!(service = %k, %e, namespace = %ctx.settings.namespace,
+                        "could not remove an orphaned Layer2 assignment; its IP stays held until it is \
+                         (check the operator's RBAC: delete on ConfigMaps in that namespace)");
+                    if !again.iter().any(|(_, q)| *q == k) {
+                        again.push_back((
+                            tokio::time::Instant::now() + SWEEP_AGAIN_AFTER,
+                            k.clone(),
+                        ));
+                    }
+                    held_back.insert(k);
                 }
             }
         }
-        if kept {
-            // Looked at again with the next deletion, relist or full sweep.
-            if let Some(keys) = these {
-                let at = tokio::time::Instant::now() + SWEEP_AGAIN_AFTER;
-                again.extend(keys.into_iter().map(|k| (at, k)));
-            }
-            continue;
-        }
-        let gone = match &these {
-            Some(keys) => sweep(&ctx, Scope::These(keys, &in_store)),
-            None => sweep(&ctx, Scope::Every(&keys)),
+        let gone = if everything {
+            let present = || {
+                let mut v = keys();
+                v.extend(held_back.iter().cloned());
+                v
+            };
+            sweep(&ctx, Scope::Every(&present))
+        } else {
+            these.retain(|k| !held_back.contains(k));
+            sweep(&ctx, Scope::These(&these, &in_store))
         };
         if !gone.is_empty() {
             ctx.shared.eip_dirty.notify_one();

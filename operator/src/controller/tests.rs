@@ -108,6 +108,9 @@ fn serve(
                     json!({"apiVersion": "v1", "kind": "Service",
                        "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "8"}}),
                 )
+            } else if method == "PATCH" && path.contains("/events/gone.") {
+                // An Event the API server let expire.
+                (404, not_found)
             } else if method == "POST" || method == "PATCH" {
                 (200, body)
             } else {
@@ -142,6 +145,8 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
         sync: tx,
         eip_dirty: Notify::new(),
         reconcile: reconcile_tx,
+        waiting: Mutex::new(Default::default()),
+        sweep: mpsc::unbounded_channel().0,
         health: Mutex::new(Default::default()),
         slices: Mutex::new(SliceIndex::default()),
         nodes: Mutex::new(Arc::new(Vec::new())),
@@ -596,26 +601,127 @@ async fn the_sweep_releases_a_deleted_service() {
     }
 }
 
+/// An Event repeated within the window raises the first one's series count (one POST, then
+/// PATCHes with `series.count` 2, 3); another note is another Event; an Event the API server
+/// no longer has (404 on the PATCH: expired) is created again.
+#[tokio::test]
+async fn a_repeated_event_is_a_series_and_an_expired_one_is_written_again() {
+    let w = world(vec![], &[]);
+    let svc = web("Cluster", json!({}));
+    let reference = svc.object_ref(&());
+    let ev = |note: &str| kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: "AllocationFailed".into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    for _ in 0..3 {
+        w.ctx
+            .recorder
+            .publish(&ev("no IP"), &reference)
+            .await
+            .unwrap();
+    }
+    w.ctx
+        .recorder
+        .publish(&ev("other"), &reference)
+        .await
+        .unwrap();
+    let seen = w.take();
+    let writes: Vec<(String, Value)> = seen
+        .iter()
+        .filter(|s| s.path.contains("/events"))
+        .map(|s| (s.method.clone(), s.body.clone()))
+        .collect();
+    let methods: Vec<&str> = writes.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(methods, ["POST", "PATCH", "PATCH", "POST"], "{writes:#?}");
+    assert_eq!(writes[1].1["series"]["count"], 2);
+    assert_eq!(writes[2].1["series"]["count"], 3);
+    assert!(writes[2].1["series"]["lastObservedTime"].is_string());
+    let name = writes[0].1["metadata"]["name"].as_str().unwrap();
+    assert!(
+        seen[1]
+            .path
+            .ends_with(&format!("/namespaces/shop/events/{name}"))
+    );
+    assert_eq!(writes[0].1["reportingController"], "berth-operator");
+    assert_eq!(writes[0].1["regarding"]["name"], "web");
+    assert_ne!(
+        writes[3].1["metadata"]["name"],
+        writes[0].1["metadata"]["name"]
+    );
+
+    let mut gone = svc.clone();
+    gone.metadata.name = Some("gone".into());
+    let reference = gone.object_ref(&());
+    for _ in 0..3 {
+        w.ctx
+            .recorder
+            .publish(&ev("no IP"), &reference)
+            .await
+            .unwrap();
+    }
+    let methods: Vec<String> = w
+        .take()
+        .iter()
+        .filter(|s| s.path.contains("/events"))
+        .map(|s| s.method.clone())
+        .collect();
+    assert_eq!(
+        methods,
+        ["POST", "PATCH", "POST", "PATCH", "POST"],
+        "an expired Event is created again, and its repeat patches the new one"
+    );
+}
+
 /// A release asks for a reconcile of each Service waiting for an IP, and of no other: a
-/// deletion is routine, and reconciling every Service for it is a storm at scale.
+/// deletion is routine, and reconciling every Service for it is a storm at scale. Waiting
+/// is what the plan left unmet, also for a Service that holds an IP and asks for another.
 #[tokio::test]
 async fn a_release_wakes_only_the_services_waiting_for_an_ip() {
     let svc = allocated("Cluster", "198.51.100.9");
+    let asking = |name: &str, holds: Option<&str>| {
+        let mut s = match holds {
+            Some(ip) => allocated("Cluster", ip),
+            None => web("Cluster", json!({})),
+        };
+        s.metadata.name = Some(name.into());
+        s.metadata.uid = Some(format!("uid-{name}"));
+        s.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(names::ANNOTATION_REQUESTED_IP.into(), "198.51.100.9".into());
+        s
+    };
+    let third = asking("third", Some("198.51.100.11"));
     let mut w = world(
-        vec![pool("blue", "198.51.100.9/32")],
-        std::slice::from_ref(&svc),
+        vec![pool("blue", "198.51.100.8/30")],
+        &[svc.clone(), third.clone()],
     );
     w.add_node("n1", "10.0.0.11", true, json!({}));
     w.reconcile(svc).await;
-    let waiting = |name: &str| {
-        let mut s = allocated("Cluster", "198.51.100.9");
-        s.metadata.name = Some(name.into());
-        s.status = None;
-        s
-    };
-    // The pool's only IP is taken: both wait.
-    w.reconcile(waiting("second")).await;
-    w.reconcile(waiting("third")).await;
+    let mut holder = web("Cluster", json!({}));
+    holder.metadata.name = Some("holder".into());
+    holder.metadata.uid = Some("uid-holder".into());
+    w.reconcile(holder).await;
+    // .9 is taken: "second" (nothing held) and "third" (holding .11) wait for it.
+    w.reconcile(asking("second", None)).await;
+    w.reconcile(third).await;
+    let waiting: Vec<String> = w
+        .ctx
+        .shared
+        .waiting
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|k| k.name.clone())
+        .collect();
+    assert_eq!(
+        waiting,
+        ["second", "third"],
+        "holder got an IP and waits for nothing"
+    );
     assert!(w.reconcile.try_recv().is_err(), "nothing released yet");
     let present = |k: &ServiceKey| k.name != "web";
     let gone = super::service::sweep(
