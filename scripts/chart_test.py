@@ -853,6 +853,8 @@ API_TYPES = {
     "BgpConf": ("berth.dev", "bgpconfs"),
     "BgpPeer": ("berth.dev", "bgppeers"),
     "Recorder": ("events.k8s.io", "events"),
+    # operator/src/controller/recorder.rs: events.k8s.io/v1 Event, imported under this name.
+    "K8sEvent": ("events.k8s.io", "events"),
 }
 COMPONENT_CRATES = {"operator": ROOT / "operator", "agent": ROOT / "agent", "bgp-server": ROOT / "bgp-server"}
 
