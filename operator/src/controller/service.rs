@@ -868,3 +868,37 @@ async fn sweeper(
         }
     }
 }
+
+#[cfg(test)]
+mod sweep_requests {
+    use super::*;
+
+    /// A burst of requests as the sweeper drains it: a relist among deletions is kept (the
+    /// full sweep runs), each deletion is swept now and queued for its second look, and a
+    /// check is swept now only.
+    #[tokio::test]
+    async fn a_relist_in_a_burst_of_deletions_is_kept() {
+        let key = |n: &str| ServiceKey::new("shop", n);
+        let mut these = Vec::new();
+        let mut again = std::collections::VecDeque::new();
+        let mut everything = false;
+        for r in [
+            SweepRequest::Deleted(key("a")),
+            SweepRequest::Everything,
+            SweepRequest::Check(key("c")),
+            SweepRequest::Deleted(key("b")),
+        ] {
+            take(r, &mut these, &mut again, &mut everything);
+        }
+        assert!(everything);
+        assert_eq!(these, [key("a"), key("c"), key("b")]);
+        let queued: Vec<&ServiceKey> = again.iter().map(|(_, k)| k).collect();
+        assert_eq!(queued, [&key("a"), &key("b")]);
+        let now = tokio::time::Instant::now();
+        assert!(
+            again
+                .iter()
+                .all(|(at, _)| *at > now && *at <= now + SWEEP_AGAIN_AFTER)
+        );
+    }
+}
