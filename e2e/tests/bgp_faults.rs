@@ -340,8 +340,11 @@ async fn a_peer_that_stops_reading_holds_up_nothing() {
         baseline.as_secs_f64() * 1000.0,
         removed.as_secs_f64() * 1000.0
     );
+    // The Apply of this table is CPU-bound (a debug build) and varies by seconds with the
+    // tests beside it on 2 cores (CI saw 5.96 s against a 4.18 s baseline). An Apply that
+    // waited on the stuck peer would last until its send-hold timer: 8 minutes here.
     assert!(
-        applied < baseline + Duration::from_secs(1),
+        applied < baseline * 2 + Duration::from_secs(1),
         "removing the stuck peer made the Apply {applied:?} (no change: {baseline:?})"
     );
     assert!(
