@@ -359,6 +359,18 @@ fn allocated(policy: &str, ip: &str) -> Service {
     )
 }
 
+/// One route to `ip` through node n1 (10.0.0.11), as a reconcile gives the route table.
+fn via_n1(ip: &str) -> Vec<(IpAddr, Vec<crate::nexthops::NextHop>)> {
+    vec![(
+        ip.parse().unwrap(),
+        vec![crate::nexthops::NextHop {
+            node: "n1".into(),
+            address: "10.0.0.11".parse().unwrap(),
+            weight: None,
+        }],
+    )]
+}
+
 fn events(seen: &[Seen]) -> Vec<(String, String)> {
     seen.iter()
         .filter(|s| s.method == "POST" && s.path.ends_with("/events"))
@@ -581,17 +593,12 @@ async fn the_sweep_releases_a_deleted_service() {
         assert!(sweep(&w).is_empty());
         // A reconcile that was in its API calls when the Service went writes its routes
         // after the release: the next sweep withdraws them (nothing else would).
-        w.ctx.shared.routes.lock().unwrap().set(
-            &web,
-            vec![(
-                "198.51.100.9".parse().unwrap(),
-                vec![crate::nexthops::NextHop {
-                    node: "n1".into(),
-                    address: "10.0.0.11".parse().unwrap(),
-                    weight: None,
-                }],
-            )],
-        );
+        w.ctx
+            .shared
+            .routes
+            .lock()
+            .unwrap()
+            .set(&web, via_n1("198.51.100.9"));
         assert_eq!(w.route("198.51.100.9"), ["n1"]);
         sweep(&w);
         assert!(
@@ -1318,17 +1325,12 @@ async fn the_watch_stream_drives_session_reads_and_full_pushes() {
     );
     // A route lost on the way (the speaker holds one route fewer than the table gives it):
     // two reads in a row find the same difference and push everything.
-    w.ctx.shared.routes.lock().unwrap().set(
-        &ServiceKey::new("shop", "web"),
-        vec![(
-            "198.51.100.1".parse().unwrap(),
-            vec![crate::nexthops::NextHop {
-                node: "n1".into(),
-                address: "10.0.0.11".parse().unwrap(),
-                weight: None,
-            }],
-        )],
-    );
+    w.ctx
+        .shared
+        .routes
+        .lock()
+        .unwrap()
+        .set(&ServiceKey::new("shop", "web"), via_n1("198.51.100.1"));
     for _ in 0..2 {
         let reads = count("get_state");
         stream
