@@ -10,8 +10,10 @@
 //! 3. endpoint changes, one at a time: the time from the EndpointSlice write to the speaker's
 //!    next accepted change (its Watch stream), and the operator's CPU per change (the sum of
 //!    its threads' `schedstat`, nanoseconds, from the write to 50 ms after the speaker's
-//!    change), also net of what the operator spends idle in as long (Lease renewals, watch
-//!    bookmarks: measured for 5 s with nothing written just before);
+//!    change); also without its Lease renewal thread (renewals every 3 s on their own
+//!    timer, thread and connection: one falls in about one change window in 30), and that
+//!    net of what the rest of the operator spends idle in as long (watch bookmarks: measured
+//!    for 5 s with nothing written just before). `SCALE_BENCH_EACH=1` prints every change;
 //! 4. a BgpConf edit: the whole table's size on the wire, and how long until the speaker
 //!    accepted it;
 //! 5. the operator's peak RSS (`VmHWM`).
@@ -89,14 +91,37 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// The CPU time of every thread of `pid`, in nanoseconds.
 fn cpu_ns(pid: u32) -> u64 {
+    cpu_split_ns(pid).0
+}
+
+/// How long after the speaker accepted a change its CPU window ends.
+const CPU_AFTER: Duration = Duration::from_millis(10);
+
+/// The operator's thread that renews its Lease (`Leadership::hold_apart` names it).
+const LEASE_THREAD: &str = "lease";
+
+/// The CPU time of every thread of `pid` and of its Lease renewal thread, in nanoseconds.
+/// The renewals run on their own timer, thread and connection whatever else happens, so a
+/// change's cost is also shown without them.
+fn cpu_split_ns(pid: u32) -> (u64, u64) {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+        return (0, 0);
     };
-    tasks
-        .filter_map(|t| t.ok())
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+    let mut all = 0;
+    let mut lease = 0;
+    for t in tasks.filter_map(|t| t.ok()) {
+        let Some(ns) = std::fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        all += ns;
+        if std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == LEASE_THREAD) {
+            lease += ns;
+        }
+    }
+    (all, lease)
 }
 
 fn status_field(pid: u32, field: &str) -> String {
@@ -417,12 +442,17 @@ fn run(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
 
     // What the operator spends with nothing to do, per second (Lease renewals every 3 s,
     // bookmarks of its watches, the speaker's Watch stream).
-    let idle_cpu0 = cpu_ns(op_pid);
+    let (idle_cpu0, idle_lease0) = cpu_split_ns(op_pid);
     let idle_at = Instant::now();
     std::thread::sleep(Duration::from_secs(5));
-    let idle_per_s =
-        cpu_ns(op_pid).saturating_sub(idle_cpu0) as f64 / 1e6 / idle_at.elapsed().as_secs_f64();
-    println!("idle: operator CPU {idle_per_s:.2} ms per second");
+    let (idle_cpu1, idle_lease1) = cpu_split_ns(op_pid);
+    let idle_secs = idle_at.elapsed().as_secs_f64();
+    let idle_per_s = idle_cpu1.saturating_sub(idle_cpu0) as f64 / 1e6 / idle_secs;
+    let idle_lease_per_s = idle_lease1.saturating_sub(idle_lease0) as f64 / 1e6 / idle_secs;
+    let idle_rest_per_s = idle_per_s - idle_lease_per_s;
+    println!(
+        "idle: operator CPU {idle_per_s:.2} ms per second ({idle_lease_per_s:.2} of them renewing the Lease)"
+    );
 
     // 3. Endpoint changes, one at a time.
     let eps_rt = server
@@ -437,15 +467,22 @@ fn run(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         "berth_reconcile_duration_seconds_count",
         Some("controller=\"service\""),
     );
+    let (phase_all0, phase_lease0) = cpu_split_ns(op_pid);
+    let phase_rest0 = phase_all0 - phase_lease0;
+    let phase_at = Instant::now();
     let mut cpu_per = Vec::new();
+    let mut wide_rest = Vec::new();
+    let mut cpu_rest = Vec::new();
+    let mut starts = Vec::new();
     let mut cpu_net = Vec::new();
+    let mut renewals = 0;
     let mut missed = 0;
     for c in 0..args.changes {
         // A `Local` Service (odd index): its next hops follow its endpoints' nodes (a
         // `Cluster` Service's do not, so moving its endpoints rightly changes nothing).
         let i = ((c * 7919) % (load.services / 2).max(1)) * 2 + 1;
         let shift = c + 1;
-        let cpu_before = cpu_ns(op_pid);
+        let (cpu_before, lease_before) = cpu_split_ns(op_pid);
         let at = Instant::now();
         let slice = endpoint_slice(i, args.nodes, shift);
         server
@@ -458,10 +495,16 @@ fn run(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
                 apiserver::store::Sub::Main,
             )
             .map_err(|e| anyhow::anyhow!("endpoint change: {e}"))?;
-        match events.recv_timeout(Duration::from_secs(5)) {
-            Ok((when, _, _)) => latency.push(when.duration_since(at).as_secs_f64() * 1e3),
-            Err(_) => missed += 1,
-        }
+        let accepted = match events.recv_timeout(Duration::from_secs(5)) {
+            Ok((when, _, _)) => {
+                latency.push(when.duration_since(at).as_secs_f64() * 1e3);
+                Some(when)
+            }
+            Err(_) => {
+                missed += 1;
+                None
+            }
+        };
         if missed >= 5 && latency.is_empty() {
             println!(
                 "endpoint changes: the first {missed} reached no speaker change within 5 s; stopped (speaker sync errors: {}; the operator's log says why)",
@@ -469,12 +512,35 @@ fn run(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             );
             break;
         }
+        // The change's own work ends about a millisecond after the speaker accepted it (the
+        // UpdateRoutes response, the Watch event): read CPU_AFTER later, so work on timers
+        // (Lease renewals every 3 s, status every 10 s, the sweep every minute) falls in
+        // few windows; and again 50 ms later, as before.
+        let read_at = accepted.map_or_else(Instant::now, |w| w + CPU_AFTER);
+        std::thread::sleep(read_at.saturating_duration_since(Instant::now()));
+        let (cpu_after, lease_after) = cpu_split_ns(op_pid);
+        let secs = at.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(50));
         while events.try_recv().is_ok() {}
-        let cpu = cpu_ns(op_pid).saturating_sub(cpu_before) as f64 / 1e6;
+        let (wide_after, wide_lease_after) = cpu_split_ns(op_pid);
+        let cpu = cpu_after.saturating_sub(cpu_before) as f64 / 1e6;
+        let lease = lease_after.saturating_sub(lease_before) as f64 / 1e6;
         cpu_per.push(cpu);
-        cpu_net.push((cpu - idle_per_s * at.elapsed().as_secs_f64()).max(0.0));
+        starts.push(at);
+        cpu_rest.push(cpu - lease);
+        cpu_net.push(cpu - lease - idle_rest_per_s * secs);
+        wide_rest.push(
+            (wide_after - wide_lease_after).saturating_sub(cpu_before - lease_before) as f64 / 1e6,
+        );
+        if lease > 0.0 {
+            renewals += 1;
+        }
     }
+    let (phase_all, phase_lease) = cpu_split_ns(op_pid);
+    let phase_secs = phase_at.elapsed().as_secs_f64();
+    let above_idle = (phase_all - phase_lease).saturating_sub(phase_rest0) as f64 / 1e6
+        - idle_rest_per_s * phase_secs;
+    let in_windows: f64 = cpu_net.iter().sum();
     let change_writes = server
         .store
         .current_rv()
@@ -486,14 +552,34 @@ fn run(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         Some("controller=\"service\""),
     ) - reconciles_changes;
     println!(
-        "endpoint changes: {} timed, {change_reconciles} Service reconciles and {change_writes} API writes by the operator meanwhile ({missed} reached no speaker change within 5 s): write -> speaker accepted p50 {:.1} ms, p99 {:.1} ms; operator CPU per change p50 {:.2} ms, p99 {:.2} ms (net of idle: p50 {:.2} ms, p99 {:.2} ms)",
+        "endpoint changes: {} timed, {change_reconciles} Service reconciles and {change_writes} API writes by the operator meanwhile ({missed} reached no speaker change within 5 s): write -> speaker accepted p50 {:.1} ms, p99 {:.1} ms",
         latency.len(),
         pct(&mut latency.clone(), 0.5),
         pct(&mut latency, 0.99),
+    );
+    if std::env::var_os("SCALE_BENCH_EACH").is_some() {
+        // Each change's cost and start (CLOCK_MONOTONIC, as `perf record -k mono` stamps
+        // samples), for finding what the expensive ones had in common.
+        for (c, ((all, rest), at)) in cpu_per.iter().zip(&cpu_rest).zip(&starts).enumerate() {
+            eprintln!(
+                "change {c}: {all:.3} ms, {rest:.3} ms without the Lease thread, from {at:?}"
+            );
+        }
+    }
+    println!(
+        "  operator CPU per change, from the write to {} ms after the speaker's acceptance: p50 {:.2} ms, p99 {:.2} ms; without the Lease renewal thread (a renewal fell in {renewals} of the {} windows): p50 {:.2} ms, p99 {:.2} ms",
+        CPU_AFTER.as_millis(),
         pct(&mut cpu_per.clone(), 0.5),
         pct(&mut cpu_per, 0.99),
-        pct(&mut cpu_net.clone(), 0.5),
-        pct(&mut cpu_net, 0.99)
+        cpu_rest.len(),
+        pct(&mut cpu_rest.clone(), 0.5),
+        pct(&mut cpu_rest, 0.99),
+    );
+    println!(
+        "  the windows hold {:.0} % of the operator's CPU above idle during the phase (the rest: work on timers); to 50 ms later, without the Lease thread: p50 {:.2} ms, p99 {:.2} ms",
+        100.0 * in_windows / above_idle.max(f64::MIN_POSITIVE),
+        pct(&mut wide_rest.clone(), 0.5),
+        pct(&mut wide_rest, 0.99),
     );
     // A BgpConf edit (graceful-restart time) makes the operator send the whole table: its
     // size on the wire, and how long until the speaker accepted it.
