@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use berth_api::{BgpConf, BgpPeer, Eip};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -124,6 +124,9 @@ pub struct Shared {
     /// Asks for a reconcile of one Service: after a release, each Service waiting for an IP
     /// may get the freed one (not every Service: a deletion is a routine event).
     pub reconcile: mpsc::UnboundedSender<ServiceKey>,
+    /// Service reconciles finished so far: paces a reconcile of every Service
+    /// ([`service::bulk_feeder`]).
+    pub reconciled: Arc<service::Progress>,
     /// Services whose last plan left a request unmet (no IP, a conflicting or taken one).
     pub waiting: Mutex<std::collections::BTreeSet<ServiceKey>>,
     /// Asks the sweeper to release what deleted Services hold.
@@ -157,6 +160,8 @@ pub struct Stores {
     pub assignments: Store<ConfigMap>,
     /// Namespaces: their labels, which pools' `namespaceSelector` matches.
     pub namespaces: Store<Namespace>,
+    /// Services, as the Service controller's own watch fills it ([`service::run`]).
+    pub services: Store<Service>,
 }
 
 /// Everything a reconcile needs.
@@ -344,6 +349,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         sync: sync_tx,
         eip_dirty: Notify::new(),
         reconcile: reconcile_tx,
+        reconciled: Default::default(),
         waiting: Mutex::new(Default::default()),
         sweep: sweep_tx,
         health: Mutex::new(Default::default()),
@@ -446,6 +452,9 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
             }
         })
     };
+    // Filled by the Service controller's watch once it runs; a reconcile reads it to see
+    // whether its Service was deleted meanwhile.
+    let (services, service_writer) = reflector::store();
     let stores = Stores {
         nodes,
         eips,
@@ -454,6 +463,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         pods,
         assignments,
         namespaces,
+        services,
     };
 
     // Node, pool and BGP-settings changes touch every Service; peers and pods only the
@@ -572,6 +582,10 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     // told a partial table (it would withdraw the rest).
     service::prime_routes(&ctx, &services_now);
     drop(services_now);
+    // The Service gauges from the start (at 0), not from their first change.
+    if let Ok(health) = shared.health.lock() {
+        metrics.services(health.totals());
+    }
     metrics.set_ready(true);
 
     let speakers = tokio::spawn(speaker::run(ctx.clone(), sync_rx));
@@ -588,6 +602,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     .map(Ok);
     let services = service::run(
         ctx.clone(),
+        service_writer,
         slice_events,
         assignment_events,
         all_rx,

@@ -32,6 +32,34 @@ pub struct Totals {
 #[derive(Debug, Default)]
 pub struct ServiceHealth {
     by_service: BTreeMap<ServiceKey, Health>,
+    /// Kept with every change (a reconcile reads them; summing 10,000 Services each time
+    /// would cost more than the reconcile), and checked against a recount in the tests.
+    totals: Totals,
+}
+
+impl Totals {
+    fn add(&mut self, h: &Health) {
+        if let Some(reason) = h.pending {
+            *self.pending.entry(reason).or_default() += 1;
+        }
+        self.without_next_hop += usize::from(h.without_next_hop);
+        self.layer2_ips += h.layer2_ips;
+    }
+
+    fn subtract(&mut self, h: &Health) {
+        if let Some(reason) = h.pending
+            && let Some(n) = self.pending.get_mut(reason)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.pending.remove(reason);
+            }
+        }
+        self.without_next_hop = self
+            .without_next_hop
+            .saturating_sub(usize::from(h.without_next_hop));
+        self.layer2_ips = self.layer2_ips.saturating_sub(h.layer2_ips);
+    }
 }
 
 impl ServiceHealth {
@@ -40,6 +68,11 @@ impl ServiceHealth {
         let before = self.by_service.get(key).cloned().unwrap_or_default();
         let mut now = before.clone();
         f(&mut now);
+        if now == before {
+            return before;
+        }
+        self.totals.subtract(&before);
+        self.totals.add(&now);
         if now == Health::default() {
             self.by_service.remove(key);
         } else {
@@ -50,7 +83,9 @@ impl ServiceHealth {
 
     /// Forgets a Service (deleted, or not Berth's).
     pub fn remove(&mut self, key: &ServiceKey) {
-        self.by_service.remove(key);
+        if let Some(h) = self.by_service.remove(key) {
+            self.totals.subtract(&h);
+        }
     }
 
     /// The Services with something to report: the sweep forgets deleted ones among them,
@@ -60,14 +95,17 @@ impl ServiceHealth {
     }
 
     /// The totals the gauges show.
-    pub fn totals(&self) -> Totals {
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// The totals counted again from every Service (what [`ServiceHealth::totals`] must
+    /// always equal).
+    #[cfg(test)]
+    fn recount(&self) -> Totals {
         let mut t = Totals::default();
         for h in self.by_service.values() {
-            if let Some(reason) = h.pending {
-                *t.pending.entry(reason).or_default() += 1;
-            }
-            t.without_next_hop += usize::from(h.without_next_hop);
-            t.layer2_ips += h.layer2_ips;
+            t.add(h);
         }
         t
     }
@@ -109,6 +147,33 @@ mod tests {
             1,
             "a Service with nothing to say is not kept"
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever the sequence of changes and removals, the kept totals are the recount.
+        #[test]
+        fn kept_totals_equal_a_recount(
+            ops in proptest::collection::vec(
+                (0..4usize, proptest::option::of(0..3usize), proptest::bool::ANY, 0..3usize, proptest::bool::ANY),
+                0..60,
+            )
+        ) {
+            const REASONS: [&str; 3] = ["Exhausted", "NoPool", "Conflict"];
+            let mut h = ServiceHealth::default();
+            for (k, pending, none, l2, remove) in ops {
+                let k = key(&format!("s{k}"));
+                if remove {
+                    h.remove(&k);
+                } else {
+                    h.update(&k, |s| {
+                        s.pending = pending.map(|r| REASONS[r]);
+                        s.without_next_hop = none;
+                        s.layer2_ips = l2;
+                    });
+                }
+                proptest::prop_assert_eq!(h.totals(), &h.recount());
+            }
+        }
     }
 
     #[test]

@@ -129,15 +129,21 @@ async fn finalizers(ctx: &Context) {
     let api: Api<Eip> = Api::all(ctx.client.clone());
     for eip in ctx.stores.eips.state() {
         let name = eip.name_any();
-        let held = ctx
-            .shared
-            .ipam
-            .lock()
-            .map(|i| holders(&i, &name).len())
-            .unwrap_or(1);
         let mut list: Vec<String> = eip.finalizers().to_vec();
         let has = list.iter().any(|f| f == names::FINALIZER_POOL);
-        match finalizer_step(eip.metadata.deletion_timestamp.is_some(), has, held) {
+        let deleting = eip.metadata.deletion_timestamp.is_some();
+        // Counted only when it decides something: it walks every Service holding an IP, and
+        // this runs every minute.
+        let held = if deleting && has {
+            ctx.shared
+                .ipam
+                .lock()
+                .map(|i| holders(&i, &name).len())
+                .unwrap_or(1)
+        } else {
+            0
+        };
+        match finalizer_step(deleting, has, held) {
             FinalizerStep::Keep => continue,
             FinalizerStep::Add => list.push(names::FINALIZER_POOL.to_owned()),
             FinalizerStep::Remove => list.retain(|f| f != names::FINALIZER_POOL),
@@ -157,17 +163,17 @@ async fn finalizers(ctx: &Context) {
 /// The status every Eip should have now.
 pub fn statuses(ctx: &Context) -> Vec<(String, Option<EipStatus>, EipStatus)> {
     let eips = ctx.stores.eips.state();
-    let node_addresses: Vec<(String, IpAddr)> = ctx
-        .stores
+    // The Node views the next-hop rules read, kept up to date by the Node watch: not every
+    // Node converted again.
+    let views = ctx
+        .shared
         .nodes
-        .state()
+        .lock()
+        .map(|n| n.clone())
+        .unwrap_or_default();
+    let node_addresses: Vec<(String, IpAddr)> = views
         .iter()
-        .flat_map(|n| {
-            let v = crate::nexthops::from_node(n);
-            v.internal_ips
-                .into_iter()
-                .map(move |ip| (v.name.clone(), ip))
-        })
+        .flat_map(|v| v.internal_ips.iter().map(|ip| (v.name.clone(), *ip)))
         .collect();
     let mut defaults: Vec<String> = eips
         .iter()

@@ -2,8 +2,9 @@
 //! reconciles each Service by carrying out its [`plan`](crate::plan::plan) and recomputing its
 //! next hops. An EndpointSlice change reconciles its one Service; a change of what the
 //! decisions read of Nodes (readiness, labels, addresses: not heartbeats), of an Eip's or
-//! BgpConf's spec (not their status), or a release reconciles them all (each is cheap when
-//! nothing changed: no write, no Event).
+//! BgpConf's spec (not their status) reconciles them all, a batch at a time
+//! ([`bulk_feeder`]; each is cheap when nothing changed: no write, no Event); a release
+//! reconciles the Services waiting for an IP ([`wake_pending`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -132,6 +133,7 @@ pub const RECONCILE_CONCURRENCY: u16 = 16;
 /// Runs the controller until it stops.
 pub async fn run(
     ctx: Arc<Context>,
+    writer: kube::runtime::reflector::store::Writer<Service>,
     slice_events: impl Stream<Item = Result<EndpointSlice, watcher::Error>> + Send + 'static,
     assignment_events: impl Stream<Item = Result<ConfigMap, watcher::Error>> + Send + 'static,
     all: mpsc::UnboundedReceiver<()>,
@@ -139,10 +141,10 @@ pub async fn run(
     sweeps: mpsc::UnboundedReceiver<SweepRequest>,
 ) -> anyhow::Result<()> {
     let api: Api<Service> = Api::all(ctx.client.clone());
-    let all = tokio_stream_from(all);
-    // Our own reflector, so the sweep waits on the same store the controller reconciles from
-    // being filled (the sweep must never take an unlisted Service for a deleted one).
-    let (store, writer) = kube::runtime::reflector::store();
+    // Our own reflector (its store is `ctx.stores.services`), so the sweep waits on the same
+    // store the controller reconciles from being filled (the sweep must never take an
+    // unlisted Service for a deleted one).
+    let store = ctx.stores.services.clone();
     let (listed_tx, listed) = tokio::sync::watch::channel(false);
     let sweep_tx = ctx.shared.sweep.clone();
     let services = watcher(api, watcher::Config::default())
@@ -164,7 +166,22 @@ pub async fn run(
         .applied_objects();
     let controller = Controller::for_stream(services, store.clone())
         .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY));
-    tokio::spawn(sweeper(ctx.clone(), store, listed, sweeps));
+    tokio::spawn(sweeper(ctx.clone(), store.clone(), listed, sweeps));
+    tokio::spawn(bulk_feeder(
+        {
+            let store = store.clone();
+            move || {
+                store
+                    .state()
+                    .iter()
+                    .map(|s| ServiceKey::new(s.namespace().unwrap_or_default(), s.name_any()))
+                    .collect()
+            }
+        },
+        all,
+        ctx.shared.reconcile.clone(),
+        ctx.shared.reconciled.clone(),
+    ));
     controller
         .watches_stream(slice_events, |slice| {
             let ns = slice.metadata.namespace.clone();
@@ -178,7 +195,6 @@ pub async fn run(
             let (ns, name) = service.split_once('/')?;
             Some(ObjectRef::<Service>::new(name).within(ns))
         })
-        .reconcile_all_on(all)
         .reconcile_on({
             let mut one = one;
             futures::stream::poll_fn(move |cx| one.poll_recv(cx))
@@ -190,8 +206,90 @@ pub async fn run(
     Ok(())
 }
 
-fn tokio_stream_from(mut rx: mpsc::UnboundedReceiver<()>) -> impl Stream<Item = ()> + Send {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+/// Finished Service reconciles, counted, with a wake-up for whoever waits on the count.
+#[derive(Default)]
+pub struct Progress {
+    count: std::sync::atomic::AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl Progress {
+    /// One more reconcile finished.
+    pub fn done(&self) {
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.notify.notify_waiters();
+    }
+
+    /// Reconciles finished so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` reconciles have finished.
+    pub async fn reached(&self, n: u64) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Requests of a reconcile of every Service handed to the controller at once.
+pub const BULK_BATCH: usize = 64;
+
+/// How long the feed waits for a batch to be worked off before it sends the next anyway (a
+/// Service already queued is reconciled once for two requests, so a batch can finish
+/// short).
+const BULK_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Carries out each "reconcile every Service" (a Node, pool, BgpConf or Namespace change, a
+/// relist of the assignments) a batch at a time: the next batch goes when half of this one
+/// is done. Handed over at once, 10,000 requests sat in the controller's queue, each with
+/// two copies of its object reference, ~7 MB at the peak. A request during a pass puts the
+/// Services already sent at the end of it: every Service is reconciled after the latest
+/// request, and none waits behind a stream of them.
+pub async fn bulk_feeder(
+    keys: impl Fn() -> Vec<ServiceKey>,
+    mut all: mpsc::UnboundedReceiver<()>,
+    tx: mpsc::UnboundedSender<ServiceKey>,
+    progress: Arc<Progress>,
+) {
+    let mut queue: std::collections::VecDeque<ServiceKey> = Default::default();
+    let mut sent: Vec<ServiceKey> = Vec::new();
+    loop {
+        if queue.is_empty() {
+            sent = Vec::new();
+            if all.recv().await.is_none() {
+                return;
+            }
+            while all.try_recv().is_ok() {}
+            queue = keys().into();
+            continue;
+        }
+        if all.try_recv().is_ok() {
+            while all.try_recv().is_ok() {}
+            queue.extend(sent.drain(..));
+        }
+        let start = progress.count();
+        let batch = queue.len().min(BULK_BATCH);
+        for k in queue.drain(..batch) {
+            if tx.send(k.clone()).is_err() {
+                return;
+            }
+            sent.push(k);
+        }
+        let _ = tokio::time::timeout(
+            BULK_PATIENCE,
+            progress.reached(start + (batch as u64).div_ceil(2)),
+        )
+        .await;
+    }
 }
 
 fn error_policy(_svc: Arc<Service>, err: &Error, _ctx: Arc<Context>) -> Action {
@@ -204,6 +302,7 @@ fn error_policy(_svc: Arc<Service>, err: &Error, _ctx: Arc<Context>) -> Action {
 pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
     let result = reconcile_inner(&svc, &ctx).await;
+    ctx.shared.reconciled.done();
     ctx.shared
         .metrics
         .reconciled("service", start.elapsed().as_secs_f64(), result.is_err());
@@ -251,7 +350,12 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
             &namespace_labels,
             &mut ipam,
         );
-        ctx.shared.metrics.pools(&ipam);
+        if p.notes
+            .iter()
+            .any(|n| matches!(n.reason, "IPAllocated" | "IPReleased"))
+        {
+            ctx.shared.metrics.pools(&ipam);
+        }
         // Marked while the engine is locked: a release after this wakes it, one before it
         // was seen by this plan.
         let waits = p.pending.is_some()
@@ -276,7 +380,7 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
         set_assignment(ctx, &plan.key, None).await?;
         if let Ok(mut health) = ctx.shared.health.lock() {
             health.remove(&plan.key);
-            ctx.shared.metrics.services(&health.totals());
+            ctx.shared.metrics.services(health.totals());
         }
     }
     carry_out(svc, &plan, ctx).await?;
@@ -298,9 +402,17 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
     if !changed.is_empty() {
         let _ = ctx.shared.sync.send(SyncEvent::Routes(changed));
     }
-    if plan.ours {
-        // Deleted while this reconcile was in its API calls, its routes and assignment were
-        // written after the release: the sweeper looks (nothing, if it is still there).
+    // Deleted while this reconcile was in its API calls, its routes and assignment were
+    // written after the release: the sweeper looks again. Read after the writes above: a
+    // deletion the store shows later is swept after them by the watch's own request. Read
+    // here, not in the sweeper, because every endpoint change ends here.
+    if plan.ours
+        && ctx
+            .stores
+            .services
+            .get(&ObjectRef::new(&plan.key.name).within(&plan.key.namespace))
+            .is_none()
+    {
         let _ = ctx.shared.sweep.send(SweepRequest::Check(plan.key.clone()));
     }
     // Only Berth's own Services wait for something; another's (NotBerths) is said once per
@@ -565,12 +677,15 @@ async fn next_hops_of(
         .map_or(0, |l| l.ips.len());
     let started = match ctx.shared.health.lock() {
         Ok(mut health) => {
-            let before = health.update(&plan.key, |h| {
-                h.pending = plan.pending;
-                h.without_next_hop = none_now;
-                h.layer2_ips = layer2_ips;
-            });
-            ctx.shared.metrics.services(&health.totals());
+            let now = crate::health::Health {
+                pending: plan.pending,
+                without_next_hop: none_now,
+                layer2_ips,
+            };
+            let before = health.update(&plan.key, |h| *h = now.clone());
+            if before != now {
+                ctx.shared.metrics.services(health.totals());
+            }
             none_now && !before.without_next_hop
         }
         Err(_) => false,
@@ -622,14 +737,16 @@ pub fn wake_pending(ctx: &Context) {
     }
 }
 
-/// Whether a Service is in the store.
-type Present<'a> = Box<dyn Fn(&ServiceKey) -> bool + 'a>;
-
 /// Which Services a sweep looks at.
 pub enum Scope<'a> {
     /// Every Service the engine, the route table or the health gauges know, against the
-    /// store's keys (read with the engine locked).
-    Every(&'a dyn Fn() -> Vec<ServiceKey>),
+    /// stored Services (read with the engine locked) and the `kept` keys.
+    Every {
+        /// The Services in the store now.
+        stored: &'a dyn Fn() -> Vec<Arc<Service>>,
+        /// Keys taken as present whatever the store says (their assignment is still there).
+        kept: &'a std::collections::BTreeSet<ServiceKey>,
+    },
     /// Only these (a watch said they were deleted), against the store.
     These(&'a [ServiceKey], &'a dyn Fn(&ServiceKey) -> bool),
 }
@@ -643,27 +760,41 @@ pub fn sweep(ctx: &Context, scope: Scope<'_>) -> Vec<ServiceKey> {
     let Ok(mut ipam) = ctx.shared.ipam.lock() else {
         return Vec::new();
     };
-    let (candidates, present): (Vec<ServiceKey>, Present<'_>) = match scope {
-        Scope::Every(keys) => {
-            let mut present = keys();
-            present.sort();
-            let mut candidates: Vec<ServiceKey> = ipam.services().cloned().collect();
+    let mut absent: std::collections::BTreeSet<ServiceKey> = Default::default();
+    match scope {
+        Scope::Every { stored, kept } => {
+            // Borrowed keys in a hash set: the sweep of 10,000 Services runs once a minute on
+            // the runtime's thread, and cloning and sorting every key took 30 ms of it.
+            let stored = stored();
+            let present: std::collections::HashSet<(&str, &str)> = stored
+                .iter()
+                .map(|s| {
+                    (
+                        s.metadata.namespace.as_deref().unwrap_or_default(),
+                        s.metadata.name.as_deref().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let mut look = |k: &ServiceKey| {
+                if !present.contains(&(k.namespace.as_str(), k.name.as_str()))
+                    && !kept.contains(k)
+                    && !absent.contains(k)
+                {
+                    absent.insert(k.clone());
+                }
+            };
+            ipam.services().for_each(&mut look);
             if let Ok(t) = ctx.shared.routes.lock() {
-                candidates.extend(t.services().cloned());
+                t.services().for_each(&mut look);
             }
             if let Ok(h) = ctx.shared.health.lock() {
-                candidates.extend(h.services().cloned());
+                h.services().for_each(&mut look);
             }
-            (
-                candidates,
-                Box::new(move |k| present.binary_search(k).is_ok()),
-            )
         }
-        Scope::These(keys, present) => (keys.to_vec(), Box::new(present)),
-    };
-    let mut absent: Vec<ServiceKey> = candidates.into_iter().filter(|k| !present(k)).collect();
-    absent.sort();
-    absent.dedup();
+        Scope::These(keys, present) => {
+            absent.extend(keys.iter().filter(|k| !present(k)).cloned());
+        }
+    }
     let gone: Vec<ServiceKey> = absent
         .iter()
         .filter(|k| !ipam.ips_of(k).is_empty())
@@ -671,6 +802,9 @@ pub fn sweep(ctx: &Context, scope: Scope<'_>) -> Vec<ServiceKey> {
         .collect();
     for k in &gone {
         ipam.release(k);
+    }
+    if !gone.is_empty() {
+        ctx.shared.metrics.pools(&ipam);
     }
     // Routes of vanished Services too, not only of those the engine holds: a reconcile that
     // was in its API calls when its Service went writes its routes after the release, and
@@ -692,7 +826,7 @@ pub fn sweep(ctx: &Context, scope: Scope<'_>) -> Vec<ServiceKey> {
         for k in &absent {
             health.remove(k);
         }
-        ctx.shared.metrics.services(&health.totals());
+        ctx.shared.metrics.services(health.totals());
     }
     gone
 }
@@ -751,13 +885,6 @@ async fn sweeper(
         return;
     }
     info!(every = ?FULL_SWEEP_EVERY, "releasing the IPs of deleted Services as they go");
-    let keys = || -> Vec<ServiceKey> {
-        store
-            .state()
-            .iter()
-            .map(|s| ServiceKey::new(s.namespace().unwrap_or_default(), s.name_any()))
-            .collect()
-    };
     let in_store = |k: &ServiceKey| {
         store
             .get(&ObjectRef::<Service>::new(&k.name).within(&k.namespace))
@@ -806,8 +933,16 @@ async fn sweeper(
         // Assignments of vanished Services go first: agents stop answering before the IP is
         // released and handed to a waiting Service.
         let orphans: Vec<ServiceKey> = if everything {
-            let mut present = keys();
-            present.sort();
+            let stored = store.state();
+            let present: std::collections::HashSet<(&str, &str)> = stored
+                .iter()
+                .map(|s| {
+                    (
+                        s.metadata.namespace.as_deref().unwrap_or_default(),
+                        s.metadata.name.as_deref().unwrap_or_default(),
+                    )
+                })
+                .collect();
             ctx.stores
                 .assignments
                 .state()
@@ -817,7 +952,7 @@ async fn sweeper(
                     let (ns, name) = s.split_once('/')?;
                     Some(ServiceKey::new(ns.to_owned(), name.to_owned()))
                 })
-                .filter(|k| present.binary_search(k).is_err())
+                .filter(|k| !present.contains(&(k.namespace.as_str(), k.name.as_str())))
                 .collect()
         } else {
             these
@@ -849,12 +984,13 @@ async fn sweeper(
             }
         }
         let gone = if everything {
-            let present = || {
-                let mut v = keys();
-                v.extend(held_back.iter().cloned());
-                v
-            };
-            sweep(&ctx, Scope::Every(&present))
+            sweep(
+                &ctx,
+                Scope::Every {
+                    stored: &|| store.state(),
+                    kept: &held_back,
+                },
+            )
         } else {
             these.retain(|k| !held_back.contains(k));
             sweep(&ctx, Scope::These(&these, &in_store))
@@ -900,5 +1036,98 @@ mod sweep_requests {
                 .iter()
                 .all(|(at, _)| *at > now && *at <= now + SWEEP_AGAIN_AFTER)
         );
+    }
+}
+
+#[cfg(test)]
+mod bulk {
+    use super::*;
+
+    /// Lets the feeder run until it waits.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<ServiceKey>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(k) = rx.try_recv() {
+            out.push(k.name);
+        }
+        out
+    }
+
+    /// A reconcile of everything goes a batch at a time: the next batch when half of one is
+    /// done, or after the patience runs out; a request in the middle of a pass sends the
+    /// Services already done again, after the rest.
+    #[tokio::test(start_paused = true)]
+    async fn a_reconcile_of_everything_is_paced_and_a_new_request_redoes_what_was_done() {
+        let names: Vec<String> = (0..200).map(|i| format!("s{i:03}")).collect();
+        let keys = {
+            let names = names.clone();
+            move || names.iter().map(|n| ServiceKey::new("shop", n)).collect()
+        };
+        let (all_tx, all_rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let progress = Arc::new(Progress::default());
+        let feeder = tokio::spawn(bulk_feeder(keys, all_rx, tx, progress.clone()));
+
+        settle().await;
+        assert!(drain(&mut rx).is_empty(), "nothing asked yet");
+        all_tx.send(()).unwrap();
+        all_tx.send(()).unwrap();
+        settle().await;
+        let first = drain(&mut rx);
+        assert_eq!(first, names[..BULK_BATCH], "one batch, in order");
+
+        // Not half done: nothing more.
+        for _ in 0..BULK_BATCH / 2 - 1 {
+            progress.done();
+        }
+        settle().await;
+        assert!(
+            drain(&mut rx).is_empty(),
+            "sent before half the batch was done"
+        );
+        progress.done();
+        settle().await;
+        assert_eq!(drain(&mut rx), names[BULK_BATCH..2 * BULK_BATCH]);
+
+        // No progress at all (requests merged in the controller's queue): the next batch
+        // goes after the patience.
+        tokio::time::advance(BULK_PATIENCE / 2).await;
+        settle().await;
+        assert!(drain(&mut rx).is_empty());
+        tokio::time::advance(BULK_PATIENCE).await;
+        settle().await;
+        let third = drain(&mut rx);
+        assert_eq!(third, names[2 * BULK_BATCH..3 * BULK_BATCH]);
+
+        // A new request: the 8 not sent yet, then the 192 sent before it.
+        all_tx.send(()).unwrap();
+        let mut rest = Vec::new();
+        while rest.len() < 200 {
+            for _ in 0..BULK_BATCH {
+                progress.done();
+            }
+            settle().await;
+            let got = drain(&mut rx);
+            assert!(got.len() <= BULK_BATCH, "more than a batch at once");
+            rest.extend(got);
+        }
+        let mut expected: Vec<String> = names[3 * BULK_BATCH..].to_vec();
+        expected.extend_from_slice(&names[..3 * BULK_BATCH]);
+        assert_eq!(rest, expected);
+        for _ in 0..BULK_BATCH {
+            progress.done();
+        }
+        settle().await;
+        assert!(drain(&mut rx).is_empty(), "a pass ends");
+        drop(all_tx);
+        tokio::time::timeout(Duration::from_secs(5), feeder)
+            .await
+            .expect("the feeder ends with its requests")
+            .unwrap();
     }
 }

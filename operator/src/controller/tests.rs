@@ -145,6 +145,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
         sync: tx,
         eip_dirty: Notify::new(),
         reconcile: reconcile_tx,
+        reconciled: Default::default(),
         waiting: Mutex::new(Default::default()),
         sweep: mpsc::unbounded_channel().0,
         health: Mutex::new(Default::default()),
@@ -186,6 +187,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
             pods,
             assignments,
             namespaces,
+            services: store::<Service>().0,
         },
         recorder,
     });
@@ -571,18 +573,25 @@ async fn the_sweep_releases_a_deleted_service() {
         );
         w.add_node("n1", "10.0.0.11", true, json!({}));
         w.reconcile(svc).await;
-        w.reconcile(other).await;
+        w.reconcile(other.clone()).await;
         w.synced_ips();
         let kept = ServiceKey::new("shop", "other");
         let web = ServiceKey::new("shop", "web");
-        let keys = || vec![kept.clone()];
+        let stored = || vec![Arc::new(other.clone())];
+        let none = std::collections::BTreeSet::new();
         let in_store = |k: &ServiceKey| *k == kept;
         let both = [web.clone(), kept.clone()];
         let sweep = |w: &World| {
             if targeted {
                 super::service::sweep(&w.ctx, super::service::Scope::These(&both, &in_store))
             } else {
-                super::service::sweep(&w.ctx, super::service::Scope::Every(&keys))
+                super::service::sweep(
+                    &w.ctx,
+                    super::service::Scope::Every {
+                        stored: &stored,
+                        kept: &none,
+                    },
+                )
             }
         };
         let gone = sweep(&w);

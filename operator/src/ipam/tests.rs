@@ -763,6 +763,43 @@ fn shrinking_or_excluding_an_in_use_ip_is_reported_naming_the_services() {
     assert!(ipam.stranded("a").is_empty());
 }
 
+/// The IPs a pool no longer hands out are found between, before and after its usable
+/// ranges, in IP order; one still usable, or another pool's, is not among them.
+#[test]
+fn stranded_ips_are_found_in_every_gap_of_the_pool() {
+    let mut ipam = engine(vec![
+        default_pool("a", "10.0.0.0/24"),
+        default_pool("b", "10.0.1.0/24"),
+    ]);
+    for (name, at) in [
+        ("w5", "10.0.0.5"),
+        ("w100", "10.0.0.100"),
+        ("w200", "10.0.0.200"),
+        ("w250", "10.0.0.250"),
+        ("other", "10.0.1.9"),
+    ] {
+        ipam.allocate(&Request {
+            requested: Some(ip(at)),
+            ..v4(holder(name))
+        })
+        .unwrap();
+    }
+    let edited = PoolSpec {
+        excludes: vec!["10.0.0.100".into(), "10.0.0.250".into()],
+        ..default_pool("a", "10.0.0.0/25")
+    };
+    assert!(ipam.upsert_pool(edited).is_err());
+    assert_eq!(
+        ipam.stranded("a"),
+        [
+            (ServiceKey::new("ns", "w100"), ip("10.0.0.100")),
+            (ServiceKey::new("ns", "w200"), ip("10.0.0.200")),
+            (ServiceKey::new("ns", "w250"), ip("10.0.0.250")),
+        ]
+    );
+    assert!(ipam.stranded("b").is_empty());
+}
+
 /// A shrink that would take an IP in use away keeps that IP with its Service (it still
 /// counts against the pool, and the Service keeps it across reconciles and a restart), but
 /// no new IP comes from the removed part any more.
