@@ -127,6 +127,9 @@ pub struct Shared {
     /// Service reconciles finished so far: paces a reconcile of every Service
     /// ([`service::bulk_feeder`]).
     pub reconciled: Arc<service::Progress>,
+    /// Services with a reconcile running: an endpoint change of one of them goes to the
+    /// controller, which runs it after ([`service::endpoints_changed`]).
+    pub reconciling: Mutex<std::collections::BTreeSet<ServiceKey>>,
     /// Services whose last plan left a request unmet (no IP, a conflicting or taken one).
     pub waiting: Mutex<std::collections::BTreeSet<ServiceKey>>,
     /// Asks the sweeper to release what deleted Services hold.
@@ -350,6 +353,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
         eip_dirty: Notify::new(),
         reconcile: reconcile_tx,
         reconciled: Default::default(),
+        reconciling: Default::default(),
         waiting: Mutex::new(Default::default()),
         sweep: sweep_tx,
         health: Mutex::new(Default::default()),
@@ -363,11 +367,15 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     let (nodes, node_events) =
         reflect(Api::<Node>::all(client.clone()), watcher::Config::default());
     // EndpointSlices are indexed by Service, not kept in a store: a reconcile reads only its
-    // own. The index task forwards each changed slice to the Service controller.
+    // own. The index task carries out a settled Service's change itself once the context
+    // exists (`service::endpoints_changed`), and forwards every other changed slice to the
+    // Service controller.
     let (slices_ready_tx, mut slices_ready) = tokio::sync::watch::channel(false);
     let (slice_tx, slice_rx) = mpsc::unbounded_channel::<EndpointSlice>();
+    let endpoint_ctx: Arc<std::sync::OnceLock<Arc<Context>>> = Arc::default();
     let slice_task = {
         let shared = shared.clone();
+        let endpoint_ctx = endpoint_ctx.clone();
         let mut events = watcher(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels(berth_api::names::LABEL_SERVICE_NAME),
@@ -393,8 +401,14 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
                             let _ = shared.reconcile.send(k);
                         }
                     }
-                    watcher::Event::Apply(s) | watcher::Event::Delete(s) if changed.is_some() => {
-                        let _ = slice_tx.send(s);
+                    watcher::Event::Apply(s) | watcher::Event::Delete(s) => {
+                        let Some(key) = changed else { continue };
+                        let done = endpoint_ctx
+                            .get()
+                            .is_some_and(|ctx| service::endpoints_changed(ctx, &key));
+                        if !done {
+                            let _ = slice_tx.send(s);
+                        }
                     }
                     _ => {}
                 }
@@ -574,6 +588,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
 
     // The rebuild happens before the first allocation: every IP in a Service's status is
     // held again before any Service is looked at.
+    let _ = endpoint_ctx.set(ctx.clone());
     let services_now = service::rebuild(&ctx).await?;
     if let Ok(mut n) = shared.nodes.lock() {
         *n = node_views(stores.nodes.state().iter().map(|n| &**n));

@@ -81,6 +81,11 @@ impl ServiceHealth {
         before
     }
 
+    /// One Service's health (the default when it has nothing to report).
+    pub fn of(&self, key: &ServiceKey) -> Health {
+        self.by_service.get(key).cloned().unwrap_or_default()
+    }
+
     /// Forgets a Service (deleted, or not Berth's).
     pub fn remove(&mut self, key: &ServiceKey) {
         if let Some(h) = self.by_service.remove(key) {

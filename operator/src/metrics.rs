@@ -51,6 +51,7 @@ pub struct Metrics {
     addresses_in_use: Family<PoolLabels, Gauge>,
     reconcile_duration: Family<ControllerLabels, Histogram>,
     reconcile_errors: Family<ControllerLabels, Counter>,
+    endpoint_updates: Counter,
     speaker_sync_errors: Family<SpeakerLabels, Counter>,
     leader: Gauge,
     without_next_hop: Gauge,
@@ -72,6 +73,7 @@ impl Metrics {
                 Histogram::new([0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
             });
         let reconcile_errors = Family::default();
+        let endpoint_updates = Counter::default();
         let speaker_sync_errors = Family::default();
         let leader = Gauge::default();
         let without_next_hop = Gauge::default();
@@ -136,6 +138,11 @@ impl Metrics {
             reconcile_errors.clone(),
         );
         registry.register(
+            "berth_endpoint_updates",
+            "EndpointSlice changes of settled Services carried out without a reconcile (their next hops computed again)",
+            endpoint_updates.clone(),
+        );
+        registry.register(
             "berth_speaker_sync_errors",
             "Pushes of desired state to a bgp-server replica that failed",
             speaker_sync_errors.clone(),
@@ -151,6 +158,7 @@ impl Metrics {
             addresses_in_use,
             reconcile_duration,
             reconcile_errors,
+            endpoint_updates,
             speaker_sync_errors,
             leader,
             without_next_hop,
@@ -179,6 +187,11 @@ impl Metrics {
                     .set(i64::try_from(u.used).unwrap_or(i64::MAX));
             }
         }
+    }
+
+    /// Counts an endpoint change carried out without a reconcile.
+    pub fn endpoint_update(&self) {
+        self.endpoint_updates.inc();
     }
 
     /// Records one reconcile's duration, and whether it failed.

@@ -301,12 +301,124 @@ fn error_policy(_svc: Arc<Service>, err: &Error, _ctx: Arc<Context>) -> Action {
 #[tracing::instrument(skip_all, fields(service = %format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())))]
 pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
+    let _running = Running::mark(
+        &ctx,
+        ServiceKey::new(svc.namespace().unwrap_or_default(), svc.name_any()),
+    );
     let result = reconcile_inner(&svc, &ctx).await;
     ctx.shared.reconciled.done();
     ctx.shared
         .metrics
         .reconciled("service", start.elapsed().as_secs_f64(), result.is_err());
     result
+}
+
+/// A Service's mark in [`super::Shared::reconciling`] while its reconcile runs; removed
+/// when dropped (also when the reconcile fails or is cancelled).
+struct Running<'a> {
+    ctx: &'a Context,
+    key: ServiceKey,
+}
+
+impl<'a> Running<'a> {
+    fn mark(ctx: &'a Context, key: ServiceKey) -> Self {
+        if let Ok(mut r) = ctx.shared.reconciling.lock() {
+            r.insert(key.clone());
+        }
+        Running { ctx, key }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.ctx.shared.reconciling.lock() {
+            r.remove(&self.key);
+        }
+    }
+}
+
+/// An EndpointSlice change of a settled Service, carried out without a reconcile: its next
+/// hops are computed again and the speakers told what changed. A settled Service is in the
+/// store and not being deleted, holds its IPs and waits for none, announces over BGP only
+/// (a Layer2 assignment may move: an API write), has no node without an address of its
+/// family (said in an Event) and neither starts nor stops having no next hop (a gauge and
+/// an Event). Anything else returns false, and the change goes to the controller for a
+/// reconcile, as does one of a Service whose reconcile is running (the controller runs it
+/// after; computed now, it could be overwritten by that reconcile's older result). The
+/// `reconciling` lock is held throughout, so no reconcile starts meanwhile.
+///
+/// An endpoint change is the most frequent event in a cluster: through the controller it
+/// cost a queue with a millisecond timer, a spawned task and a plan of the Service.
+pub fn endpoints_changed(ctx: &Context, key: &ServiceKey) -> bool {
+    match endpoints_only(ctx, key) {
+        Ok(()) => {
+            ctx.shared.metrics.endpoint_update();
+            true
+        }
+        Err(why) => {
+            tracing::debug!(service = %key, why, "endpoint change left to a reconcile");
+            false
+        }
+    }
+}
+
+/// [`endpoints_changed`]; `Err` says why a reconcile is needed.
+fn endpoints_only(ctx: &Context, key: &ServiceKey) -> Result<(), &'static str> {
+    let reconciling = ctx
+        .shared
+        .reconciling
+        .lock()
+        .map_err(|_| "a lock is poisoned")?;
+    if reconciling.contains(key) {
+        return Err("its reconcile is running");
+    }
+    if ctx.shared.waiting.lock().map_or(true, |w| w.contains(key)) {
+        return Err("it waits for an IP");
+    }
+    let svc = ctx
+        .stores
+        .services
+        .get(&ObjectRef::new(&key.name).within(&key.namespace))
+        .ok_or("not in the store")?;
+    if svc.metadata.deletion_timestamp.is_some() {
+        return Err("being deleted");
+    }
+    let held = ctx
+        .shared
+        .ipam
+        .lock()
+        .map(|i| i.ips_of(key).to_vec())
+        .map_err(|_| "a lock is poisoned")?;
+    if held.is_empty() {
+        return Err("holds no IP");
+    }
+    let c = compute(&svc, &held, ctx);
+    if c.layer2.is_some() {
+        return Err("Layer2 IPs (the assignment may move)");
+    }
+    if !c.missing.is_empty() {
+        return Err("nodes without an address (an Event)");
+    }
+    let none_now = c.bgp.iter().any(|(_, h)| h.is_empty());
+    let none_before = ctx
+        .shared
+        .health
+        .lock()
+        .map_or(!none_now, |h| h.of(key).without_next_hop);
+    if none_now != none_before {
+        return Err("starts or stops having no next hop (the gauge, an Event)");
+    }
+    let changed = ctx
+        .shared
+        .routes
+        .lock()
+        .map(|mut table| table.set(key, c.bgp))
+        .map_err(|_| "a lock is poisoned")?;
+    if !changed.is_empty() {
+        let _ = ctx.shared.sync.send(SyncEvent::Routes(changed));
+    }
+    drop(reconciling);
+    Ok(())
 }
 
 /// How soon a Service whose Namespace is not in the watch yet is looked at again.
@@ -555,11 +667,7 @@ async fn publish_on(
 /// Computes the next hops of `held` IPs of `svc` from the indexes; reads only this
 /// Service's EndpointSlices.
 pub fn compute(svc: &Service, held: &[IpAddr], ctx: &Context) -> Computed {
-    let conf = ctx
-        .stores
-        .confs
-        .get(&ObjectRef::new(names::BGPCONF_NAME))
-        .map(|c| c.spec.clone());
+    let conf = ctx.stores.confs.get(&ObjectRef::new(names::BGPCONF_NAME));
     let nodes = ctx
         .shared
         .nodes
@@ -584,7 +692,14 @@ pub fn compute(svc: &Service, held: &[IpAddr], ctx: &Context) -> Computed {
         (eip.spec.protocol == EipProtocol::Layer2)
             .then(|| eip.spec.interface.clone().unwrap_or_default())
     };
-    announce::compute(svc, held, conf.as_ref(), &nodes, &slices, layer2_interface)
+    announce::compute(
+        svc,
+        held,
+        conf.as_deref().map(|c| &c.spec),
+        &nodes,
+        &slices,
+        layer2_interface,
+    )
 }
 
 /// The Layer2 assignment of `key` as the operator last wrote it (from the store).

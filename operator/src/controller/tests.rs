@@ -50,6 +50,7 @@ struct World {
     confs: Writer<BgpConf>,
     pods: Writer<Pod>,
     namespaces: Writer<k8s_openapi::api::core::v1::Namespace>,
+    services: Writer<Service>,
 }
 
 fn store<K>() -> (reflector::Store<K>, Writer<K>)
@@ -146,6 +147,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
         eip_dirty: Notify::new(),
         reconcile: reconcile_tx,
         reconciled: Default::default(),
+        reconciling: Default::default(),
         waiting: Mutex::new(Default::default()),
         sweep: mpsc::unbounded_channel().0,
         health: Mutex::new(Default::default()),
@@ -162,6 +164,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
     let (pods, pod_w) = store::<Pod>();
     let (assignments, _assignment_w) = store::<k8s_openapi::api::core::v1::ConfigMap>();
     let (namespaces, namespace_w) = store::<k8s_openapi::api::core::v1::Namespace>();
+    let (services, service_w) = store::<Service>();
     let settings = Settings {
         take_unclassed: false,
         namespace: "berth-system".into(),
@@ -187,7 +190,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
             pods,
             assignments,
             namespaces,
-            services: store::<Service>().0,
+            services,
         },
         recorder,
     });
@@ -202,6 +205,7 @@ fn world(pools: Vec<PoolSpec>, claims_of: &[Service]) -> World {
         confs: conf_w,
         pods: pod_w,
         namespaces: namespace_w,
+        services: service_w,
     }
 }
 
@@ -283,6 +287,12 @@ impl World {
             .lock()
             .unwrap()
             .apply(&watcher::Event::Apply(s));
+    }
+
+    /// Puts `svc` in the Service store, as the controller's watch would.
+    fn store_service(&mut self, svc: &Service) {
+        self.services
+            .apply_watcher_event(&watcher::Event::Apply(svc.clone()));
     }
 
     async fn reconcile(&self, svc: Service) {
@@ -777,6 +787,88 @@ async fn an_endpoint_moving_moves_the_next_hop_with_no_write_to_the_service() {
         !seen.iter().any(|s| s.path.contains("/services/")),
         "an endpoint move writes nothing to the Service: {seen:#?}"
     );
+}
+
+/// An endpoint move of a settled BGP Service is carried out without a reconcile: the route
+/// follows, the speakers are told, nothing is written to the API.
+#[tokio::test]
+async fn an_endpoint_move_of_a_settled_service_needs_no_reconcile() {
+    let svc = allocated("Local", "198.51.100.9");
+    let mut w = world(
+        vec![pool("blue", "198.51.100.8/30")],
+        std::slice::from_ref(&svc),
+    );
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    w.add_node("n2", "10.0.0.12", true, json!({}));
+    w.add_node("n3", "10.0.0.13", true, json!({}));
+    w.store_service(&svc);
+    w.slice(&["n1"]);
+    w.reconcile(svc.clone()).await;
+    assert_eq!(w.route("198.51.100.9"), ["n1"]);
+    w.take();
+    w.synced_ips();
+    let web = ServiceKey::new("shop", "web");
+
+    w.slice(&["n2", "n3"]);
+    assert!(service::endpoints_changed(&w.ctx, &web));
+    assert_eq!(w.route("198.51.100.9"), ["n2", "n3"]);
+    assert_eq!(w.synced_ips(), ["198.51.100.9".parse::<IpAddr>().unwrap()]);
+    assert!(w.take().is_empty(), "an endpoint move writes nothing");
+    // Nothing moved: nothing told.
+    assert!(service::endpoints_changed(&w.ctx, &web));
+    assert!(w.synced_ips().is_empty());
+}
+
+/// What an endpoint change can bring besides a route goes to the controller: the Service
+/// losing its last next hop (the gauge and a NoNextHop Event), a reconcile of it running
+/// (its older result would land after), a Service waiting for an IP, one not in the store.
+#[tokio::test]
+async fn an_endpoint_change_goes_to_a_reconcile_when_more_than_the_route_changes() {
+    let svc = allocated("Local", "198.51.100.9");
+    let mut w = world(
+        vec![pool("blue", "198.51.100.8/30")],
+        std::slice::from_ref(&svc),
+    );
+    w.add_node("n1", "10.0.0.11", true, json!({}));
+    let web = ServiceKey::new("shop", "web");
+    w.slice(&["n1"]);
+    assert!(
+        !service::endpoints_changed(&w.ctx, &web),
+        "not in the store yet"
+    );
+    w.store_service(&svc);
+    w.reconcile(svc.clone()).await;
+    w.synced_ips();
+
+    w.slice(&[]);
+    assert!(
+        !service::endpoints_changed(&w.ctx, &web),
+        "no next hop left"
+    );
+    assert_eq!(w.route("198.51.100.9"), ["n1"], "left to the reconcile");
+    w.reconcile(svc.clone()).await;
+    assert!(w.route("198.51.100.9").is_empty());
+    w.slice(&["n1"]);
+    assert!(
+        !service::endpoints_changed(&w.ctx, &web),
+        "a next hop again: the gauge goes down"
+    );
+
+    w.ctx.shared.reconciling.lock().unwrap().insert(web.clone());
+    assert!(
+        !service::endpoints_changed(&w.ctx, &web),
+        "a reconcile runs"
+    );
+    w.ctx.shared.reconciling.lock().unwrap().clear();
+    w.ctx.shared.waiting.lock().unwrap().insert(web.clone());
+    assert!(!service::endpoints_changed(&w.ctx, &web), "waits for an IP");
+    w.ctx.shared.waiting.lock().unwrap().clear();
+    w.reconcile(svc).await;
+    assert!(
+        w.ctx.shared.reconciling.lock().unwrap().is_empty(),
+        "a reconcile's mark goes with it"
+    );
+    assert!(service::endpoints_changed(&w.ctx, &web));
 }
 
 #[tokio::test]
