@@ -317,7 +317,11 @@ pub async fn run(ctx: Arc<Context>, mut rx: mpsc::UnboundedReceiver<SyncEvent>) 
                 continue;
             }
         }
-        refresh_workers(&ctx, &mut workers, &board, &generation);
+        // Replicas come and go with the bgp-server Pods, whose changes arrive as `Full`:
+        // a route change needs no look at the Pods (it cost 2 % of an endpoint change).
+        if full || workers.is_empty() {
+            refresh_workers(&ctx, &mut workers, &board, &generation);
+        }
         let ev = if full {
             SyncEvent::Full
         } else {
