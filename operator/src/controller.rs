@@ -543,12 +543,13 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     };
     let drive = tokio::spawn(drive);
 
+    // Its own statement: the guard `wait_for` returns holds the channel's lock, and inside
+    // the array below it would live across the other waits, blocking the index task's next
+    // `send` (a relist meanwhile), and with it this runtime's only thread.
+    let slices_listed = slices_ready.wait_for(|r| *r).await.is_ok();
     for (what, ready) in [
         ("nodes", stores.nodes.wait_until_ready().await.is_ok()),
-        (
-            "endpointslices",
-            slices_ready.wait_for(|r| *r).await.is_ok(),
-        ),
+        ("endpointslices", slices_listed),
         ("eips", stores.eips.wait_until_ready().await.is_ok()),
         ("bgpconfs", stores.confs.wait_until_ready().await.is_ok()),
         ("bgppeers", stores.peers.wait_until_ready().await.is_ok()),
