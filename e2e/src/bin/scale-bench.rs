@@ -70,8 +70,15 @@ fn repo_root() -> PathBuf {
     std::env::current_dir().unwrap_or_default()
 }
 
+/// Node `i`'s InternalIP: 254 hosts per /24 (`.1` to `.254`; with 256 every 256th node had
+/// `.256`, no address at all, and its Services a NodeWithoutAddress Event at every change).
 fn node_ip(i: usize) -> String {
-    format!("10.{}.{}.{}", 20 + i / 65536, (i / 256) % 256, i % 256 + 1)
+    format!(
+        "10.{}.{}.{}",
+        20 + i / (254 * 256),
+        (i / 254) % 256,
+        i % 254 + 1
+    )
 }
 
 /// Kills the child on drop (the bench never leaves processes behind).
