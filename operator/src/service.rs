@@ -38,6 +38,68 @@ fn err(field: impl Into<String>, why: impl Into<String>) -> IntentError {
     }
 }
 
+/// The annotation `kubectl apply` writes: a copy of the whole object as applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A Service as the operator's store keeps it: without what no decision reads. At 10,000
+/// Services the store is the largest part of the operator's memory, and a real API server's
+/// Service carries more than the scale bench's (a cluster IP, node ports, the last applied
+/// copy of the whole object, defaults). Kept: metadata but `managedFields` and the last
+/// applied copy; the status; of the spec, what [`intent`] reads (type, class, families,
+/// requested IP, ports and protocols, traffic policy, and the selector of a `Local`
+/// Service); of a Service that is not a `LoadBalancer`, only its type and class (its
+/// reconcile only cleans up).
+pub fn stored(svc: &mut Service) {
+    svc.metadata.managed_fields = None;
+    if let Some(a) = svc.metadata.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+    let Some(spec) = svc.spec.as_mut() else {
+        return;
+    };
+    if spec.type_.as_deref() != Some("LoadBalancer") {
+        *spec = k8s_openapi::api::core::v1::ServiceSpec {
+            type_: spec.type_.take(),
+            load_balancer_class: spec.load_balancer_class.take(),
+            ..Default::default()
+        };
+        return;
+    }
+    if spec.external_traffic_policy.as_deref() != Some("Local") {
+        spec.selector = None;
+    }
+    spec.cluster_ip = None;
+    spec.cluster_ips = None;
+    spec.external_ips = None;
+    spec.external_name = None;
+    spec.health_check_node_port = None;
+    spec.internal_traffic_policy = None;
+    spec.load_balancer_source_ranges = None;
+    spec.session_affinity = None;
+    spec.session_affinity_config = None;
+    spec.traffic_distribution = None;
+    for p in spec.ports.iter_mut().flatten() {
+        p.name = None;
+        p.node_port = None;
+        p.target_port = None;
+        p.app_protocol = None;
+    }
+}
+
+/// Whether `svc` is Berth's to serve: a `LoadBalancer` of Berth's class (or of none, with
+/// `take_unclassed`).
+pub fn is_ours(svc: &Service, take_unclassed: bool) -> bool {
+    let Some(spec) = &svc.spec else {
+        return false;
+    };
+    spec.type_.as_deref() == Some("LoadBalancer")
+        && match spec.load_balancer_class.as_deref() {
+            Some(names::LOAD_BALANCER_CLASS) => true,
+            None => take_unclassed,
+            Some(_) => false,
+        }
+}
+
 /// Reads a Service. `take_unclassed`: handle LoadBalancer Services without a class.
 pub fn intent(svc: &Service, take_unclassed: bool) -> Result<Intent, IntentError> {
     intent_in(svc, take_unclassed, &Labels::new())
@@ -53,7 +115,7 @@ pub fn intent_in(
     let Some(spec) = &svc.spec else {
         return Ok(Intent::NotOurs);
     };
-    if spec.type_.as_deref() != Some("LoadBalancer") {
+    if !is_ours(svc, take_unclassed) {
         return Ok(Intent::NotOurs);
     }
     match spec.load_balancer_class.as_deref() {
@@ -157,16 +219,20 @@ pub fn intent_in(
         _ => TrafficPolicy::Cluster,
     };
     // Local-policy Services share an IP only with the same backends: the selector, canonical.
-    let backend = spec
-        .selector
-        .as_ref()
-        .map(|s| {
-            s.iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
+    // Only theirs: a `Cluster` Service's is not read (nor kept in the store, see `stored`).
+    let backend = match policy {
+        TrafficPolicy::Local => spec
+            .selector
+            .as_ref()
+            .map(|s| {
+                s.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default(),
+        TrafficPolicy::Cluster => String::new(),
+    };
     let created = meta
         .creation_timestamp
         .as_ref()

@@ -1,6 +1,7 @@
 //! The Service controller: rebuilds the IPAM state from every Service's status, then
 //! reconciles each Service by carrying out its [`plan`](crate::plan::plan) and recomputing its
-//! next hops. An EndpointSlice change reconciles its one Service; a change of what the
+//! next hops. An EndpointSlice change recomputes its one Service's next hops (without a
+//! reconcile when the Service is settled, [`endpoints_changed`]); a change of what the
 //! decisions read of Nodes (readiness, labels, addresses: not heartbeats), of an Eip's or
 //! BgpConf's spec (not their status) reconciles them all, a batch at a time
 //! ([`bulk_feeder`]; each is cheap when nothing changed: no write, no Event); a release
@@ -148,7 +149,7 @@ pub async fn run(
     let (listed_tx, listed) = tokio::sync::watch::channel(false);
     let sweep_tx = ctx.shared.sweep.clone();
     let services = watcher(api, watcher::Config::default())
-        .modify(|s| s.managed_fields_mut().clear())
+        .modify(crate::service::stored)
         .default_backoff()
         .reflect(writer)
         .inspect(move |e| match e {
@@ -251,8 +252,9 @@ const BULK_PATIENCE: Duration = Duration::from_secs(1);
 /// Carries out each "reconcile every Service" (a Node, pool, BgpConf or Namespace change, a
 /// relist of the assignments) a batch at a time: the next batch goes when half of this one
 /// is done. Handed over at once, 10,000 requests sat in the controller's queue, each with
-/// two copies of its object reference, ~7 MB at the peak. A request during a pass puts the
-/// Services already sent at the end of it: every Service is reconciled after the latest
+/// two copies of its object reference, ~7 MB at the peak. A request during a pass keeps the
+/// rest of the pass first and puts every other Service in the store after it (those done
+/// already, and those created meanwhile): every Service is reconciled after the latest
 /// request, and none waits behind a stream of them.
 pub async fn bulk_feeder(
     keys: impl Fn() -> Vec<ServiceKey>,
@@ -261,10 +263,8 @@ pub async fn bulk_feeder(
     progress: Arc<Progress>,
 ) {
     let mut queue: std::collections::VecDeque<ServiceKey> = Default::default();
-    let mut sent: Vec<ServiceKey> = Vec::new();
     loop {
         if queue.is_empty() {
-            sent = Vec::new();
             if all.recv().await.is_none() {
                 return;
             }
@@ -274,15 +274,17 @@ pub async fn bulk_feeder(
         }
         if all.try_recv().is_ok() {
             while all.try_recv().is_ok() {}
-            queue.extend(sent.drain(..));
+            // The rest of this pass first, then every other Service as the store has them
+            // now (those done already, and those created since the pass began).
+            let unsent: std::collections::BTreeSet<ServiceKey> = queue.iter().cloned().collect();
+            queue.extend(keys().into_iter().filter(|k| !unsent.contains(k)));
         }
         let start = progress.count();
         let batch = queue.len().min(BULK_BATCH);
         for k in queue.drain(..batch) {
-            if tx.send(k.clone()).is_err() {
+            if tx.send(k).is_err() {
                 return;
             }
-            sent.push(k);
         }
         let _ = tokio::time::timeout(
             BULK_PATIENCE,
@@ -383,14 +385,26 @@ fn endpoints_only(ctx: &Context, key: &ServiceKey) -> Result<(), &'static str> {
     if svc.metadata.deletion_timestamp.is_some() {
         return Err("being deleted");
     }
-    let held = ctx
+    if !crate::service::is_ours(&svc, ctx.settings.take_unclassed) {
+        return Err("not Berth's (any more)");
+    }
+    let (held, uid) = ctx
         .shared
         .ipam
         .lock()
-        .map(|i| i.ips_of(key).to_vec())
+        .map(|i| (i.ips_of(key).to_vec(), i.uid_of(key).map(str::to_owned)))
         .map_err(|_| "a lock is poisoned")?;
     if held.is_empty() {
         return Err("holds no IP");
+    }
+    // Deleted and created again under the same name: the IPs are the old instance's.
+    if uid.is_some() && uid.as_deref() != svc.metadata.uid.as_deref() {
+        return Err("another instance of the name holds the IPs");
+    }
+    // It had Layer2 IPs: its assignment and gauge go with a reconcile.
+    let layer2_before = ctx.shared.health.lock().map_or(1, |h| h.of(key).layer2_ips);
+    if layer2_before != 0 || current_assignment(ctx, key).is_some() {
+        return Err("a Layer2 assignment to update or remove");
     }
     let c = compute(&svc, &held, ctx);
     if c.layer2.is_some() {
@@ -418,6 +432,16 @@ fn endpoints_only(ctx: &Context, key: &ServiceKey) -> Result<(), &'static str> {
         let _ = ctx.shared.sync.send(SyncEvent::Routes(changed));
     }
     drop(reconciling);
+    // Deleted since the store was read above (a sweep in between, on another thread, would
+    // have missed these routes): the sweeper looks again, as after a reconcile.
+    if ctx
+        .stores
+        .services
+        .get(&ObjectRef::new(&key.name).within(&key.namespace))
+        .is_none()
+    {
+        let _ = ctx.shared.sweep.send(SweepRequest::Check(key.clone()));
+    }
     Ok(())
 }
 
@@ -1179,9 +1203,17 @@ mod bulk {
     #[tokio::test(start_paused = true)]
     async fn a_reconcile_of_everything_is_paced_and_a_new_request_redoes_what_was_done() {
         let names: Vec<String> = (0..200).map(|i| format!("s{i:03}")).collect();
+        let stored = Arc::new(std::sync::Mutex::new(names.clone()));
         let keys = {
-            let names = names.clone();
-            move || names.iter().map(|n| ServiceKey::new("shop", n)).collect()
+            let stored = stored.clone();
+            move || {
+                stored
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|n| ServiceKey::new("shop", n))
+                    .collect()
+            }
         };
         let (all_tx, all_rx) = mpsc::unbounded_channel();
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -1219,10 +1251,12 @@ mod bulk {
         let third = drain(&mut rx);
         assert_eq!(third, names[2 * BULK_BATCH..3 * BULK_BATCH]);
 
-        // A new request: the 8 not sent yet, then the 192 sent before it.
+        // A Service created during the pass, then a new request: the 8 not sent yet, then
+        // the 192 sent before it and the new one.
+        stored.lock().unwrap().push("s200".into());
         all_tx.send(()).unwrap();
         let mut rest = Vec::new();
-        while rest.len() < 200 {
+        while rest.len() < 201 {
             for _ in 0..BULK_BATCH {
                 progress.done();
             }
@@ -1233,6 +1267,7 @@ mod bulk {
         }
         let mut expected: Vec<String> = names[3 * BULK_BATCH..].to_vec();
         expected.extend_from_slice(&names[..3 * BULK_BATCH]);
+        expected.push("s200".into());
         assert_eq!(rest, expected);
         for _ in 0..BULK_BATCH {
             progress.done();

@@ -820,8 +820,9 @@ async fn an_endpoint_move_of_a_settled_service_needs_no_reconcile() {
 }
 
 /// What an endpoint change can bring besides a route goes to the controller: the Service
-/// losing its last next hop (the gauge and a NoNextHop Event), a reconcile of it running
-/// (its older result would land after), a Service waiting for an IP, one not in the store.
+/// losing its last next hop (the gauge and a NoNextHop Event), another instance under its
+/// name, a Service no longer Berth's, a reconcile of it running (its older result would
+/// land after), a Service waiting for an IP, one not in the store.
 #[tokio::test]
 async fn an_endpoint_change_goes_to_a_reconcile_when_more_than_the_route_changes() {
     let svc = allocated("Local", "198.51.100.9");
@@ -863,11 +864,24 @@ async fn an_endpoint_change_goes_to_a_reconcile_when_more_than_the_route_changes
     w.ctx.shared.waiting.lock().unwrap().insert(web.clone());
     assert!(!service::endpoints_changed(&w.ctx, &web), "waits for an IP");
     w.ctx.shared.waiting.lock().unwrap().clear();
-    w.reconcile(svc).await;
+    w.reconcile(svc.clone()).await;
     assert!(
         w.ctx.shared.reconciling.lock().unwrap().is_empty(),
         "a reconcile's mark goes with it"
     );
+    assert!(service::endpoints_changed(&w.ctx, &web));
+
+    // Deleted and created again under its name: the IPs are the old instance's.
+    let mut again = svc.clone();
+    again.metadata.uid = Some("another-instance".into());
+    w.store_service(&again);
+    assert!(!service::endpoints_changed(&w.ctx, &web), "another uid");
+    // No longer a load balancer of Berth's.
+    let mut cluster_ip = svc.clone();
+    cluster_ip.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
+    w.store_service(&cluster_ip);
+    assert!(!service::endpoints_changed(&w.ctx, &web), "not Berth's");
+    w.store_service(&svc);
     assert!(service::endpoints_changed(&w.ctx, &web));
 }
 

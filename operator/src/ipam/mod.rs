@@ -313,21 +313,33 @@ impl Ipam {
         };
         // Only the gaps around the usable ranges are walked: the status writer asks every
         // minute, and a walk of every held IP (10,000) took milliseconds of the runtime.
-        use std::ops::Bound::{Excluded, Unbounded};
+        use std::ops::Bound::{Excluded, Included, Unbounded};
         let usable = pool.usable();
+        // Within the pool's family (IPv4 sorts before IPv6): a dual-stack cluster's other
+        // family is not walked.
+        let (low, high) = match pool.family() {
+            Family::V4 => (
+                Included(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                Included(IpAddr::V4(std::net::Ipv4Addr::BROADCAST)),
+            ),
+            Family::V6 => (
+                Included(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+                Unbounded,
+            ),
+        };
         let mut gaps: Vec<(std::ops::Bound<IpAddr>, std::ops::Bound<IpAddr>)> = Vec::new();
         match (usable.first(), usable.last()) {
             (Some(first), Some(last)) => {
-                gaps.push((Unbounded, Excluded(first.first())));
+                gaps.push((low, Excluded(first.first())));
                 // Sorted and disjoint; a pair that were not would make `range` panic.
                 for w in usable.windows(2) {
                     if w[0].last() < w[1].first() {
                         gaps.push((Excluded(w[0].last()), Excluded(w[1].first())));
                     }
                 }
-                gaps.push((Excluded(last.last()), Unbounded));
+                gaps.push((Excluded(last.last()), high));
             }
-            _ => gaps.push((Unbounded, Unbounded)),
+            _ => gaps.push((low, high)),
         }
         gaps.into_iter()
             .flat_map(|gap| self.ips.range(gap))

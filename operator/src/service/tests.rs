@@ -200,3 +200,66 @@ fn metallb_and_openelb_annotations_are_requests_too() {
     let e = intent(&bad, false).unwrap_err();
     assert_eq!(e.field, "annotation metallb.io/loadBalancerIPs");
 }
+
+/// What the store keeps of a Service asks for exactly what the whole Service asks for, and
+/// the rest is gone: a cluster IP, node ports, the last applied copy, a `Cluster` Service's
+/// selector, all but the type of a Service that is not a load balancer.
+#[test]
+fn the_stored_service_asks_for_what_the_whole_one_asks_for() {
+    let full = |edit: fn(&mut Service)| {
+        svc(|s| {
+            let sp = spec(s);
+            sp.cluster_ip = Some("10.96.0.7".into());
+            sp.cluster_ips = Some(vec!["10.96.0.7".into()]);
+            sp.session_affinity = Some("None".into());
+            sp.internal_traffic_policy = Some("Cluster".into());
+            sp.ports = Some(vec![ServicePort {
+                name: Some("https".into()),
+                port: 443,
+                node_port: Some(31443),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]);
+            annotate(s, LAST_APPLIED, "{\"kind\":\"Service\"}");
+            annotate(s, names::ANNOTATION_SHARING_KEY, "shop");
+            annotate(s, names::ANNOTATION_REQUESTED_IP, "198.51.100.9");
+            edit(s);
+        })
+    };
+    let variants: [fn(&mut Service); 5] = [
+        |_| {},
+        |s| spec(s).external_traffic_policy = Some("Local".into()),
+        |s| {
+            spec(s).ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+            spec(s).ip_family_policy = Some("PreferDualStack".into());
+            s.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .remove(names::ANNOTATION_REQUESTED_IP);
+        },
+        |s| spec(s).type_ = Some("ClusterIP".into()),
+        |s| spec(s).load_balancer_class = None,
+    ];
+    for edit in variants {
+        let whole = full(edit);
+        let mut kept = whole.clone();
+        stored(&mut kept);
+        assert_eq!(intent(&kept, true), intent(&whole, true), "{whole:?}");
+        let sp = kept.spec.as_ref().unwrap();
+        assert_eq!((&sp.cluster_ip, &sp.cluster_ips), (&None, &None));
+        assert!(
+            !kept
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(LAST_APPLIED))
+        );
+        assert!(sp.ports.iter().flatten().all(|p| p.node_port.is_none()));
+        let local = sp.external_traffic_policy.as_deref() == Some("Local");
+        assert_eq!(sp.selector.is_some(), local, "{sp:?}");
+        if sp.type_.as_deref() != Some("LoadBalancer") {
+            assert!(sp.ports.is_none() && sp.ip_families.is_none());
+        }
+    }
+}
