@@ -598,10 +598,6 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) -> a
     // told a partial table (it would withdraw the rest).
     service::prime_routes(&ctx, &services_now);
     drop(services_now);
-    // The Service gauges from the start (at 0), not from their first change.
-    if let Ok(health) = shared.health.lock() {
-        metrics.services(health.totals());
-    }
     metrics.set_ready(true);
 
     let speakers = tokio::spawn(speaker::run(ctx.clone(), sync_rx));

@@ -199,7 +199,7 @@ pub async fn run(
         .reconcile_on({
             let mut one = one;
             futures::stream::poll_fn(move |cx| one.poll_recv(cx))
-                .map(|k: ServiceKey| ObjectRef::<Service>::new(&k.name).within(&k.namespace))
+                .map(|k: ServiceKey| service_ref(&k))
         })
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})
@@ -380,7 +380,7 @@ fn endpoints_only(ctx: &Context, key: &ServiceKey) -> Result<(), &'static str> {
     let svc = ctx
         .stores
         .services
-        .get(&ObjectRef::new(&key.name).within(&key.namespace))
+        .get(&service_ref(key))
         .ok_or("not in the store")?;
     if svc.metadata.deletion_timestamp.is_some() {
         return Err("being deleted");
@@ -434,12 +434,7 @@ fn endpoints_only(ctx: &Context, key: &ServiceKey) -> Result<(), &'static str> {
     drop(reconciling);
     // Deleted since the store was read above (a sweep in between, on another thread, would
     // have missed these routes): the sweeper looks again, as after a reconcile.
-    if ctx
-        .stores
-        .services
-        .get(&ObjectRef::new(&key.name).within(&key.namespace))
-        .is_none()
-    {
+    if ctx.stores.services.get(&service_ref(key)).is_none() {
         let _ = ctx.shared.sweep.send(SweepRequest::Check(key.clone()));
     }
     Ok(())
@@ -542,13 +537,7 @@ async fn reconcile_inner(svc: &Service, ctx: &Context) -> Result<Action, Error> 
     // written after the release: the sweeper looks again. Read after the writes above: a
     // deletion the store shows later is swept after them by the watch's own request. Read
     // here, not in the sweeper, because every endpoint change ends here.
-    if plan.ours
-        && ctx
-            .stores
-            .services
-            .get(&ObjectRef::new(&plan.key.name).within(&plan.key.namespace))
-            .is_none()
-    {
+    if plan.ours && ctx.stores.services.get(&service_ref(&plan.key)).is_none() {
         let _ = ctx.shared.sweep.send(SweepRequest::Check(plan.key.clone()));
     }
     // Only Berth's own Services wait for something; another's (NotBerths) is said once per
@@ -876,6 +865,25 @@ pub fn wake_pending(ctx: &Context) {
     }
 }
 
+/// The reference the Service store knows `key`'s Service by.
+fn service_ref(key: &ServiceKey) -> ObjectRef<Service> {
+    ObjectRef::new(&key.name).within(&key.namespace)
+}
+
+/// The keys of `stored` as (namespace, name), borrowed: a full sweep looks up 10,000 of them,
+/// and cloning and sorting every key took 30 ms of the runtime's thread.
+fn present_keys(stored: &[Arc<Service>]) -> std::collections::HashSet<(&str, &str)> {
+    stored
+        .iter()
+        .map(|s| {
+            (
+                s.metadata.namespace.as_deref().unwrap_or_default(),
+                s.metadata.name.as_deref().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 /// Which Services a sweep looks at.
 pub enum Scope<'a> {
     /// Every Service the engine, the route table or the health gauges know, against the
@@ -902,18 +910,8 @@ pub fn sweep(ctx: &Context, scope: Scope<'_>) -> Vec<ServiceKey> {
     let mut absent: std::collections::BTreeSet<ServiceKey> = Default::default();
     match scope {
         Scope::Every { stored, kept } => {
-            // Borrowed keys in a hash set: the sweep of 10,000 Services runs once a minute on
-            // the runtime's thread, and cloning and sorting every key took 30 ms of it.
             let stored = stored();
-            let present: std::collections::HashSet<(&str, &str)> = stored
-                .iter()
-                .map(|s| {
-                    (
-                        s.metadata.namespace.as_deref().unwrap_or_default(),
-                        s.metadata.name.as_deref().unwrap_or_default(),
-                    )
-                })
-                .collect();
+            let present = present_keys(&stored);
             let mut look = |k: &ServiceKey| {
                 if !present.contains(&(k.namespace.as_str(), k.name.as_str()))
                     && !kept.contains(k)
@@ -1024,11 +1022,7 @@ async fn sweeper(
         return;
     }
     info!(every = ?FULL_SWEEP_EVERY, "releasing the IPs of deleted Services as they go");
-    let in_store = |k: &ServiceKey| {
-        store
-            .get(&ObjectRef::<Service>::new(&k.name).within(&k.namespace))
-            .is_some()
-    };
+    let in_store = |k: &ServiceKey| store.get(&service_ref(k)).is_some();
     let mut again: std::collections::VecDeque<(tokio::time::Instant, ServiceKey)> =
         Default::default();
     let mut full = tokio::time::interval(FULL_SWEEP_EVERY);
@@ -1073,15 +1067,7 @@ async fn sweeper(
         // released and handed to a waiting Service.
         let orphans: Vec<ServiceKey> = if everything {
             let stored = store.state();
-            let present: std::collections::HashSet<(&str, &str)> = stored
-                .iter()
-                .map(|s| {
-                    (
-                        s.metadata.namespace.as_deref().unwrap_or_default(),
-                        s.metadata.name.as_deref().unwrap_or_default(),
-                    )
-                })
-                .collect();
+            let present = present_keys(&stored);
             ctx.stores
                 .assignments
                 .state()

@@ -763,15 +763,28 @@ async fn a_release_wakes_only_the_services_waiting_for_an_ip() {
     assert_eq!(woken, ["second", "third"]);
 }
 
-#[tokio::test]
-async fn an_endpoint_moving_moves_the_next_hop_with_no_write_to_the_service() {
+/// A world where the `Local` Service shop/web holds 198.51.100.9 from pool blue, with Ready
+/// nodes n1, n2, ... (10.0.0.11, 10.0.0.12, ...).
+fn local_web(nodes: usize) -> (World, Service) {
     let svc = allocated("Local", "198.51.100.9");
     let mut w = world(
         vec![pool("blue", "198.51.100.8/30")],
         std::slice::from_ref(&svc),
     );
-    w.add_node("n1", "10.0.0.11", true, json!({}));
-    w.add_node("n2", "10.0.0.12", true, json!({}));
+    for i in 1..=nodes {
+        w.add_node(
+            &format!("n{i}"),
+            &format!("10.0.0.{}", 10 + i),
+            true,
+            json!({}),
+        );
+    }
+    (w, svc)
+}
+
+#[tokio::test]
+async fn an_endpoint_moving_moves_the_next_hop_with_no_write_to_the_service() {
+    let (mut w, svc) = local_web(2);
     w.slice(&["n1"]);
     w.reconcile(svc.clone()).await;
     assert_eq!(w.route("198.51.100.9"), ["n1"]);
@@ -793,14 +806,7 @@ async fn an_endpoint_moving_moves_the_next_hop_with_no_write_to_the_service() {
 /// follows, the speakers are told, nothing is written to the API.
 #[tokio::test]
 async fn an_endpoint_move_of_a_settled_service_needs_no_reconcile() {
-    let svc = allocated("Local", "198.51.100.9");
-    let mut w = world(
-        vec![pool("blue", "198.51.100.8/30")],
-        std::slice::from_ref(&svc),
-    );
-    w.add_node("n1", "10.0.0.11", true, json!({}));
-    w.add_node("n2", "10.0.0.12", true, json!({}));
-    w.add_node("n3", "10.0.0.13", true, json!({}));
+    let (mut w, svc) = local_web(3);
     w.store_service(&svc);
     w.slice(&["n1"]);
     w.reconcile(svc.clone()).await;
@@ -825,12 +831,7 @@ async fn an_endpoint_move_of_a_settled_service_needs_no_reconcile() {
 /// land after), a Service waiting for an IP, one not in the store.
 #[tokio::test]
 async fn an_endpoint_change_goes_to_a_reconcile_when_more_than_the_route_changes() {
-    let svc = allocated("Local", "198.51.100.9");
-    let mut w = world(
-        vec![pool("blue", "198.51.100.8/30")],
-        std::slice::from_ref(&svc),
-    );
-    w.add_node("n1", "10.0.0.11", true, json!({}));
+    let (mut w, svc) = local_web(1);
     let web = ServiceKey::new("shop", "web");
     w.slice(&["n1"]);
     assert!(
