@@ -23,15 +23,14 @@
 //!     nextHops: [{address: 10.0.0.11, weight: 3}, {address: 10.0.0.12, weight: 1}]
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::rib::{Desired, PathAttrs, Paths};
+use crate::rib::{Desired, Interner, PathAttrs, Paths};
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -334,7 +333,7 @@ impl SpeakerConfig {
     /// The routes as the desired RIB.
     pub fn desired(&self) -> Desired {
         let mut d = Desired::new();
-        let mut interned = HashMap::new();
+        let mut interned = Interner::default();
         for r in &self.routes {
             // Validated states list each prefix once; otherwise the last entry wins.
             d.insert(r.prefix, route_paths(r, &mut interned));
@@ -394,9 +393,9 @@ pub fn check_route(i: usize, r: &RouteConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// One route's paths, attributes shared through `intern` (paths with equal attributes share
-/// one allocation).
-pub fn route_paths(r: &RouteConfig, intern: &mut HashMap<PathAttrs, Arc<PathAttrs>>) -> Paths {
+/// One route's paths, shared through `intern`: equal attributes share one allocation, and so
+/// do equal lists of paths.
+pub fn route_paths(r: &RouteConfig, intern: &mut Interner) -> Paths {
     let base = PathAttrs {
         communities: r
             .communities
@@ -417,14 +416,9 @@ pub fn route_paths(r: &RouteConfig, intern: &mut HashMap<PathAttrs, Arc<PathAttr
             weight: nh.weight(),
             ..base.clone()
         };
-        let shared = intern
-            .entry(attrs.clone())
-            .or_insert_with(|| Arc::new(attrs))
-            .clone();
-        paths.insert(nh.address(), shared);
+        paths.insert(nh.address(), intern.attrs(attrs));
     }
-    paths.shrink_to_fit();
-    paths
+    intern.paths(paths)
 }
 
 /// `asn:value` as the 32-bit community.
@@ -457,7 +451,9 @@ routes:
         assert_eq!(cfg.peers[0].port, 179);
         assert!(cfg.peers[0].add_path);
         let d = cfg.desired();
-        let paths = &d[&"198.51.100.10/32".parse::<IpNet>().unwrap()];
+        let paths = d
+            .get(&"198.51.100.10/32".parse::<IpNet>().unwrap())
+            .unwrap();
         assert_eq!(paths.len(), 2);
         assert!(
             paths
@@ -474,7 +470,9 @@ routes:
         ))
         .unwrap();
         let d = cfg.desired();
-        let paths = &d[&"198.51.100.10/32".parse::<IpNet>().unwrap()];
+        let paths = d
+            .get(&"198.51.100.10/32".parse::<IpNet>().unwrap())
+            .unwrap();
         let w: Vec<_> = paths.values().map(|a| a.weight).collect();
         assert_eq!(w, [Some(3), None]);
     }

@@ -18,12 +18,14 @@
 //! ADD-PATH, one deterministic path per prefix is sent (the highest weight, then the lowest
 //! next hop) and the peer is marked ECMP-degraded.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
-use std::ops::Bound;
 use std::sync::Arc;
 
 use ipnet::IpNet;
+
+mod desired;
+pub use desired::{CHUNK, Desired};
 
 /// An ADD-PATH path identifier (RFC 7911). 0 is used on sessions without ADD-PATH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -56,13 +58,26 @@ pub struct PathAttrs {
 
 /// Next hops of one prefix, each with its (shared) attributes: a small sorted list, because
 /// most prefixes have a handful of next hops and a tree per prefix would cost ten times more.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct Paths(Vec<(IpAddr, Arc<PathAttrs>)>);
+/// The list itself is shared: routes built through one [`Interner`] with the same next hops
+/// and attributes hold one list between them (a table entry is then 32 bytes), and an edit
+/// copies the list first if it is shared.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Paths(Arc<Vec<(IpAddr, Arc<PathAttrs>)>>);
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths::new()
+    }
+}
 
 impl Paths {
     /// No paths.
     pub fn new() -> Paths {
-        Paths(Vec::new())
+        Paths(Arc::new(Vec::new()))
+    }
+
+    fn list(&mut self) -> &mut Vec<(IpAddr, Arc<PathAttrs>)> {
+        Arc::make_mut(&mut self.0)
     }
 
     /// Adds or replaces the path through `next_hop`.
@@ -70,18 +85,18 @@ impl Paths {
         let attrs = attrs.into();
         match self.0.binary_search_by_key(&next_hop, |(nh, _)| *nh) {
             Ok(i) => {
-                if let Some(slot) = self.0.get_mut(i) {
+                if let Some(slot) = self.list().get_mut(i) {
                     slot.1 = attrs;
                 }
             }
-            Err(i) => self.0.insert(i, (next_hop, attrs)),
+            Err(i) => self.list().insert(i, (next_hop, attrs)),
         }
     }
 
     /// Removes the path through `next_hop`.
     pub fn remove(&mut self, next_hop: &IpAddr) -> Option<Arc<PathAttrs>> {
         let i = self.0.binary_search_by_key(next_hop, |(nh, _)| *nh).ok()?;
-        Some(self.0.remove(i).1)
+        Some(self.list().remove(i).1)
     }
 
     /// The attributes of the path through `next_hop`.
@@ -122,7 +137,14 @@ impl Paths {
 
     /// Frees spare capacity (after building a large state).
     pub fn shrink_to_fit(&mut self) {
-        self.0.shrink_to_fit();
+        if self.0.capacity() > self.0.len() {
+            self.list().shrink_to_fit();
+        }
+    }
+
+    /// Whether both are the same shared list (tests: interning).
+    pub fn shares_with(&self, other: &Paths) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
@@ -136,9 +158,35 @@ impl<A: Into<Arc<PathAttrs>>> FromIterator<(IpAddr, A)> for Paths {
     }
 }
 
-/// The whole desired state: every prefix to announce. A persistent map: cloning it is O(1)
-/// and a one-prefix edit of the clone O(log n), with the rest shared.
-pub type Desired = imbl::OrdMap<IpNet, Paths>;
+/// Shares equal attributes, and equal lists of paths, between the routes of a state while it
+/// is built: 100,000 routes over the same nodes hold one list, not 100,000.
+#[derive(Debug, Default)]
+pub struct Interner {
+    attrs: HashMap<PathAttrs, Arc<PathAttrs>>,
+    paths: HashSet<Paths>,
+}
+
+impl Interner {
+    /// The shared copy of `attrs`.
+    pub fn attrs(&mut self, attrs: PathAttrs) -> Arc<PathAttrs> {
+        if let Some(a) = self.attrs.get(&attrs) {
+            return a.clone();
+        }
+        let shared = Arc::new(attrs.clone());
+        self.attrs.insert(attrs, shared.clone());
+        shared
+    }
+
+    /// The shared copy of `paths` (spare capacity freed first).
+    pub fn paths(&mut self, mut paths: Paths) -> Paths {
+        if let Some(p) = self.paths.get(&paths) {
+            return p.clone();
+        }
+        paths.shrink_to_fit();
+        self.paths.insert(paths.clone());
+        paths
+    }
+}
 
 /// A published desired state: what every session brings its peer to.
 #[derive(Debug, Clone, Default)]
@@ -356,49 +404,19 @@ impl AdjRibOut {
     /// Moves prefixes after the cursor from `last` to the goal until the budget is spent.
     /// Returns whether the goal is reached.
     fn walk(&mut self, mut progress: Progress, budget: usize, out: &mut Vec<Change>) -> bool {
-        let from = progress
-            .done_up_to
-            .map_or(Bound::Unbounded, Bound::Excluded);
         let old = self.last.clone();
         let goal = progress.goal.clone();
-        let mut olds = old.range((from, Bound::Unbounded)).peekable();
-        let mut news = goal.range((from, Bound::Unbounded)).peekable();
-        loop {
+        // Only prefixes whose paths differ: a prefix with equal paths sends nothing, capped or
+        // not (the cap keeps what was sent), and chunks both snapshots share are not read.
+        for (prefix, before, after) in old.diff(&goal, progress.done_up_to.as_ref()) {
             if out.len() >= budget {
                 self.progress = Some(progress);
                 return false;
             }
-            let (prefix, before, after) = match (olds.peek(), news.peek()) {
-                (None, None) => break,
-                (Some((po, _)), Some((pn, _))) if po == pn => {
-                    let (p, a) = olds
-                        .next()
-                        .map_or((None, None), |(p, a)| (Some(*p), Some(a)));
-                    let b = news.next().map(|(_, b)| b);
-                    match p {
-                        Some(p) => (p, a, b),
-                        None => break,
-                    }
-                }
-                (Some((po, _)), Some((pn, _))) if po > pn => match news.next() {
-                    Some((p, b)) => (*p, None, Some(b)),
-                    None => break,
-                },
-                (Some(_), _) => match olds.next() {
-                    Some((p, a)) => (*p, Some(a), None),
-                    None => break,
-                },
-                (None, Some(_)) => match news.next() {
-                    Some((p, b)) => (*p, None, Some(b)),
-                    None => break,
-                },
-            };
             progress.done_up_to = Some(prefix);
-            if !self.scope.covers(&prefix) || before == after && !self.capped.contains_key(&prefix)
-            {
-                continue;
+            if self.scope.covers(&prefix) {
+                self.move_prefix(prefix, before, after, out);
             }
-            self.move_prefix(prefix, before, after, out);
         }
         self.last = progress.goal;
         true

@@ -12,7 +12,7 @@
 //!
 //! Pure: no I/O; the service runs it on the blocking pool.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use berth_proto::v1;
 use ipnet::IpNet;
@@ -20,7 +20,7 @@ use prost::Message;
 
 use super::convert::{self, InvalidArgument};
 use crate::config::{self, SpeakerConfig};
-use crate::rib::Desired;
+use crate::rib::{Desired, Interner};
 
 /// `DesiredState.routes`' field number.
 const ROUTES_FIELD: u64 = 4;
@@ -127,6 +127,25 @@ fn fields(bytes: &[u8]) -> impl Iterator<Item = Result<Field, InvalidArgument>> 
     })
 }
 
+/// Whether a message's prefixes came in strictly increasing order.
+enum Order {
+    /// So far yes; the last prefix.
+    Increasing(Option<IpNet>),
+    /// No (or a prefix did not parse: the conversion then says why).
+    Any,
+}
+
+impl Order {
+    fn next(&mut self, prefix: Option<IpNet>) {
+        *self = match (&*self, prefix) {
+            (Order::Increasing(last), Some(p)) if last.is_none_or(|l| l < p) => {
+                Order::Increasing(Some(p))
+            }
+            _ => Order::Any,
+        };
+    }
+}
+
 /// The encoded state `bytes` merged into `applied`: checked by the same rules, with the same
 /// field names in errors, as [`convert::desired_state`].
 pub fn convert(bytes: &[u8], applied: &Desired) -> Result<Converted, InvalidArgument> {
@@ -145,8 +164,7 @@ pub fn convert(bytes: &[u8], applied: &Desired) -> Result<Converted, InvalidArgu
     let groups = convert::next_hop_groups(&state.next_hop_groups, "next_hop_groups")?;
 
     let mut desired = applied.clone();
-    let mut seen: HashSet<IpNet> = HashSet::new();
-    let mut interned = HashMap::new();
+    let mut interned = Interner::default();
     let mut changed = 0usize;
     let mut touched = Some(Vec::new());
     let mut touch = |p: IpNet, changed: &mut usize| {
@@ -160,8 +178,11 @@ pub fn convert(bytes: &[u8], applied: &Desired) -> Result<Converted, InvalidArgu
         }
     };
     // First the routes' next hops in all, each route decoded and dropped: a message over
-    // the bound is refused before anything is held.
+    // the bound is refused before anything is held. The same pass finds out whether the
+    // prefixes come in strictly increasing order (the operator sends them so): then no set of
+    // the prefixes seen is needed, for duplicates or for what is gone.
     let mut paths = 0usize;
+    let mut order = Order::Increasing(None);
     let routes = fields(bytes).filter(|f| {
         f.as_ref()
             .map_or(true, |f| f.number == ROUTES_FIELD && f.length_delimited)
@@ -171,7 +192,16 @@ pub fn convert(bytes: &[u8], applied: &Desired) -> Result<Converted, InvalidArgu
         let r = v1::Route::decode(bytes.get(f.value).unwrap_or_default())
             .map_err(|e| invalid(format!("routes[{i}]"), format!("not a Route: {e}")))?;
         convert::count_paths(&mut paths, &r, &groups, &format!("routes[{i}]"))?;
+        order.next(r.prefix.parse().ok());
     }
+    let mut seen = match order {
+        Order::Increasing(_) => None,
+        Order::Any => Some(HashSet::new()),
+    };
+    // In increasing order, the applied prefixes that are gone are those the walk passes by.
+    let mut applied_keys = applied.keys().copied().peekable();
+    let mut gone = Vec::new();
+    let mut last: Option<IpNet> = None;
     let mut i = 0usize;
     for f in fields(bytes) {
         let f = f?;
@@ -183,9 +213,21 @@ pub fn convert(bytes: &[u8], applied: &Desired) -> Result<Converted, InvalidArgu
             .map_err(|e| invalid(format!("routes[{i}]"), format!("not a Route: {e}")))?;
         let r = convert::route(i, &r, "routes", &groups)?;
         config::check_route(i, &r).map_err(|e| convert::api_error(&e))?;
-        if !seen.insert(r.prefix) {
+        let duplicate = match seen.as_mut() {
+            Some(seen) => !seen.insert(r.prefix),
+            None => last.is_some_and(|l| l >= r.prefix),
+        };
+        if duplicate {
             return Err(convert::api_error(&config::duplicate(i, r.prefix)));
         }
+        if seen.is_none() {
+            while let Some(p) = applied_keys.next_if(|p| *p <= r.prefix) {
+                if p != r.prefix {
+                    gone.push(p);
+                }
+            }
+        }
+        last = Some(r.prefix);
         i += 1;
         let paths = config::route_paths(&r, &mut interned);
         if desired.get(&r.prefix) != Some(&paths) {
@@ -193,16 +235,24 @@ pub fn convert(bytes: &[u8], applied: &Desired) -> Result<Converted, InvalidArgu
             desired.insert(r.prefix, paths);
         }
     }
-    if seen.len() < desired.len() {
-        let gone: Vec<IpNet> = desired
-            .keys()
-            .filter(|p| !seen.contains(p))
-            .copied()
-            .collect();
-        for p in gone {
-            desired.remove(&p);
-            touch(p, &mut changed);
-        }
+    drop(interned);
+    match seen {
+        None => gone.extend(applied_keys),
+        Some(seen) if seen.len() < desired.len() => gone.extend(
+            desired
+                .keys()
+                .filter(|p| !seen.contains(p))
+                .copied()
+                .collect::<Vec<_>>(),
+        ),
+        Some(_) => {}
+    }
+    for p in gone {
+        desired.remove(&p);
+        touch(p, &mut changed);
+    }
+    if changed > 0 {
+        desired.compact();
     }
     Ok(Converted {
         generation: state.generation,

@@ -20,7 +20,7 @@ use super::store::Store;
 use crate::config::SpeakerConfig;
 use crate::fsm::State;
 use crate::metrics::Metrics;
-use crate::rib::{Desired, Paths, Snapshot};
+use crate::rib::{Desired, Interner, Paths, Snapshot};
 use crate::session::SessionEvent;
 use crate::speaker::{Health, Listeners, StatusBoard};
 
@@ -101,12 +101,13 @@ pub fn update(
         }
         e
     })?;
-    // O(log n) per prefix: the map is persistent, the clone shares everything.
+    // One chunk copied per prefix: the map is persistent, the clone shares everything.
     let mut next = desired.clone();
     let mut touched = removes.clone();
-    for (prefix, paths) in check.desired() {
-        touched.push(prefix);
-        next.insert(prefix, paths);
+    let mut interned = Interner::default();
+    for r in &check.routes {
+        touched.push(r.prefix);
+        next.insert(r.prefix, crate::config::route_paths(r, &mut interned));
     }
     for p in &removes {
         next.remove(p);

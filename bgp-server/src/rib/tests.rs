@@ -366,7 +366,7 @@ proptest! {
             let changes = sync(&mut rib, &d);
             apply(&mut peer, &changes);
             prop_assert!(sync(&mut rib, &d).is_empty());
-            for (prefix, paths) in &d {
+            for (prefix, paths) in d.iter() {
                 let sent: Vec<(PathId, IpAddr)> = peer.iter().filter(|((p, _), _)| p == prefix).map(|((_, id), nh)| (*id, *nh)).collect();
                 let expected = if paths.is_empty() { 0 } else if add_path { paths.len().min(cap.unwrap_or(usize::MAX)) } else { 1 };
                 prop_assert_eq!(sent.len(), expected);

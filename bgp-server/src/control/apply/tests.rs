@@ -261,3 +261,70 @@ fn a_small_message_naming_a_large_group_from_many_routes_is_refused_before_it_is
     }
     assert_eq!(total, slow::MAX_PATHS);
 }
+
+/// The routes `(i, h)` of `many`'s prefixes, in the order given: prefix `i`, next hop `h`.
+fn picked(picks: &[(u16, u8)]) -> Vec<v1::Route> {
+    let hops = ["10.0.0.11", "10.0.0.12", "10.0.0.13"];
+    picks
+        .iter()
+        .map(|(i, h)| {
+            let a = std::net::Ipv4Addr::from(
+                u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0)) + u32::from(*i),
+            );
+            route(&format!("{a}/32"), &[hops[usize::from(*h) % hops.len()]])
+        })
+        .collect()
+}
+
+proptest::proptest! {
+    /// In order or not, onto any applied table: the merge gives the whole message's routes,
+    /// and says exactly which prefixes changed (added, changed, gone).
+    #[test]
+    fn a_merge_in_any_order_is_the_whole_conversion(
+        before in proptest::collection::btree_map(0u16..400, 0u8..3, 0..300),
+        after in proptest::collection::btree_map(0u16..400, 0u8..3, 0..300),
+        shuffle in proptest::bool::ANY,
+    ) {
+        let applied = ok(
+            &state(1, picked(&before.clone().into_iter().collect::<Vec<_>>())).encode_to_vec(),
+            &Desired::new(),
+        )
+        .desired;
+        let mut picks: Vec<(u16, u8)> = after.clone().into_iter().collect();
+        if shuffle {
+            picks.reverse();
+            let mid = picks.len() / 2;
+            picks[..mid].sort();
+        }
+        let s = state(2, picked(&picks));
+        let got = ok(&s.encode_to_vec(), &applied);
+        let want = slow::desired_state(&s).unwrap_or_else(|e| panic!("{e}")).desired();
+        proptest::prop_assert_eq!(&got.desired, &want);
+        let mut changed: Vec<_> = applied
+            .diff(&want, None)
+            .map(|(p, _, _)| p)
+            .collect();
+        changed.sort();
+        proptest::prop_assert_eq!(got.changed, changed.len());
+        let mut touched = got.touched.clone().unwrap_or_default();
+        touched.sort();
+        proptest::prop_assert_eq!(touched, changed);
+    }
+}
+
+#[test]
+fn a_prefix_listed_twice_is_refused_in_order_and_out_of_it() {
+    for (picks, second) in [
+        (vec![(1u16, 0u8), (2, 0), (2, 1), (3, 0)], 2),
+        (vec![(3u16, 0u8), (2, 0), (1, 0), (2, 1)], 3),
+    ] {
+        let e = convert(&state(1, picked(&picks)).encode_to_vec(), &Desired::new())
+            .expect_err("a duplicate");
+        assert_eq!(
+            e.field,
+            format!("routes[{second}].prefix"),
+            "{picks:?}: {e}"
+        );
+        assert!(e.why.contains("listed twice"), "{e}");
+    }
+}

@@ -56,7 +56,9 @@ fn a_good_state_converts_and_round_trips() {
     assert!(cfg.peers[0].add_path);
     assert_eq!(cfg.routes[0].next_hops[1].weight(), Some(2));
     let d = cfg.desired();
-    let paths = &d[&"198.51.100.10/32".parse::<IpNet>().unwrap()];
+    let paths = d
+        .get(&"198.51.100.10/32".parse::<IpNet>().unwrap())
+        .unwrap();
     assert_eq!(paths.len(), 2);
     assert!(
         paths
