@@ -44,6 +44,31 @@ pub struct Applied {
 /// journal): bounds both the journal's size and the replay at start.
 const COMPACT_AFTER: usize = 1000;
 
+/// Routes one Apply changes from which the heap's free pages are handed back to the kernel
+/// afterwards: its message (several MiB at 100,000 routes) and the sessions' encoding of the
+/// change are transient, and glibc would keep them resident until the next such change.
+const RELEASE_AFTER: usize = 1000;
+
+/// How long after such an Apply: long enough for the sessions to have sent most of it.
+const RELEASE_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether a release is already scheduled (one is enough for a burst of Applies).
+static RELEASE_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Hands the heap's free pages back to the kernel after [`RELEASE_DELAY`], on the blocking
+/// pool (the trim walks the heaps).
+fn release_memory_later() {
+    use std::sync::atomic::Ordering;
+    if RELEASE_PENDING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    tokio::spawn(async {
+        tokio::time::sleep(RELEASE_DELAY).await;
+        RELEASE_PENDING.store(false, Ordering::Release);
+        let _ = tokio::task::spawn_blocking(berth_heap::release_free_memory).await;
+    });
+}
+
 /// Runs file work (encoding, fsync) on the blocking pool and waits for it without holding an
 /// async worker: the sessions that must put the change on the wire keep running meanwhile
 /// (block_in_place held them up for the length of a full save).
@@ -316,6 +341,9 @@ impl Control {
             });
         }
         self.announce("apply", applied.generation, routes_changed);
+        if routes_changed >= RELEASE_AFTER {
+            release_memory_later();
+        }
         Ok(v1::ApplyResponse {
             generation: applied.generation,
             routes_changed: u32::try_from(routes_changed).unwrap_or(u32::MAX),
@@ -758,6 +786,8 @@ pub fn restore(store: &Store) -> Result<Option<Applied>, String> {
                     }
                 }
             }
+            // The file's bytes and the conversion's transients are gone now.
+            berth_heap::release_free_memory();
             tracing::info!(
                 generation,
                 routes = desired.len(),
