@@ -138,6 +138,8 @@ struct ApiSample {
     peak_kib: u64,
     /// Resident after settling.
     resident_kib: u64,
+    /// Of that, pages mapped from files (the program's code and its libraries).
+    file_kib: u64,
     /// Peak RSS after one identical re-apply (Berth only).
     reapply_peak_kib: u64,
 }
@@ -182,10 +184,11 @@ fn api_report(args: &Args, speaker: &Path, work: &Path, report: &mut String) -> 
                     )
                 })?;
                 eprintln!(
-                    "{sender:?} (api), {paths} path(s), run {run}: all {:.2} s, peak {:.1} MiB, resident {:.1} MiB, peak after re-apply {:.1} MiB",
+                    "{sender:?} (api), {paths} path(s), run {run}: all {:.2} s, peak {:.1} MiB, resident {:.1} MiB ({:.1} MiB of it code and libraries), peak after re-apply {:.1} MiB",
                     s.all.as_secs_f64(),
                     mib(s.peak_kib),
                     mib(s.resident_kib),
+                    mib(s.file_kib),
                     mib(s.reapply_peak_kib)
                 );
                 samples.push(s);
@@ -230,6 +233,7 @@ fn api_median(samples: &[ApiSample]) -> ApiSample {
         all: Duration::from_nanos(pick(|s| s.all.as_nanos()) as u64),
         peak_kib: pick(|s| u128::from(s.peak_kib)) as u64,
         resident_kib: pick(|s| u128::from(s.resident_kib)) as u64,
+        file_kib: pick(|s| u128::from(s.file_kib)) as u64,
         reapply_peak_kib: pick(|s| u128::from(s.reapply_peak_kib)) as u64,
     }
 }
@@ -385,6 +389,7 @@ fn measure_api_berth(
     let peak_kib = vm_kib(pid, "VmHWM:")?;
     std::thread::sleep(Duration::from_secs(args.settle));
     let resident_kib = vm_kib(pid, "VmRSS:")?;
+    let file_kib = vm_kib(pid, "RssFile:")?;
     // What the operator does every resync: the same routes under a new generation.
     let again = v1::DesiredState {
         generation: 3,
@@ -405,6 +410,7 @@ fn measure_api_berth(
         all,
         peak_kib,
         resident_kib,
+        file_kib,
         reapply_peak_kib,
     })
 }
@@ -451,11 +457,13 @@ fn measure_api_bird(args: &Args, paths: usize, dir: &Path) -> anyhow::Result<Api
     let peak_kib = vm_kib(sender.pid(), "VmHWM:")?;
     std::thread::sleep(Duration::from_secs(args.settle));
     let resident_kib = vm_kib(sender.pid(), "VmRSS:")?;
+    let file_kib = vm_kib(sender.pid(), "RssFile:")?;
     drop(lab);
     Ok(ApiSample {
         all,
         peak_kib,
         resident_kib,
+        file_kib,
         reapply_peak_kib: 0,
     })
 }
