@@ -120,6 +120,7 @@ fn main() -> anyhow::Result<()> {
                 settings: Arc::new(cfg),
                 desired,
                 journaled: 0,
+                routes_digest: None,
             }
         }
         None => {
@@ -162,6 +163,7 @@ fn main() -> anyhow::Result<()> {
                 }),
                 desired: Arc::new(Default::default()),
                 journaled: 0,
+                routes_digest: None,
             })
         }
     };

@@ -56,7 +56,7 @@ fn peak_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
 fn a_large_apply_holds_little_per_route_and_an_identical_one_nothing() {
     for next_hops in [1, 4] {
         let bytes = state(1, next_hops);
-        let (converted, peak) = peak_of(|| convert(&bytes, &Desired::new()));
+        let (converted, peak) = peak_of(|| convert(&bytes, &Desired::new(), None));
         let Ok(converted) = converted else {
             panic!("the state was refused: {converted:?}");
         };
@@ -74,7 +74,7 @@ fn a_large_apply_holds_little_per_route_and_an_identical_one_nothing() {
 
         // The operator's resync: the same routes again under a new generation.
         let again = state(2, next_hops);
-        let (reconverted, peak) = peak_of(|| convert(&again, &converted.desired));
+        let (reconverted, peak) = peak_of(|| convert(&again, &converted.desired, None));
         let Ok(reconverted) = reconverted else {
             panic!("the state was refused: {reconverted:?}");
         };

@@ -302,19 +302,18 @@ async fn a_peer_that_stops_reading_holds_up_nothing() {
 
     // What an Apply of this table costs with nothing to change (the conversion of 250,000
     // routes, in a debug build): the removal below may take that long, plus under a second.
+    let same = state(3, all.clone(), PREFIXES);
     let t = Instant::now();
-    api.apply(v1::ApplyRequest {
-        state: Some(state(3, all.clone(), PREFIXES)),
-    })
-    .await
-    .unwrap();
+    api.apply(v1::ApplyRequest { state: Some(same) })
+        .await
+        .unwrap();
     let baseline = t.elapsed();
 
     // Removing a stuck peer: the Apply returns, and the peer is gone from GetState in < 1 s.
+    let without2 = state(4, vec![peer(1, 64513), peer(3, 64515)], PREFIXES);
     let t = Instant::now();
-    let without2 = vec![peer(1, 64513), peer(3, 64515)];
     api.apply(v1::ApplyRequest {
-        state: Some(state(4, without2, PREFIXES)),
+        state: Some(without2),
     })
     .await
     .unwrap();

@@ -487,3 +487,132 @@ async fn md5_keys_leave_the_listener_with_their_peer() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Host routes 100.64.0.0 .. +n, each through `nh`, except where `edits` says another.
+fn routes(n: u32, nh: &str) -> Vec<v1::Route> {
+    (0..n)
+        .map(|i| v1::Route {
+            prefix: format!("{}/32", std::net::Ipv4Addr::from(0x6440_0000 + i)),
+            next_hops: vec![v1::NextHop {
+                address: nh.into(),
+                weight: 0,
+            }],
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The speaker's routes as (prefix, next hops).
+async fn held(
+    api: &mut v1::speaker_client::SpeakerClient<tonic::transport::Channel>,
+) -> Vec<(String, Vec<String>)> {
+    let st = api
+        .get_state(v1::GetStateRequest {
+            include_routes: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out: Vec<_> = st
+        .routes
+        .into_iter()
+        .map(|r| {
+            (
+                r.prefix,
+                r.next_hops.into_iter().map(|n| n.address).collect(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// An Apply whose routes are those of the Apply before skips converting them (the speaker
+/// keeps a digest of them), so the operator's resync and a peer-only edit cost no conversion.
+/// That shortcut must never survive a change made another way: after UpdateRoutes, and after
+/// a restart that replayed journaled updates, the same Apply again must put every route back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_after_route_updates_restores_its_routes_also_after_a_restart() {
+    let dir = berth_e2e::test_dir("reapply-after-update").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let with = |generation: u64| v1::DesiredState {
+        routes: routes(300, "10.0.0.11"),
+        ..state(generation, 0)
+    };
+    let want = {
+        let mut w: Vec<_> = routes(300, "10.0.0.11")
+            .into_iter()
+            .map(|r| (r.prefix, vec!["10.0.0.11".to_owned()]))
+            .collect();
+        w.sort();
+        w
+    };
+    let update = |generation: u64, changed: u32, removed: Option<u32>| v1::UpdateRoutesRequest {
+        generation,
+        upsert: vec![v1::Route {
+            next_hops: vec![v1::NextHop {
+                address: "10.0.0.99".into(),
+                weight: 0,
+            }],
+            ..routes(changed + 1, "").swap_remove(changed as usize)
+        }],
+        remove: removed
+            .map(|i| format!("{}/32", std::net::Ipv4Addr::from(0x6440_0000 + i)))
+            .into_iter()
+            .collect(),
+        next_hop_groups: Vec::new(),
+    };
+
+    let mut speaker = Speaker::start(&dir, free_port(), "speaker.log");
+    let mut api = client(&dir.join("api.sock")).await;
+    let r = api
+        .apply(v1::ApplyRequest {
+            state: Some(with(1)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.get_ref().routes_changed, 300);
+    api.update_routes(update(2, 5, Some(7))).await.unwrap();
+    assert_ne!(held(&mut api).await, want);
+    let r = api
+        .apply(v1::ApplyRequest {
+            state: Some(with(3)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r.get_ref().routes_changed,
+        2,
+        "the updated and the removed route"
+    );
+    assert_eq!(held(&mut api).await, want);
+    let r = api
+        .apply(v1::ApplyRequest {
+            state: Some(with(4)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.get_ref().routes_changed, 0);
+
+    // An update journaled, then a restart: the journal is replayed over the state file.
+    api.update_routes(update(5, 9, None)).await.unwrap();
+    drop(api);
+    drop(speaker);
+    speaker = Speaker::start(&dir, free_port(), "speaker-restarted.log");
+    let mut api = client(&dir.join("api.sock")).await;
+    assert_ne!(
+        held(&mut api).await,
+        want,
+        "the journaled update was restored"
+    );
+    let r = api
+        .apply(v1::ApplyRequest {
+            state: Some(with(6)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.get_ref().routes_changed, 1);
+    assert_eq!(held(&mut api).await, want);
+    assert!(speaker.running());
+}

@@ -29,6 +29,29 @@ const ROUTES_FIELD: u64 = 4;
 /// it, sessions walk the table in bounded batches.
 pub const DELTA_MAX: usize = 4096;
 
+/// What decides an encoded state's routes: a SHA-256 of every field but the generation, the
+/// global settings and the peers, as sent. Equal digests: the same routes, which need not be
+/// converted again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutesDigest([u8; 32]);
+
+/// `DesiredState` fields that do not decide the routes: generation, global, peers.
+const NOT_ROUTES: [u64; 3] = [1, 2, 3];
+
+/// The digest of the routes of the encoded state `bytes`.
+pub fn routes_digest(bytes: &[u8]) -> Result<RoutesDigest, InvalidArgument> {
+    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+    for f in fields(bytes) {
+        let f = f?;
+        if !NOT_ROUTES.contains(&f.number) {
+            sha.update(bytes.get(f.start..f.value.end).unwrap_or_default());
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(sha.finish().as_ref());
+    Ok(RoutesDigest(out))
+}
+
 /// A converted state.
 #[derive(Debug, Clone)]
 pub struct Converted {
@@ -42,6 +65,8 @@ pub struct Converted {
     pub changed: usize,
     /// Those prefixes, when there are at most [`DELTA_MAX`].
     pub touched: Option<Vec<IpNet>>,
+    /// What decided the routes.
+    pub digest: RoutesDigest,
 }
 
 fn invalid(field: impl Into<String>, why: impl Into<String>) -> InvalidArgument {
@@ -147,8 +172,14 @@ impl Order {
 }
 
 /// The encoded state `bytes` merged into `applied`: checked by the same rules, with the same
-/// field names in errors, as [`convert::desired_state`].
-pub fn convert(bytes: &[u8], applied: &Desired) -> Result<Converted, InvalidArgument> {
+/// field names in errors, as [`convert::desired_state`]. When `applied` came from routes with
+/// the digest `known` and these routes have it too, they are not converted again: the result
+/// is `applied`, unchanged (the routes were checked when they were first accepted).
+pub fn convert(
+    bytes: &[u8],
+    applied: &Desired,
+    known: Option<RoutesDigest>,
+) -> Result<Converted, InvalidArgument> {
     // First everything but the routes (small), so settings errors come first as before.
     let mut head = Vec::new();
     for f in fields(bytes) {
@@ -161,6 +192,17 @@ pub fn convert(bytes: &[u8], applied: &Desired) -> Result<Converted, InvalidArgu
         v1::DesiredState::decode(head.as_slice()).map_err(|e| not_a_state(&e.to_string()))?;
     drop(head);
     let settings = convert::desired_state(&state)?;
+    let digest = routes_digest(bytes)?;
+    if known == Some(digest) {
+        return Ok(Converted {
+            generation: state.generation,
+            settings,
+            desired: applied.clone(),
+            changed: 0,
+            touched: Some(Vec::new()),
+            digest,
+        });
+    }
     let groups = convert::next_hop_groups(&state.next_hop_groups, "next_hop_groups")?;
 
     let mut desired = applied.clone();
@@ -260,6 +302,7 @@ pub fn convert(bytes: &[u8], applied: &Desired) -> Result<Converted, InvalidArgu
         desired,
         changed,
         touched,
+        digest,
     })
 }
 

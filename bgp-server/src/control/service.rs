@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, watch};
 use tonic::codegen::{BoxFuture, http};
 use tonic::{Request, Response, Status};
 
-use super::apply::{self as lean, Converted};
+use super::apply::{self as lean, Converted, RoutesDigest};
 use super::convert::{self, InvalidArgument};
 use super::store::Store;
 use crate::config::SpeakerConfig;
@@ -38,6 +38,9 @@ pub struct Applied {
     pub desired: Arc<Desired>,
     /// Changes journaled since the last full save.
     pub journaled: usize,
+    /// What decided the routes, when they are exactly an Apply's (or the state file's): an
+    /// Apply with the same routes then skips converting them. `None` after an UpdateRoutes.
+    pub routes_digest: Option<RoutesDigest>,
 }
 
 /// Journaled changes after which the next one writes the whole state instead (and empties the
@@ -285,7 +288,8 @@ impl Control {
         let mut applied = self.applied.lock().await;
         let base = applied.desired.clone();
         let bytes = encoded.clone();
-        let converted = tokio::task::spawn_blocking(move || lean::convert(&bytes, &base))
+        let known = applied.routes_digest;
+        let converted = tokio::task::spawn_blocking(move || lean::convert(&bytes, &base, known))
             .await
             .map_err(|e| Status::internal(format!("converting the state failed: {e}")))?;
         let Converted {
@@ -294,6 +298,7 @@ impl Control {
             desired: new_desired,
             changed: routes_changed,
             touched,
+            digest,
         } = converted.map_err(|e| self.invalid("apply", &e))?;
         if generation < applied.generation {
             return Err(self.stale("apply", generation, applied.generation));
@@ -321,6 +326,7 @@ impl Control {
         }
         let rebound = prepared.commit();
         applied.generation = generation;
+        applied.routes_digest = Some(digest);
         if let Some(h) = &self.health {
             h.set(PERSISTED, None);
             self.metrics.persisted_state_unused.set(0);
@@ -375,6 +381,8 @@ impl Control {
         // that was not acknowledged may have reached peers, and the writer retries it.
         applied.generation = req.generation;
         applied.desired = Arc::new(next);
+        // The routes are no Apply's now: the next Apply is converted whole.
+        applied.routes_digest = None;
         let routes = applied.desired.clone();
         self.desired
             .send_modify(|s| *s = s.next_delta(routes, touched));
@@ -757,16 +765,18 @@ pub fn restore(store: &Store) -> Result<Option<Applied>, String> {
         }
     };
     // Route by route, as an Apply: a restart never holds the decoded table either.
-    let converted = lean::convert(&encoded, &Desired::new());
+    let converted = lean::convert(&encoded, &Desired::new(), None);
     drop(encoded);
     match converted {
         Ok(Converted {
             generation,
             settings: cfg,
             desired,
+            digest,
             ..
         }) => {
             let mut desired = desired;
+            let mut routes_digest = Some(digest);
             let mut generation = generation;
             let (changes, torn) = store.changes();
             if let Some(e) = torn {
@@ -779,6 +789,7 @@ pub fn restore(store: &Store) -> Result<Option<Applied>, String> {
                     Ok((next, _)) => {
                         desired = next;
                         generation = c.generation;
+                        routes_digest = None;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "journaled change refused; stopping the replay");
@@ -800,6 +811,7 @@ pub fn restore(store: &Store) -> Result<Option<Applied>, String> {
                 settings: Arc::new(cfg),
                 desired: Arc::new(desired),
                 journaled,
+                routes_digest,
             }))
         }
         Err(e) => {

@@ -49,7 +49,7 @@ fn many(n: u32, hops: &[&str]) -> Vec<v1::Route> {
 }
 
 fn ok(bytes: &[u8], applied: &Desired) -> super::Converted {
-    convert(bytes, applied).unwrap_or_else(|e| panic!("refused: {e}"))
+    convert(bytes, applied, None).unwrap_or_else(|e| panic!("refused: {e}"))
 }
 
 #[test]
@@ -142,7 +142,7 @@ fn many_changes_are_counted_but_not_listed() {
 #[test]
 fn errors_name_the_apis_fields_as_before() {
     let refused = |s: &v1::DesiredState| {
-        let lean = convert(&s.encode_to_vec(), &Desired::new())
+        let lean = convert(&s.encode_to_vec(), &Desired::new(), None)
             .err()
             .unwrap_or_else(|| panic!("accepted: {s:?}"));
         // The same verdict as converting the whole message.
@@ -180,16 +180,19 @@ fn bytes_that_are_not_a_state_are_refused_not_a_panic() {
     for cut in [1, 5, good.len() / 2, good.len() - 1] {
         if let Some(head) = good.get(..cut) {
             // Either refused or, where the cut falls between fields, a smaller valid state.
-            let _ = convert(head, &Desired::new());
+            let _ = convert(head, &Desired::new(), None);
         }
     }
-    assert!(convert(&[0x0f], &Desired::new()).is_err(), "wire type 7");
     assert!(
-        convert(&[0x22, 0x7f], &Desired::new()).is_err(),
+        convert(&[0x0f], &Desired::new(), None).is_err(),
+        "wire type 7"
+    );
+    assert!(
+        convert(&[0x22, 0x7f], &Desired::new(), None).is_err(),
         "a route past the end"
     );
     assert!(
-        convert(&[0xff; 11], &Desired::new()).is_err(),
+        convert(&[0xff; 11], &Desired::new(), None).is_err(),
         "an endless varint"
     );
 }
@@ -225,7 +228,7 @@ fn a_grouped_state_is_the_same_state_as_written_out() {
     );
     // A route naming a group the message lacks is refused with its index.
     grouped.routes[7].next_hop_group = "nh2".into();
-    let e = convert(&grouped.encode_to_vec(), &applied).unwrap_err();
+    let e = convert(&grouped.encode_to_vec(), &applied, None).unwrap_err();
     assert_eq!(e.field, "routes[7].next_hop_group");
 }
 
@@ -247,7 +250,7 @@ fn a_small_message_naming_a_large_group_from_many_routes_is_refused_before_it_is
     }];
     let bytes = s.encode_to_vec();
     assert!(bytes.len() < 1 << 20);
-    let e = convert(&bytes, &Desired::new()).unwrap_err();
+    let e = convert(&bytes, &Desired::new(), None).unwrap_err();
     assert_eq!(e.field, "routes[20000]");
     assert!(e.why.contains("more than 20000000 next hops"), "{e}");
     // One route fewer is within the bound (not converted here: it is 20 million paths).
@@ -318,8 +321,12 @@ fn a_prefix_listed_twice_is_refused_in_order_and_out_of_it() {
         (vec![(1u16, 0u8), (2, 0), (2, 1), (3, 0)], 2),
         (vec![(3u16, 0u8), (2, 0), (1, 0), (2, 1)], 3),
     ] {
-        let e = convert(&state(1, picked(&picks)).encode_to_vec(), &Desired::new())
-            .expect_err("a duplicate");
+        let e = convert(
+            &state(1, picked(&picks)).encode_to_vec(),
+            &Desired::new(),
+            None,
+        )
+        .expect_err("a duplicate");
         assert_eq!(
             e.field,
             format!("routes[{second}].prefix"),
@@ -327,4 +334,59 @@ fn a_prefix_listed_twice_is_refused_in_order_and_out_of_it() {
         );
         assert!(e.why.contains("listed twice"), "{e}");
     }
+}
+
+#[test]
+fn routes_with_the_applied_digest_are_not_converted_again_and_others_are() {
+    let first = state(1, many(200, &["10.0.0.11"]));
+    let applied = ok(&first.encode_to_vec(), &Desired::new());
+    // The same routes under new settings and a new generation: the digest matches.
+    let mut same = state(2, many(200, &["10.0.0.11"]));
+    same.peers.clear();
+    let got = convert(
+        &same.encode_to_vec(),
+        &applied.desired,
+        Some(applied.digest),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.digest, applied.digest);
+    assert_eq!((got.changed, got.generation), (0, 2));
+    assert!(
+        got.settings.peers.is_empty(),
+        "the settings are this state's"
+    );
+    assert_eq!(got.desired, applied.desired);
+    // The known digest is only a shortcut for equal routes: any other routes are converted,
+    // even when the caller's table is not what that digest described.
+    let other = state(3, many(201, &["10.0.0.11"]));
+    let got = convert(
+        &other.encode_to_vec(),
+        &Desired::new(),
+        Some(applied.digest),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(got.digest, applied.digest);
+    assert_eq!((got.changed, got.desired.len()), (201, 201));
+    // Groups decide routes too: a group's next hop changed changes the digest.
+    let grouped = |nh: &str| {
+        let mut s = state(
+            4,
+            vec![v1::Route {
+                next_hop_group: "g".into(),
+                ..route("100.64.0.0/32", &[])
+            }],
+        );
+        s.next_hop_groups = vec![v1::NextHopGroup {
+            name: "g".into(),
+            next_hops: vec![v1::NextHop {
+                address: nh.into(),
+                weight: 0,
+            }],
+        }];
+        s.encode_to_vec()
+    };
+    let a = ok(&grouped("10.0.0.11"), &Desired::new());
+    let b = convert(&grouped("10.0.0.12"), &a.desired, Some(a.digest))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(b.changed, 1, "the group's change is converted");
 }
