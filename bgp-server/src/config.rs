@@ -338,6 +338,8 @@ impl SpeakerConfig {
             // Validated states list each prefix once; otherwise the last entry wins.
             d.insert(r.prefix, route_paths(r, &mut interned));
         }
+        // A file need not list its routes in order.
+        d.compact();
         d
     }
 }

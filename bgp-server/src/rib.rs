@@ -280,6 +280,8 @@ impl Scope {
 struct Progress {
     goal: Arc<Desired>,
     done_up_to: Option<IpNet>,
+    /// Every path is announced again, changed or not (a ROUTE-REFRESH, new export attributes).
+    resend: bool,
 }
 
 /// What one peer holds for one family, and how to bring it to the next snapshot.
@@ -291,6 +293,8 @@ pub struct AdjRibOut {
     /// The snapshot the peer holds (for prefixes after `progress.done_up_to`, if any).
     last: Arc<Desired>,
     progress: Option<Progress>,
+    /// Everything is to be announced again once the sync under way (if any) is done.
+    resend_due: bool,
     /// Next hops sent for prefixes where the send-max cap chose a subset.
     capped: BTreeMap<IpNet, Vec<IpAddr>>,
     prefixes: usize,
@@ -309,6 +313,7 @@ impl AdjRibOut {
             send_max: send_max.map(|m| m.max(1)),
             last: Arc::new(Desired::new()),
             progress: None,
+            resend_due: false,
             capped: BTreeMap::new(),
             prefixes: 0,
             paths: 0,
@@ -365,10 +370,11 @@ impl AdjRibOut {
         loop {
             let progress = match self.progress.take() {
                 Some(p) => p,
-                None if Arc::ptr_eq(&self.last, target) => return out,
+                None if Arc::ptr_eq(&self.last, target) && !self.resend_due => return out,
                 None => Progress {
                     goal: target.clone(),
                     done_up_to: None,
+                    resend: std::mem::take(&mut self.resend_due),
                 },
             };
             let finished = self.walk(progress, budget, &mut out);
@@ -382,7 +388,7 @@ impl AdjRibOut {
     /// `prefixes`: O(changed prefixes), not O(table). `None` when a batched sync is under way
     /// (finish that with [`AdjRibOut::sync`] instead).
     pub fn sync_delta(&mut self, target: &Arc<Desired>, prefixes: &[IpNet]) -> Option<Vec<Change>> {
-        if self.progress.is_some() {
+        if self.progress.is_some() || self.resend_due {
             return None;
         }
         let old = self.last.clone();
@@ -392,13 +398,22 @@ impl AdjRibOut {
                 continue;
             }
             let (before, after) = (old.get(prefix), target.get(prefix));
-            if before == after && !self.capped.contains_key(prefix) {
+            // Equal paths send nothing, capped or not (the cap keeps what was sent).
+            if before == after {
                 continue;
             }
-            self.move_prefix(*prefix, before, after, &mut out);
+            self.move_prefix(*prefix, before, after, false, &mut out);
         }
         self.last = target.clone();
         Some(out)
+    }
+
+    /// Announces every path again with the next [`AdjRibOut::sync`], changed or not, once a
+    /// sync under way is done: for a ROUTE-REFRESH, or when what a path carries for this peer
+    /// changed. What the peer holds is kept, so a path it holds that is no longer wanted is
+    /// still withdrawn (forgetting it, as a fresh RIB-out would, left it at the peer).
+    pub fn resend_all(&mut self) {
+        self.resend_due = true;
     }
 
     /// Moves prefixes after the cursor from `last` to the goal until the budget is spent.
@@ -408,14 +423,21 @@ impl AdjRibOut {
         let goal = progress.goal.clone();
         // Only prefixes whose paths differ: a prefix with equal paths sends nothing, capped or
         // not (the cap keeps what was sent), and chunks both snapshots share are not read.
-        for (prefix, before, after) in old.diff(&goal, progress.done_up_to.as_ref()) {
+        // A resend visits every prefix of either.
+        let after = progress.done_up_to;
+        let prefixes: Box<dyn Iterator<Item = _>> = if progress.resend {
+            Box::new(old.merged(&goal, after.as_ref()))
+        } else {
+            Box::new(old.diff(&goal, after.as_ref()))
+        };
+        for (prefix, before, after) in prefixes {
             if out.len() >= budget {
                 self.progress = Some(progress);
                 return false;
             }
             progress.done_up_to = Some(prefix);
             if self.scope.covers(&prefix) {
-                self.move_prefix(prefix, before, after, out);
+                self.move_prefix(prefix, before, after, progress.resend, out);
             }
         }
         self.last = progress.goal;
@@ -430,11 +452,14 @@ impl AdjRibOut {
         }
     }
 
+    /// Moves one prefix from `before` to `after`: withdrawals for path IDs no longer chosen,
+    /// announcements for new or changed ones (every chosen one with `resend`).
     fn move_prefix(
         &mut self,
         prefix: IpNet,
         before: Option<&Paths>,
         after: Option<&Paths>,
+        resend: bool,
         out: &mut Vec<Change>,
     ) {
         let before = before.filter(|p| !p.is_empty());
@@ -477,8 +502,9 @@ impl AdjRibOut {
             let Some(attrs) = after.and_then(|a| a.get(&nh)) else {
                 continue;
             };
-            let same =
-                old_by_id.get(&id) == Some(&nh) && before.and_then(|b| b.get(&nh)) == Some(attrs);
+            let same = !resend
+                && old_by_id.get(&id) == Some(&nh)
+                && before.and_then(|b| b.get(&nh)) == Some(attrs);
             if !same {
                 out.push(Change::Announce {
                     prefix,

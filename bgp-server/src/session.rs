@@ -143,13 +143,14 @@ const FAMILIES: [Family; 2] = [Family::Ipv4Unicast, Family::Ipv6Unicast];
 /// at all, so the peer keeps our routes) and returns within [`LINGER`] whatever the peer does.
 pub async fn run(
     local: Local,
-    peer: PeerConfig,
+    mut peer_rx: watch::Receiver<PeerConfig>,
     mut desired: watch::Receiver<Snapshot>,
     mut inbound: mpsc::Receiver<TcpStream>,
     mut shutdown: watch::Receiver<Option<StopReason>>,
     status: StatusSender,
     metrics: Arc<Metrics>,
 ) {
+    let peer = peer_rx.borrow_and_update().clone();
     let mut fsm = Fsm::new(FsmConfig {
         hold_time: peer.hold_time,
         keepalive: peer.keepalive_time,
@@ -298,6 +299,12 @@ pub async fn run(
             // when, if ever, the peer answers on ours.
             () = s.io.parked.readable() => {
                 s.read_pending();
+            }
+            Ok(()) = peer_rx.changed() => {
+                // Only what paths carry changed (the speaker restarts a session for anything
+                // else): announced again, with the new attributes, on the same session.
+                let peer = peer_rx.borrow_and_update().clone();
+                s.reexport(peer);
             }
             Ok(()) = desired.changed() => {
                 // Produced at the top of the loop, as the queue has room.

@@ -3,8 +3,9 @@
 //!
 //! The settings (global values and peers) arrive on a watch channel, from the standalone file
 //! or from the control API; the speaker follows them: a new peer gets a session, a removed one
-//! is closed with a Cease, a changed one is restarted, and a change of ASN, router ID, listen
-//! port or graceful restart restarts everything. Routes never pass through here: sessions read
+//! is closed with a Cease, one whose communities or LOCAL_PREF changed keeps its session and
+//! gets every path again, another changed one is restarted, and a change of ASN, router ID,
+//! listen port or graceful restart restarts everything. Routes never pass through here: sessions read
 //! the desired-state channel themselves.
 //!
 //! Nothing here can make the process exit: settings that cannot be applied (a listen port
@@ -82,6 +83,8 @@ type Routing = Arc<Mutex<BTreeMap<IpAddr, mpsc::Sender<tokio::net::TcpStream>>>>
 
 struct Running {
     peer: PeerConfig,
+    /// The peer's settings as the session follows them (only export settings change here).
+    settings: watch::Sender<PeerConfig>,
     stop: watch::Sender<Option<StopReason>>,
     task: JoinHandle<()>,
 }
@@ -351,7 +354,10 @@ pub async fn run(
                 want.peers.iter().map(|p| (p.address, p)).collect();
             let gone: Vec<IpAddr> = sessions
                 .iter()
-                .filter(|(a, r)| keep.get(a).is_none_or(|p| **p != r.peer))
+                .filter(|(a, r)| {
+                    keep.get(a)
+                        .is_none_or(|p| **p != r.peer && !export_only(&r.peer, p))
+                })
                 .map(|(a, _)| *a)
                 .collect();
             let (mut removed, mut changed) = (Vec::new(), Vec::new());
@@ -374,6 +380,19 @@ pub async fn run(
             for a in gone {
                 lock(&routing).remove(&a);
                 board.remove(a);
+            }
+            // What is left changed at most in what its paths carry: the session stays up and
+            // announces every path again.
+            for (a, r) in sessions.iter_mut() {
+                let Some(p) = keep.get(a).filter(|p| ***p != r.peer) else {
+                    continue;
+                };
+                info!(peer = %a, "peer's communities or LOCAL_PREF changed: announcing again, session kept");
+                r.peer = (*p).clone();
+                r.settings.send_replace((*p).clone());
+                if let Some(entry) = board.peers().get_mut(a) {
+                    entry.0 = (*p).clone();
+                }
             }
             // Listen before connecting out: a peer answering our connection with its own must
             // find the port open. What cannot be applied is reported, never fatal.
@@ -464,11 +483,12 @@ fn start(
         events: board.events.clone(),
     };
     let (stop_tx, stop_rx) = watch::channel(None);
+    let (settings_tx, settings_rx) = watch::channel(peer.clone());
     let span = tracing::info_span!("session", peer = %peer.address, asn = peer.asn);
     let task = tokio::spawn(
         session::run(
             local.clone(),
-            peer.clone(),
+            settings_rx,
             desired.clone(),
             rx,
             stop_rx,
@@ -479,9 +499,20 @@ fn start(
     );
     Running {
         peer: peer.clone(),
+        settings: settings_tx,
         stop: stop_tx,
         task,
     }
+}
+
+/// Whether `new` differs from `old` only in what the peer's paths carry (communities, large
+/// communities, LOCAL_PREF): such an edit needs no new session.
+fn export_only(old: &PeerConfig, new: &PeerConfig) -> bool {
+    let mut same = new.clone();
+    same.communities.clone_from(&old.communities);
+    same.large_communities.clone_from(&old.large_communities);
+    same.local_pref = old.local_pref;
+    same == *old
 }
 
 /// Stops sessions for `reason`, all at once, and waits for them (each ends within the
@@ -556,6 +587,34 @@ fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_communities_and_local_pref_are_export_only_edits() {
+        let peer: PeerConfig =
+            serde_json::from_str(r#"{"address": "192.0.2.1", "asn": 64513}"#).unwrap();
+        let with = |f: &dyn Fn(&mut PeerConfig)| {
+            let mut p = peer.clone();
+            f(&mut p);
+            p
+        };
+        assert!(export_only(
+            &peer,
+            &with(&|p| p.communities = vec!["65000:1".into()])
+        ));
+        assert!(export_only(
+            &peer,
+            &with(&|p| p.large_communities = vec![[1, 2, 3]])
+        ));
+        assert!(export_only(&peer, &with(&|p| p.local_pref = Some(200))));
+        assert!(!export_only(&peer, &with(&|p| p.hold_time = 30)));
+        assert!(!export_only(
+            &peer,
+            &with(&|p| {
+                p.communities = vec!["65000:1".into()];
+                p.password = Some("x".into());
+            })
+        ));
+    }
 
     #[test]
     fn keys_of_peers_gone_or_without_password_are_stale() {

@@ -488,18 +488,21 @@ async fn md5_keys_leave_the_listener_with_their_peer() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Host routes 100.64.0.0 .. +n, each through `nh`, except where `edits` says another.
+/// Host route `i` from 100.64.0.0, through `nh`.
+fn host_route(i: u32, nh: &str) -> v1::Route {
+    v1::Route {
+        prefix: format!("{}/32", std::net::Ipv4Addr::from(0x6440_0000 + i)),
+        next_hops: vec![v1::NextHop {
+            address: nh.into(),
+            weight: 0,
+        }],
+        ..Default::default()
+    }
+}
+
+/// Host routes 0..n from 100.64.0.0, each through `nh`.
 fn routes(n: u32, nh: &str) -> Vec<v1::Route> {
-    (0..n)
-        .map(|i| v1::Route {
-            prefix: format!("{}/32", std::net::Ipv4Addr::from(0x6440_0000 + i)),
-            next_hops: vec![v1::NextHop {
-                address: nh.into(),
-                weight: 0,
-            }],
-            ..Default::default()
-        })
-        .collect()
+    (0..n).map(|i| host_route(i, nh)).collect()
 }
 
 /// The speaker's routes as (prefix, next hops).
@@ -550,15 +553,9 @@ async fn an_apply_after_route_updates_restores_its_routes_also_after_a_restart()
     };
     let update = |generation: u64, changed: u32, removed: Option<u32>| v1::UpdateRoutesRequest {
         generation,
-        upsert: vec![v1::Route {
-            next_hops: vec![v1::NextHop {
-                address: "10.0.0.99".into(),
-                weight: 0,
-            }],
-            ..routes(changed + 1, "").swap_remove(changed as usize)
-        }],
+        upsert: vec![host_route(changed, "10.0.0.99")],
         remove: removed
-            .map(|i| format!("{}/32", std::net::Ipv4Addr::from(0x6440_0000 + i)))
+            .map(|i| host_route(i, "").prefix)
             .into_iter()
             .collect(),
         next_hop_groups: Vec::new(),
@@ -615,4 +612,6 @@ async fn an_apply_after_route_updates_restores_its_routes_also_after_a_restart()
     assert_eq!(r.get_ref().routes_changed, 1);
     assert_eq!(held(&mut api).await, want);
     assert!(speaker.running());
+    drop(speaker);
+    let _ = std::fs::remove_dir_all(&dir);
 }

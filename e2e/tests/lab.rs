@@ -1122,7 +1122,7 @@ fn the_agents_are_held_to_their_role() {
 }
 
 /// A BgpPeer's communities and large communities (a well-known name among them) reach the
-/// router on every route Berth sends it.
+/// router on every route Berth sends it, and the edit keeps the BGP sessions up.
 #[test]
 fn bgppeer_communities_reach_the_router() {
     let Some(r) = up("m") else { return };
@@ -1135,6 +1135,25 @@ fn bgppeer_communities_reach_the_router() {
         "no route for {ip}\n{}",
         logs(&dir)
     );
+    let lab::Router::Frr(frr) = &r.router else {
+        panic!("the lab test runs FRR")
+    };
+    // Sessions FRR has brought up so far, over every neighbor (the speakers).
+    let established = || -> u64 {
+        let out = frr
+            .vtysh(&r.lab, "show bgp neighbors json")
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v.as_object()
+            .map(|o| {
+                o.values()
+                    .filter_map(|n| n["connectionsEstablished"].as_u64())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let before = established();
+    assert!(before > 0, "FRR lists no established session");
     r.kubectl(&[
         "patch",
         "bgppeer",
@@ -1145,9 +1164,6 @@ fn bgppeer_communities_reach_the_router() {
         r#"{"spec":{"communities":["65000:100","no-export"],"largeCommunities":["65000:1:2"],"localPref":300}}"#,
     ])
     .unwrap();
-    let lab::Router::Frr(frr) = &r.router else {
-        panic!("the lab test runs FRR")
-    };
     let seen = wait_for(Duration::from_secs(30), || {
         let out = frr
             .vtysh(&r.lab, &format!("show bgp ipv4 unicast {ip}/32 json"))
@@ -1167,6 +1183,14 @@ fn bgppeer_communities_reach_the_router() {
     );
     // And the route still has every node.
     assert!(hops_become(&r, &ip, &all_nodes(), 30), "{}", logs(&dir));
+    // Only what the paths carry changed: the speakers announced again on the same sessions
+    // (they used to restart them with a Cease 6/6).
+    assert_eq!(
+        established(),
+        before,
+        "a communities edit reset a session\n{}",
+        logs(&dir)
+    );
     no_refusals(&r);
 }
 

@@ -24,7 +24,7 @@ pub fn release_free_memory() -> bool {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
     use super::*;
 
@@ -36,6 +36,7 @@ mod tests {
         let kept: Vec<Vec<u8>> = blocks.iter_mut().step_by(64).map(std::mem::take).collect();
         drop(blocks);
         assert!(release_free_memory(), "some pages were free and went back");
-        assert_eq!(kept.len(), 625);
+        // The kept blocks must live until here, or their pages would be free too.
+        std::hint::black_box(&kept);
     }
 }

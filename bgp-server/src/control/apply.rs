@@ -257,6 +257,8 @@ pub fn convert(
         config::check_route(i, &r).map_err(|e| convert::api_error(&e))?;
         let duplicate = match seen.as_mut() {
             Some(seen) => !seen.insert(r.prefix),
+            // Cannot be true when the first pass found the order increasing (both passes parse
+            // a prefix alike); kept so a change to either pass cannot let a duplicate in.
             None => last.is_some_and(|l| l >= r.prefix),
         };
         if duplicate {
@@ -277,16 +279,14 @@ pub fn convert(
             desired.insert(r.prefix, paths);
         }
     }
+    // The interning tables hold a reference to every distinct list: freed before the
+    // removals and the compaction, which may copy chunks.
     drop(interned);
     match seen {
         None => gone.extend(applied_keys),
-        Some(seen) if seen.len() < desired.len() => gone.extend(
-            desired
-                .keys()
-                .filter(|p| !seen.contains(p))
-                .copied()
-                .collect::<Vec<_>>(),
-        ),
+        Some(seen) if seen.len() < desired.len() => {
+            gone.extend(desired.keys().filter(|p| !seen.contains(p)).copied());
+        }
         Some(_) => {}
     }
     for p in gone {

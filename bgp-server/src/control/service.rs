@@ -47,27 +47,59 @@ pub struct Applied {
 /// journal): bounds both the journal's size and the replay at start.
 const COMPACT_AFTER: usize = 1000;
 
-/// Routes one Apply changes from which the heap's free pages are handed back to the kernel
-/// afterwards: its message (several MiB at 100,000 routes) and the sessions' encoding of the
-/// change are transient, and glibc would keep them resident until the next such change.
-const RELEASE_AFTER: usize = 1000;
+/// An Apply message from which the heap's free pages are handed back to the kernel afterwards,
+/// in bytes (about 30,000 routes), or in routes changed. Its message and the sessions'
+/// encoding of the change are transient, and glibc would keep them resident until the next
+/// such change; so would the operator's resync, whose routes are not even converted.
+const RELEASE_AFTER_BYTES: usize = 1 << 20;
+const RELEASE_AFTER_ROUTES: usize = 1000;
 
-/// How long after such an Apply: long enough for the sessions to have sent most of it.
+/// How long after such a change: long enough for the sessions to have sent most of it.
 const RELEASE_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Whether a release is already scheduled (one is enough for a burst of Applies).
-static RELEASE_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// When the heap's free pages are next handed back; `None`: no release is scheduled.
+static RELEASE_AT: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
 
-/// Hands the heap's free pages back to the kernel after [`RELEASE_DELAY`], on the blocking
-/// pool (the trim walks the heaps).
+fn release_at() -> std::sync::MutexGuard<'static, Option<Instant>> {
+    RELEASE_AT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Hands the heap's free pages back to the kernel [`RELEASE_DELAY`] after the last of a burst
+/// of large changes, on the blocking pool (the trim walks the heaps).
 fn release_memory_later() {
-    use std::sync::atomic::Ordering;
-    if RELEASE_PENDING.swap(true, Ordering::AcqRel) {
+    if release_at()
+        .replace(Instant::now() + RELEASE_DELAY)
+        .is_some()
+    {
+        // The task already waiting sees the later time.
         return;
     }
     tokio::spawn(async {
-        tokio::time::sleep(RELEASE_DELAY).await;
-        RELEASE_PENDING.store(false, Ordering::Release);
+        /// Clears the schedule however the task ends (a runtime shutting down drops it).
+        struct Scheduled;
+        impl Drop for Scheduled {
+            fn drop(&mut self) {
+                release_at().take();
+            }
+        }
+        let scheduled = Scheduled;
+        loop {
+            let at = {
+                let mut next = release_at();
+                match *next {
+                    Some(at) if Instant::now() < at => at,
+                    // Due: cleared in the same step, so a change from now on schedules anew.
+                    _ => {
+                        next.take();
+                        break;
+                    }
+                }
+            };
+            tokio::time::sleep_until(at.into()).await;
+        }
+        std::mem::forget(scheduled);
         let _ = tokio::task::spawn_blocking(berth_heap::release_free_memory).await;
     });
 }
@@ -285,6 +317,7 @@ impl Control {
                 },
             ));
         };
+        let message_bytes = encoded.len();
         let mut applied = self.applied.lock().await;
         let base = applied.desired.clone();
         let bytes = encoded.clone();
@@ -347,7 +380,7 @@ impl Control {
             });
         }
         self.announce("apply", applied.generation, routes_changed);
-        if routes_changed >= RELEASE_AFTER {
+        if message_bytes >= RELEASE_AFTER_BYTES || routes_changed >= RELEASE_AFTER_ROUTES {
             release_memory_later();
         }
         Ok(v1::ApplyResponse {
@@ -395,7 +428,11 @@ impl Control {
                     applied.settings.clone(),
                     applied.desired.clone(),
                 );
-                off_thread(move || store.save(&to_api(generation, &settings, &desired))).await
+                let saved =
+                    off_thread(move || store.save(&to_api(generation, &settings, &desired))).await;
+                // The whole table was encoded for the file: a large transient.
+                release_memory_later();
+                saved
             } else {
                 let change = req.clone();
                 off_thread(move || store.append(&change)).await

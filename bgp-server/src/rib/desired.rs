@@ -232,11 +232,31 @@ impl Desired {
         other: &'a Desired,
         after: Option<&IpNet>,
     ) -> impl Iterator<Item = (IpNet, Option<&'a Paths>, Option<&'a Paths>)> + 'a {
+        self.merge(other, after, true)
+    }
+
+    /// Every route of either table, after `after` if given, in prefix order: `(prefix, in
+    /// self, in other)`, equal ones included.
+    pub fn merged<'a>(
+        &'a self,
+        other: &'a Desired,
+        after: Option<&IpNet>,
+    ) -> impl Iterator<Item = (IpNet, Option<&'a Paths>, Option<&'a Paths>)> + 'a {
+        self.merge(other, after, false)
+    }
+
+    fn merge<'a>(
+        &'a self,
+        other: &'a Desired,
+        after: Option<&IpNet>,
+        only_differences: bool,
+    ) -> impl Iterator<Item = (IpNet, Option<&'a Paths>, Option<&'a Paths>)> + 'a {
         let mut a = Cursor::new(self.chunks_from(after), after);
         let mut b = Cursor::new(other.chunks_from(after), after);
         std::iter::from_fn(move || {
             loop {
-                if let (Some(x), Some(y)) = (a.chunk_start(), b.chunk_start())
+                if only_differences
+                    && let (Some(x), Some(y)) = (a.chunk_start(), b.chunk_start())
                     && Arc::ptr_eq(x, y)
                 {
                     a.skip_chunk();
@@ -248,7 +268,7 @@ impl Desired {
                     (Some((p, x)), Some((q, y))) if p == q => {
                         a.advance();
                         b.advance();
-                        if x == y {
+                        if only_differences && x == y {
                             continue;
                         }
                         Some((*p, Some(x), Some(y)))
@@ -271,19 +291,25 @@ impl Desired {
     }
 
     /// Makes the table dense again after many edits out of order: rebuilt into full chunks
-    /// when under three quarters full, else chunks this table alone holds give back spare
-    /// room. Called after a large change is built, before it is published.
+    /// when under three quarters full (it then shares no chunk with the table it came from,
+    /// and the next sync compares every route), else chunks this table alone holds give back
+    /// spare room. Called after a change is built, before it is published.
     pub fn compact(&mut self) {
         let chunks = self.index.len();
         if self.len * 4 < chunks * CHUNK * 3 && chunks > 1 {
             *self = self.iter().map(|(p, paths)| (*p, paths.clone())).collect();
             return;
         }
-        let keys: Vec<IpNet> = self.index.keys().copied().collect();
-        for k in keys {
-            if let Some(entries) = self.index.get_mut(&k).and_then(Arc::get_mut)
-                && entries.capacity() > entries.len()
-            {
+        // Only chunks edited in place have room to give back; looking each up mutably would
+        // unshare the whole index from the table this one was cloned from.
+        let roomy: Vec<IpNet> = self
+            .index
+            .iter()
+            .filter(|(_, c)| Arc::strong_count(c) == 1 && c.capacity() > c.len())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in roomy {
+            if let Some(entries) = self.index.get_mut(&k).and_then(Arc::get_mut) {
                 entries.shrink_to_fit();
             }
         }

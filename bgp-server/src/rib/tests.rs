@@ -406,3 +406,90 @@ fn deltas_move_only_their_prefixes_one_after_another() {
         assert_eq!(changes.len(), 2, "change {n} (prefix {i}): {changes:?}");
     }
 }
+
+fn announced(changes: &[Change]) -> Vec<(IpNet, IpAddr)> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Announce {
+                prefix, next_hop, ..
+            } => Some((*prefix, *next_hop)),
+            Change::Withdraw { .. } => None,
+        })
+        .collect()
+}
+
+fn withdrawn(changes: &[Change]) -> Vec<IpNet> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Withdraw { prefix, .. } => Some(*prefix),
+            Change::Announce { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_resend_announces_every_path_again_and_nothing_else() {
+    let d = desired(&[
+        ("10.0.0.1/32", &["192.0.2.1", "192.0.2.2"]),
+        ("10.0.0.2/32", &["192.0.2.1"]),
+    ]);
+    let mut rib = AdjRibOut::new(Scope::All, true, Some(1));
+    sync(&mut rib, &d);
+    rib.resend_all();
+    let again = sync(&mut rib, &d);
+    // The send-max cap keeps the path already chosen.
+    assert_eq!(
+        announced(&again),
+        vec![
+            (net("10.0.0.1/32"), ip("192.0.2.1")),
+            (net("10.0.0.2/32"), ip("192.0.2.1"))
+        ]
+    );
+    assert!(withdrawn(&again).is_empty());
+    assert!(sync(&mut rib, &d).is_empty(), "once");
+    // A delta is not taken while a resend is due.
+    rib.resend_all();
+    assert!(rib.sync_delta(&Arc::new(d.clone()), &[]).is_none());
+}
+
+/// A ROUTE-REFRESH used to replace the RIB-out with a fresh one: a prefix the peer still held
+/// from before (its withdrawal not yet sent, a sync being under way) was then never withdrawn.
+#[test]
+fn a_resend_during_a_sync_still_withdraws_what_the_peer_holds_and_is_gone() {
+    let first: Desired = (0..20u8)
+        .map(|i| (net(&format!("10.0.0.{i}/32")), paths(&["192.0.2.1"])))
+        .collect();
+    let mut rib = AdjRibOut::new(Scope::All, true, None);
+    sync(&mut rib, &first);
+    // Every prefix but the first goes; the sync towards that has begun.
+    let mut second = first.clone();
+    for i in 1..20u8 {
+        second.remove(&net(&format!("10.0.0.{i}/32")));
+    }
+    let target = Arc::new(second.clone());
+    let mut changes = rib.sync(&target, 4);
+    assert_eq!(withdrawn(&changes).len(), 4, "a batch of the withdrawals");
+    rib.resend_all();
+    loop {
+        let batch = rib.sync(&target, 4);
+        if batch.is_empty() {
+            break;
+        }
+        changes.extend(batch);
+    }
+    let mut gone = withdrawn(&changes);
+    gone.sort();
+    gone.dedup();
+    assert_eq!(
+        gone.len(),
+        19,
+        "every removed prefix withdrawn: {changes:?}"
+    );
+    assert!(announced(&changes).contains(&(net("10.0.0.0/32"), ip("192.0.2.1"))));
+
+    // What replacing the RIB-out did: the fresh one knows nothing to withdraw.
+    let mut fresh = AdjRibOut::new(Scope::All, true, None);
+    assert!(withdrawn(&sync(&mut fresh, &second)).is_empty());
+}

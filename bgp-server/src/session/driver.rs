@@ -14,7 +14,6 @@ use super::sync::ribs;
 use super::writer::{Writer, send_hold_time};
 use super::{FAMILIES, Session};
 use crate::fsm::{Action, Event, Fsm, PeerOpen, Timer};
-use crate::rib::{AdjRibOut, Scope};
 
 /// How long a timer the FSM starts runs. RFC 4271 §10: ConnectRetry and Keepalive (and here
 /// IdleHold too) are jittered to 75-100 % of their value, so that sessions that failed
@@ -237,14 +236,9 @@ impl Session {
                         }
                         Message::RouteRefresh(rr) => {
                             match refresh_target(&rr, &self.families_negotiated()) {
-                                // Resend that family: forget what was sent; the loop syncs it.
+                                // Resend that family; the loop syncs it.
                                 Some(i) if self.established => {
-                                    let scope = if i == 0 { Scope::Ipv4 } else { Scope::Ipv6 };
-                                    self.ribs[i] = AdjRibOut::new(
-                                        scope,
-                                        self.enc.add_path[i],
-                                        self.peer.send_max,
-                                    );
+                                    self.ribs[i].resend_all();
                                     self.synced[i] = None;
                                 }
                                 Some(_) => {}

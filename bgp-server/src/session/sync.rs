@@ -29,6 +29,20 @@ impl Session {
             && (self.eor_due || self.synced.iter().any(|v| *v != Some(desired.version)))
     }
 
+    /// Takes the peer's new export settings (communities, large communities, LOCAL_PREF):
+    /// every path is announced again with them, on the same session; a peer that is not up
+    /// gets them with its first sync anyway.
+    pub(super) fn reexport(&mut self, peer: crate::config::PeerConfig) {
+        self.export = super::export::Export::new(self.local.asn, &peer);
+        self.peer = peer;
+        if self.established {
+            for (rib, synced) in self.ribs.iter_mut().zip(self.synced.iter_mut()) {
+                rib.resend_all();
+                *synced = None;
+            }
+        }
+    }
+
     /// Fills the queue from the RIB-out while it has room; never waits.
     pub(super) fn pump(&mut self, desired: &Snapshot) {
         while self.has_work(desired) && self.io.write.as_ref().is_some_and(Writer::has_room) {

@@ -316,7 +316,9 @@ proptest::proptest! {
 }
 
 #[test]
-fn a_prefix_listed_twice_is_refused_in_order_and_out_of_it() {
+/// A repeated prefix breaks the increasing order, so the set of prefixes seen finds it, wherever
+/// it is; the error names the second listing.
+fn a_prefix_listed_twice_is_refused_naming_the_second() {
     for (picks, second) in [
         (vec![(1u16, 0u8), (2, 0), (2, 1), (3, 0)], 2),
         (vec![(3u16, 0u8), (2, 0), (1, 0), (2, 1)], 3),

@@ -77,6 +77,8 @@ proptest! {
         let mut model = BTreeMap::new();
         apply(&mut d, &mut model, &first);
         check(&d);
+        d.compact();
+        check(&d);
         let before = d.clone();
         let model_before = model.clone();
         apply(&mut d, &mut model, &second);
