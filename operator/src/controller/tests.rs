@@ -1113,7 +1113,7 @@ impl berth_proto::v1::speaker_server::Speaker for FakeSpeaker {
         r: tonic::Request<berth_proto::v1::ApplyRequest>,
     ) -> Result<tonic::Response<berth_proto::v1::ApplyResponse>, tonic::Status> {
         let state = r.into_inner().state.unwrap_or_default();
-        *self.generation.lock().unwrap() = state.generation;
+        self.accept("apply", state.generation)?;
         *self.prefixes.lock().unwrap() = state.routes.iter().map(|r| r.prefix.clone()).collect();
         self.shapes.lock().unwrap().push(shape(
             "apply",
@@ -1129,7 +1129,7 @@ impl berth_proto::v1::speaker_server::Speaker for FakeSpeaker {
         r: tonic::Request<berth_proto::v1::UpdateRoutesRequest>,
     ) -> Result<tonic::Response<berth_proto::v1::UpdateRoutesResponse>, tonic::Status> {
         let r = r.into_inner();
-        *self.generation.lock().unwrap() = r.generation;
+        self.accept("update_routes", r.generation)?;
         {
             let mut held = self.prefixes.lock().unwrap();
             held.extend(r.upsert.iter().map(|u| u.prefix.clone()));
@@ -1184,6 +1184,20 @@ impl berth_proto::v1::speaker_server::Speaker for FakeSpeaker {
 }
 
 impl FakeSpeaker {
+    /// Takes `generation` as the real speaker does: refused with FAILED_PRECONDITION when it
+    /// is older than the one held (a stale writer), else held from now on.
+    fn accept(&self, call: &str, generation: u64) -> Result<(), tonic::Status> {
+        let mut held = self.generation.lock().unwrap();
+        if generation < *held {
+            self.calls.lock().unwrap().push(format!("{call} refused"));
+            return Err(tonic::Status::failed_precondition(format!(
+                "generation: {generation} is older than the applied {held}; this writer is stale"
+            )));
+        }
+        *held = generation;
+        Ok(())
+    }
+
     /// Serves this fake on `listener` until the task is aborted.
     fn serve(
         &self,
