@@ -27,7 +27,8 @@ fn spec(tag: &str) -> Spec {
         .to_path_buf();
     Spec {
         prefix: format!("bl{tag}{}", pid % 100_000),
-        dir: std::env::temp_dir().join(format!("berth-lab-{tag}-{pid}")),
+        // Earlier runs' directories go (a failed one's logs stay until the next run).
+        dir: berth_e2e::test_dir(&format!("lab-{tag}")).unwrap(),
         router: RouterKind::Frr,
         bin_dir,
         repo,
