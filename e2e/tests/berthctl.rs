@@ -212,6 +212,33 @@ routes:
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
+    // A state on standard input (`-f -`), as over `kubectl exec -i` into the shell-less image:
+    // without peers, the decommissioning of docs/operations.md.
+    let mut child = Command::new(&*CTL)
+        .arg("--socket")
+        .arg(&sock)
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"asn: 64512\nrouterId: 10.0.0.11\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, out, _) = ctl(&sock, &["peers", "-o", "json"]);
+    assert_eq!(out.trim(), "[]", "no peer is left");
+
     // Nothing listening: the error names where it looked.
     let (ok, _, err) = ctl(&dir.join("nowhere.sock"), &["state"]);
     assert!(!ok);

@@ -27,7 +27,8 @@ fn spec(tag: &str) -> Spec {
         .to_path_buf();
     Spec {
         prefix: format!("bl{tag}{}", pid % 100_000),
-        // Earlier runs' directories go (a failed one's logs stay until the next run).
+        // Each run leaves its directory (a failure's logs to read); the next run removes
+        // those of runs that are over.
         dir: berth_e2e::test_dir(&format!("lab-{tag}")).unwrap(),
         router: RouterKind::Frr,
         bin_dir,

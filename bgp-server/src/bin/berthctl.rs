@@ -71,7 +71,7 @@ enum Cmd {
     /// Replace the whole desired state with a file (the standalone format, YAML or JSON, with
     /// an optional top-level `generation`; default: the applied one plus one).
     Apply {
-        /// The file.
+        /// The file (`-` for stdin).
         #[arg(short = 'f', long)]
         file: PathBuf,
     },
@@ -272,15 +272,22 @@ fn event_view(e: &v1::WatchEvent) -> EventView {
     v
 }
 
+/// A file's text, or standard input's for `-` (read as a stream: `kubectl exec -i` into an
+/// image without a shell has no file to point at, and its stdin need not be reopenable).
+fn read_input(file: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+    }
+}
+
 /// `berthctl convert-metallb`: MetalLB's objects in, Berth's out (the notes on stderr, as
 /// YAML comments too, so a saved file keeps them).
 fn convert_metallb(file: &std::path::Path, interface: Option<&str>) -> anyhow::Result<()> {
     use anyhow::Context;
-    let text = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
-    } else {
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
-    };
+    let text = read_input(file)?;
     let mut docs: Vec<serde_json::Value> = Vec::new();
     for d in serde_yaml_ng::Deserializer::from_str(&text) {
         let v: serde_json::Value = serde::Deserialize::deserialize(d)
@@ -502,8 +509,7 @@ async fn main() -> anyhow::Result<()> {
             )?;
         }
         Cmd::Apply { file } => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("reading {}", file.display()))?;
+            let text = read_input(file)?;
             let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
                 .with_context(|| format!("{}: not YAML or JSON", file.display()))?;
             let generation = match doc.as_mapping_mut().and_then(|m| m.remove("generation")) {

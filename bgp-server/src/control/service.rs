@@ -58,9 +58,9 @@ const RELEASE_AFTER_ROUTES: usize = 1000;
 const RELEASE_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// When the heap's free pages are next handed back; `None`: no release is scheduled.
-static RELEASE_AT: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+static RELEASE_AT: std::sync::Mutex<Option<tokio::time::Instant>> = std::sync::Mutex::new(None);
 
-fn release_at() -> std::sync::MutexGuard<'static, Option<Instant>> {
+fn release_at() -> std::sync::MutexGuard<'static, Option<tokio::time::Instant>> {
     RELEASE_AT
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -70,7 +70,7 @@ fn release_at() -> std::sync::MutexGuard<'static, Option<Instant>> {
 /// of large changes, on the blocking pool (the trim walks the heaps).
 fn release_memory_later() {
     if release_at()
-        .replace(Instant::now() + RELEASE_DELAY)
+        .replace(tokio::time::Instant::now() + RELEASE_DELAY)
         .is_some()
     {
         // The task already waiting sees the later time.
@@ -89,7 +89,7 @@ fn release_memory_later() {
             let at = {
                 let mut next = release_at();
                 match *next {
-                    Some(at) if Instant::now() < at => at,
+                    Some(at) if tokio::time::Instant::now() < at => at,
                     // Due: cleared in the same step, so a change from now on schedules anew.
                     _ => {
                         next.take();
@@ -97,7 +97,7 @@ fn release_memory_later() {
                     }
                 }
             };
-            tokio::time::sleep_until(at.into()).await;
+            tokio::time::sleep_until(at).await;
         }
         std::mem::forget(scheduled);
         let _ = tokio::task::spawn_blocking(berth_heap::release_free_memory).await;
@@ -317,7 +317,11 @@ impl Control {
                 },
             ));
         };
-        let message_bytes = encoded.len();
+        if encoded.len() >= RELEASE_AFTER_BYTES {
+            // Whether it is accepted or refused (a stale replica resending its table), the
+            // message is a large transient.
+            release_memory_later();
+        }
         let mut applied = self.applied.lock().await;
         let base = applied.desired.clone();
         let bytes = encoded.clone();
@@ -380,7 +384,7 @@ impl Control {
             });
         }
         self.announce("apply", applied.generation, routes_changed);
-        if message_bytes >= RELEASE_AFTER_BYTES || routes_changed >= RELEASE_AFTER_ROUTES {
+        if routes_changed >= RELEASE_AFTER_ROUTES {
             release_memory_later();
         }
         Ok(v1::ApplyResponse {

@@ -298,10 +298,11 @@ impl Desired {
         let chunks = self.index.len();
         if self.len * 4 < chunks * CHUNK * 3 && chunks > 1 {
             *self = self.iter().map(|(p, paths)| (*p, paths.clone())).collect();
-            return;
         }
-        // Only chunks edited in place have room to give back; looking each up mutably would
-        // unshare the whole index from the table this one was cloned from.
+        // Only chunks edited in place (or just rebuilt) have room to give back; looking each
+        // up mutably would unshare the whole index from the table this one was cloned from.
+        // A count of 1 can still be a chunk in a shared index node: `Arc::get_mut` below then
+        // finds it shared, and it is left as it is.
         let roomy: Vec<IpNet> = self
             .index
             .iter()

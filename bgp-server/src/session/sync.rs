@@ -30,11 +30,16 @@ impl Session {
     }
 
     /// Takes the peer's new export settings (communities, large communities, LOCAL_PREF):
-    /// every path is announced again with them, on the same session; a peer that is not up
-    /// gets them with its first sync anyway.
+    /// every path is announced again with them, on the same session, when they change what a
+    /// path carries; a peer that is not up gets them with its first sync anyway.
     pub(super) fn reexport(&mut self, peer: crate::config::PeerConfig) {
-        self.export = super::export::Export::new(self.local.asn, &peer);
+        let export = super::export::Export::new(self.local.asn, &peer);
         self.peer = peer;
+        if export == self.export {
+            // Nothing a path carries changed (LOCAL_PREF towards an eBGP peer, say).
+            return;
+        }
+        self.export = export;
         if self.established {
             for (rib, synced) in self.ribs.iter_mut().zip(self.synced.iter_mut()) {
                 rib.resend_all();
