@@ -141,11 +141,6 @@ impl Paths {
             self.list().shrink_to_fit();
         }
     }
-
-    /// Whether both are the same shared list (tests: interning).
-    pub fn shares_with(&self, other: &Paths) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
 }
 
 impl<A: Into<Arc<PathAttrs>>> FromIterator<(IpAddr, A)> for Paths {

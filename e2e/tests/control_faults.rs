@@ -530,6 +530,18 @@ async fn held(
     out
 }
 
+/// Applies `state`; the routes it changed.
+async fn apply_changed(
+    api: &mut v1::speaker_client::SpeakerClient<tonic::transport::Channel>,
+    state: v1::DesiredState,
+) -> u32 {
+    api.apply(v1::ApplyRequest { state: Some(state) })
+        .await
+        .unwrap()
+        .into_inner()
+        .routes_changed
+}
+
 /// An Apply whose routes are those of the Apply before skips converting them (the speaker
 /// keeps a digest of them), so the operator's resync and a peer-only edit cost no conversion.
 /// That shortcut must never survive a change made another way: after UpdateRoutes, and after
@@ -563,34 +575,15 @@ async fn an_apply_after_route_updates_restores_its_routes_also_after_a_restart()
 
     let mut speaker = Speaker::start(&dir, free_port(), "speaker.log");
     let mut api = client(&dir.join("api.sock")).await;
-    let r = api
-        .apply(v1::ApplyRequest {
-            state: Some(with(1)),
-        })
-        .await
-        .unwrap();
-    assert_eq!(r.get_ref().routes_changed, 300);
+    let changed = apply_changed(&mut api, with(1)).await;
+    assert_eq!(changed, 300);
     api.update_routes(update(2, 5, Some(7))).await.unwrap();
     assert_ne!(held(&mut api).await, want);
-    let r = api
-        .apply(v1::ApplyRequest {
-            state: Some(with(3)),
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        r.get_ref().routes_changed,
-        2,
-        "the updated and the removed route"
-    );
+    let changed = apply_changed(&mut api, with(3)).await;
+    assert_eq!(changed, 2, "the updated and the removed route");
     assert_eq!(held(&mut api).await, want);
-    let r = api
-        .apply(v1::ApplyRequest {
-            state: Some(with(4)),
-        })
-        .await
-        .unwrap();
-    assert_eq!(r.get_ref().routes_changed, 0);
+    let changed = apply_changed(&mut api, with(4)).await;
+    assert_eq!(changed, 0);
 
     // An update journaled, then a restart: the journal is replayed over the state file.
     api.update_routes(update(5, 9, None)).await.unwrap();
@@ -603,13 +596,8 @@ async fn an_apply_after_route_updates_restores_its_routes_also_after_a_restart()
         want,
         "the journaled update was restored"
     );
-    let r = api
-        .apply(v1::ApplyRequest {
-            state: Some(with(6)),
-        })
-        .await
-        .unwrap();
-    assert_eq!(r.get_ref().routes_changed, 1);
+    let changed = apply_changed(&mut api, with(6)).await;
+    assert_eq!(changed, 1);
     assert_eq!(held(&mut api).await, want);
     assert!(speaker.running());
     drop(speaker);

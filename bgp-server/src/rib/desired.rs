@@ -315,11 +315,6 @@ impl Desired {
             }
         }
     }
-
-    /// Number of chunks (tests: density).
-    pub fn chunks(&self) -> usize {
-        self.index.len()
-    }
 }
 
 /// A position in one table's chunks, for [`Desired::diff`].

@@ -237,10 +237,7 @@ impl Session {
                         Message::RouteRefresh(rr) => {
                             match refresh_target(&rr, &self.families_negotiated()) {
                                 // Resend that family; the loop syncs it.
-                                Some(i) if self.established => {
-                                    self.ribs[i].resend_all();
-                                    self.synced[i] = None;
-                                }
+                                Some(i) if self.established => self.resend(i),
                                 Some(_) => {}
                                 None => debug!(
                                     afi = rr.afi,

@@ -41,10 +41,18 @@ impl Session {
         }
         self.export = export;
         if self.established {
-            for (rib, synced) in self.ribs.iter_mut().zip(self.synced.iter_mut()) {
-                rib.resend_all();
-                *synced = None;
+            for family in 0..FAMILIES.len() {
+                self.resend(family);
             }
+        }
+    }
+
+    /// Announces every path of family `i` again (the loop syncs it), keeping what the peer
+    /// holds so what it should no longer hold is still withdrawn.
+    pub(super) fn resend(&mut self, i: usize) {
+        if let (Some(rib), Some(synced)) = (self.ribs.get_mut(i), self.synced.get_mut(i)) {
+            rib.resend_all();
+            *synced = None;
         }
     }
 

@@ -255,6 +255,18 @@ impl World {
             .apply_watcher_event(&watcher::Event::Apply(n));
     }
 
+    /// Ready nodes n1 at 10.0.0.11, n2 at 10.0.0.12, ..., without labels.
+    fn add_ready_nodes(&mut self, nodes: usize) {
+        for i in 1..=nodes {
+            self.add_node(
+                &format!("n{i}"),
+                &format!("10.0.0.{}", 10 + i),
+                true,
+                json!({}),
+            );
+        }
+    }
+
     fn add_node(&mut self, name: &str, ip: &str, ready: bool, labels: Value) {
         let n: Node = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": labels},
@@ -771,14 +783,7 @@ fn local_web(nodes: usize) -> (World, Service) {
         vec![pool("blue", "198.51.100.8/30")],
         std::slice::from_ref(&svc),
     );
-    for i in 1..=nodes {
-        w.add_node(
-            &format!("n{i}"),
-            &format!("10.0.0.{}", 10 + i),
-            true,
-            json!({}),
-        );
-    }
+    w.add_ready_nodes(nodes);
     (w, svc)
 }
 
@@ -1219,14 +1224,7 @@ fn speaker_world(port: u16, nodes: u8) -> World {
     let mut w = world(vec![], &[]);
     // The speaker port is a setting: rebuild the context with this test's port.
     Arc::get_mut(&mut w.ctx).unwrap().settings.speaker_port = port;
-    for i in 1..=nodes {
-        w.add_node(
-            &format!("n{i}"),
-            &format!("10.0.0.{}", 10 + i),
-            true,
-            json!({}),
-        );
-    }
+    w.add_ready_nodes(usize::from(nodes));
     w.confs.apply_watcher_event(&watcher::Event::Apply(
         serde_json::from_value(json!({
             "apiVersion": "berth.dev/v1alpha1", "kind": "BgpConf",
